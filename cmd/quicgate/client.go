@@ -1,0 +1,125 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"io"
+	"time"
+
+	"github.com/sirupsen/logrus"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/quicgate/quicgate/quicmux"
+)
+
+func runClient(ctx context.Context, args []string, stderr io.Writer) error {
+	fs := newFlagSet("client", stderr)
+	server := fs.String("server", "", "server's UDP address, host:port (required)")
+	stateDir := fs.String("state-dir", defaultStateDir(), "directory holding the client's identity (created on first use)")
+	pinStr := fs.String("pin", "", "the server's fingerprint, as 'quicgate fingerprint' prints it (required)")
+	var forwards multiFlag
+	fs.Var(&forwards, "L", "forward [bind_address:]port:host:hostport through the tunnel, as ssh -L (repeatable)")
+	dialTimeout := fs.Duration("dial-timeout", 10*time.Second, "how long a flow waits for the server")
+	limits := limitFlags(fs)
+	var tf tunFlags
+	tf.register(fs)
+	var lf logFlags
+	lf.register(fs)
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if *server == "" {
+		return usageErr("--server is required")
+	}
+	if *pinStr == "" {
+		return usageErr("--pin is required: the server's fingerprint ('quicgate fingerprint --state-dir SERVER_DIR' prints it)")
+	}
+	pin, err := quicmux.ParseFingerprint(*pinStr)
+	if err != nil {
+		return usageErr("--pin: %v", err)
+	}
+	var fwds []quicmux.LocalForward
+	for _, spec := range forwards {
+		f, err := quicmux.ParseLocalForward(spec)
+		if err != nil {
+			return usageErr("-L: %v", err)
+		}
+		fwds = append(fwds, f)
+	}
+	tunCfg, err := tf.config()
+	if err != nil {
+		return err
+	}
+	if len(fwds) == 0 && tunCfg == nil {
+		return usageErr("nothing to forward: give at least one -L or --tun")
+	}
+	log, err := lf.logger(stderr)
+	if err != nil {
+		return err
+	}
+	id, err := quicmux.LoadOrCreateIdentity(*stateDir)
+	if err != nil {
+		return err
+	}
+	client, err := quicmux.NewClient(quicmux.ClientConfig{
+		Server:      *server,
+		Identity:    id,
+		Pin:         pin,
+		DialTimeout: *dialTimeout,
+		Limits:      limits(),
+		Logger:      log,
+	})
+	if err != nil {
+		return err
+	}
+	defer client.Close()
+	if err := client.Connect(ctx); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
+
+	// Bind every ingress before serving any, so a bad -L or a missing privilege fails the
+	// start rather than leaving half a client running.
+	var listeners []*quicmux.PortListener
+	defer func() {
+		for _, l := range listeners {
+			_ = l.Close()
+		}
+	}()
+	for _, f := range fwds {
+		l, err := quicmux.ListenLocalForward(f, client, log)
+		if err != nil {
+			return err
+		}
+		listeners = append(listeners, l)
+		log.WithFields(logrus.Fields{"listen": l.Addr().String(), "target": f.Target.String()}).Info("forwarding")
+	}
+	var tunIngress ingress
+	if tunCfg != nil {
+		tunIngress, err = openTUN(*tunCfg, client, log)
+		if err != nil {
+			return err
+		}
+	}
+
+	g, gctx := errgroup.WithContext(ctx)
+	for _, l := range listeners {
+		g.Go(func() error { return l.Serve(gctx) })
+	}
+	if tunIngress != nil {
+		g.Go(func() error { return tunIngress.Serve(gctx) })
+	}
+	err = g.Wait()
+	log.Info("shutting down")
+	if errors.Is(err, context.Canceled) {
+		err = nil
+	}
+	return err
+}
+
+// ingress is a source of flows that runs until ctx ends (and then releases what it holds).
+type ingress interface {
+	Serve(ctx context.Context) error
+}

@@ -1,0 +1,159 @@
+// Command quicgate carries TCP flows between two hosts over one QUIC connection.
+//
+//	quicgate server --listen ADDR --state-dir DIR --authorized-clients FILE --allow RULE...
+//	quicgate client --server ADDR --state-dir DIR --pin FP -L [bind:]port:host:hostport...
+//	quicgate fingerprint --state-dir DIR
+//	quicgate demo
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log"
+	"os"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+
+	"github.com/sirupsen/logrus"
+)
+
+const usage = `quicgate carries TCP flows between two hosts over one QUIC connection.
+
+Usage:
+  quicgate server      --listen ADDR --state-dir DIR --authorized-clients FILE --allow RULE [--allow RULE ...]
+  quicgate client      --server ADDR --state-dir DIR --pin FINGERPRINT -L [bind:]port:host:hostport [-L ...]
+                       [--tun NAME --tun-addr CIDR --route CIDR ...]
+  quicgate fingerprint --state-dir DIR
+  quicgate demo
+
+Run 'quicgate COMMAND -h' for a command's flags.
+`
+
+// errUsage marks a command-line mistake: exit status 2, like flag's own errors.
+var errUsage = errors.New("usage")
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) == 0 {
+		fmt.Fprint(stderr, usage)
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+
+	var err error
+	switch args[0] {
+	case "server":
+		err = runServer(ctx, args[1:], stderr)
+	case "client":
+		err = runClient(ctx, args[1:], stderr)
+	case "fingerprint":
+		err = runFingerprint(args[1:], stdout, stderr)
+	case "demo":
+		err = runDemo(ctx, args[1:], stdout, stderr)
+	case "-h", "--help", "help":
+		fmt.Fprint(stdout, usage)
+		return 0
+	default:
+		fmt.Fprintf(stderr, "quicgate: unknown command %q\n%s", args[0], usage)
+		return 2
+	}
+	switch {
+	case err == nil, errors.Is(err, flag.ErrHelp):
+		return 0
+	case errors.Is(err, errUsage):
+		fmt.Fprintf(stderr, "quicgate %s: %v\n", args[0], strings.TrimPrefix(err.Error(), "usage: "))
+		return 2
+	}
+	fmt.Fprintf(stderr, "quicgate %s: %v\n", args[0], err)
+	return 1
+}
+
+// usageErr wraps a flag mistake so that run exits with status 2.
+func usageErr(format string, a ...any) error {
+	return fmt.Errorf("%w: %s", errUsage, fmt.Sprintf(format, a...))
+}
+
+// newFlagSet returns a flag set that reports its own parse errors as usage errors with one
+// line, rather than printing the whole flag list.
+func newFlagSet(name string, stderr io.Writer) *flag.FlagSet {
+	fs := flag.NewFlagSet("quicgate "+name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	return fs
+}
+
+func parseFlags(fs *flag.FlagSet, args []string) error {
+	out := fs.Output()
+	fs.SetOutput(io.Discard)
+	err := fs.Parse(args)
+	fs.SetOutput(out)
+	if errors.Is(err, flag.ErrHelp) {
+		fmt.Fprintf(out, "Usage of %s:\n", fs.Name())
+		fs.PrintDefaults()
+		return err
+	}
+	if err != nil {
+		return usageErr("%v", err)
+	}
+	if fs.NArg() > 0 {
+		return usageErr("unexpected argument %q", fs.Arg(0))
+	}
+	return nil
+}
+
+// logFlags are --log-level and --log-format, shared by the long-running commands.
+type logFlags struct {
+	level, format string
+}
+
+func (l *logFlags) register(fs *flag.FlagSet) {
+	fs.StringVar(&l.level, "log-level", "info", "log level: debug, info, warn, error")
+	fs.StringVar(&l.format, "log-format", "text", "log format: text or json")
+}
+
+func (l *logFlags) logger(w io.Writer) (*logrus.Entry, error) {
+	lg := logrus.New()
+	lg.SetOutput(w)
+	lvl, err := logrus.ParseLevel(l.level)
+	if err != nil {
+		return nil, usageErr("--log-level %q: want debug, info, warn or error", l.level)
+	}
+	lg.SetLevel(lvl)
+	switch l.format {
+	case "text":
+		lg.SetFormatter(&logrus.TextFormatter{FullTimestamp: true})
+	case "json":
+		lg.SetFormatter(&logrus.JSONFormatter{})
+	default:
+		return nil, usageErr("--log-format %q: want text or json", l.format)
+	}
+	// quic-go reports what it could not tune (UDP buffer sizes) through the standard logger.
+	log.SetFlags(0)
+	log.SetOutput(lg.WriterLevel(logrus.DebugLevel))
+	return logrus.NewEntry(lg), nil
+}
+
+// defaultStateDir is $XDG_CONFIG_HOME/quicgate, else ~/.config/quicgate.
+func defaultStateDir() string {
+	if d := os.Getenv("XDG_CONFIG_HOME"); d != "" {
+		return filepath.Join(d, "quicgate")
+	}
+	if h, err := os.UserHomeDir(); err == nil {
+		return filepath.Join(h, ".config", "quicgate")
+	}
+	return ".quicgate"
+}
+
+// multiFlag is a repeatable string flag.
+type multiFlag []string
+
+func (m *multiFlag) String() string     { return strings.Join(*m, ",") }
+func (m *multiFlag) Set(v string) error { *m = append(*m, v); return nil }

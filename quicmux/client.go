@@ -1,0 +1,351 @@
+package quicmux
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/quic-go/quic-go"
+	"github.com/sirupsen/logrus"
+)
+
+// ClientConfig configures a Client. Server, Identity and Pin are required.
+type ClientConfig struct {
+	Server   string      // host:port of the server (UDP)
+	Identity *Identity   // this client's identity, which the server must authorize
+	Pin      Fingerprint // the server's fingerprint
+
+	// DialTimeout bounds how long a flow waits for a connection to the server (and for a
+	// free stream on it); default 10s.
+	DialTimeout time.Duration
+	Limits      Limits
+	Logger      *logrus.Entry // default: discard
+}
+
+// Client keeps one QUIC connection to the server and opens a stream on it per flow. A
+// supervisor goroutine dials the connection, and re-dials it with backoff when it is lost.
+type Client struct {
+	cfg     ClientConfig
+	log     *logrus.Entry
+	tlsConf *tls.Config
+	tr      *quic.Transport
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu    sync.Mutex
+	state *connState
+}
+
+// connState is one state of the client's connection. It is replaced, never changed, and
+// changed is closed when it is.
+type connState struct {
+	conn    *quic.Conn // nil while down
+	lastErr error      // why the last dial failed, while down
+	changed chan struct{}
+}
+
+const (
+	minBackoff = 100 * time.Millisecond
+	maxBackoff = 5 * time.Second
+)
+
+// NewClient starts a client's supervisor, which dials the server at once.
+func NewClient(cfg ClientConfig) (*Client, error) {
+	if cfg.Identity == nil {
+		return nil, errors.New("quicmux: client needs an identity")
+	}
+	if cfg.Pin == (Fingerprint{}) {
+		return nil, errors.New("quicmux: client needs the server's fingerprint (--pin)")
+	}
+	if _, _, err := net.SplitHostPort(cfg.Server); err != nil {
+		return nil, fmt.Errorf("quicmux: server address %q: %w", cfg.Server, err)
+	}
+	if cfg.DialTimeout <= 0 {
+		cfg.DialTimeout = 10 * time.Second
+	}
+	cfg.Limits = cfg.Limits.withDefaults()
+	udp, err := listenUDP(":0")
+	if err != nil {
+		return nil, err
+	}
+	c := &Client{
+		cfg:     cfg,
+		log:     loggerOrDiscard(cfg.Logger).WithField("server", cfg.Server),
+		tlsConf: clientTLS(cfg.Identity, cfg.Pin),
+		tr:      &quic.Transport{Conn: udp},
+		state:   &connState{changed: make(chan struct{})},
+	}
+	c.ctx, c.cancel = context.WithCancel(context.Background())
+	c.wg.Add(1)
+	go c.supervise()
+	return c, nil
+}
+
+// Close closes the connection, which resets every flow still open, and waits for the
+// supervisor. It is idempotent.
+func (c *Client) Close() error {
+	c.cancel()
+	c.wg.Wait()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.tr != nil {
+		_ = c.tr.Close()
+		c.tr = nil
+	}
+	return nil
+}
+
+// Connect waits until the client is connected and the server has accepted its identity.
+// It fails at once on a wrong pin or a rejected identity, and with ErrServerUnreachable when
+// no connection comes up within the dial timeout.
+func (c *Client) Connect(ctx context.Context) error {
+	_, err := c.waitConn(ctx)
+	return err
+}
+
+// DialContext opens a flow to address through the tunnel and returns once the server has
+// reached the destination; a server's refusal comes back as a *StatusError (which matches
+// ErrRefused and syscall.ECONNREFUSED, ErrDenied, ...). network is "tcp", "tcp4" or "tcp6".
+// The conn supports CloseWrite. It has the shape of net.Dialer.DialContext, so it can serve
+// http.Transport.DialContext.
+func (c *Client) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
+	switch network {
+	case "tcp", "tcp4", "tcp6":
+	default:
+		return nil, &net.OpError{Op: "dial", Net: network, Err: net.UnknownNetworkError(network)}
+	}
+	t, err := ParseTarget(address)
+	if err != nil {
+		return nil, &net.OpError{Op: "dial", Net: network, Err: err}
+	}
+	conn, err := c.Dial(ctx, t)
+	if err != nil {
+		return nil, &net.OpError{Op: "dial", Net: network, Addr: targetAddr{t}, Err: err}
+	}
+	return conn, nil
+}
+
+// Dial opens a flow to t and waits for the server's status.
+func (c *Client) Dial(ctx context.Context, t Target) (net.Conn, error) {
+	sc, err := c.open(ctx, t)
+	if err != nil {
+		return nil, err
+	}
+	// The server answers within its own dial timeout; ctx or three of ours bound the wait.
+	deadline := time.Now().Add(3 * c.cfg.DialTimeout)
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+	_ = sc.SetReadDeadline(deadline)
+	stop := context.AfterFunc(ctx, func() { _ = sc.SetReadDeadline(time.Now()) })
+	err = sc.readStatus()
+	stop()
+	_ = sc.SetReadDeadline(time.Time{})
+	if err != nil {
+		sc.Abort()
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		return nil, err
+	}
+	return sc, nil
+}
+
+// Forward carries the flow local to t and returns when it has ended; it closes local. It is
+// how an ingress hands a connection to the tunnel. It does not wait for the server's status
+// before sending local's bytes (no extra round trip); a non-ok status, or no connection to
+// the server within the dial timeout, resets local.
+func (c *Client) Forward(ctx context.Context, local net.Conn, t Target) (RelayStats, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stop := context.AfterFunc(c.ctx, cancel)
+	defer stop()
+
+	sc, err := c.open(ctx, t)
+	if err != nil {
+		abort(local)
+		return RelayStats{}, err
+	}
+	return Relay(ctx, local, sc)
+}
+
+// open opens a stream for t and writes its header; the status is left to the first Read.
+func (c *Client) open(ctx context.Context, t Target) (*streamConn, error) {
+	hdr, err := AppendRequest(nil, Request{Kind: KindTCP, Target: t})
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.DialTimeout)
+	defer cancel()
+	qc, err := c.waitConn(ctx)
+	if err != nil {
+		return nil, err
+	}
+	str, err := qc.OpenStreamSync(ctx)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("%w: no free stream within %s", ErrServerUnreachable, c.cfg.DialTimeout)
+		}
+		return nil, fmt.Errorf("%w: %w", ErrServerUnreachable, err)
+	}
+	sc := newStreamConn(str, qc.LocalAddr(), targetAddr{t})
+	sc.pendingStatus = true
+	if _, err := sc.Write(hdr); err != nil {
+		sc.Abort()
+		return nil, err
+	}
+	return sc, nil
+}
+
+// waitConn returns the live connection, waiting for the supervisor to bring one up. A dial
+// that failed for a reason that retrying will not cure (pin, identity) fails at once.
+func (c *Client) waitConn(ctx context.Context) (*quic.Conn, error) {
+	timer := time.NewTimer(c.cfg.DialTimeout)
+	defer timer.Stop()
+	for {
+		c.mu.Lock()
+		st := c.state
+		c.mu.Unlock()
+		if st.conn != nil && st.conn.Context().Err() == nil {
+			return st.conn, nil
+		}
+		if errors.Is(st.lastErr, ErrPinMismatch) || errors.Is(st.lastErr, ErrUnauthorized) {
+			return nil, st.lastErr
+		}
+		select {
+		case <-st.changed:
+		case <-ctx.Done():
+			return nil, c.unreachable(ctx.Err(), st.lastErr)
+		case <-timer.C:
+			return nil, c.unreachable(nil, st.lastErr)
+		case <-c.ctx.Done():
+			return nil, ErrClosed
+		}
+	}
+}
+
+func (c *Client) unreachable(ctxErr, lastErr error) error {
+	if ctxErr != nil && !errors.Is(ctxErr, context.DeadlineExceeded) {
+		return ctxErr
+	}
+	if lastErr != nil {
+		return lastErr
+	}
+	return fmt.Errorf("%w: no connection to %s within %s", ErrServerUnreachable, c.cfg.Server, c.cfg.DialTimeout)
+}
+
+func (c *Client) setState(conn *quic.Conn, lastErr error) {
+	c.mu.Lock()
+	old := c.state
+	c.state = &connState{conn: conn, lastErr: lastErr, changed: make(chan struct{})}
+	c.mu.Unlock()
+	close(old.changed)
+}
+
+// supervise owns the connection: it dials, waits for the connection to be lost, and dials
+// again with exponential backoff and jitter, until the client is closed.
+func (c *Client) supervise() {
+	defer c.wg.Done()
+	backoff := minBackoff
+	wasUp, failures := false, 0
+	for c.ctx.Err() == nil {
+		conn, err := c.dial()
+		if err != nil {
+			if c.ctx.Err() != nil {
+				break
+			}
+			failures++
+			c.setState(nil, err)
+			entry := c.log.WithError(err).WithField("retry_in", backoff.String())
+			if failures == 1 {
+				entry.Warn("cannot connect to server")
+			} else {
+				entry.Debug("cannot connect to server")
+			}
+			select {
+			case <-time.After(backoff + rand.N(backoff/2)):
+			case <-c.ctx.Done():
+			}
+			backoff = min(2*backoff, maxBackoff)
+			continue
+		}
+		backoff, failures = minBackoff, 0
+		c.setState(conn, nil)
+		fields := logrus.Fields{"rtt": conn.ConnectionStats().SmoothedRTT.String()}
+		if wasUp {
+			c.log.WithFields(fields).Info("reconnected to server")
+		} else {
+			c.log.WithFields(fields).Info("connected to server")
+		}
+		wasUp = true
+		select {
+		case <-conn.Context().Done():
+			c.log.WithError(context.Cause(conn.Context())).Warn("connection to server lost; reconnecting")
+			c.setState(nil, fmt.Errorf("%w: connection lost", ErrServerUnreachable))
+		case <-c.ctx.Done():
+			_ = conn.CloseWithError(connShutdown, "client shutting down")
+		}
+	}
+	c.setState(nil, ErrClosed)
+}
+
+// dial makes one connection attempt and proves it with a ping, which fails if the server
+// rejected this client's certificate after the handshake.
+func (c *Client) dial() (*quic.Conn, error) {
+	ctx, cancel := context.WithTimeout(c.ctx, c.cfg.DialTimeout)
+	defer cancel()
+	raddr, err := net.ResolveUDPAddr("udp", c.cfg.Server)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrServerUnreachable, err)
+	}
+	conn, err := c.tr.Dial(ctx, raddr, c.tlsConf, c.cfg.Limits.quicConfig(false))
+	if err != nil {
+		return nil, classifyDialErr(err, c.cfg.Server, c.cfg.DialTimeout)
+	}
+	if err := ping(ctx, conn); err != nil {
+		_ = conn.CloseWithError(connShutdown, "")
+		return nil, classifyDialErr(err, c.cfg.Server, c.cfg.DialTimeout)
+	}
+	return conn, nil
+}
+
+func ping(ctx context.Context, conn *quic.Conn) error {
+	str, err := conn.OpenStreamSync(ctx)
+	if err != nil {
+		return err
+	}
+	hdr, _ := AppendRequest(nil, Request{Kind: KindPing})
+	if d, ok := ctx.Deadline(); ok {
+		_ = str.SetDeadline(d)
+	}
+	if _, err := str.Write(hdr); err != nil {
+		return err
+	}
+	_ = str.Close()
+	return ReadStatus(str)
+}
+
+func classifyDialErr(err error, server string, timeout time.Duration) error {
+	var te *quic.TransportError
+	switch {
+	case errors.Is(err, ErrPinMismatch):
+		return err
+	case errors.As(err, &te) && te.Remote && te.ErrorCode.IsCryptoError():
+		return fmt.Errorf("%w (%s)", ErrUnauthorized, te.ErrorCode.Message())
+	case errors.Is(err, context.DeadlineExceeded), isTimeout(err):
+		return fmt.Errorf("%w: no answer from %s within %s", ErrServerUnreachable, server, timeout)
+	}
+	return fmt.Errorf("%w: %w", ErrServerUnreachable, err)
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}

@@ -1,0 +1,65 @@
+package quicmux
+
+import (
+	"errors"
+	"syscall"
+
+	"github.com/quic-go/quic-go"
+)
+
+// Sentinel errors at the package edge. Flow failures reported by the server are *StatusError
+// values, which match the sentinel for their status with errors.Is.
+var (
+	ErrBadRequest  = errors.New("quicmux: bad request")
+	ErrBadTarget   = errors.New("quicmux: bad target")
+	ErrProtocol    = errors.New("quicmux: protocol error")
+	ErrRefused     = errors.New("quicmux: destination refused the connection")
+	ErrUnreachable = errors.New("quicmux: destination unreachable")
+	ErrDenied      = errors.New("quicmux: destination denied by the server's policy")
+	ErrTimedOut    = errors.New("quicmux: destination timed out")
+	ErrClosed      = errors.New("quicmux: closed")
+	// ErrServerUnreachable: no QUIC connection to the server could be made within the dial timeout.
+	ErrServerUnreachable = errors.New("quicmux: server unreachable")
+	// ErrPinMismatch: the server's identity is not the pinned one.
+	ErrPinMismatch = errors.New("quicmux: server fingerprint does not match the pin")
+	// ErrUnauthorized: the server did not accept this client's identity.
+	ErrUnauthorized = errors.New("quicmux: server rejected this client's identity")
+	// ErrFlowReset: the other end of the flow reset it.
+	ErrFlowReset = errors.New("quicmux: flow reset by peer")
+)
+
+// StatusError is a non-ok status from the server.
+type StatusError struct{ Status Status }
+
+func (e *StatusError) Error() string { return "quicmux: server answered " + e.Status.String() }
+
+// Is matches the sentinel for the status, and for refusals also syscall.ECONNREFUSED so that
+// callers written for kernel sockets keep working.
+func (e *StatusError) Is(target error) bool {
+	switch e.Status {
+	case StatusRefused:
+		return target == ErrRefused || target == syscall.ECONNREFUSED
+	case StatusUnreachable:
+		return target == ErrUnreachable || target == syscall.EHOSTUNREACH
+	case StatusDenied:
+		return target == ErrDenied
+	case StatusTimedOut:
+		return target == ErrTimedOut
+	case StatusBadRequest:
+		return target == ErrBadRequest
+	}
+	return false
+}
+
+// Application error codes used on streams (RESET_STREAM / STOP_SENDING) and connections.
+const (
+	// codeFlowReset: the TCP side of the flow was reset, or the relay aborted it.
+	codeFlowReset quic.StreamErrorCode = 0x1
+	// codeBadRequest: the server could not parse the request header.
+	codeBadRequest quic.StreamErrorCode = 0x2
+	// codeShutdown: the endpoint is shutting down and aborts the flows still open.
+	codeShutdown quic.StreamErrorCode = 0x3
+
+	// connShutdown closes a connection on purpose.
+	connShutdown quic.ApplicationErrorCode = 0x0
+)

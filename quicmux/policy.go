@@ -1,0 +1,181 @@
+package quicmux
+
+import (
+	"errors"
+	"fmt"
+	"net/netip"
+	"strconv"
+	"strings"
+)
+
+// ErrBadRule: an --allow rule could not be parsed.
+var ErrBadRule = errors.New("quicmux: bad allow rule")
+
+// Policy decides which destinations a server may dial. For a domain target the server asks
+// about the name first; if the name is not allowed as such, it resolves the name and dials
+// only the resolved addresses the policy allows (so a name cannot smuggle in an address).
+type Policy interface {
+	Allow(t Target) bool
+}
+
+// Rule allows a destination prefix or host name on a range of ports.
+type Rule struct {
+	Prefix netip.Prefix // set for address rules
+	Host   string       // set for name rules: "example.com", or "*.example.com" for its subdomains
+	PortLo uint16
+	PortHi uint16
+}
+
+// Rules allows a target when any rule does.
+type Rules []Rule
+
+var _ Policy = Rules(nil)
+
+// Allow reports whether a rule matches t.
+func (rs Rules) Allow(t Target) bool {
+	for _, r := range rs {
+		if r.Allow(t) {
+			return true
+		}
+	}
+	return false
+}
+
+// Allow reports whether r matches t.
+func (r Rule) Allow(t Target) bool {
+	if t.Port < r.PortLo || t.Port > r.PortHi {
+		return false
+	}
+	if r.Prefix.IsValid() {
+		return t.Addr.IsValid() && r.Prefix.Contains(t.Addr.Unmap())
+	}
+	if t.Host == "" {
+		return false
+	}
+	h := strings.TrimSuffix(t.Host, ".")
+	if suffix, ok := strings.CutPrefix(r.Host, "*."); ok {
+		return strings.HasSuffix(h, "."+suffix)
+	}
+	return h == r.Host
+}
+
+// String gives the rule back in the form ParseRule reads.
+func (r Rule) String() string {
+	var s string
+	if r.Prefix.IsValid() {
+		s = r.Prefix.String()
+	} else {
+		s = r.Host
+	}
+	switch {
+	case r.PortLo == 1 && r.PortHi == 65535:
+		return s
+	case r.PortLo == r.PortHi:
+		return s + ":" + strconv.Itoa(int(r.PortLo))
+	}
+	return s + ":" + strconv.Itoa(int(r.PortLo)) + "-" + strconv.Itoa(int(r.PortHi))
+}
+
+// ParseRules parses each rule; the error names the first bad one.
+func ParseRules(specs []string) (Rules, error) {
+	rs := make(Rules, 0, len(specs))
+	for _, s := range specs {
+		r, err := ParseRule(s)
+		if err != nil {
+			return nil, err
+		}
+		rs = append(rs, r)
+	}
+	return rs, nil
+}
+
+// ParseRule parses one --allow rule:
+//
+//	CIDR            10.0.0.0/8, fd00::/64 (all ports)
+//	CIDR:PORT       10.0.0.0/8:443, fd00::/64:443
+//	CIDR:LOW-HIGH   127.0.0.1/32:8000-8999
+//	ADDR[:PORTS]    127.0.0.1, 127.0.0.1:80, [::1]:80 (a single address)
+//	NAME[:PORTS]    example.com, *.example.com:443
+func ParseRule(s string) (Rule, error) {
+	bad := func(why string) (Rule, error) {
+		return Rule{}, fmt.Errorf("%w %q: %s", ErrBadRule, s, why)
+	}
+	addrPart, portPart, hasPorts := s, "", false
+	switch {
+	case strings.HasPrefix(s, "["):
+		end := strings.Index(s, "]")
+		if end < 0 {
+			return bad("missing ]")
+		}
+		addrPart = s[1:end]
+		if rest := s[end+1:]; rest != "" {
+			if rest[0] != ':' {
+				return bad("expected :PORT after ]")
+			}
+			portPart, hasPorts = rest[1:], true
+		}
+	case strings.Contains(s, "/"):
+		slash := strings.Index(s, "/")
+		bits, ports, ok := strings.Cut(s[slash+1:], ":")
+		addrPart, portPart, hasPorts = s[:slash+1]+bits, ports, ok
+	default:
+		if _, err := netip.ParseAddr(s); err == nil {
+			break // a bare IPv6 address has colons but no port
+		}
+		if i := strings.LastIndex(s, ":"); i >= 0 {
+			addrPart, portPart, hasPorts = s[:i], s[i+1:], true
+		}
+	}
+	r := Rule{PortLo: 1, PortHi: 65535}
+	if hasPorts {
+		lo, hi, err := parsePortRange(portPart)
+		if err != nil {
+			return bad(err.Error())
+		}
+		r.PortLo, r.PortHi = lo, hi
+	}
+	switch {
+	case strings.Contains(addrPart, "/"):
+		p, err := netip.ParsePrefix(addrPart)
+		if err != nil {
+			return bad("not a CIDR prefix")
+		}
+		if p.Masked() != p {
+			return bad("host bits set; did you mean " + p.Masked().String() + "?")
+		}
+		r.Prefix = p
+	default:
+		if a, err := netip.ParseAddr(addrPart); err == nil {
+			if a.Zone() != "" {
+				return bad("zoned addresses are not allowed")
+			}
+			a = a.Unmap()
+			r.Prefix = netip.PrefixFrom(a, a.BitLen())
+			break
+		}
+		name := strings.ToLower(strings.TrimSuffix(addrPart, "."))
+		check := strings.TrimPrefix(name, "*.")
+		if strings.Contains(check, "*") || checkHostname(check) != nil {
+			return bad("not an address, a CIDR prefix or a host name")
+		}
+		r.Host = name
+	}
+	return r, nil
+}
+
+func parsePortRange(s string) (lo, hi uint16, err error) {
+	loS, hiS, isRange := strings.Cut(s, "-")
+	if lo, err = parsePort(loS); err != nil || lo == 0 {
+		return 0, 0, fmt.Errorf("port %q is not 1-65535", loS)
+	}
+	hi = lo
+	if isRange {
+		if hi, err = parsePort(hiS); err != nil || hi == 0 {
+			return 0, 0, fmt.Errorf("port %q is not 1-65535", hiS)
+		}
+		if hi < lo {
+			return 0, 0, fmt.Errorf("port range %s runs backwards", s)
+		}
+	}
+	return lo, hi, nil
+}

@@ -1,0 +1,321 @@
+package quicmux
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"strconv"
+	"strings"
+)
+
+// ALPN is the TLS application protocol every quicgate connection negotiates.
+const ALPN = "quicgate/1"
+
+// protocolVersion is the first byte of every request and response.
+const protocolVersion = 1
+
+// MaxHeaderLen bounds a request header: version, length and the body it announces.
+// The longest valid body is kind, address type, a 255-byte name with its length and a port.
+const MaxHeaderLen = 3 + maxBodyLen
+
+const maxBodyLen = 1 + 1 + 1 + 255 + 2
+
+// Kind says what a stream carries.
+type Kind uint8
+
+const (
+	// KindPing asks the server for an ok status and nothing else; the client uses it to prove
+	// that the server accepted its identity before it reports itself connected.
+	KindPing Kind = 0
+	// KindTCP carries one TCP flow.
+	KindTCP Kind = 1
+)
+
+func (k Kind) String() string {
+	switch k {
+	case KindPing:
+		return "ping"
+	case KindTCP:
+		return "tcp"
+	}
+	return "kind(" + strconv.Itoa(int(k)) + ")"
+}
+
+// Address types, numbered as in SOCKS5.
+const (
+	atypIPv4   = 1
+	atypDomain = 3
+	atypIPv6   = 4
+)
+
+// Target is where a flow goes: an IP address or a domain name, and a port.
+// Exactly one of Addr and Host is set.
+type Target struct {
+	Addr netip.Addr
+	Host string
+	Port uint16
+}
+
+// TargetFromAddrPort returns the target for an IP address and port.
+func TargetFromAddrPort(ap netip.AddrPort) Target {
+	return Target{Addr: ap.Addr().Unmap(), Port: ap.Port()}
+}
+
+// ParseTarget parses "host:port", where host is an IPv4 address, a bracketed IPv6 address
+// or a domain name.
+func ParseTarget(s string) (Target, error) {
+	host, portStr, err := splitHostPort(s)
+	if err != nil {
+		return Target{}, err
+	}
+	port, err := parsePort(portStr)
+	if err != nil {
+		return Target{}, err
+	}
+	if port == 0 {
+		return Target{}, fmt.Errorf("%w: port 0 in %q", ErrBadTarget, s)
+	}
+	if a, err := netip.ParseAddr(host); err == nil {
+		if a.Zone() != "" {
+			return Target{}, fmt.Errorf("%w: zoned address %q", ErrBadTarget, s)
+		}
+		return Target{Addr: a.Unmap(), Port: port}, nil
+	}
+	if err := checkHostname(host); err != nil {
+		return Target{}, err
+	}
+	return Target{Host: strings.ToLower(host), Port: port}, nil
+}
+
+// String returns the target as "host:port", bracketing IPv6 addresses.
+func (t Target) String() string {
+	if t.Addr.IsValid() {
+		return netip.AddrPortFrom(t.Addr, t.Port).String()
+	}
+	return t.Host + ":" + strconv.Itoa(int(t.Port))
+}
+
+// IsValid reports whether t names a destination.
+func (t Target) IsValid() bool {
+	return t.Port != 0 && (t.Addr.IsValid() != (t.Host != ""))
+}
+
+// Request is the header a client writes at the start of each stream.
+type Request struct {
+	Kind   Kind
+	Target Target // unset for KindPing
+}
+
+// AppendRequest appends the encoding of r to b.
+//
+//	version(1) | length(2, big endian, of what follows) | kind(1) | atyp(1) | addr | port(2)
+//
+// addr is 4 bytes (IPv4), 16 bytes (IPv6), or a length byte and that many bytes (domain).
+// A ping carries kind only.
+func AppendRequest(b []byte, r Request) ([]byte, error) {
+	start := len(b)
+	b = append(b, protocolVersion, 0, 0, byte(r.Kind))
+	switch r.Kind {
+	case KindPing:
+	case KindTCP:
+		t := r.Target
+		if !t.IsValid() {
+			return b[:start], fmt.Errorf("%w: %q", ErrBadTarget, t.String())
+		}
+		switch {
+		case t.Addr.Is4():
+			a := t.Addr.As4()
+			b = append(b, atypIPv4)
+			b = append(b, a[:]...)
+		case t.Addr.Is6():
+			a := t.Addr.As16()
+			b = append(b, atypIPv6)
+			b = append(b, a[:]...)
+		default:
+			if err := checkHostname(t.Host); err != nil {
+				return b[:start], err
+			}
+			b = append(b, atypDomain, byte(len(t.Host)))
+			b = append(b, t.Host...)
+		}
+		b = binary.BigEndian.AppendUint16(b, t.Port)
+	default:
+		return b[:start], fmt.Errorf("%w: unknown kind %d", ErrBadRequest, r.Kind)
+	}
+	binary.BigEndian.PutUint16(b[start+1:], uint16(len(b)-start-3))
+	return b, nil
+}
+
+// ReadRequest reads one request header from r. It never reads past the header, so payload
+// the client sent right behind it stays in r. Errors wrap ErrBadRequest for malformed input.
+func ReadRequest(r io.Reader) (Request, error) {
+	var pre [3]byte
+	if _, err := io.ReadFull(r, pre[:]); err != nil {
+		return Request{}, truncated(err)
+	}
+	if pre[0] != protocolVersion {
+		return Request{}, fmt.Errorf("%w: version %d", ErrBadRequest, pre[0])
+	}
+	n := int(binary.BigEndian.Uint16(pre[1:]))
+	if n == 0 || n > maxBodyLen {
+		return Request{}, fmt.Errorf("%w: header length %d", ErrBadRequest, n)
+	}
+	var buf [maxBodyLen]byte
+	body := buf[:n]
+	if _, err := io.ReadFull(r, body); err != nil {
+		return Request{}, truncated(err)
+	}
+	return parseRequestBody(body)
+}
+
+func parseRequestBody(body []byte) (Request, error) {
+	req := Request{Kind: Kind(body[0])}
+	rest := body[1:]
+	switch req.Kind {
+	case KindPing:
+		if len(rest) != 0 {
+			return Request{}, fmt.Errorf("%w: ping with %d trailing bytes", ErrBadRequest, len(rest))
+		}
+		return req, nil
+	case KindTCP:
+	default:
+		return Request{}, fmt.Errorf("%w: unknown kind %d", ErrBadRequest, body[0])
+	}
+	if len(rest) < 1 {
+		return Request{}, fmt.Errorf("%w: no address", ErrBadRequest)
+	}
+	atyp, rest := rest[0], rest[1:]
+	var t Target
+	switch atyp {
+	case atypIPv4:
+		if len(rest) != 4+2 {
+			return Request{}, fmt.Errorf("%w: IPv4 address of %d bytes", ErrBadRequest, len(rest)-2)
+		}
+		t.Addr = netip.AddrFrom4([4]byte(rest[:4]))
+		rest = rest[4:]
+	case atypIPv6:
+		if len(rest) != 16+2 {
+			return Request{}, fmt.Errorf("%w: IPv6 address of %d bytes", ErrBadRequest, len(rest)-2)
+		}
+		t.Addr = netip.AddrFrom16([16]byte(rest[:16])).Unmap()
+		rest = rest[16:]
+	case atypDomain:
+		if len(rest) < 1 || int(rest[0])+1+2 != len(rest) {
+			return Request{}, fmt.Errorf("%w: domain length does not match header", ErrBadRequest)
+		}
+		host := string(rest[1 : 1+int(rest[0])])
+		if err := checkHostname(host); err != nil {
+			return Request{}, fmt.Errorf("%w: %w", ErrBadRequest, err)
+		}
+		t.Host = strings.ToLower(host)
+		rest = rest[1+int(rest[0]):]
+	default:
+		return Request{}, fmt.Errorf("%w: address type %d", ErrBadRequest, atyp)
+	}
+	t.Port = binary.BigEndian.Uint16(rest)
+	if t.Port == 0 {
+		return Request{}, fmt.Errorf("%w: port 0", ErrBadRequest)
+	}
+	req.Target = t
+	return req, nil
+}
+
+func truncated(err error) error {
+	if errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) {
+		return fmt.Errorf("%w: truncated header", ErrBadRequest)
+	}
+	return err
+}
+
+// Status is the server's answer to a request, sent before any payload.
+type Status uint8
+
+const (
+	StatusOK          Status = 0
+	StatusRefused     Status = 1 // the destination refused the connection
+	StatusUnreachable Status = 2 // no route to the destination, or its name did not resolve
+	StatusDenied      Status = 3 // the server's policy does not allow the destination
+	StatusTimedOut    Status = 4 // the destination did not answer within the dial timeout
+	StatusBadRequest  Status = 5 // the header was malformed
+)
+
+var statusNames = [...]string{"ok", "refused", "unreachable", "denied", "timed out", "bad request"}
+
+func (s Status) String() string {
+	if int(s) < len(statusNames) {
+		return statusNames[s]
+	}
+	return "status(" + strconv.Itoa(int(s)) + ")"
+}
+
+// AppendStatus appends the two-byte response: version(1) | status(1).
+func AppendStatus(b []byte, s Status) []byte {
+	return append(b, protocolVersion, byte(s))
+}
+
+// ReadStatus reads the server's response. A non-ok status is returned as a *StatusError.
+func ReadStatus(r io.Reader) error {
+	var b [2]byte
+	if _, err := io.ReadFull(r, b[:]); err != nil {
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			return fmt.Errorf("%w: stream ended before the status", ErrProtocol)
+		}
+		return err
+	}
+	if b[0] != protocolVersion {
+		return fmt.Errorf("%w: response version %d", ErrProtocol, b[0])
+	}
+	if s := Status(b[1]); s != StatusOK {
+		if int(s) >= len(statusNames) {
+			return fmt.Errorf("%w: unknown status %d", ErrProtocol, s)
+		}
+		return &StatusError{Status: s}
+	}
+	return nil
+}
+
+// checkHostname accepts names made of LDH labels (plus underscore) of 1 to 63 bytes,
+// 253 bytes at most.
+func checkHostname(h string) error {
+	if h == "" || len(h) > 253 {
+		return fmt.Errorf("%w: host name of %d bytes", ErrBadTarget, len(h))
+	}
+	for label := range strings.SplitSeq(strings.TrimSuffix(h, "."), ".") {
+		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
+			return fmt.Errorf("%w: host name %q", ErrBadTarget, h)
+		}
+		for i := 0; i < len(label); i++ {
+			c := label[i]
+			if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '_') {
+				return fmt.Errorf("%w: host name %q", ErrBadTarget, h)
+			}
+		}
+	}
+	return nil
+}
+
+// splitHostPort splits "host:port" and "[v6]:port".
+func splitHostPort(s string) (host, port string, err error) {
+	if strings.HasPrefix(s, "[") {
+		end := strings.Index(s, "]")
+		if end < 0 || len(s) < end+2 || s[end+1] != ':' {
+			return "", "", fmt.Errorf("%w: %q", ErrBadTarget, s)
+		}
+		return s[1:end], s[end+2:], nil
+	}
+	i := strings.LastIndex(s, ":")
+	if i < 0 || strings.Contains(s[:i], ":") {
+		return "", "", fmt.Errorf("%w: %q wants host:port (IPv6 in brackets)", ErrBadTarget, s)
+	}
+	return s[:i], s[i+1:], nil
+}
+
+func parsePort(s string) (uint16, error) {
+	n, err := strconv.ParseUint(s, 10, 16)
+	if err != nil || s == "" || s[0] == '+' {
+		return 0, fmt.Errorf("%w: port %q", ErrBadTarget, s)
+	}
+	return uint16(n), nil
+}

@@ -1,0 +1,163 @@
+package quicmux
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"sync"
+	"syscall"
+)
+
+// closeWriter is a conn whose send side can be shut while reading goes on
+// (*net.TCPConn, gVisor's gonet.TCPConn, streamConn).
+type closeWriter interface{ CloseWrite() error }
+
+// aborter is a conn that can be torn down with a reset rather than a FIN.
+type aborter interface{ Abort() }
+
+// lingerer is a kernel or gVisor TCP conn: SetLinger(0) and Close send a RST.
+type lingerer interface{ SetLinger(sec int) error }
+
+// Buffers. A direction reads into a small buffer of its own while its flow is quiet, and
+// takes a large pooled buffer only once a read fills the small one; it gives the large one
+// back as soon as a read comes back short (the source is drained and the next read will
+// likely wait). So 10,000 idle flows hold 2 KiB a direction, and a bulk flow moves 64 KiB a
+// call.
+const (
+	smallBufSize = 2 << 10
+	largeBufSize = 64 << 10
+)
+
+var largeBufs = sync.Pool{New: func() any { b := make([]byte, largeBufSize); return &b }}
+
+// RelayStats counts the bytes a relay moved each way.
+type RelayStats struct {
+	AtoB, BtoA int64
+}
+
+// Relay moves bytes both ways between a and b until both directions end, and is the one
+// place that closes them. An EOF on one side becomes CloseWrite on the other (a stream FIN or
+// a TCP FIN); any other error on either side, or ctx ending, resets both sides (a TCP RST or
+// a stream reset), so the far end never mistakes a failure for a clean end. Relay returns the
+// first error that ended the flow, or nil when both directions finished cleanly.
+//
+// The calling goroutine copies a to b; one more goroutine copies b to a, so a flow costs two
+// goroutines on each side of the tunnel.
+func Relay(ctx context.Context, a, b net.Conn) (RelayStats, error) {
+	r := &relay{a: a, b: b}
+	stop := context.AfterFunc(ctx, r.abortBoth)
+	defer stop()
+
+	done := make(chan struct{})
+	go r.copyBtoA(done)
+	n, err := copyHalf(a, b)
+	r.atob = n
+	r.fail(err)
+	<-done
+
+	_ = a.Close()
+	_ = b.Close()
+	r.mu.Lock()
+	err = r.err
+	r.mu.Unlock()
+	if err == nil && ctx.Err() != nil {
+		err = ctx.Err()
+	}
+	return RelayStats{AtoB: r.atob, BtoA: r.btoa}, err
+}
+
+type relay struct {
+	a, b       net.Conn
+	atob, btoa int64
+	abortOnce  sync.Once
+
+	mu  sync.Mutex
+	err error // the first error that ended the flow
+}
+
+// copyBtoA runs in its own goroutine; the name keeps goroutine dumps readable.
+func (r *relay) copyBtoA(done chan<- struct{}) {
+	defer close(done)
+	n, err := copyHalf(r.b, r.a)
+	r.btoa = n
+	r.fail(err)
+}
+
+// fail records err and, for a real error, resets both sides at once so that the other
+// direction, blocked in a read, ends too.
+func (r *relay) fail(err error) {
+	if err == nil {
+		return
+	}
+	r.mu.Lock()
+	if r.err == nil {
+		r.err = err
+	}
+	r.mu.Unlock()
+	r.abortBoth()
+}
+
+func (r *relay) abortBoth() {
+	r.abortOnce.Do(func() { abort(r.a); abort(r.b) })
+}
+
+// copyHalf copies src to dst; a clean EOF from src shuts dst's send side and returns nil.
+func copyHalf(src, dst net.Conn) (int64, error) {
+	small := make([]byte, smallBufSize)
+	var large *[]byte
+	defer func() {
+		if large != nil {
+			largeBufs.Put(large)
+		}
+	}()
+	var n int64
+	for {
+		buf := small
+		if large != nil {
+			buf = *large
+		}
+		nr, rerr := src.Read(buf)
+		if nr > 0 {
+			nw, werr := dst.Write(buf[:nr])
+			n += int64(nw)
+			if werr != nil {
+				return n, werr
+			}
+		}
+		switch {
+		case large == nil && nr == len(buf):
+			large = largeBufs.Get().(*[]byte)
+		case large != nil && nr < len(buf):
+			largeBufs.Put(large)
+			large = nil
+		}
+		if rerr == io.EOF {
+			if cw, ok := dst.(closeWriter); ok {
+				if err := cw.CloseWrite(); err != nil && !errors.Is(err, net.ErrClosed) {
+					return n, err
+				}
+			}
+			return n, nil
+		}
+		if rerr != nil {
+			return n, rerr
+		}
+	}
+}
+
+// abort tears c down with a reset where the conn type allows it.
+func abort(c net.Conn) {
+	switch c := c.(type) {
+	case aborter:
+		c.Abort()
+	case lingerer:
+		_ = c.SetLinger(0)
+	}
+	_ = c.Close()
+}
+
+// IsReset reports whether err means the other end reset the flow.
+func IsReset(err error) bool {
+	return errors.Is(err, ErrFlowReset) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
+}

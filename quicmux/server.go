@@ -1,0 +1,336 @@
+package quicmux
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/quic-go/quic-go"
+	"github.com/sirupsen/logrus"
+)
+
+// Dialer opens the server's side of a flow (egress). *net.Dialer is one.
+type Dialer interface {
+	DialContext(ctx context.Context, network, address string) (net.Conn, error)
+}
+
+// Resolver turns a target's name into addresses so the policy can judge them.
+// *net.Resolver is one.
+type Resolver interface {
+	LookupNetIP(ctx context.Context, network, host string) ([]netip.Addr, error)
+}
+
+// ServerConfig configures a Server. Identity, Authorized and Policy are required.
+type ServerConfig struct {
+	Identity   *Identity
+	Authorized func(Fingerprint) bool
+	Policy     Policy
+
+	Dialer   Dialer   // default: a net.Dialer
+	Resolver Resolver // default: net.DefaultResolver
+
+	DialTimeout   time.Duration // per destination dial; default 10s
+	HeaderTimeout time.Duration // a stream must deliver its header within this; default 10s
+	Limits        Limits
+
+	Logger *logrus.Entry // default: discard
+}
+
+// Server accepts QUIC connections from authorized clients and serves their flows.
+type Server struct {
+	cfg ServerConfig
+	log *logrus.Entry
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu     sync.Mutex
+	tr     *quic.Transport
+	ln     *quic.Listener
+	closed bool
+
+	flowSeq atomic.Uint64
+}
+
+// NewServer checks cfg and returns a server that is not yet listening.
+func NewServer(cfg ServerConfig) (*Server, error) {
+	switch {
+	case cfg.Identity == nil:
+		return nil, errors.New("quicmux: server needs an identity")
+	case cfg.Authorized == nil:
+		return nil, errors.New("quicmux: server needs a set of authorized clients")
+	case cfg.Policy == nil:
+		return nil, errors.New("quicmux: server needs a policy")
+	}
+	if cfg.Dialer == nil {
+		cfg.Dialer = &net.Dialer{}
+	}
+	if cfg.Resolver == nil {
+		cfg.Resolver = net.DefaultResolver
+	}
+	if cfg.DialTimeout <= 0 {
+		cfg.DialTimeout = 10 * time.Second
+	}
+	if cfg.HeaderTimeout <= 0 {
+		cfg.HeaderTimeout = 10 * time.Second
+	}
+	cfg.Limits = cfg.Limits.withDefaults()
+	s := &Server{cfg: cfg, log: loggerOrDiscard(cfg.Logger)}
+	s.ctx, s.cancel = context.WithCancel(context.Background())
+	return s, nil
+}
+
+// Listen binds addr (UDP) and serves in the background until Close. It returns the bound
+// address, which tells the port when addr asked for port 0.
+func (s *Server) Listen(addr string) (net.Addr, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		return nil, ErrClosed
+	}
+	if s.ln != nil {
+		return nil, errors.New("quicmux: server is already listening")
+	}
+	udp, err := listenUDP(addr)
+	if err != nil {
+		return nil, err
+	}
+	tr := &quic.Transport{Conn: udp}
+	tlsConf := serverTLS(s.cfg.Identity, s.cfg.Authorized, s.log, func(string) {})
+	ln, err := tr.Listen(tlsConf, s.cfg.Limits.quicConfig(true))
+	if err != nil {
+		_ = tr.Close()
+		return nil, fmt.Errorf("quicmux: %w", err)
+	}
+	s.tr, s.ln = tr, ln
+	s.wg.Add(1)
+	go s.acceptConns(ln)
+	s.log.WithField("addr", ln.Addr()).Info("server listening")
+	return ln.Addr(), nil
+}
+
+// Close stops accepting, resets the flows still open, closes every connection and waits
+// for every goroutine the server started. It is idempotent.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil
+	}
+	s.closed = true
+	ln, tr := s.ln, s.tr
+	s.mu.Unlock()
+
+	s.cancel()
+	if ln != nil {
+		_ = ln.Close()
+	}
+	s.wg.Wait()
+	if tr != nil {
+		_ = tr.Close()
+	}
+	return nil
+}
+
+func (s *Server) acceptConns(ln *quic.Listener) {
+	defer s.wg.Done()
+	for {
+		qc, err := ln.Accept(s.ctx)
+		if err != nil {
+			return
+		}
+		s.wg.Add(1)
+		go s.serveConn(qc)
+	}
+}
+
+func (s *Server) serveConn(qc *quic.Conn) {
+	defer s.wg.Done()
+	log := s.log.WithField("peer", qc.RemoteAddr().String())
+	if certs := qc.ConnectionState().TLS.PeerCertificates; len(certs) > 0 {
+		log = log.WithField("fingerprint", FingerprintOf(certs[0]).String())
+	}
+	log.Info("client connected")
+
+	var streams sync.WaitGroup
+	for {
+		str, err := qc.AcceptStream(s.ctx)
+		if err != nil {
+			if s.ctx.Err() == nil {
+				log.WithError(err).Info("client disconnected")
+			}
+			break
+		}
+		streams.Add(1)
+		go func() {
+			defer streams.Done()
+			s.serveStream(qc, str, log)
+		}()
+	}
+	streams.Wait()
+	_ = qc.CloseWithError(connShutdown, "server shutting down")
+}
+
+func (s *Server) serveStream(qc *quic.Conn, str *quic.Stream, connLog *logrus.Entry) {
+	id := s.flowSeq.Add(1)
+	log := connLog.WithField("flow", id)
+	stop := context.AfterFunc(s.ctx, func() {
+		str.CancelRead(codeShutdown)
+		str.CancelWrite(codeShutdown)
+	})
+	defer stop()
+
+	_ = str.SetReadDeadline(time.Now().Add(s.cfg.HeaderTimeout))
+	req, err := ReadRequest(str)
+	_ = str.SetReadDeadline(time.Time{})
+	if err != nil {
+		if errors.Is(err, ErrBadRequest) {
+			log.WithError(err).Info("bad request")
+			s.reject(str, StatusBadRequest, codeBadRequest)
+			return
+		}
+		log.WithError(err).Debug("stream ended before its header")
+		str.CancelRead(codeBadRequest)
+		str.CancelWrite(codeBadRequest)
+		return
+	}
+	if req.Kind == KindPing {
+		_, _ = str.Write(AppendStatus(nil, StatusOK))
+		_ = str.Close()
+		return
+	}
+
+	log = log.WithField("target", req.Target.String())
+	start := time.Now()
+	dst, status := s.dial(req.Target)
+	if status != StatusOK {
+		log.WithField("result", status.String()).Info("flow rejected")
+		s.reject(str, status, codeFlowReset)
+		return
+	}
+	if _, err := str.Write(AppendStatus(nil, StatusOK)); err != nil {
+		_ = dst.Close()
+		str.CancelRead(codeFlowReset)
+		str.CancelWrite(codeFlowReset)
+		return
+	}
+	log.Debug("flow started")
+	sc := newStreamConn(str, qc.LocalAddr(), qc.RemoteAddr())
+	stats, err := Relay(s.ctx, sc, dst)
+	log.WithFields(logrus.Fields{
+		"bytes_up":   stats.AtoB,
+		"bytes_down": stats.BtoA,
+		"duration":   time.Since(start).Round(time.Millisecond).String(),
+		"result":     resultOf(err),
+	}).Debug("flow ended")
+}
+
+// reject answers a request with a non-ok status and ends the stream: FIN after the status,
+// STOP_SENDING for whatever payload the client already sent.
+func (s *Server) reject(str *quic.Stream, st Status, code quic.StreamErrorCode) {
+	_ = str.SetWriteDeadline(time.Now().Add(s.cfg.HeaderTimeout))
+	_, _ = str.Write(AppendStatus(nil, st))
+	_ = str.Close()
+	str.CancelRead(code)
+}
+
+// dial applies the policy and dials the target, mapping each failure to its status.
+func (s *Server) dial(t Target) (net.Conn, Status) {
+	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.DialTimeout)
+	defer cancel()
+	var addrs []netip.Addr
+	switch {
+	case t.Addr.IsValid():
+		if !s.cfg.Policy.Allow(t) {
+			return nil, StatusDenied
+		}
+		addrs = []netip.Addr{t.Addr}
+	case s.cfg.Policy.Allow(t):
+		// The name itself is allowed: the dialer resolves it.
+		c, err := s.cfg.Dialer.DialContext(ctx, "tcp", t.String())
+		if err != nil {
+			return nil, statusOf(err)
+		}
+		return c, StatusOK
+	default:
+		ips, err := s.cfg.Resolver.LookupNetIP(ctx, "ip", t.Host)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, StatusTimedOut
+			}
+			return nil, StatusUnreachable
+		}
+		for _, ip := range ips {
+			if s.cfg.Policy.Allow(Target{Addr: ip.Unmap(), Port: t.Port}) {
+				addrs = append(addrs, ip.Unmap())
+			}
+		}
+		if len(addrs) == 0 {
+			return nil, StatusDenied
+		}
+	}
+	status := StatusUnreachable
+	for _, a := range addrs {
+		c, err := s.cfg.Dialer.DialContext(ctx, "tcp", netip.AddrPortFrom(a, t.Port).String())
+		if err == nil {
+			return c, StatusOK
+		}
+		status = statusOf(err)
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	return nil, status
+}
+
+// statusOf maps a dial error to the status the client sees.
+func statusOf(err error) Status {
+	var se *StatusError
+	var dnsErr *net.DNSError
+	switch {
+	case errors.As(err, &se):
+		return se.Status
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return StatusRefused
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, os.ErrDeadlineExceeded),
+		errors.Is(err, syscall.ETIMEDOUT):
+		return StatusTimedOut
+	case errors.As(err, &dnsErr) && dnsErr.IsTimeout:
+		return StatusTimedOut
+	}
+	return StatusUnreachable
+}
+
+// resultOf names how a flow ended, for logs and metrics.
+func resultOf(err error) string {
+	switch {
+	case err == nil:
+		return "ok"
+	case IsReset(err):
+		return "reset"
+	case errors.Is(err, context.Canceled):
+		return "shutdown"
+	}
+	return "error"
+}
+
+func loggerOrDiscard(l *logrus.Entry) *logrus.Entry {
+	if l != nil {
+		return l
+	}
+	lg := logrus.New()
+	lg.SetOutput(discard{})
+	return logrus.NewEntry(lg)
+}
+
+type discard struct{}
+
+func (discard) Write(p []byte) (int, error) { return len(p), nil }

@@ -1,0 +1,117 @@
+package quicmux
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"sync"
+	"time"
+
+	"github.com/quic-go/quic-go"
+)
+
+// streamConn is a QUIC stream seen as a net.Conn.
+//
+// quic-go's Stream.Close closes only the send side and must not run concurrently with Write,
+// so CloseWrite and Close take writeMu; Close first moves the write deadline to now so that a
+// Write blocked on flow control gives way. Abort resets both directions and may be called at
+// any time from any goroutine.
+type streamConn struct {
+	str    *quic.Stream
+	local  net.Addr
+	remote net.Addr
+
+	// pendingStatus is set on the client side while the server's status has not been read;
+	// only the reading goroutine touches it after construction.
+	pendingStatus bool
+
+	writeMu sync.Mutex
+	closed  sync.Once
+}
+
+var (
+	_ net.Conn    = (*streamConn)(nil)
+	_ closeWriter = (*streamConn)(nil)
+	_ aborter     = (*streamConn)(nil)
+)
+
+// targetAddr is the net.Addr of a flow's destination as the client named it.
+type targetAddr struct{ t Target }
+
+func (a targetAddr) Network() string { return "quicgate" }
+func (a targetAddr) String() string  { return a.t.String() }
+
+func newStreamConn(str *quic.Stream, local, remote net.Addr) *streamConn {
+	return &streamConn{str: str, local: local, remote: remote}
+}
+
+// readStatus consumes the server's status if it has not been read yet.
+func (c *streamConn) readStatus() error {
+	if !c.pendingStatus {
+		return nil
+	}
+	c.pendingStatus = false
+	return ReadStatus(c.str)
+}
+
+func (c *streamConn) Read(p []byte) (int, error) {
+	if c.pendingStatus {
+		if err := c.readStatus(); err != nil {
+			return 0, err
+		}
+	}
+	n, err := c.str.Read(p)
+	return n, mapStreamErr(err)
+}
+
+func (c *streamConn) Write(p []byte) (int, error) {
+	c.writeMu.Lock()
+	defer c.writeMu.Unlock()
+	n, err := c.str.Write(p)
+	return n, mapStreamErr(err)
+}
+
+// CloseWrite sends FIN; reading goes on.
+func (c *streamConn) CloseWrite() error {
+	c.writeMu.Lock()
+	defer c.writeMu.Unlock()
+	return c.str.Close()
+}
+
+// Close ends the flow gracefully where it can: FIN for what was written, STOP_SENDING for
+// what will not be read.
+func (c *streamConn) Close() error {
+	c.closed.Do(func() {
+		c.str.CancelRead(0)
+		_ = c.str.SetWriteDeadline(time.Now())
+		c.writeMu.Lock()
+		_ = c.str.Close()
+		c.writeMu.Unlock()
+	})
+	return nil
+}
+
+// Abort resets the stream both ways, which the far end turns into a TCP reset.
+func (c *streamConn) Abort() {
+	c.closed.Do(func() {})
+	c.str.CancelWrite(codeFlowReset)
+	c.str.CancelRead(codeFlowReset)
+}
+
+func (c *streamConn) LocalAddr() net.Addr                { return c.local }
+func (c *streamConn) RemoteAddr() net.Addr               { return c.remote }
+func (c *streamConn) SetDeadline(t time.Time) error      { return c.str.SetDeadline(t) }
+func (c *streamConn) SetReadDeadline(t time.Time) error  { return c.str.SetReadDeadline(t) }
+func (c *streamConn) SetWriteDeadline(t time.Time) error { return c.str.SetWriteDeadline(t) }
+
+// mapStreamErr turns a reset by the peer into ErrFlowReset, keeping the QUIC error inside.
+func mapStreamErr(err error) error {
+	if err == nil {
+		return nil
+	}
+	var se *quic.StreamError
+	if errors.As(err, &se) && se.Remote {
+		return fmt.Errorf("%w: %w", ErrFlowReset, err)
+	}
+	return err
+}

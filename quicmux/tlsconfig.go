@@ -1,0 +1,82 @@
+package quicmux
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+
+	"github.com/sirupsen/logrus"
+)
+
+// errNoCertificate: the peer sent no certificate.
+var errNoCertificate = errors.New("quicmux: peer sent no certificate")
+
+func peerFingerprint(rawCerts [][]byte) (Fingerprint, error) {
+	if len(rawCerts) == 0 {
+		return Fingerprint{}, errNoCertificate
+	}
+	cert, err := x509.ParseCertificate(rawCerts[0])
+	if err != nil {
+		return Fingerprint{}, fmt.Errorf("quicmux: peer certificate: %w", err)
+	}
+	return FingerprintOf(cert), nil
+}
+
+// clientTLS pins the server's key: the chain is not checked against any CA, only the
+// fingerprint of the leaf's public key.
+func clientTLS(id *Identity, pin Fingerprint) *tls.Config {
+	return &tls.Config{
+		Certificates:       []tls.Certificate{id.Cert},
+		NextProtos:         []string{ALPN},
+		ServerName:         "quicgate",
+		MinVersion:         tls.VersionTLS13,
+		InsecureSkipVerify: true, // replaced by the pin check below
+		VerifyPeerCertificate: func(rawCerts [][]byte, _ [][]*x509.Certificate) error {
+			fp, err := peerFingerprint(rawCerts)
+			if err != nil {
+				return err
+			}
+			if fp != pin {
+				return fmt.Errorf("%w: server is %s, pinned %s", ErrPinMismatch, fp, pin)
+			}
+			return nil
+		},
+	}
+}
+
+// serverTLS demands a client certificate whose key is authorized, and logs each rejection
+// once with the peer's address and fingerprint.
+func serverTLS(id *Identity, authorized func(Fingerprint) bool, log *logrus.Entry, onReject func(reason string)) *tls.Config {
+	base := &tls.Config{
+		Certificates: []tls.Certificate{id.Cert},
+		NextProtos:   []string{ALPN},
+		MinVersion:   tls.VersionTLS13,
+		ClientAuth:   tls.RequireAnyClientCert,
+	}
+	base.GetConfigForClient = func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
+		var peer net.Addr
+		if hello.Conn != nil {
+			peer = hello.Conn.RemoteAddr()
+		}
+		conf := base.Clone()
+		conf.GetConfigForClient = nil
+		conf.VerifyPeerCertificate = func(rawCerts [][]byte, _ [][]*x509.Certificate) error {
+			fp, err := peerFingerprint(rawCerts)
+			if err != nil {
+				log.WithField("peer", peer).WithError(err).Warn("client rejected")
+				onReject("no certificate")
+				return err
+			}
+			if !authorized(fp) {
+				log.WithFields(logrus.Fields{"peer": peer, "fingerprint": fp.String()}).Warn("client rejected: fingerprint not authorized")
+				onReject("unauthorized")
+				return fmt.Errorf("%w: %s", ErrUnauthorized, fp)
+			}
+			return nil
+		}
+		return conf, nil
+	}
+	return base
+}
