@@ -155,7 +155,10 @@ func ParseRule(s string) (Rule, error) {
 		}
 		name := strings.ToLower(strings.TrimSuffix(addrPart, "."))
 		check := strings.TrimPrefix(name, "*.")
-		if strings.Contains(check, "*") || checkHostname(check) != nil {
+		if _, err := netip.ParseAddr(check); err == nil {
+			return bad("an address with a trailing dot")
+		}
+		if strings.Contains(check, "*") || strings.HasSuffix(check, ".") || checkHostname(check) != nil {
 			return bad("not an address, a CIDR prefix or a host name")
 		}
 		r.Host = name

@@ -1,0 +1,87 @@
+package quicmux
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestIdentityPersists(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "state")
+	a, err := LoadOrCreateIdentity(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	b, err := LoadOrCreateIdentity(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a.Fingerprint != b.Fingerprint {
+		t.Fatalf("fingerprint changed across loads: %s then %s", a.Fingerprint, b.Fingerprint)
+	}
+	st, err := os.Stat(filepath.Join(dir, keyFile))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if st.Mode().Perm() != 0o600 {
+		t.Fatalf("key mode %v, want 0600", st.Mode().Perm())
+	}
+	c, err := NewEphemeralIdentity()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Fingerprint == a.Fingerprint {
+		t.Fatal("two identities share a fingerprint")
+	}
+}
+
+func TestFingerprintRoundTrip(t *testing.T) {
+	id, err := NewEphemeralIdentity()
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := id.Fingerprint.String()
+	if !strings.HasPrefix(s, "SHA256:") || len(s) != 7+43 {
+		t.Fatalf("fingerprint %q is not SHA256: and 43 characters", s)
+	}
+	got, err := ParseFingerprint(s)
+	if err != nil || got != id.Fingerprint {
+		t.Fatalf("ParseFingerprint(%q) = %v, %v", s, got, err)
+	}
+	for _, bad := range []string{"", s[7:], "sha256:" + s[7:], s + "A", s[:len(s)-1], "SHA256:" + strings.Repeat("!", 43)} {
+		if _, err := ParseFingerprint(bad); !errors.Is(err, ErrBadFingerprint) {
+			t.Errorf("ParseFingerprint(%q) = %v, want ErrBadFingerprint", bad, err)
+		}
+	}
+}
+
+func TestLoadAuthorizedClients(t *testing.T) {
+	a, _ := NewEphemeralIdentity()
+	b, _ := NewEphemeralIdentity()
+	path := filepath.Join(t.TempDir(), "authorized")
+	content := "# team laptops\n" + a.Fingerprint.String() + " alice\n\n   " + b.Fingerprint.String() + "  # bob\n"
+	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	set, err := LoadAuthorizedClients(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(set) != 2 || set[a.Fingerprint] != "alice" {
+		t.Fatalf("got %v", set)
+	}
+	if _, ok := set[b.Fingerprint]; !ok {
+		t.Fatal("bob missing")
+	}
+	if err := os.WriteFile(path, []byte(content+"SHA256:nope\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := LoadAuthorizedClients(path); err == nil || !strings.Contains(err.Error(), ":5:") {
+		t.Fatalf("error %v does not name line 5", err)
+	}
+	if _, err := LoadAuthorizedClients(filepath.Join(t.TempDir(), "missing")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("missing file: %v", err)
+	}
+}
