@@ -8,6 +8,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/quic-go/quic-go"
@@ -41,6 +42,8 @@ type Client struct {
 
 	mu    sync.Mutex
 	state *connState
+
+	dials atomic.Uint64
 }
 
 // connState is one state of the client's connection. It is replaced, never changed, and
@@ -97,10 +100,15 @@ func (c *Client) Close() error {
 	defer c.mu.Unlock()
 	if c.tr != nil {
 		_ = c.tr.Close()
+		_ = c.tr.Conn.Close() // the transport leaves a socket it was given open
 		c.tr = nil
 	}
 	return nil
 }
+
+// Dials is how many connections the client has made to the server: 1, plus one for each
+// reconnection.
+func (c *Client) Dials() uint64 { return c.dials.Load() }
 
 // Connect waits until the client is connected and the server has accepted its identity.
 // It fails at once on a wrong pin or a rejected identity, and with ErrServerUnreachable when
@@ -182,6 +190,7 @@ func (c *Client) open(ctx context.Context, t Target) (*streamConn, error) {
 	if err != nil {
 		return nil, err
 	}
+	parent := ctx
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.DialTimeout)
 	defer cancel()
 	qc, err := c.waitConn(ctx)
@@ -190,6 +199,9 @@ func (c *Client) open(ctx context.Context, t Target) (*streamConn, error) {
 	}
 	str, err := qc.OpenStreamSync(ctx)
 	if err != nil {
+		if parent.Err() != nil {
+			return nil, parent.Err()
+		}
 		if ctx.Err() != nil {
 			return nil, fmt.Errorf("%w: no free stream within %s", ErrServerUnreachable, c.cfg.DialTimeout)
 		}
@@ -277,6 +289,7 @@ func (c *Client) supervise() {
 			continue
 		}
 		backoff, failures = minBackoff, 0
+		c.dials.Add(1)
 		c.setState(conn, nil)
 		fields := logrus.Fields{"rtt": conn.ConnectionStats().SmoothedRTT.String()}
 		if wasUp {

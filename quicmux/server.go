@@ -108,6 +108,7 @@ func (s *Server) Listen(addr string) (net.Addr, error) {
 	ln, err := tr.Listen(tlsConf, s.cfg.Limits.quicConfig(true))
 	if err != nil {
 		_ = tr.Close()
+		_ = udp.Close()
 		return nil, fmt.Errorf("quicmux: %w", err)
 	}
 	s.tr, s.ln = tr, ln
@@ -136,6 +137,7 @@ func (s *Server) Close() error {
 	s.wg.Wait()
 	if tr != nil {
 		_ = tr.Close()
+		_ = tr.Conn.Close() // the transport leaves a socket it was given open
 	}
 	return nil
 }

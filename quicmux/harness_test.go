@@ -1,0 +1,229 @@
+package quicmux
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/netip"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/sirupsen/logrus"
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) {
+	goleak.VerifyTestMain(m)
+}
+
+// tunnel is a server and a client on loopback, with the test's own identities.
+type tunnel struct {
+	t          *testing.T
+	serverID   *Identity
+	clientID   *Identity
+	serverCfg  ServerConfig
+	server     *Server
+	serverAddr string
+	client     *Client
+}
+
+type tunnelOption func(*tunnel)
+
+func withDialer(d Dialer) tunnelOption { return func(tn *tunnel) { tn.serverCfg.Dialer = d } }
+func withDialTimeout(d time.Duration) tunnelOption {
+	return func(tn *tunnel) { tn.serverCfg.DialTimeout = d }
+}
+func withResolver(r Resolver) tunnelOption { return func(tn *tunnel) { tn.serverCfg.Resolver = r } }
+func withRules(specs ...string) tunnelOption {
+	return func(tn *tunnel) {
+		rules, err := ParseRules(specs)
+		if err != nil {
+			tn.t.Fatal(err)
+		}
+		tn.serverCfg.Policy = rules
+	}
+}
+
+func testLogger(t *testing.T) *logrus.Entry {
+	lg := logrus.New()
+	lg.SetOutput(testWriter{t})
+	lg.SetLevel(logrus.InfoLevel)
+	return logrus.NewEntry(lg)
+}
+
+// testWriter sends log lines to t.Log, so they show only for failing tests.
+type testWriter struct{ t *testing.T }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Helper()
+	w.t.Log(string(p[:len(p)-1]))
+	return len(p), nil
+}
+
+func newTunnel(t *testing.T, opts ...tunnelOption) *tunnel {
+	t.Helper()
+	tn := &tunnel{t: t}
+	var err error
+	if tn.serverID, err = NewEphemeralIdentity(); err != nil {
+		t.Fatal(err)
+	}
+	if tn.clientID, err = NewEphemeralIdentity(); err != nil {
+		t.Fatal(err)
+	}
+	tn.serverCfg = ServerConfig{
+		Identity:    tn.serverID,
+		Authorized:  func(fp Fingerprint) bool { return fp == tn.clientID.Fingerprint },
+		Policy:      Rules{{Prefix: netip.MustParsePrefix("127.0.0.0/8"), PortLo: 1, PortHi: 65535}},
+		DialTimeout: 2 * time.Second,
+		Logger:      testLogger(t).WithField("side", "server"),
+	}
+	for _, o := range opts {
+		o(tn)
+	}
+	tn.startServer("127.0.0.1:0")
+	tn.client = tn.newClient(tn.clientID, tn.serverID.Fingerprint)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := tn.client.Connect(ctx); err != nil {
+		t.Fatalf("connect: %v", err)
+	}
+	return tn
+}
+
+func (tn *tunnel) startServer(addr string) {
+	tn.t.Helper()
+	srv, err := NewServer(tn.serverCfg)
+	if err != nil {
+		tn.t.Fatal(err)
+	}
+	a, err := srv.Listen(addr)
+	if err != nil {
+		tn.t.Fatal(err)
+	}
+	tn.server, tn.serverAddr = srv, a.String()
+	tn.t.Cleanup(func() { _ = srv.Close() })
+}
+
+func (tn *tunnel) newClient(id *Identity, pin Fingerprint) *Client {
+	tn.t.Helper()
+	c, err := NewClient(ClientConfig{
+		Server:      tn.serverAddr,
+		Identity:    id,
+		Pin:         pin,
+		DialTimeout: 3 * time.Second,
+		Logger:      testLogger(tn.t).WithField("side", "client"),
+	})
+	if err != nil {
+		tn.t.Fatal(err)
+	}
+	tn.t.Cleanup(func() { _ = c.Close() })
+	return c
+}
+
+// forward starts a -L listener for target and returns its address.
+func (tn *tunnel) forward(target string) string {
+	tn.t.Helper()
+	tgt, err := ParseTarget(target)
+	if err != nil {
+		tn.t.Fatal(err)
+	}
+	pl, err := ListenLocalForward(LocalForward{Bind: netip.MustParseAddrPort("127.0.0.1:0"), Target: tgt}, tn.client, testLogger(tn.t))
+	if err != nil {
+		tn.t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan struct{})
+	go func() { defer close(done); _ = pl.Serve(ctx) }()
+	tn.t.Cleanup(func() { cancel(); <-done })
+	return pl.Addr().String()
+}
+
+// destination is a TCP server on loopback that runs handle for every connection.
+func destination(t *testing.T, handle func(c *net.TCPConn)) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				defer c.Close()
+				handle(c.(*net.TCPConn))
+			}()
+		}
+	}()
+	t.Cleanup(func() { _ = ln.Close(); wg.Wait() })
+	return ln.Addr().String()
+}
+
+// echo copies everything back and closes its send side at EOF.
+func echo(c *net.TCPConn) {
+	_ = c.SetDeadline(time.Now().Add(2 * time.Minute))
+	if _, err := io.Copy(c, c); err == nil {
+		_ = c.CloseWrite()
+	}
+	_, _ = io.Copy(io.Discard, c)
+}
+
+// closedPort returns a loopback port that nothing listens on.
+func closedPort(t *testing.T) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := ln.Addr().String()
+	_ = ln.Close()
+	return addr
+}
+
+// expectReset reads from c until it fails, and checks that it failed with a reset (not a
+// clean EOF) within limit.
+func expectReset(t *testing.T, c net.Conn, limit time.Duration) {
+	t.Helper()
+	start := time.Now()
+	_ = c.SetReadDeadline(time.Now().Add(limit + time.Second))
+	buf := make([]byte, 1024)
+	for {
+		_, err := c.Read(buf)
+		if err == nil {
+			continue
+		}
+		if errors.Is(err, io.EOF) {
+			t.Fatalf("got a clean EOF after %v, want a reset", time.Since(start))
+		}
+		if !IsReset(err) {
+			t.Fatalf("got %v after %v, want a reset", err, time.Since(start))
+		}
+		if d := time.Since(start); d > limit {
+			t.Fatalf("reset took %v, want under %v", d, limit)
+		}
+		return
+	}
+}
+
+// dialerFunc adapts a function to Dialer.
+type dialerFunc func(ctx context.Context, network, address string) (net.Conn, error)
+
+func (f dialerFunc) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
+	return f(ctx, network, address)
+}
+
+// resolverFunc adapts a function to Resolver.
+type resolverFunc func(ctx context.Context, network, host string) ([]netip.Addr, error)
+
+func (f resolverFunc) LookupNetIP(ctx context.Context, network, host string) ([]netip.Addr, error) {
+	return f(ctx, network, host)
+}

@@ -1,0 +1,5 @@
+//go:build !race
+
+package quicmux
+
+const raceEnabled = false
