@@ -276,7 +276,8 @@ func (c *Client) supervise() {
 			failures++
 			c.setState(nil, err)
 			entry := c.log.WithError(err).WithField("retry_in", backoff.String())
-			if failures == 1 {
+			// Before the first connection the caller (Connect, or a flow) reports the error.
+			if failures == 1 && wasUp {
 				entry.Warn("cannot connect to server")
 			} else {
 				entry.Debug("cannot connect to server")
@@ -347,11 +348,12 @@ func ping(ctx context.Context, conn *quic.Conn) error {
 
 func classifyDialErr(err error, server string, timeout time.Duration) error {
 	var te *quic.TransportError
+	var pe *PinError
 	switch {
-	case errors.Is(err, ErrPinMismatch):
-		return err
+	case errors.As(err, &pe):
+		return fmt.Errorf("%w: %s %w", ErrPinMismatch, server, pe)
 	case errors.As(err, &te) && te.Remote && te.ErrorCode.IsCryptoError():
-		return fmt.Errorf("%w (%s)", ErrUnauthorized, te.ErrorCode.Message())
+		return fmt.Errorf("%w: %s refused the handshake (%s); add this client's fingerprint to the server's authorized clients", ErrUnauthorized, server, te.ErrorCode.Message())
 	case errors.Is(err, context.DeadlineExceeded), isTimeout(err):
 		return fmt.Errorf("%w: no answer from %s within %s", ErrServerUnreachable, server, timeout)
 	}

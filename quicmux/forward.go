@@ -161,5 +161,8 @@ func (p *PortListener) Serve(ctx context.Context) error {
 	}
 }
 
+// Target is where this listener's flows go.
+func (p *PortListener) Target() Target { return p.fwd.Target }
+
 // Close stops accepting.
 func (p *PortListener) Close() error { return p.ln.Close() }

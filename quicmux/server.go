@@ -114,7 +114,7 @@ func (s *Server) Listen(addr string) (net.Addr, error) {
 	s.tr, s.ln = tr, ln
 	s.wg.Add(1)
 	go s.acceptConns(ln)
-	s.log.WithField("addr", ln.Addr()).Info("server listening")
+	s.log.WithField("addr", ln.Addr().String()).Info("server listening")
 	return ln.Addr(), nil
 }
 

@@ -5,7 +5,6 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"net"
 
 	"github.com/sirupsen/logrus"
 )
@@ -24,6 +23,16 @@ func peerFingerprint(rawCerts [][]byte) (Fingerprint, error) {
 	return FingerprintOf(cert), nil
 }
 
+// PinError says which key the server presented instead of the pinned one.
+type PinError struct{ Got, Want Fingerprint }
+
+func (e *PinError) Error() string {
+	return fmt.Sprintf("presented %s, but the pin is %s", e.Got, e.Want)
+}
+
+// Is makes a PinError match ErrPinMismatch.
+func (e *PinError) Is(target error) bool { return target == ErrPinMismatch }
+
 // clientTLS pins the server's key: the chain is not checked against any CA, only the
 // fingerprint of the leaf's public key.
 func clientTLS(id *Identity, pin Fingerprint) *tls.Config {
@@ -39,7 +48,7 @@ func clientTLS(id *Identity, pin Fingerprint) *tls.Config {
 				return err
 			}
 			if fp != pin {
-				return fmt.Errorf("%w: server is %s, pinned %s", ErrPinMismatch, fp, pin)
+				return &PinError{Got: fp, Want: pin}
 			}
 			return nil
 		},
@@ -56,9 +65,9 @@ func serverTLS(id *Identity, authorized func(Fingerprint) bool, log *logrus.Entr
 		ClientAuth:   tls.RequireAnyClientCert,
 	}
 	base.GetConfigForClient = func(hello *tls.ClientHelloInfo) (*tls.Config, error) {
-		var peer net.Addr
+		var peer string
 		if hello.Conn != nil {
-			peer = hello.Conn.RemoteAddr()
+			peer = hello.Conn.RemoteAddr().String()
 		}
 		conf := base.Clone()
 		conf.GetConfigForClient = nil

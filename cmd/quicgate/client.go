@@ -73,12 +73,6 @@ func runClient(ctx context.Context, args []string, stderr io.Writer) error {
 		return err
 	}
 	defer client.Close()
-	if err := client.Connect(ctx); err != nil {
-		if ctx.Err() != nil {
-			return nil
-		}
-		return err
-	}
 
 	// Bind every ingress before serving any, so a bad -L or a missing privilege fails the
 	// start rather than leaving half a client running.
@@ -94,7 +88,6 @@ func runClient(ctx context.Context, args []string, stderr io.Writer) error {
 			return err
 		}
 		listeners = append(listeners, l)
-		log.WithFields(logrus.Fields{"listen": l.Addr().String(), "target": f.Target.String()}).Info("forwarding")
 	}
 	var tunIngress ingress
 	if tunCfg != nil {
@@ -102,6 +95,16 @@ func runClient(ctx context.Context, args []string, stderr io.Writer) error {
 		if err != nil {
 			return err
 		}
+	}
+
+	if err := client.Connect(ctx); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
+	for _, l := range listeners {
+		log.WithFields(logrus.Fields{"listen": l.Addr().String(), "target": l.Target().String()}).Info("forwarding")
 	}
 
 	g, gctx := errgroup.WithContext(ctx)

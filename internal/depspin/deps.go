@@ -6,6 +6,7 @@ import (
 	_ "github.com/sirupsen/logrus"
 	_ "github.com/vishvananda/netlink"
 	_ "go.uber.org/goleak"
+	_ "golang.org/x/sync/errgroup"
 	_ "golang.zx2c4.com/wireguard/tun"
 	_ "golang.zx2c4.com/wireguard/tun/netstack"
 	_ "gvisor.dev/gvisor/pkg/buffer"
@@ -16,5 +17,4 @@ import (
 	_ "gvisor.dev/gvisor/pkg/tcpip/stack"
 	_ "gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	_ "gvisor.dev/gvisor/pkg/tcpip/transport/udp"
-	_ "golang.org/x/sync/errgroup"
 )

@@ -1,0 +1,334 @@
+package main
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// These tests run the real binary as a user would: built once, started as processes.
+
+var binary string
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "quicgate-cli")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	binary = filepath.Join(dir, "quicgate")
+	if out, err := exec.Command("go", "build", "-o", binary, ".").CombinedOutput(); err != nil {
+		fmt.Fprintf(os.Stderr, "building quicgate: %v\n%s", err, out)
+		os.Exit(1)
+	}
+	code := m.Run()
+	_ = os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// runQuick runs a command that must end by itself within 15 s.
+func runQuick(t *testing.T, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, binary, args...)
+	var out, errb strings.Builder
+	cmd.Stdout, cmd.Stderr = &out, &errb
+	err := cmd.Run()
+	var ee *exec.ExitError
+	switch {
+	case err == nil:
+	case errors.As(err, &ee):
+		code = ee.ExitCode()
+	default:
+		t.Fatalf("running %v: %v", args, err)
+	}
+	if ctx.Err() != nil {
+		t.Fatalf("%v did not end within 15s", args)
+	}
+	return out.String(), errb.String(), code
+}
+
+func fingerprint(t *testing.T, dir string) string {
+	t.Helper()
+	out, errOut, code := runQuick(t, "fingerprint", "--state-dir", dir)
+	if code != 0 {
+		t.Fatalf("fingerprint: exit %d: %s", code, errOut)
+	}
+	return strings.TrimSpace(out)
+}
+
+func TestFingerprintStable(t *testing.T) {
+	dir := filepath.Join(t.TempDir(), "id")
+	a, b := fingerprint(t, dir), fingerprint(t, dir)
+	if a != b {
+		t.Fatalf("fingerprint changed: %s then %s", a, b)
+	}
+	if !regexp.MustCompile(`^SHA256:[A-Za-z0-9+/]{43}$`).MatchString(a) {
+		t.Fatalf("fingerprint %q is not in the --pin form", a)
+	}
+}
+
+// Mistakes on the command line give one line on stderr and exit status 2.
+func TestBadFlags(t *testing.T) {
+	dir := t.TempDir()
+	auth := filepath.Join(dir, "auth")
+	if err := os.WriteFile(auth, []byte(fingerprint(t, filepath.Join(dir, "c"))+"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	pin := fingerprint(t, filepath.Join(dir, "s"))
+	state := filepath.Join(dir, "s")
+	tests := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"no command", nil, "Usage"},
+		{"unknown command", []string{"frob"}, `unknown command "frob"`},
+		{"unknown flag", []string{"client", "--bogus"}, "flag provided but not defined"},
+		{"server without allow", []string{"server", "--state-dir", state, "--authorized-clients", auth}, "no --allow rule"},
+		{"server bad allow", []string{"server", "--state-dir", state, "--authorized-clients", auth, "--allow", "10.0.0.1/8"}, "did you mean 10.0.0.0/8"},
+		{"server without authorized clients", []string{"server", "--state-dir", state, "--allow", "127.0.0.1"}, "--authorized-clients is required"},
+		{"server bad log level", []string{"server", "--state-dir", state, "--authorized-clients", auth, "--allow", "127.0.0.1", "--log-level", "loud"}, "--log-level"},
+		{"client without server", []string{"client", "--pin", pin, "-L", "0:127.0.0.1:80"}, "--server is required"},
+		{"client without pin", []string{"client", "--server", "127.0.0.1:1", "-L", "0:127.0.0.1:80"}, "--pin is required"},
+		{"client bad pin", []string{"client", "--server", "127.0.0.1:1", "--pin", "abc", "-L", "0:127.0.0.1:80"}, "bad fingerprint"},
+		{"client bad -L", []string{"client", "--server", "127.0.0.1:1", "--pin", pin, "-L", "80:host"}, "bad -L forward"},
+		{"client nothing to forward", []string{"client", "--server", "127.0.0.1:1", "--pin", pin}, "nothing to forward"},
+		{"client bad log format", []string{"client", "--server", "127.0.0.1:1", "--pin", pin, "-L", "0:127.0.0.1:80", "--log-format", "xml"}, "--log-format"},
+		{"client stray argument", []string{"client", "--server", "127.0.0.1:1", "--pin", pin, "extra"}, `unexpected argument "extra"`},
+		{"demo bad size", []string{"demo", "--size", "0"}, "--size"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, stderr, code := runQuick(t, tt.args...)
+			if code != 2 {
+				t.Fatalf("exit %d, want 2; stderr:\n%s", code, stderr)
+			}
+			if !strings.Contains(stderr, tt.want) {
+				t.Fatalf("stderr %q does not say %q", stderr, tt.want)
+			}
+			if tt.args != nil && tt.name != "unknown command" && strings.Count(strings.TrimSpace(stderr), "\n") != 0 {
+				t.Fatalf("want one line, got:\n%s", stderr)
+			}
+		})
+	}
+}
+
+// process is a long-running quicgate whose JSON log lines the test reads.
+type process struct {
+	cmd   *exec.Cmd
+	lines chan map[string]any
+	done  chan struct{}
+	mu    sync.Mutex
+	log   []string
+}
+
+func start(t *testing.T, args ...string) *process {
+	t.Helper()
+	cmd := exec.Command(binary, append(args, "--log-format", "json")...)
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	p := &process{cmd: cmd, lines: make(chan map[string]any, 100), done: make(chan struct{})}
+	go func() {
+		defer close(p.done)
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			p.mu.Lock()
+			p.log = append(p.log, sc.Text())
+			p.mu.Unlock()
+			var m map[string]any
+			if json.Unmarshal(sc.Bytes(), &m) == nil {
+				select {
+				case p.lines <- m:
+				default:
+				}
+			}
+		}
+	}()
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		<-p.done
+		_ = cmd.Wait()
+		if t.Failed() {
+			p.mu.Lock()
+			t.Logf("%s log:\n%s", args[0], strings.Join(p.log, "\n"))
+			p.mu.Unlock()
+		}
+	})
+	return p
+}
+
+// waitFor returns the first log line whose msg is msg.
+func (p *process) waitFor(t *testing.T, msg string) map[string]any {
+	t.Helper()
+	timeout := time.After(15 * time.Second)
+	for {
+		select {
+		case m := <-p.lines:
+			if m["msg"] == msg {
+				return m
+			}
+		case <-p.done:
+			t.Fatalf("process exited before logging %q", msg)
+		case <-timeout:
+			t.Fatalf("no %q log line within 15s", msg)
+		}
+	}
+}
+
+// stop sends SIGTERM and checks that the process exits 0 within 10 s.
+func (p *process) stop(t *testing.T) {
+	t.Helper()
+	_ = p.cmd.Process.Signal(syscall.SIGTERM)
+	select {
+	case <-p.done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no exit within 10s of SIGTERM")
+	}
+	if err := p.cmd.Wait(); err != nil {
+		t.Fatalf("exit after SIGTERM: %v", err)
+	}
+}
+
+type pair struct {
+	dir, pin, clientFP, auth string
+}
+
+func newPair(t *testing.T) pair {
+	t.Helper()
+	dir := t.TempDir()
+	p := pair{dir: dir, pin: fingerprint(t, filepath.Join(dir, "server")), clientFP: fingerprint(t, filepath.Join(dir, "client"))}
+	p.auth = filepath.Join(dir, "authorized_clients")
+	if err := os.WriteFile(p.auth, []byte("# the test's client\n"+p.clientFP+" test\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func (p pair) startServer(t *testing.T, allow ...string) (*process, string) {
+	t.Helper()
+	args := []string{"server", "--listen", "127.0.0.1:0", "--state-dir", filepath.Join(p.dir, "server"), "--authorized-clients", p.auth}
+	for _, a := range allow {
+		args = append(args, "--allow", a)
+	}
+	srv := start(t, args...)
+	ready := srv.waitFor(t, "server ready")
+	return srv, ready["addr"].(string)
+}
+
+// The product's main job, end to end: server and client processes, a forwarded port, an
+// HTTP fetch through it, a denied destination, and clean exits on SIGTERM.
+func TestServerClientProcesses(t *testing.T) {
+	web := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		_, _ = io.WriteString(w, "through the tunnel")
+	}), ReadHeaderTimeout: 5 * time.Second}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { _ = web.Serve(ln) }()
+	defer web.Close()
+	webPort := ln.Addr().(*net.TCPAddr).Port
+
+	p := newPair(t)
+	srv, addr := p.startServer(t, fmt.Sprintf("127.0.0.1/32:%d", webPort))
+	cli := start(t, "client", "--server", addr, "--state-dir", filepath.Join(p.dir, "client"), "--pin", p.pin,
+		"-L", fmt.Sprintf("0:127.0.0.1:%d", webPort), "-L", "0:127.0.0.1:1")
+	cli.waitFor(t, "connected to server")
+	allowed := cli.waitFor(t, "forwarding")["listen"].(string)
+	denied := cli.waitFor(t, "forwarding")["listen"].(string)
+
+	resp, err := http.Get("http://" + allowed + "/")
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if string(body) != "through the tunnel" {
+		t.Fatalf("body %q", body)
+	}
+
+	// The reset can come so fast that it lands on the dial itself.
+	c, err := net.Dial("tcp", denied)
+	if err == nil {
+		_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		_, err = c.Read(make([]byte, 1))
+		_ = c.Close()
+	}
+	if !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("denied destination: got %v, want a reset", err)
+	}
+	if m := srv.waitFor(t, "flow rejected"); m["result"] != "denied" {
+		t.Fatalf("server logged %v", m)
+	}
+
+	cli.stop(t)
+	srv.stop(t)
+}
+
+// Failures to reach the server are one line and exit 1, within the dial timeout.
+func TestClientCannotConnect(t *testing.T) {
+	p := newPair(t)
+	_, addr := p.startServer(t, "127.0.0.1/32")
+	stranger := filepath.Join(p.dir, "stranger")
+	silent, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	tests := []struct {
+		name, server, state, pin, want string
+	}{
+		{"wrong pin", addr, filepath.Join(p.dir, "client"), p.clientFP, "does not match the pin"},
+		{"unauthorized client", addr, stranger, p.pin, "rejected this client's identity"},
+		{"no server", silent.LocalAddr().String(), filepath.Join(p.dir, "client"), p.pin, "server unreachable"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			begin := time.Now()
+			_, stderr, code := runQuick(t, "client", "--server", tt.server, "--state-dir", tt.state, "--pin", tt.pin,
+				"-L", "0:127.0.0.1:80", "--dial-timeout", "2s")
+			if code != 1 {
+				t.Fatalf("exit %d, want 1; stderr:\n%s", code, stderr)
+			}
+			if !strings.Contains(stderr, tt.want) || strings.Count(strings.TrimSpace(stderr), "\n") != 0 {
+				t.Fatalf("want one line saying %q, got:\n%s", tt.want, stderr)
+			}
+			if d := time.Since(begin); d > 5*time.Second {
+				t.Fatalf("took %v", d)
+			}
+		})
+	}
+}
+
+func TestDemo(t *testing.T) {
+	out, stderr, code := runQuick(t, "demo", "--size", "16")
+	if code != 0 {
+		t.Fatalf("exit %d:\n%s%s", code, out, stderr)
+	}
+	for _, want := range []string{"through -L: \"hello from the far side", "through Client.DialContext", "SHA-256 matches"} {
+		if !strings.Contains(out, want) {
+			t.Fatalf("demo output lacks %q:\n%s", want, out)
+		}
+	}
+}
