@@ -2,6 +2,7 @@ package quicmux
 
 import (
 	"bytes"
+	"encoding/hex"
 	"errors"
 	"io"
 	"net/netip"
@@ -44,6 +45,34 @@ func TestRequestRoundTrip(t *testing.T) {
 				t.Fatalf("ReadRequest consumed payload: left %q", rest)
 			}
 		})
+	}
+}
+
+// The examples in docs/protocol.md, byte for byte.
+func TestRequestDocumentedBytes(t *testing.T) {
+	v6 := "01001401" + "04" + "fd000000000000000000000000000005" + "01bb"
+	tests := []struct {
+		target, hex string
+	}{
+		{"127.0.0.1:80", "0100080101" + "7f000001" + "0050"},
+		{"[fd00::5]:443", v6},
+		{"example.com:22", "0100100103" + "0b" + hex.EncodeToString([]byte("example.com")) + "0016"},
+	}
+	for _, tt := range tests {
+		tgt, err := ParseTarget(tt.target)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b, err := AppendRequest(nil, Request{Kind: KindTCP, Target: tgt})
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := hex.EncodeToString(b); got != tt.hex {
+			t.Errorf("%s: %s, documented %s", tt.target, got, tt.hex)
+		}
+	}
+	if b, _ := AppendRequest(nil, Request{Kind: KindPing}); hex.EncodeToString(b) != "01000100" {
+		t.Errorf("ping: %x", b)
 	}
 }
 
