@@ -24,8 +24,12 @@ type ClientConfig struct {
 	// DialTimeout bounds how long a flow waits for a connection to the server (and for a
 	// free stream on it); default 10s.
 	DialTimeout time.Duration
-	Limits      Limits
-	Logger      *logrus.Entry // default: discard
+	// FlowIdleTimeout resets a forwarded flow that moved no byte either way for this long;
+	// 0: never.
+	FlowIdleTimeout time.Duration
+	Limits          Limits
+	Metrics         *Metrics      // default: none
+	Logger          *logrus.Entry // default: discard
 }
 
 // Client keeps one QUIC connection to the server and opens a stream on it per flow. A
@@ -44,6 +48,9 @@ type Client struct {
 	state *connState
 
 	dials atomic.Uint64
+	// kick cuts the supervisor's backoff short when a flow is waiting for a connection, so
+	// that a server back from a restart is found at once rather than after the backoff.
+	kick chan struct{}
 }
 
 // connState is one state of the client's connection. It is replaced, never changed, and
@@ -84,6 +91,7 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 		tlsConf: clientTLS(cfg.Identity, cfg.Pin),
 		tr:      &quic.Transport{Conn: udp},
 		state:   &connState{changed: make(chan struct{})},
+		kick:    make(chan struct{}, 1),
 	}
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	c.wg.Add(1)
@@ -179,9 +187,13 @@ func (c *Client) Forward(ctx context.Context, local net.Conn, t Target) (RelaySt
 	sc, err := c.open(ctx, t)
 	if err != nil {
 		abort(local)
+		c.cfg.Metrics.flowRejected()
 		return RelayStats{}, err
 	}
-	return Relay(ctx, local, sc)
+	c.cfg.Metrics.flowStarted()
+	stats, err := RelayWith(ctx, local, sc, c.cfg.Metrics.relayOptions(c.cfg.FlowIdleTimeout))
+	c.cfg.Metrics.flowEnded(resultOf(err))
+	return stats, err
 }
 
 // open opens a stream for t and writes its header; the status is left to the first Read.
@@ -232,6 +244,10 @@ func (c *Client) waitConn(ctx context.Context) (*quic.Conn, error) {
 			return nil, st.lastErr
 		}
 		select {
+		case c.kick <- struct{}{}:
+		default:
+		}
+		select {
 		case <-st.changed:
 		case <-ctx.Done():
 			return nil, c.unreachable(ctx.Err(), st.lastErr)
@@ -274,6 +290,7 @@ func (c *Client) supervise() {
 				break
 			}
 			failures++
+			c.cfg.Metrics.handshakeFailed(failureReason(err))
 			c.setState(nil, err)
 			entry := c.log.WithError(err).WithField("retry_in", backoff.String())
 			// Before the first connection the caller (Connect, or a flow) reports the error.
@@ -282,15 +299,16 @@ func (c *Client) supervise() {
 			} else {
 				entry.Debug("cannot connect to server")
 			}
-			select {
-			case <-time.After(backoff + rand.N(backoff/2)):
-			case <-c.ctx.Done():
-			}
+			c.sleep(backoff + rand.N(backoff/2))
 			backoff = min(2*backoff, maxBackoff)
 			continue
 		}
 		backoff, failures = minBackoff, 0
 		c.dials.Add(1)
+		c.cfg.Metrics.trackConn(conn)
+		if wasUp {
+			c.cfg.Metrics.reconnected()
+		}
 		c.setState(conn, nil)
 		fields := logrus.Fields{"rtt": conn.ConnectionStats().SmoothedRTT.String()}
 		if wasUp {
@@ -308,6 +326,27 @@ func (c *Client) supervise() {
 		}
 	}
 	c.setState(nil, ErrClosed)
+}
+
+// sleep waits out a backoff, cut short (but never below minBackoff) when a flow is waiting.
+func (c *Client) sleep(d time.Duration) {
+	floor := time.NewTimer(min(d, minBackoff))
+	defer floor.Stop()
+	select {
+	case <-floor.C:
+	case <-c.ctx.Done():
+		return
+	}
+	if d <= minBackoff {
+		return
+	}
+	rest := time.NewTimer(d - minBackoff)
+	defer rest.Stop()
+	select {
+	case <-rest.C:
+	case <-c.kick:
+	case <-c.ctx.Done():
+	}
 }
 
 // dial makes one connection attempt and proves it with a ping, which fails if the server
@@ -358,6 +397,17 @@ func classifyDialErr(err error, server string, timeout time.Duration) error {
 		return fmt.Errorf("%w: no answer from %s within %s", ErrServerUnreachable, server, timeout)
 	}
 	return fmt.Errorf("%w: %w", ErrServerUnreachable, err)
+}
+
+// failureReason names a failed dial for the handshake-failure metric.
+func failureReason(err error) string {
+	switch {
+	case errors.Is(err, ErrPinMismatch):
+		return "pin_mismatch"
+	case errors.Is(err, ErrUnauthorized):
+		return "unauthorized"
+	}
+	return "unreachable"
 }
 
 func isTimeout(err error) bool {

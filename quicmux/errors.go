@@ -24,6 +24,10 @@ var (
 	ErrPinMismatch = errors.New("quicmux: server fingerprint does not match the pin")
 	// ErrUnauthorized: the server did not accept this client's identity.
 	ErrUnauthorized = errors.New("quicmux: server rejected this client's identity")
+	// ErrFlowIdle: the flow moved no byte for longer than its idle timeout and was reset.
+	ErrFlowIdle = errors.New("quicmux: flow idle timeout")
+	// ErrShuttingDown: the server is draining and takes no new flows.
+	ErrShuttingDown = errors.New("quicmux: server shutting down")
 	// ErrFlowReset: the other end of the flow reset it.
 	ErrFlowReset = errors.New("quicmux: flow reset by peer")
 )
@@ -47,6 +51,8 @@ func (e *StatusError) Is(target error) bool {
 		return target == ErrTimedOut
 	case StatusBadRequest:
 		return target == ErrBadRequest
+	case StatusShuttingDown:
+		return target == ErrShuttingDown
 	}
 	return false
 }

@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"strings"
 	"sync"
+	"time"
 
 	"github.com/sirupsen/logrus"
 )
@@ -111,6 +112,10 @@ type PortListener struct {
 	fwd LocalForward
 	to  Forwarder
 	log *logrus.Entry
+
+	// DrainTimeout is how long Serve lets open flows run on after ctx ends before it resets
+	// them; zero resets them at once.
+	DrainTimeout time.Duration
 }
 
 // ListenLocalForward binds f's local address.
@@ -125,13 +130,27 @@ func ListenLocalForward(f LocalForward, to Forwarder, log *logrus.Entry) (*PortL
 // Addr is the bound address (with the chosen port when -L asked for port 0).
 func (p *PortListener) Addr() net.Addr { return p.ln.Addr() }
 
-// Serve accepts until ctx ends or the listener fails, then closes the listener and waits for
-// its flows, which ctx's end resets.
+// Serve accepts until ctx ends or the listener fails. Then it closes the listener, lets the
+// open flows finish for up to DrainTimeout, resets the rest, and returns once all are gone.
 func (p *PortListener) Serve(ctx context.Context) error {
 	stop := context.AfterFunc(ctx, func() { _ = p.ln.Close() })
 	defer stop()
+	flowCtx, resetFlows := context.WithCancel(context.WithoutCancel(ctx))
+	defer resetFlows()
 	var flows sync.WaitGroup
-	defer flows.Wait()
+	defer func() {
+		allDone := make(chan struct{})
+		go func() { flows.Wait(); close(allDone) }()
+		timer := time.NewTimer(p.DrainTimeout)
+		defer timer.Stop()
+		select {
+		case <-allDone:
+			return
+		case <-timer.C:
+		}
+		resetFlows()
+		<-allDone
+	}()
 	log := p.log.WithFields(logrus.Fields{"listen": p.ln.Addr().String(), "target": p.fwd.Target.String()})
 	for {
 		conn, err := p.ln.Accept()
@@ -150,9 +169,9 @@ func (p *PortListener) Serve(ctx context.Context) error {
 		go func() {
 			defer flows.Done()
 			peer := conn.RemoteAddr().String()
-			stats, err := p.to.Forward(ctx, conn, p.fwd.Target)
+			stats, err := p.to.Forward(flowCtx, conn, p.fwd.Target)
 			entry := log.WithFields(logrus.Fields{"peer": peer, "bytes_up": stats.AtoB, "bytes_down": stats.BtoA, "result": resultOf(err)})
-			if err != nil && !IsReset(err) && ctx.Err() == nil {
+			if err != nil && !IsReset(err) && flowCtx.Err() == nil {
 				entry.WithError(err).Info("flow failed")
 				return
 			}

@@ -151,6 +151,12 @@ func AppendRequest(b []byte, r Request) ([]byte, error) {
 // ReadRequest reads one request header from r. It never reads past the header, so payload
 // the client sent right behind it stays in r. Errors wrap ErrBadRequest for malformed input.
 func ReadRequest(r io.Reader) (Request, error) {
+	return ReadRequestLimit(r, MaxHeaderLen)
+}
+
+// ReadRequestLimit is ReadRequest with a smaller bound on the header's size (a server
+// setting); a header announcing more is a bad request.
+func ReadRequestLimit(r io.Reader, limit int) (Request, error) {
 	var pre [3]byte
 	if _, err := io.ReadFull(r, pre[:]); err != nil {
 		return Request{}, truncated(err)
@@ -159,8 +165,8 @@ func ReadRequest(r io.Reader) (Request, error) {
 		return Request{}, fmt.Errorf("%w: version %d", ErrBadRequest, pre[0])
 	}
 	n := int(binary.BigEndian.Uint16(pre[1:]))
-	if n == 0 || n > maxBodyLen {
-		return Request{}, fmt.Errorf("%w: header length %d", ErrBadRequest, n)
+	if n == 0 || n > maxBodyLen || 3+n > limit {
+		return Request{}, fmt.Errorf("%w: header length %d", ErrBadRequest, 3+n)
 	}
 	var buf [maxBodyLen]byte
 	body := buf[:n]
@@ -239,9 +245,12 @@ const (
 	StatusDenied      Status = 3 // the server's policy does not allow the destination
 	StatusTimedOut    Status = 4 // the destination did not answer within the dial timeout
 	StatusBadRequest  Status = 5 // the header was malformed
+	// StatusShuttingDown: the server is draining and takes no new flows; the client
+	// reconnects (to the restarted server) for the next ones.
+	StatusShuttingDown Status = 6
 )
 
-var statusNames = [...]string{"ok", "refused", "unreachable", "denied", "timed out", "bad request"}
+var statusNames = [...]string{"ok", "refused", "unreachable", "denied", "timed out", "bad request", "shutting down"}
 
 func (s Status) String() string {
 	if int(s) < len(statusNames) {

@@ -122,7 +122,7 @@ func TestReadRequestMalformed(t *testing.T) {
 }
 
 func TestStatusRoundTrip(t *testing.T) {
-	for s := StatusOK; s <= StatusBadRequest; s++ {
+	for s := StatusOK; s <= StatusShuttingDown; s++ {
 		err := ReadStatus(bytes.NewReader(AppendStatus(nil, s)))
 		if s == StatusOK {
 			if err != nil {

@@ -6,7 +6,9 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"syscall"
+	"time"
 )
 
 // closeWriter is a conn whose send side can be shut while reading goes on
@@ -36,6 +38,15 @@ type RelayStats struct {
 	AtoB, BtoA int64
 }
 
+// RelayOptions tunes a relay. The zero value is a plain relay.
+type RelayOptions struct {
+	// IdleTimeout resets the flow on both sides when no byte has moved either way for this
+	// long; zero means never.
+	IdleTimeout time.Duration
+	// AtoB and BtoA, if set, are told of every chunk moved, as it moves (live byte counters).
+	AtoB, BtoA func(n int)
+}
+
 // Relay moves bytes both ways between a and b until both directions end, and is the one
 // place that closes them. An EOF on one side becomes CloseWrite on the other (a stream FIN or
 // a TCP FIN); any other error on either side, or ctx ending, resets both sides (a TCP RST or
@@ -45,13 +56,25 @@ type RelayStats struct {
 // The calling goroutine copies a to b; one more goroutine copies b to a, so a flow costs two
 // goroutines on each side of the tunnel.
 func Relay(ctx context.Context, a, b net.Conn) (RelayStats, error) {
+	return RelayWith(ctx, a, b, RelayOptions{})
+}
+
+// RelayWith is Relay with options.
+func RelayWith(ctx context.Context, a, b net.Conn, opt RelayOptions) (RelayStats, error) {
 	r := &relay{a: a, b: b}
 	stop := context.AfterFunc(ctx, r.abortBoth)
 	defer stop()
+	var activity *atomic.Int64
+	if opt.IdleTimeout > 0 {
+		activity = new(atomic.Int64)
+		activity.Store(time.Now().UnixNano())
+		w := r.watchIdle(opt.IdleTimeout, activity)
+		defer w.Stop()
+	}
 
 	done := make(chan struct{})
-	go r.copyBtoA(done)
-	n, err := copyHalf(a, b)
+	go r.copyBtoA(done, activity, opt.BtoA)
+	n, err := copyHalf(a, b, activity, opt.AtoB)
 	r.atob = n
 	r.fail(err)
 	<-done
@@ -67,6 +90,21 @@ func Relay(ctx context.Context, a, b net.Conn) (RelayStats, error) {
 	return RelayStats{AtoB: r.atob, BtoA: r.btoa}, err
 }
 
+// watchIdle resets the flow once activity is older than idle. It holds a timer, not a
+// goroutine, so idle flows cost nothing while they wait.
+func (r *relay) watchIdle(idle time.Duration, activity *atomic.Int64) *time.Timer {
+	var t *time.Timer
+	t = time.AfterFunc(idle, func() {
+		quiet := time.Since(time.Unix(0, activity.Load()))
+		if quiet >= idle {
+			r.fail(ErrFlowIdle)
+			return
+		}
+		t.Reset(idle - quiet)
+	})
+	return t
+}
+
 type relay struct {
 	a, b       net.Conn
 	atob, btoa int64
@@ -77,9 +115,9 @@ type relay struct {
 }
 
 // copyBtoA runs in its own goroutine; the name keeps goroutine dumps readable.
-func (r *relay) copyBtoA(done chan<- struct{}) {
+func (r *relay) copyBtoA(done chan<- struct{}, activity *atomic.Int64, count func(int)) {
 	defer close(done)
-	n, err := copyHalf(r.b, r.a)
+	n, err := copyHalf(r.b, r.a, activity, count)
 	r.btoa = n
 	r.fail(err)
 }
@@ -103,7 +141,7 @@ func (r *relay) abortBoth() {
 }
 
 // copyHalf copies src to dst; a clean EOF from src shuts dst's send side and returns nil.
-func copyHalf(src, dst net.Conn) (int64, error) {
+func copyHalf(src, dst net.Conn, activity *atomic.Int64, count func(int)) (int64, error) {
 	small := make([]byte, smallBufSize)
 	var large *[]byte
 	defer func() {
@@ -119,8 +157,14 @@ func copyHalf(src, dst net.Conn) (int64, error) {
 		}
 		nr, rerr := src.Read(buf)
 		if nr > 0 {
+			if activity != nil {
+				activity.Store(time.Now().UnixNano())
+			}
 			nw, werr := dst.Write(buf[:nr])
 			n += int64(nw)
+			if count != nil && nw > 0 {
+				count(nw)
+			}
 			if werr != nil {
 				return n, werr
 			}

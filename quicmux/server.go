@@ -38,9 +38,20 @@ type ServerConfig struct {
 
 	DialTimeout   time.Duration // per destination dial; default 10s
 	HeaderTimeout time.Duration // a stream must deliver its header within this; default 10s
-	Limits        Limits
+	// MaxHeaderBytes bounds a request header (at most, and by default, MaxHeaderLen).
+	MaxHeaderBytes int
+	// MaxPendingDials bounds destination dials in progress at once, over all clients; a flow
+	// that finds no slot within the dial timeout gets "timed out". Default 1024.
+	MaxPendingDials int
+	// FlowIdleTimeout resets a flow that moved no byte either way for this long; 0: never.
+	FlowIdleTimeout time.Duration
+	// Retry makes every new client prove its address with a QUIC Retry round trip first, so a
+	// spoofed source cannot make the server do handshake work (for exposed servers).
+	Retry  bool
+	Limits Limits
 
-	Logger *logrus.Entry // default: discard
+	Metrics *Metrics      // default: none
+	Logger  *logrus.Entry // default: discard
 }
 
 // Server accepts QUIC connections from authorized clients and serves their flows.
@@ -57,7 +68,10 @@ type Server struct {
 	ln     *quic.Listener
 	closed bool
 
-	flowSeq atomic.Uint64
+	draining  atomic.Bool
+	flows     atomic.Int64 // flows being served, for Shutdown
+	dialSlots chan struct{}
+	flowSeq   atomic.Uint64
 }
 
 // NewServer checks cfg and returns a server that is not yet listening.
@@ -82,8 +96,14 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	if cfg.HeaderTimeout <= 0 {
 		cfg.HeaderTimeout = 10 * time.Second
 	}
+	if cfg.MaxHeaderBytes <= 0 || cfg.MaxHeaderBytes > MaxHeaderLen {
+		cfg.MaxHeaderBytes = MaxHeaderLen
+	}
+	if cfg.MaxPendingDials <= 0 {
+		cfg.MaxPendingDials = 1024
+	}
 	cfg.Limits = cfg.Limits.withDefaults()
-	s := &Server{cfg: cfg, log: loggerOrDiscard(cfg.Logger)}
+	s := &Server{cfg: cfg, log: loggerOrDiscard(cfg.Logger), dialSlots: make(chan struct{}, cfg.MaxPendingDials)}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	return s, nil
 }
@@ -104,7 +124,10 @@ func (s *Server) Listen(addr string) (net.Addr, error) {
 		return nil, err
 	}
 	tr := &quic.Transport{Conn: udp}
-	tlsConf := serverTLS(s.cfg.Identity, s.cfg.Authorized, s.log, func(string) {})
+	if s.cfg.Retry {
+		tr.VerifySourceAddress = func(net.Addr) bool { return true }
+	}
+	tlsConf := serverTLS(s.cfg.Identity, s.cfg.Authorized, s.log, s.cfg.Metrics.handshakeFailed)
 	ln, err := tr.Listen(tlsConf, s.cfg.Limits.quicConfig(true))
 	if err != nil {
 		_ = tr.Close()
@@ -116,6 +139,32 @@ func (s *Server) Listen(addr string) (net.Addr, error) {
 	go s.acceptConns(ln)
 	s.log.WithField("addr", ln.Addr().String()).Info("server listening")
 	return ln.Addr(), nil
+}
+
+// Shutdown drains the server: it stops accepting connections, answers new flows on open
+// connections with "shutting down", waits until the open flows have ended or ctx is done, and
+// then closes, resetting whatever is still open. It returns ctx's error if it had to reset.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.draining.Store(true)
+	s.mu.Lock()
+	ln := s.ln
+	s.mu.Unlock()
+	if ln != nil {
+		_ = ln.Close()
+	}
+	tick := time.NewTicker(20 * time.Millisecond)
+	defer tick.Stop()
+	var err error
+	for s.flows.Load() > 0 && err == nil {
+		select {
+		case <-tick.C:
+		case <-ctx.Done():
+			err = ctx.Err()
+			s.log.WithField("flows", s.flows.Load()).Warn("drain timeout: resetting the flows still open")
+		}
+	}
+	_ = s.Close()
+	return err
 }
 
 // Close stops accepting, resets the flows still open, closes every connection and waits
@@ -161,6 +210,7 @@ func (s *Server) serveConn(qc *quic.Conn) {
 		log = log.WithField("fingerprint", FingerprintOf(certs[0]).String())
 	}
 	log.Info("client connected")
+	s.cfg.Metrics.trackConn(qc)
 
 	var streams sync.WaitGroup
 	for {
@@ -191,11 +241,13 @@ func (s *Server) serveStream(qc *quic.Conn, str *quic.Stream, connLog *logrus.En
 	defer stop()
 
 	_ = str.SetReadDeadline(time.Now().Add(s.cfg.HeaderTimeout))
-	req, err := ReadRequest(str)
+	req, err := ReadRequestLimit(str, s.cfg.MaxHeaderBytes)
 	_ = str.SetReadDeadline(time.Time{})
 	if err != nil {
 		if errors.Is(err, ErrBadRequest) {
 			log.WithError(err).Info("bad request")
+			s.cfg.Metrics.dialResult(StatusBadRequest)
+			s.cfg.Metrics.flowRejected()
 			s.reject(str, StatusBadRequest, codeBadRequest)
 			return
 		}
@@ -211,10 +263,20 @@ func (s *Server) serveStream(qc *quic.Conn, str *quic.Stream, connLog *logrus.En
 	}
 
 	log = log.WithField("target", req.Target.String())
+	if s.draining.Load() {
+		s.cfg.Metrics.dialResult(StatusShuttingDown)
+		s.cfg.Metrics.flowRejected()
+		s.reject(str, StatusShuttingDown, codeShutdown)
+		return
+	}
+	s.flows.Add(1)
+	defer s.flows.Add(-1)
 	start := time.Now()
 	dst, status := s.dial(req.Target)
+	s.cfg.Metrics.dialResult(status)
 	if status != StatusOK {
 		log.WithField("result", status.String()).Info("flow rejected")
+		s.cfg.Metrics.flowRejected()
 		s.reject(str, status, codeFlowReset)
 		return
 	}
@@ -225,8 +287,10 @@ func (s *Server) serveStream(qc *quic.Conn, str *quic.Stream, connLog *logrus.En
 		return
 	}
 	log.Debug("flow started")
+	s.cfg.Metrics.flowStarted()
 	sc := newStreamConn(str, qc.LocalAddr(), qc.RemoteAddr())
-	stats, err := Relay(s.ctx, sc, dst)
+	stats, err := RelayWith(s.ctx, sc, dst, s.cfg.Metrics.relayOptions(s.cfg.FlowIdleTimeout))
+	s.cfg.Metrics.flowEnded(resultOf(err))
 	log.WithFields(logrus.Fields{
 		"bytes_up":   stats.AtoB,
 		"bytes_down": stats.BtoA,
@@ -248,6 +312,12 @@ func (s *Server) reject(str *quic.Stream, st Status, code quic.StreamErrorCode) 
 func (s *Server) dial(t Target) (net.Conn, Status) {
 	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.DialTimeout)
 	defer cancel()
+	select {
+	case s.dialSlots <- struct{}{}:
+		defer func() { <-s.dialSlots }()
+	case <-ctx.Done():
+		return nil, StatusTimedOut
+	}
 	var addrs []netip.Addr
 	switch {
 	case t.Addr.IsValid():
@@ -316,6 +386,8 @@ func resultOf(err error) string {
 	switch {
 	case err == nil:
 		return "ok"
+	case errors.Is(err, ErrFlowIdle):
+		return "idle"
 	case IsReset(err):
 		return "reset"
 	case errors.Is(err, context.Canceled):

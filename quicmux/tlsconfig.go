@@ -75,7 +75,7 @@ func serverTLS(id *Identity, authorized func(Fingerprint) bool, log *logrus.Entr
 			fp, err := peerFingerprint(rawCerts)
 			if err != nil {
 				log.WithField("peer", peer).WithError(err).Warn("client rejected")
-				onReject("no certificate")
+				onReject("no_certificate")
 				return err
 			}
 			if !authorized(fp) {

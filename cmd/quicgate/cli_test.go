@@ -258,12 +258,14 @@ func TestServerClientProcesses(t *testing.T) {
 	allowed := cli.waitFor(t, "forwarding")["listen"].(string)
 	denied := cli.waitFor(t, "forwarding")["listen"].(string)
 
-	resp, err := http.Get("http://" + allowed + "/")
+	hc := &http.Client{Transport: &http.Transport{}}
+	resp, err := hc.Get("http://" + allowed + "/")
 	if err != nil {
 		t.Fatal(err)
 	}
 	body, _ := io.ReadAll(resp.Body)
 	resp.Body.Close()
+	hc.CloseIdleConnections() // no open flow left to drain
 	if string(body) != "through the tunnel" {
 		t.Fatalf("body %q", body)
 	}

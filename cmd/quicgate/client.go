@@ -14,18 +14,17 @@ import (
 
 func runClient(ctx context.Context, args []string, stderr io.Writer) error {
 	fs := newFlagSet("client", stderr)
+	config := fs.String("config", "", "YAML file of settings named as these flags (the command line wins; 'forward' is an alias of L)")
 	server := fs.String("server", "", "server's UDP address, host:port (required)")
 	stateDir := fs.String("state-dir", defaultStateDir(), "directory holding the client's identity (created on first use)")
 	pinStr := fs.String("pin", "", "the server's fingerprint, as 'quicgate fingerprint' prints it (required)")
 	var forwards multiFlag
 	fs.Var(&forwards, "L", "forward [bind_address:]port:host:hostport through the tunnel, as ssh -L (repeatable)")
 	dialTimeout := fs.Duration("dial-timeout", 10*time.Second, "how long a flow waits for the server")
-	limits := limitFlags(fs)
+	common := commonFlags(fs)
 	var tf tunFlags
 	tf.register(fs)
-	var lf logFlags
-	lf.register(fs)
-	if err := parseFlags(fs, args); err != nil {
+	if err := parseWithConfig(fs, args, config); err != nil {
 		return err
 	}
 	if *server == "" {
@@ -53,7 +52,14 @@ func runClient(ctx context.Context, args []string, stderr io.Writer) error {
 	if len(fwds) == 0 && tunCfg == nil {
 		return usageErr("nothing to forward: give at least one -L or --tun")
 	}
-	log, err := lf.logger(stderr)
+	if err := positive(map[string]time.Duration{"--dial-timeout": *dialTimeout}); err != nil {
+		return err
+	}
+	limits, err := common.limits()
+	if err != nil {
+		return err
+	}
+	log, err := common.log.logger(stderr)
 	if err != nil {
 		return err
 	}
@@ -61,13 +67,20 @@ func runClient(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	obs, err := common.observe.start("client", log)
+	if err != nil {
+		return err
+	}
+	defer obs.close()
 	client, err := quicmux.NewClient(quicmux.ClientConfig{
-		Server:      *server,
-		Identity:    id,
-		Pin:         pin,
-		DialTimeout: *dialTimeout,
-		Limits:      limits(),
-		Logger:      log,
+		Server:          *server,
+		Identity:        id,
+		Pin:             pin,
+		DialTimeout:     *dialTimeout,
+		FlowIdleTimeout: common.flowIdle,
+		Limits:          limits,
+		Metrics:         obs.metrics,
+		Logger:          log,
 	})
 	if err != nil {
 		return err
@@ -87,11 +100,12 @@ func runClient(ctx context.Context, args []string, stderr io.Writer) error {
 		if err != nil {
 			return err
 		}
+		l.DrainTimeout = common.drain
 		listeners = append(listeners, l)
 	}
 	var tunIngress ingress
 	if tunCfg != nil {
-		tunIngress, err = openTUN(*tunCfg, client, log)
+		tunIngress, err = openTUN(*tunCfg, client, common.drain, log)
 		if err != nil {
 			return err
 		}
@@ -114,8 +128,12 @@ func runClient(ctx context.Context, args []string, stderr io.Writer) error {
 	if tunIngress != nil {
 		g.Go(func() error { return tunIngress.Serve(gctx) })
 	}
+	stopLog := context.AfterFunc(ctx, func() {
+		log.WithField("drain_timeout", common.drain.String()).Info("shutting down: draining open flows")
+	})
+	defer stopLog()
 	err = g.Wait()
-	log.Info("shutting down")
+	log.Info("stopped")
 	if errors.Is(err, context.Canceled) {
 		err = nil
 	}

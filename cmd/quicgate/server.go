@@ -6,21 +6,26 @@ import (
 	"io"
 	"time"
 
+	"github.com/sirupsen/logrus"
+
 	"github.com/quicgate/quicgate/quicmux"
 )
 
 func runServer(ctx context.Context, args []string, stderr io.Writer) error {
 	fs := newFlagSet("server", stderr)
+	config := fs.String("config", "", "YAML file of settings named as these flags (the command line wins)")
 	listen := fs.String("listen", "127.0.0.1:4433", "UDP address to listen on")
 	stateDir := fs.String("state-dir", defaultStateDir(), "directory holding the server's identity (created on first use)")
 	authFile := fs.String("authorized-clients", "", "file of client fingerprints to accept, one a line ('#' comments) (required)")
 	var allow multiFlag
 	fs.Var(&allow, "allow", "destination the server may dial: CIDR, CIDR:PORT, CIDR:LOW-HIGH or a host name (repeatable; at least one)")
 	dialTimeout := fs.Duration("dial-timeout", 10*time.Second, "how long to wait for a destination to answer")
-	limits := limitFlags(fs)
-	var lf logFlags
-	lf.register(fs)
-	if err := parseFlags(fs, args); err != nil {
+	headerTimeout := fs.Duration("header-timeout", 10*time.Second, "how long a new stream may take to send its header")
+	maxHeader := fs.Int("max-header-bytes", quicmux.MaxHeaderLen, "largest request header accepted (at most 263)")
+	maxDials := fs.Int("max-pending-dials", 1024, "destination dials in progress at once, over all clients")
+	retry := fs.Bool("retry", false, "make clients prove their address with a QUIC Retry first (for servers exposed to the Internet)")
+	common := commonFlags(fs)
+	if err := parseWithConfig(fs, args, config); err != nil {
 		return err
 	}
 	if *authFile == "" {
@@ -33,7 +38,20 @@ func runServer(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return usageErr("%v", err)
 	}
-	log, err := lf.logger(stderr)
+	if *maxHeader < 8 || *maxHeader > quicmux.MaxHeaderLen {
+		return usageErr("--max-header-bytes %d: want 8 to %d", *maxHeader, quicmux.MaxHeaderLen)
+	}
+	if *maxDials < 1 {
+		return usageErr("--max-pending-dials %d: want at least 1", *maxDials)
+	}
+	if err := positive(map[string]time.Duration{"--dial-timeout": *dialTimeout, "--header-timeout": *headerTimeout}); err != nil {
+		return err
+	}
+	limits, err := common.limits()
+	if err != nil {
+		return err
+	}
+	log, err := common.log.logger(stderr)
 	if err != nil {
 		return err
 	}
@@ -48,13 +66,24 @@ func runServer(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	obs, err := common.observe.start("server", log)
+	if err != nil {
+		return err
+	}
+	defer obs.close()
 	srv, err := quicmux.NewServer(quicmux.ServerConfig{
-		Identity:    id,
-		Authorized:  func(fp quicmux.Fingerprint) bool { _, ok := authorized[fp]; return ok },
-		Policy:      rules,
-		DialTimeout: *dialTimeout,
-		Limits:      limits(),
-		Logger:      log,
+		Identity:        id,
+		Authorized:      func(fp quicmux.Fingerprint) bool { _, ok := authorized[fp]; return ok },
+		Policy:          rules,
+		DialTimeout:     *dialTimeout,
+		HeaderTimeout:   *headerTimeout,
+		MaxHeaderBytes:  *maxHeader,
+		MaxPendingDials: *maxDials,
+		FlowIdleTimeout: common.flowIdle,
+		Retry:           *retry,
+		Limits:          limits,
+		Metrics:         obs.metrics,
+		Logger:          log,
 	})
 	if err != nil {
 		return err
@@ -63,17 +92,58 @@ func runServer(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	log.WithFields(map[string]any{"addr": addr.String(), "fingerprint": id.Fingerprint.String(), "rules": len(rules), "clients": len(authorized)}).Info("server ready")
+	log.WithFields(logrus.Fields{"addr": addr.String(), "fingerprint": id.Fingerprint.String(), "rules": len(rules), "clients": len(authorized)}).Info("server ready")
 	<-ctx.Done()
-	log.Info("shutting down")
-	return srv.Close()
+	log.WithField("drain_timeout", common.drain.String()).Info("shutting down: draining open flows")
+	dctx, cancel := context.WithTimeout(context.Background(), common.drain)
+	defer cancel()
+	_ = srv.Shutdown(dctx) // a drain that times out resets the rest: still a clean exit
+	log.Info("stopped")
+	return nil
 }
 
-// limitFlags registers the QUIC limits both commands share and returns their getter.
-func limitFlags(fs *flag.FlagSet) func() quicmux.Limits {
-	var l quicmux.Limits
-	fs.Int64Var(&l.MaxStreams, "max-streams", 16384, "most flows open at once on one connection")
-	fs.DurationVar(&l.KeepAlive, "keepalive", 15*time.Second, "keepalive period of an idle connection")
-	fs.DurationVar(&l.IdleTimeout, "idle-timeout", 60*time.Second, "close a connection silent for this long")
-	return func() quicmux.Limits { return l }
+// common are the flags that server and client share.
+type common struct {
+	l        quicmux.Limits
+	flowIdle time.Duration
+	drain    time.Duration
+	log      logFlags
+	observe  observeFlags
+}
+
+func commonFlags(fs *flag.FlagSet) *common {
+	c := &common{}
+	fs.Int64Var(&c.l.MaxStreams, "max-streams", 16384, "most flows open at once on one connection")
+	fs.DurationVar(&c.l.KeepAlive, "keepalive", 15*time.Second, "keepalive period of an idle connection")
+	fs.DurationVar(&c.l.IdleTimeout, "idle-timeout", 60*time.Second, "close a QUIC connection silent for this long")
+	fs.DurationVar(&c.flowIdle, "flow-idle-timeout", 0, "reset a flow that moved no byte either way for this long (0: never)")
+	fs.DurationVar(&c.drain, "drain-timeout", 10*time.Second, "on SIGTERM or SIGINT, let open flows finish for this long before resetting them")
+	c.log.register(fs)
+	c.observe.register(fs)
+	return c
+}
+
+func (c *common) limits() (quicmux.Limits, error) {
+	if c.l.MaxStreams < 1 {
+		return c.l, usageErr("--max-streams %d: want at least 1", c.l.MaxStreams)
+	}
+	if c.l.IdleTimeout > 0 && c.l.KeepAlive >= c.l.IdleTimeout {
+		return c.l, usageErr("--keepalive %s must be shorter than --idle-timeout %s", c.l.KeepAlive, c.l.IdleTimeout)
+	}
+	if err := positive(map[string]time.Duration{"--keepalive": c.l.KeepAlive, "--idle-timeout": c.l.IdleTimeout}); err != nil {
+		return c.l, err
+	}
+	if c.flowIdle < 0 || c.drain < 0 {
+		return c.l, usageErr("--flow-idle-timeout and --drain-timeout cannot be negative")
+	}
+	return c.l, nil
+}
+
+func positive(durations map[string]time.Duration) error {
+	for name, d := range durations {
+		if d <= 0 {
+			return usageErr("%s %s: want a positive duration", name, d)
+		}
+	}
+	return nil
 }

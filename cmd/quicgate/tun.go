@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"flag"
+	"time"
 
 	"github.com/sirupsen/logrus"
 
@@ -36,6 +37,6 @@ func (t *tunFlags) config() (*tunConfig, error) {
 	return nil, usageErr("--tun is not available in this build yet")
 }
 
-func openTUN(cfg tunConfig, client *quicmux.Client, log *logrus.Entry) (ingress, error) {
+func openTUN(cfg tunConfig, client *quicmux.Client, drain time.Duration, log *logrus.Entry) (ingress, error) {
 	return nil, errors.New("no TUN support")
 }

@@ -1,0 +1,167 @@
+package quicmux
+
+import (
+	"context"
+	"sync"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/quic-go/quic-go"
+)
+
+// Metrics are the Prometheus metrics of a client or a server. Every label has a small fixed
+// set of values: there are no per-flow, per-peer or per-target labels. A nil *Metrics is
+// valid and records nothing.
+type Metrics struct {
+	side string
+
+	flowsActive       prometheus.Gauge
+	flowsTotal        *prometheus.CounterVec // result
+	bytes             *prometheus.CounterVec // direction
+	dialResults       *prometheus.CounterVec // status
+	handshakeFailures *prometheus.CounterVec // reason
+	reconnects        prometheus.Counter
+
+	mu        sync.Mutex
+	conns     map[*quic.Conn]struct{}
+	lostGone  uint64 // packets lost on connections that have closed
+	sentGone  uint64
+	connsDesc *prometheus.Desc
+	rttDesc   *prometheus.Desc
+	lostDesc  *prometheus.Desc
+	sentDesc  *prometheus.Desc
+}
+
+// NewMetrics registers the metrics of one side ("client" or "server") with reg.
+func NewMetrics(reg prometheus.Registerer, side string) (*Metrics, error) {
+	constLabels := prometheus.Labels{"side": side}
+	m := &Metrics{
+		side: side,
+		flowsActive: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "quicgate_flows_active", Help: "Flows open now.", ConstLabels: constLabels}),
+		flowsTotal: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "quicgate_flows_total", Help: "Flows ended, by result (ok, reset, idle, shutdown, error, rejected).", ConstLabels: constLabels},
+			[]string{"result"}),
+		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "quicgate_bytes_total", Help: "Payload bytes relayed: up is toward the destination, down toward the app.", ConstLabels: constLabels},
+			[]string{"direction"}),
+		dialResults: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "quicgate_dial_results_total", Help: "Flow requests by the status they got.", ConstLabels: constLabels},
+			[]string{"status"}),
+		handshakeFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "quicgate_handshake_failures_total", Help: "Failed QUIC handshakes by reason.", ConstLabels: constLabels},
+			[]string{"reason"}),
+		reconnects: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "quicgate_reconnects_total", Help: "Connections to the server made after the first (client).", ConstLabels: constLabels}),
+		conns:     map[*quic.Conn]struct{}{},
+		connsDesc: prometheus.NewDesc("quicgate_connections_active", "QUIC connections open now.", nil, constLabels),
+		rttDesc:   prometheus.NewDesc("quicgate_quic_rtt_seconds", "Smoothed RTT, averaged over the open QUIC connections.", nil, constLabels),
+		lostDesc:  prometheus.NewDesc("quicgate_quic_packets_lost_total", "QUIC packets declared lost.", nil, constLabels),
+		sentDesc:  prometheus.NewDesc("quicgate_quic_packets_sent_total", "QUIC packets sent.", nil, constLabels),
+	}
+	for _, c := range []prometheus.Collector{m.flowsActive, m.flowsTotal, m.bytes, m.dialResults, m.handshakeFailures, m.reconnects, connCollector{m}} {
+		if err := reg.Register(c); err != nil {
+			return nil, err
+		}
+	}
+	return m, nil
+}
+
+func (m *Metrics) flowStarted() {
+	if m != nil {
+		m.flowsActive.Inc()
+	}
+}
+
+func (m *Metrics) flowEnded(result string) {
+	if m != nil {
+		m.flowsActive.Dec()
+		m.flowsTotal.WithLabelValues(result).Inc()
+	}
+}
+
+func (m *Metrics) flowRejected() {
+	if m != nil {
+		m.flowsTotal.WithLabelValues("rejected").Inc()
+	}
+}
+
+func (m *Metrics) dialResult(s Status) {
+	if m != nil {
+		m.dialResults.WithLabelValues(s.String()).Inc()
+	}
+}
+
+func (m *Metrics) handshakeFailed(reason string) {
+	if m != nil {
+		m.handshakeFailures.WithLabelValues(reason).Inc()
+	}
+}
+
+func (m *Metrics) reconnected() {
+	if m != nil {
+		m.reconnects.Inc()
+	}
+}
+
+// relayOptions returns live byte counters for a relay whose a side is the app's and b side
+// the destination's (up is a to b).
+func (m *Metrics) relayOptions(idle time.Duration) RelayOptions {
+	opt := RelayOptions{IdleTimeout: idle}
+	if m != nil {
+		up, down := m.bytes.WithLabelValues("up"), m.bytes.WithLabelValues("down")
+		opt.AtoB = func(n int) { up.Add(float64(n)) }
+		opt.BtoA = func(n int) { down.Add(float64(n)) }
+	}
+	return opt
+}
+
+// trackConn counts a QUIC connection in the connection, RTT and loss metrics until it ends.
+func (m *Metrics) trackConn(c *quic.Conn) {
+	if m == nil {
+		return
+	}
+	m.mu.Lock()
+	m.conns[c] = struct{}{}
+	m.mu.Unlock()
+	context.AfterFunc(c.Context(), func() {
+		st := c.ConnectionStats()
+		m.mu.Lock()
+		delete(m.conns, c)
+		m.lostGone += st.PacketsLost
+		m.sentGone += st.PacketsSent
+		m.mu.Unlock()
+	})
+}
+
+// connCollector reads the live connections' statistics at scrape time.
+type connCollector struct{ m *Metrics }
+
+func (c connCollector) Describe(ch chan<- *prometheus.Desc) {
+	ch <- c.m.connsDesc
+	ch <- c.m.rttDesc
+	ch <- c.m.lostDesc
+	ch <- c.m.sentDesc
+}
+
+func (c connCollector) Collect(ch chan<- prometheus.Metric) {
+	m := c.m
+	m.mu.Lock()
+	lost, sent := m.lostGone, m.sentGone
+	var rtt time.Duration
+	for conn := range m.conns {
+		st := conn.ConnectionStats()
+		lost += st.PacketsLost
+		sent += st.PacketsSent
+		rtt += st.SmoothedRTT
+	}
+	n := len(m.conns)
+	m.mu.Unlock()
+	if n > 0 {
+		rtt /= time.Duration(n)
+	}
+	ch <- prometheus.MustNewConstMetric(m.connsDesc, prometheus.GaugeValue, float64(n))
+	ch <- prometheus.MustNewConstMetric(m.rttDesc, prometheus.GaugeValue, rtt.Seconds())
+	ch <- prometheus.MustNewConstMetric(m.lostDesc, prometheus.CounterValue, float64(lost))
+	ch <- prometheus.MustNewConstMetric(m.sentDesc, prometheus.CounterValue, float64(sent))
+}
