@@ -21,6 +21,7 @@ func TestMain(m *testing.M) {
 // tunnel is a server and a client on loopback, with the test's own identities.
 type tunnel struct {
 	t          *testing.T
+	clientMut  func(*ClientConfig)
 	serverID   *Identity
 	clientID   *Identity
 	serverCfg  ServerConfig
@@ -32,6 +33,12 @@ type tunnel struct {
 type tunnelOption func(*tunnel)
 
 func withDialer(d Dialer) tunnelOption { return func(tn *tunnel) { tn.serverCfg.Dialer = d } }
+func withServerConfig(f func(*ServerConfig)) tunnelOption {
+	return func(tn *tunnel) { f(&tn.serverCfg) }
+}
+func withClientConfig(f func(*ClientConfig)) tunnelOption {
+	return func(tn *tunnel) { tn.clientMut = f }
+}
 func withDialTimeout(d time.Duration) tunnelOption {
 	return func(tn *tunnel) { tn.serverCfg.DialTimeout = d }
 }
@@ -108,13 +115,17 @@ func (tn *tunnel) startServer(addr string) {
 
 func (tn *tunnel) newClient(id *Identity, pin Fingerprint) *Client {
 	tn.t.Helper()
-	c, err := NewClient(ClientConfig{
+	cfg := ClientConfig{
 		Server:      tn.serverAddr,
 		Identity:    id,
 		Pin:         pin,
 		DialTimeout: 3 * time.Second,
 		Logger:      testLogger(tn.t).WithField("side", "client"),
-	})
+	}
+	if tn.clientMut != nil {
+		tn.clientMut(&cfg)
+	}
+	c, err := NewClient(cfg)
 	if err != nil {
 		tn.t.Fatal(err)
 	}
@@ -140,7 +151,8 @@ func (tn *tunnel) forward(target string) string {
 	return pl.Addr().String()
 }
 
-// destination is a TCP server on loopback that runs handle for every connection.
+// destination is a TCP server on loopback that runs handle for every connection. Its
+// cleanup closes the connections still open, so a failing test cannot hang in it.
 func destination(t *testing.T, handle func(c *net.TCPConn)) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -148,6 +160,8 @@ func destination(t *testing.T, handle func(c *net.TCPConn)) string {
 		t.Fatal(err)
 	}
 	var wg sync.WaitGroup
+	var mu sync.Mutex
+	open := map[net.Conn]struct{}{}
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
@@ -156,15 +170,31 @@ func destination(t *testing.T, handle func(c *net.TCPConn)) string {
 			if err != nil {
 				return
 			}
+			mu.Lock()
+			open[c] = struct{}{}
+			mu.Unlock()
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
-				defer c.Close()
+				defer func() {
+					mu.Lock()
+					delete(open, c)
+					mu.Unlock()
+					_ = c.Close()
+				}()
 				handle(c.(*net.TCPConn))
 			}()
 		}
 	}()
-	t.Cleanup(func() { _ = ln.Close(); wg.Wait() })
+	t.Cleanup(func() {
+		_ = ln.Close()
+		mu.Lock()
+		for c := range open {
+			_ = c.Close()
+		}
+		mu.Unlock()
+		wg.Wait()
+	})
 	return ln.Addr().String()
 }
 

@@ -1,0 +1,404 @@
+package quicmux
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"io"
+	"math/rand/v2"
+	"net"
+	"runtime"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+	"github.com/quic-go/quic-go"
+	"golang.org/x/sync/errgroup"
+)
+
+// echoThrough sends size random bytes through c to an echo destination and checks that the
+// same bytes come back; mid, if set, runs once half the echo has arrived.
+func echoThrough(t *testing.T, c net.Conn, size int64, mid func()) {
+	t.Helper()
+	_ = c.SetDeadline(time.Now().Add(90 * time.Second))
+	sent, got := sha256.New(), sha256.New()
+	var g errgroup.Group
+	g.Go(func() error {
+		src := io.TeeReader(io.LimitReader(rand.NewChaCha8([32]byte{7}), size), sent)
+		if _, err := io.Copy(c, src); err != nil {
+			return err
+		}
+		return c.(interface{ CloseWrite() error }).CloseWrite()
+	})
+	var n int64
+	g.Go(func() error {
+		buf := make([]byte, 32<<10)
+		for {
+			k, err := c.Read(buf)
+			got.Write(buf[:k])
+			if n < size/2 && n+int64(k) >= size/2 && mid != nil {
+				mid()
+			}
+			n += int64(k)
+			if err == io.EOF {
+				return nil
+			}
+			if err != nil {
+				return err
+			}
+		}
+	})
+	if err := g.Wait(); err != nil {
+		t.Fatalf("after %d of %d bytes: %v", n, size, err)
+	}
+	if n != size || !bytes.Equal(sent.Sum(nil), got.Sum(nil)) {
+		t.Fatalf("echo: %d bytes, SHA-256 equal %v", n, bytes.Equal(sent.Sum(nil), got.Sum(nil)))
+	}
+}
+
+// Through 2% loss each way, 20 ms of added delay, reordering, and a change of the client's
+// source port in the middle, a transfer arrives intact on the same connection.
+func TestImpairedPathAndRebinding(t *testing.T) {
+	size := int64(2 << 20)
+	if raceEnabled {
+		size = 1 << 20
+	}
+	tn := newTunnel(t)
+	proxy := newImpairProxy(t, tn.serverAddr, 0.02, 20*time.Millisecond, 5*time.Millisecond)
+	c := tn.newClient(tn.clientID, tn.serverID.Fingerprint)
+	c.cfg.Server = proxy.addr()
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+	defer cancel()
+	conn, err := c.DialContext(ctx, "tcp", destination(t, echo))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	start := time.Now()
+	echoThrough(t, conn, size, proxy.rebind)
+	t.Logf("%d MiB echoed in %v through the impaired path; %d datagrams dropped of %d",
+		size>>20, time.Since(start).Round(time.Millisecond), proxy.dropped.Load(), proxy.dropped.Load()+proxy.passed.Load())
+	if proxy.dropped.Load() == 0 {
+		t.Fatal("the proxy dropped nothing: the test did not test loss")
+	}
+	if n := c.Dials(); n != 1 {
+		t.Fatalf("the client dialed %d times: the rebinding broke the connection", n)
+	}
+}
+
+// A flow that moves nothing for its idle timeout is reset on both sides.
+func TestFlowIdleTimeout(t *testing.T) {
+	tn := newTunnel(t, withClientConfig(func(c *ClientConfig) { c.FlowIdleTimeout = 300 * time.Millisecond }))
+	got := make(chan error, 1)
+	dst := destination(t, func(c *net.TCPConn) {
+		_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		_, err := io.Copy(c, c)
+		got <- err
+	})
+	c, err := net.Dial("tcp", tn.forward(dst))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	// Activity keeps it alive past the timeout...
+	for range 5 {
+		checkEcho(t, c, "ping")
+		time.Sleep(100 * time.Millisecond)
+	}
+	checkEcho(t, c, "last word")
+	// ...and silence ends it.
+	lastActive := time.Now()
+	expectReset(t, c, 2*time.Second)
+	if d := time.Since(lastActive); d < 250*time.Millisecond {
+		t.Fatalf("reset after %v of silence, before the timeout", d)
+	}
+	select {
+	case err := <-got:
+		if !IsReset(err) {
+			t.Fatalf("destination saw %v, want a reset", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("destination side still open")
+	}
+}
+
+// Shutdown lets open flows finish, turns new ones away, and resets what outlives the drain.
+func TestServerDrain(t *testing.T) {
+	tn := newTunnel(t)
+	dst := destination(t, echo)
+	open, err := tn.client.DialContext(context.Background(), "tcp", dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer open.Close()
+	done := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		done <- tn.server.Shutdown(ctx)
+	}()
+	time.Sleep(100 * time.Millisecond)
+	checkEcho(t, open, "still served while draining")
+	if _, err := tn.client.DialContext(context.Background(), "tcp", dst); !errors.Is(err, ErrShuttingDown) {
+		t.Fatalf("new flow while draining: %v, want ErrShuttingDown", err)
+	}
+	_ = open.(interface{ CloseWrite() error }).CloseWrite()
+	if _, err := io.ReadAll(open); err != nil {
+		t.Fatalf("finishing the open flow: %v", err)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("Shutdown: %v", err)
+		}
+	case <-time.After(3 * time.Second):
+		t.Fatal("Shutdown did not return after the last flow ended")
+	}
+
+	t.Run("drain timeout resets", func(t *testing.T) {
+		tn := newTunnel(t)
+		stuck, err := net.Dial("tcp", tn.forward(dst))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer stuck.Close()
+		checkEcho(t, stuck, "x")
+		ctx, cancel := context.WithTimeout(context.Background(), 300*time.Millisecond)
+		defer cancel()
+		if err := tn.server.Shutdown(ctx); !errors.Is(err, context.DeadlineExceeded) {
+			t.Fatalf("Shutdown: %v, want the drain to time out", err)
+		}
+		expectReset(t, stuck, 2*time.Second)
+	})
+}
+
+// With the one dial slot held by a dial that does not return, the next flow times out
+// instead of queueing forever.
+func TestPendingDialLimit(t *testing.T) {
+	release := make(chan struct{})
+	tn := newTunnel(t,
+		withDialTimeout(400*time.Millisecond),
+		withServerConfig(func(c *ServerConfig) { c.MaxPendingDials = 1 }),
+		withDialer(dialerFunc(func(ctx context.Context, network, address string) (net.Conn, error) {
+			if address == "127.0.0.9:9" {
+				<-release // a dial stuck in the kernel, deaf to ctx
+				return nil, &net.OpError{Op: "dial", Net: network, Err: syscall.ECONNREFUSED}
+			}
+			var d net.Dialer
+			return d.DialContext(ctx, network, address)
+		})),
+	)
+	dst := destination(t, echo)
+	var g errgroup.Group
+	g.Go(func() error {
+		_, err := tn.client.DialContext(context.Background(), "tcp", "127.0.0.9:9")
+		return err
+	})
+	time.Sleep(100 * time.Millisecond)
+	start := time.Now()
+	_, err := tn.client.DialContext(context.Background(), "tcp", dst)
+	close(release)
+	if !errors.Is(err, ErrTimedOut) {
+		t.Fatalf("second flow: %v, want ErrTimedOut while the only slot is busy", err)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Fatalf("second flow waited %v", d)
+	}
+	if err := g.Wait(); !errors.Is(err, ErrRefused) {
+		t.Fatalf("first flow: %v", err)
+	}
+	c, err := tn.client.DialContext(context.Background(), "tcp", dst)
+	if err != nil {
+		t.Fatalf("after the slot is free: %v", err)
+	}
+	_ = c.Close()
+}
+
+// A stream that never sends its header is cut off after the header timeout; a header
+// larger than the configured bound is a bad request.
+func TestHeaderLimits(t *testing.T) {
+	tn := newTunnel(t, withServerConfig(func(c *ServerConfig) {
+		c.HeaderTimeout = 300 * time.Millisecond
+		c.MaxHeaderBytes = 16
+	}))
+	qc, err := quic.DialAddr(context.Background(), tn.serverAddr, clientTLS(tn.clientID, tn.serverID.Fingerprint), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer qc.CloseWithError(0, "")
+	str, err := qc.OpenStreamSync(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, _ = str.Write([]byte{1}) // a byte of header, then nothing
+	_ = str.SetReadDeadline(time.Now().Add(5 * time.Second))
+	start := time.Now()
+	_, err = str.Read(make([]byte, 1))
+	var se *quic.StreamError
+	if !errors.As(err, &se) {
+		t.Fatalf("silent stream: %v, want a stream reset", err)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Fatalf("cut off after %v", d)
+	}
+	_, err = tn.client.DialContext(context.Background(), "tcp", "a-rather-long-name.example:80")
+	if !errors.Is(err, ErrBadRequest) {
+		t.Fatalf("header over the bound: %v, want ErrBadRequest", err)
+	}
+}
+
+// Garbage datagrams and abandoned handshakes neither crash the server nor keep it busy.
+func TestGarbageAndAbandonedHandshakes(t *testing.T) {
+	tn := newTunnel(t, withServerConfig(func(c *ServerConfig) { c.Limits.HandshakeTimeout = time.Second }))
+	before := runtime.NumGoroutine()
+	junk, err := net.Dial("udp", tn.serverAddr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer junk.Close()
+	rng := rand.New(rand.NewPCG(3, 4))
+	buf := make([]byte, 1500)
+	for i := range 5000 {
+		n := 1 + rng.IntN(len(buf))
+		for j := range buf[:n] {
+			buf[j] = byte(rng.Uint32())
+		}
+		if i%2 == 0 && n >= 1200 {
+			buf[0] = 0xc0 // long header: looks like an Initial
+		}
+		_, _ = junk.Write(buf[:n])
+	}
+	// Handshakes that stop after the first flight.
+	for range 50 {
+		ctx, cancel := context.WithTimeout(context.Background(), 2*time.Millisecond)
+		conn, err := quic.DialAddr(ctx, tn.serverAddr, clientTLS(tn.clientID, tn.serverID.Fingerprint), &quic.Config{HandshakeIdleTimeout: 50 * time.Millisecond})
+		if err == nil {
+			_ = conn.CloseWithError(0, "")
+		}
+		cancel()
+	}
+	c, err := tn.client.DialContext(context.Background(), "tcp", destination(t, echo))
+	if err != nil {
+		t.Fatalf("after the garbage: %v", err)
+	}
+	checkEcho(t, c, "still serving")
+	_ = c.Close()
+	// Abandoned handshakes time out, and with them their goroutines.
+	deadline := time.Now().Add(5 * time.Second)
+	for runtime.NumGoroutine() > before+10 && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if n := runtime.NumGoroutine(); n > before+10 {
+		t.Fatalf("%d goroutines, %d before the garbage", n, before)
+	}
+}
+
+// With Retry on, clients still connect (after proving their address).
+func TestRetry(t *testing.T) {
+	tn := newTunnel(t, withServerConfig(func(c *ServerConfig) { c.Retry = true }))
+	c, err := tn.client.DialContext(context.Background(), "tcp", destination(t, echo))
+	if err != nil {
+		t.Fatal(err)
+	}
+	checkEcho(t, c, "retried")
+	_ = c.Close()
+}
+
+// The metrics count flows, bytes, statuses, handshake failures and connections, with no
+// per-flow labels.
+func TestMetrics(t *testing.T) {
+	sreg, creg := prometheus.NewRegistry(), prometheus.NewRegistry()
+	sm, err := NewMetrics(sreg, "server")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cm, err := NewMetrics(creg, "client")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tn := newTunnel(t,
+		withRules("127.0.0.1/32"),
+		withServerConfig(func(c *ServerConfig) { c.Metrics = sm }),
+		withClientConfig(func(c *ClientConfig) { c.Metrics = cm }),
+	)
+	c, err := net.Dial("tcp", tn.forward(destination(t, echo)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	echoThrough(t, c, 100000, nil)
+	_ = c.Close()
+	if _, err := tn.client.DialContext(context.Background(), "tcp", "127.0.0.2:80"); !errors.Is(err, ErrDenied) {
+		t.Fatal(err)
+	}
+	stranger, _ := NewEphemeralIdentity()
+	_ = tn.newClient(stranger, tn.serverID.Fingerprint).Connect(context.Background())
+
+	waitMetric(t, sreg, "quicgate_flows_total", map[string]string{"result": "ok"}, 1)
+	waitMetric(t, sreg, "quicgate_bytes_total", map[string]string{"direction": "up"}, 100000)
+	waitMetric(t, sreg, "quicgate_bytes_total", map[string]string{"direction": "down"}, 100000)
+	waitMetric(t, sreg, "quicgate_dial_results_total", map[string]string{"status": "denied"}, 1)
+	waitMetric(t, sreg, "quicgate_dial_results_total", map[string]string{"status": "ok"}, 1)
+	waitMetric(t, sreg, "quicgate_handshake_failures_total", map[string]string{"reason": "unauthorized"}, 1)
+	waitMetric(t, sreg, "quicgate_connections_active", nil, 1)
+	waitMetric(t, creg, "quicgate_flows_total", map[string]string{"result": "ok"}, 1)
+	waitMetric(t, creg, "quicgate_bytes_total", map[string]string{"direction": "up"}, 100000)
+	waitMetric(t, sreg, "quicgate_flows_active", nil, 0)
+	if v := metricValue(t, sreg, "quicgate_quic_packets_sent_total", nil); v <= 0 {
+		t.Fatalf("packets sent %v", v)
+	}
+}
+
+func waitMetric(t *testing.T, reg *prometheus.Registry, name string, labels map[string]string, want float64) {
+	t.Helper()
+	deadline := time.Now().Add(3 * time.Second)
+	for {
+		got := metricValue(t, reg, name, labels)
+		if got == want {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s%v = %v, want %v", name, labels, got, want)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+func metricValue(t *testing.T, reg *prometheus.Registry, name string, labels map[string]string) float64 {
+	t.Helper()
+	families, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range families {
+		if f.GetName() != name {
+			continue
+		}
+	metrics:
+		for _, m := range f.GetMetric() {
+			have := map[string]string{}
+			for _, lp := range m.GetLabel() {
+				have[lp.GetName()] = lp.GetValue()
+			}
+			for k, v := range labels {
+				if have[k] != v {
+					continue metrics
+				}
+			}
+			return value(m)
+		}
+	}
+	return -1
+}
+
+func value(m *dto.Metric) float64 {
+	switch {
+	case m.Counter != nil:
+		return m.Counter.GetValue()
+	case m.Gauge != nil:
+		return m.Gauge.GetValue()
+	}
+	return -1
+}
