@@ -32,10 +32,12 @@ race:
 	$(GO) test -race -count=1 -timeout 15m $(RACE_PKGS)
 
 # Each fuzz target for a short, bounded time; the seed corpora live in testdata/fuzz.
+FUZZ_TARGETS ?= ./quicmux/:FuzzReadRequest ./quicmux/:FuzzParseRule ./quicmux/:FuzzParseLocalForward ./cmd/quicgate/:FuzzConfig
 fuzz:
-	@for target in FuzzReadRequest FuzzParseRule FuzzParseLocalForward; do \
-	  echo "fuzz $$target for $(FUZZTIME)"; \
-	  $(GO) test -run '^$$' -fuzz "^$$target\$$" -fuzztime $(FUZZTIME) ./quicmux/ || exit 1; \
+	@for t in $(FUZZ_TARGETS); do \
+	  pkg=$${t%%:*}; target=$${t##*:}; \
+	  echo "fuzz $$target ($$pkg) for $(FUZZTIME)"; \
+	  $(GO) test -run '^$$' -fuzz "^$$target\$$" -fuzztime $(FUZZTIME) $$pkg || exit 1; \
 	done
 
 # What the tests need from the system: curl and iproute2 for the TUN tests in network

@@ -334,3 +334,87 @@ func TestDemo(t *testing.T) {
 		}
 	}
 }
+
+// A server configured by file, metrics scraped over HTTP, and a client that drains: a flow
+// open when SIGTERM arrives still completes, and the client exits 0.
+func TestConfigMetricsAndDrain(t *testing.T) {
+	// A destination that answers a second after the request, so the flow is open when the
+	// client is told to stop.
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				buf := make([]byte, 5)
+				if _, err := io.ReadFull(c, buf); err != nil {
+					return
+				}
+				time.Sleep(time.Second)
+				_, _ = c.Write([]byte("late reply"))
+			}()
+		}
+	}()
+	p := newPair(t)
+	cfg := filepath.Join(p.dir, "server.yaml")
+	yaml := fmt.Sprintf("listen: 127.0.0.1:0\nstate-dir: %s\nauthorized-clients: %s\nallow:\n  - 127.0.0.1/32\nmetrics: 127.0.0.1:0\n",
+		filepath.Join(p.dir, "server"), p.auth)
+	if err := os.WriteFile(cfg, []byte(yaml), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	srv := start(t, "server", "--config", cfg)
+	metricsURL := srv.waitFor(t, "metrics serving")["addr"].(string) + "/metrics"
+	addr := srv.waitFor(t, "server ready")["addr"].(string)
+
+	cli := start(t, "client", "--server", addr, "--state-dir", filepath.Join(p.dir, "client"), "--pin", p.pin,
+		"-L", "0:"+ln.Addr().String(), "--drain-timeout", "5s")
+	cli.waitFor(t, "connected to server")
+	local := cli.waitFor(t, "forwarding")["listen"].(string)
+
+	c, err := net.Dial("tcp", local)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if _, err := c.Write([]byte("hello")); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(200 * time.Millisecond)
+	_ = cli.cmd.Process.Signal(syscall.SIGTERM)
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	reply, err := io.ReadAll(c)
+	if err != nil || string(reply) != "late reply" {
+		t.Fatalf("flow open at SIGTERM: got %q, %v; want the whole reply", reply, err)
+	}
+	_ = c.Close() // the app's side ends too: nothing is left to drain
+	begin := time.Now()
+	cli.stop(t)
+	if d := time.Since(begin); d > 3*time.Second {
+		t.Fatalf("client took %v to stop after its last flow ended", d)
+	}
+
+	resp, err := http.Get(metricsURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	for _, want := range []string{
+		`quicgate_flows_total{result="ok",side="server"} 1`,
+		`quicgate_bytes_total{direction="down",side="server"} 10`,
+		`quicgate_dial_results_total{side="server",status="ok"} 1`,
+		`quicgate_quic_rtt_seconds{side="server"}`,
+	} {
+		if !strings.Contains(string(body), want) {
+			t.Errorf("metrics lack %q", want)
+		}
+	}
+	srv.stop(t)
+}

@@ -1,0 +1,96 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"io"
+	"strings"
+	"testing"
+	"time"
+)
+
+// testFlags is a flag set shaped like the client's: a string, a duration, a bool, and
+// repeatable flags.
+func testFlags() (*flag.FlagSet, *string, *time.Duration, *bool, *multiFlag) {
+	fs := flag.NewFlagSet("t", flag.ContinueOnError)
+	fs.SetOutput(io.Discard)
+	server := fs.String("server", "", "")
+	timeout := fs.Duration("dial-timeout", time.Second, "")
+	retry := fs.Bool("retry", false, "")
+	var fwd multiFlag
+	fs.Var(&fwd, "L", "")
+	fs.String("config", "", "")
+	return fs, server, timeout, retry, &fwd
+}
+
+func TestApplyConfig(t *testing.T) {
+	tests := []struct {
+		name    string
+		yaml    string
+		wantErr string // "" means success
+	}{
+		{"all kinds", "server: 127.0.0.1:4433\ndial-timeout: 3s\nretry: true\nforward:\n  - 8080:127.0.0.1:80\n  - 0:example.com:443\n", ""},
+		{"empty", "", ""},
+		{"comment only", "# nothing\n", ""},
+		{"unknown key", "server: x:1\nlisen: y\n", `cfg.yaml:2: unknown setting "lisen"`},
+		{"config in config", "config: other.yaml\n", `cfg.yaml:1: unknown setting "config"`},
+		{"bad duration", "server: x:1\n\ndial-timeout: soon\n", "cfg.yaml:3: dial-timeout"},
+		{"bad bool", "retry: maybe\n", "cfg.yaml:1: retry"},
+		{"duplicate", "server: a:1\nserver: b:2\n", `cfg.yaml:2: "server" is set again (first on line 1)`},
+		{"not a mapping", "- a\n- b\n", "cfg.yaml:1: want a mapping"},
+		{"nested value", "server:\n  host: x\n", "cfg.yaml:2: server: want a value or a list"},
+		{"nested list item", "L:\n  - [a, b]\n", "cfg.yaml:2: L: want a plain value"},
+		{"bad yaml", "server: [unclosed\n", "cfg.yaml"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			fs, server, timeout, retry, fwd := testFlags()
+			err := applyConfigData(fs, "cfg.yaml", []byte(tt.yaml), nil)
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) || !errors.Is(err, errUsage) {
+					t.Fatalf("error %v, want a usage error containing %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if tt.name == "all kinds" {
+				if *server != "127.0.0.1:4433" || *timeout != 3*time.Second || !*retry || len(*fwd) != 2 || (*fwd)[1] != "0:example.com:443" {
+					t.Fatalf("got server=%q timeout=%v retry=%v L=%v", *server, *timeout, *retry, *fwd)
+				}
+			}
+		})
+	}
+}
+
+// What the command line sets wins over the file.
+func TestConfigCommandLineWins(t *testing.T) {
+	fs, server, timeout, _, fwd := testFlags()
+	if err := fs.Parse([]string{"--server", "cli:1", "-L", "1:h:2"}); err != nil {
+		t.Fatal(err)
+	}
+	onCLI := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { onCLI[f.Name] = true })
+	err := applyConfigData(fs, "c", []byte("server: file:1\ndial-timeout: 7s\nL: [3:h:4]\n"), onCLI)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if *server != "cli:1" || *timeout != 7*time.Second || len(*fwd) != 1 || (*fwd)[0] != "1:h:2" {
+		t.Fatalf("server=%q timeout=%v L=%v", *server, *timeout, *fwd)
+	}
+}
+
+// FuzzConfig: any file either applies or fails with a usage error naming the file.
+func FuzzConfig(f *testing.F) {
+	for _, s := range []string{"server: a:1\n", "L:\n  - 1:h:2\n", "retry: true\ndial-timeout: 1s\n", "x: [1, {a: b}]\n", ": :\n", "- 1\n"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, data string) {
+		fs, _, _, _, _ := testFlags()
+		err := applyConfigData(fs, "fuzz.yaml", []byte(data), nil)
+		if err != nil && (!errors.Is(err, errUsage) || !strings.Contains(err.Error(), "fuzz.yaml")) {
+			t.Fatalf("error %v is not a usage error naming the file", err)
+		}
+	})
+}
