@@ -322,6 +322,7 @@ func (c *Client) supervise() {
 			c.log.WithError(context.Cause(conn.Context())).Warn("connection to server lost; reconnecting")
 			c.setState(nil, fmt.Errorf("%w: connection lost", ErrServerUnreachable))
 		case <-c.ctx.Done():
+			linger(conn)
 			_ = conn.CloseWithError(connShutdown, "client shutting down")
 		}
 	}

@@ -228,6 +228,7 @@ func (s *Server) serveConn(qc *quic.Conn) {
 		}()
 	}
 	streams.Wait()
+	linger(qc)
 	_ = qc.CloseWithError(connShutdown, "server shutting down")
 }
 
@@ -297,6 +298,22 @@ func (s *Server) serveStream(qc *quic.Conn, str *quic.Stream, connLog *logrus.En
 		"duration":   time.Since(start).Round(time.Millisecond).String(),
 		"result":     resultOf(err),
 	}).Debug("flow ended")
+}
+
+// linger gives the last frames of flows that ended cleanly (a FIN, the final bytes) a few
+// round trips to be delivered before a connection is closed: closing a QUIC connection drops
+// whatever it has not sent, and the far end would see a reset where the flow had ended well.
+func linger(qc *quic.Conn) {
+	if qc.Context().Err() != nil {
+		return
+	}
+	d := min(max(3*qc.ConnectionStats().SmoothedRTT+10*time.Millisecond, 20*time.Millisecond), time.Second)
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-qc.Context().Done():
+	}
 }
 
 // reject answers a request with a non-ok status and ends the stream: FIN after the status,
