@@ -413,8 +413,18 @@ func TestConfigMetricsAndDrain(t *testing.T) {
 		`quicgate_quic_rtt_seconds{side="server"}`,
 	} {
 		if !strings.Contains(string(body), want) {
-			t.Errorf("metrics lack %q", want)
+			t.Errorf("metrics lack %q; they have:\n%s", want, grepLines(string(body), "quicgate_"))
 		}
 	}
 	srv.stop(t)
+}
+
+func grepLines(s, substr string) string {
+	var out []string
+	for _, l := range strings.Split(s, "\n") {
+		if strings.Contains(l, substr) && !strings.HasPrefix(l, "#") {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
 }
