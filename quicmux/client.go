@@ -179,19 +179,26 @@ func (c *Client) Dial(ctx context.Context, t Target) (net.Conn, error) {
 // before sending local's bytes (no extra round trip); a non-ok status, or no connection to
 // the server within the dial timeout, resets local.
 func (c *Client) Forward(ctx context.Context, local net.Conn, t Target) (RelayStats, error) {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	stop := context.AfterFunc(c.ctx, cancel)
-	defer stop()
-
 	sc, err := c.open(ctx, t)
 	if err != nil {
 		abort(local)
 		c.cfg.Metrics.flowRejected()
 		return RelayStats{}, err
 	}
+	return c.Carry(ctx, local, sc)
+}
+
+// Carry relays an accepted local conn and a flow from Dial until both end, with the
+// client's idle timeout and metrics. Ingresses that must dial before they accept (the TUN
+// netstack answers the SYN only once the server has reached the destination) use Dial and
+// then Carry; Forward is open plus Carry.
+func (c *Client) Carry(ctx context.Context, local, remote net.Conn) (RelayStats, error) {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	stop := context.AfterFunc(c.ctx, cancel)
+	defer stop()
 	c.cfg.Metrics.flowStarted()
-	stats, err := RelayWith(ctx, local, sc, c.cfg.Metrics.relayOptions(c.cfg.FlowIdleTimeout))
+	stats, err := RelayWith(ctx, local, remote, c.cfg.Metrics.relayOptions(c.cfg.FlowIdleTimeout))
 	c.cfg.Metrics.flowEnded(resultOf(err))
 	return stats, err
 }

@@ -398,7 +398,9 @@ func statusOf(err error) Status {
 	return StatusUnreachable
 }
 
-// resultOf names how a flow ended, for logs and metrics.
+// ResultOf names how a flow ended, for logs: ok, idle, reset, shutdown or error.
+func ResultOf(err error) string { return resultOf(err) }
+
 func resultOf(err error) string {
 	switch {
 	case err == nil:

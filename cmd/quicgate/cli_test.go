@@ -22,16 +22,20 @@ import (
 
 // These tests run the real binary as a user would: built once, started as processes.
 
-var binary string
+var quicgateBin string
 
 func TestMain(m *testing.M) {
+	if addrs := os.Getenv("QUICGATE_TEST_HTTP"); addrs != "" {
+		os.Exit(serveTestHTTP(strings.Split(addrs, ",")))
+	}
 	dir, err := os.MkdirTemp("", "quicgate-cli")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		os.Exit(1)
 	}
-	binary = filepath.Join(dir, "quicgate")
-	if out, err := exec.Command("go", "build", "-o", binary, ".").CombinedOutput(); err != nil {
+	_ = os.Chmod(dir, 0o755) // TestTUNWithoutPrivilege runs it as nobody
+	quicgateBin = filepath.Join(dir, "quicgate")
+	if out, err := exec.Command("go", "build", "-o", quicgateBin, ".").CombinedOutput(); err != nil {
 		fmt.Fprintf(os.Stderr, "building quicgate: %v\n%s", err, out)
 		os.Exit(1)
 	}
@@ -45,7 +49,7 @@ func runQuick(t *testing.T, args ...string) (stdout, stderr string, code int) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
-	cmd := exec.CommandContext(ctx, binary, args...)
+	cmd := exec.CommandContext(ctx, quicgateBin, args...)
 	var out, errb strings.Builder
 	cmd.Stdout, cmd.Stderr = &out, &errb
 	err := cmd.Run()
@@ -140,7 +144,12 @@ type process struct {
 
 func start(t *testing.T, args ...string) *process {
 	t.Helper()
-	cmd := exec.Command(binary, append(args, "--log-format", "json")...)
+	return startProc(t, args[0], exec.Command(quicgateBin, append(args, "--log-format", "json")...))
+}
+
+// startProc starts cmd and reads its stderr as JSON log lines.
+func startProc(t *testing.T, name string, cmd *exec.Cmd) *process {
+	t.Helper()
 	stderr, err := cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -171,7 +180,7 @@ func start(t *testing.T, args ...string) *process {
 		_ = cmd.Wait()
 		if t.Failed() {
 			p.mu.Lock()
-			t.Logf("%s log:\n%s", args[0], strings.Join(p.log, "\n"))
+			t.Logf("%s log:\n%s", name, strings.Join(p.log, "\n"))
 			p.mu.Unlock()
 		}
 	})
