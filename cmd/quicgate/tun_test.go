@@ -20,35 +20,9 @@ import (
 	"time"
 
 	"github.com/vishvananda/netns"
-)
 
-// requirePriv skips a test that needs root, TUN and network namespaces, or fails it when
-// QUICGATE_REQUIRE_PRIV=1 (CI), where a missing privilege must not pass as a skip.
-func requirePriv(t *testing.T) {
-	t.Helper()
-	var missing []string
-	if os.Geteuid() != 0 {
-		missing = append(missing, "root")
-	}
-	if f, err := os.OpenFile("/dev/net/tun", os.O_RDWR, 0); err != nil {
-		missing = append(missing, "/dev/net/tun ("+err.Error()+")")
-	} else {
-		_ = f.Close()
-	}
-	for _, tool := range []string{"ip", "curl"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			missing = append(missing, tool+" (make deps installs it)")
-		}
-	}
-	if len(missing) == 0 {
-		return
-	}
-	msg := "needs " + strings.Join(missing, ", ")
-	if os.Getenv("QUICGATE_REQUIRE_PRIV") == "1" {
-		t.Fatal(msg + " (QUICGATE_REQUIRE_PRIV=1)")
-	}
-	t.Skip(msg)
-}
+	"github.com/quicgate/quicgate/internal/privtest"
+)
 
 // topology is two hosts in network namespaces the test makes: A (the client, with the TUN)
 // and B (the server, and destinations on 10.99.0.5 and fd00:99::5 on its loopback), joined
@@ -153,7 +127,7 @@ func serveTestHTTP(addrs []string) int {
 // TestTUNEndToEnd: an unmodified program (curl) on host A reaches destinations on host B
 // through the TUN device, the gVisor netstack and the QUIC tunnel.
 func TestTUNEndToEnd(t *testing.T) {
-	requirePriv(t)
+	privtest.Require(t, "ip", "curl")
 	tp := newTopology(t)
 	dir := t.TempDir()
 	p := newPairIn(t, dir)
@@ -254,7 +228,7 @@ func TestTUNEndToEnd(t *testing.T) {
 
 // Without CAP_NET_ADMIN, --tun fails with one line that names the missing privilege.
 func TestTUNWithoutPrivilege(t *testing.T) {
-	requirePriv(t) // root is needed to drop to another user
+	privtest.Require(t) // root is needed to drop to another user
 	p := newPairIn(t, t.TempDir())
 	dir, err := os.MkdirTemp("", "quicgate-nobody")
 	if err != nil {

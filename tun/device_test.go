@@ -1,0 +1,216 @@
+package tun
+
+import (
+	"encoding/binary"
+	"errors"
+	"net"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/vishvananda/netlink"
+	"golang.org/x/sys/unix"
+
+	"github.com/quicgate/quicgate/internal/privtest"
+)
+
+var testCfg = Config{
+	Name:   "qgtest0",
+	MTU:    9000,
+	Addrs:  []netip.Prefix{netip.MustParsePrefix("10.77.0.1/24"), netip.MustParsePrefix("fd00:77::1/64")},
+	Routes: []netip.Prefix{netip.MustParsePrefix("10.99.0.0/16"), netip.MustParsePrefix("fd00:99::/64")},
+}
+
+func TestValidate(t *testing.T) {
+	p := netip.MustParsePrefix
+	tests := []struct {
+		name string
+		cfg  Config
+		want string
+	}{
+		{"ok", testCfg, ""},
+		{"empty name", Config{MTU: 1500}, "interface name"},
+		{"long name", Config{Name: "sixteen-chars-xx", MTU: 1500}, "interface name"},
+		{"small MTU", Config{Name: "a", MTU: 1000}, "MTU"},
+		{"large MTU", Config{Name: "a", MTU: 70000}, "MTU"},
+		{"route with host bits", Config{Name: "a", MTU: 1500, Routes: []netip.Prefix{p("10.99.0.1/16")}}, "host bits"},
+		{"duplicate route", Config{Name: "a", MTU: 1500, Routes: []netip.Prefix{p("10.99.0.0/16"), p("10.99.0.0/16")}}, "twice"},
+		{"duplicate address", Config{Name: "a", MTU: 1500, Addrs: []netip.Prefix{p("10.0.0.1/24"), p("10.0.0.1/24")}}, "twice"},
+	}
+	for _, tt := range tests {
+		err := tt.cfg.Validate()
+		if tt.want == "" {
+			if err != nil {
+				t.Errorf("%s: %v", tt.name, err)
+			}
+			continue
+		}
+		if !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), tt.want) {
+			t.Errorf("%s: %v, want ErrConfig saying %q", tt.name, err, tt.want)
+		}
+	}
+}
+
+// Open makes the device with its MTU, addresses and routes, up and batched; Close removes
+// it all, and twice is fine.
+func TestOpenAndClose(t *testing.T) {
+	privtest.Require(t)
+	privtest.InNewNetns(t, func() {
+		d, err := Open(testCfg)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		defer d.Close()
+		link, err := netlink.LinkByName(testCfg.Name)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		if link.Attrs().MTU != testCfg.MTU || link.Attrs().Flags&net.FlagUp == 0 {
+			t.Errorf("link %s: mtu %d flags %v", testCfg.Name, link.Attrs().MTU, link.Attrs().Flags)
+		}
+		if n := d.TUN().BatchSize(); n <= 1 {
+			t.Errorf("BatchSize %d: offloads are off", n)
+		}
+		addrs, _ := netlink.AddrList(link, netlink.FAMILY_ALL)
+		for _, want := range testCfg.Addrs {
+			if !hasAddr(addrs, want) {
+				t.Errorf("address %s missing: %v", want, addrs)
+			}
+		}
+		routes, _ := netlink.RouteList(link, netlink.FAMILY_ALL)
+		for _, want := range testCfg.Routes {
+			if !hasRoute(routes, want) {
+				t.Errorf("route %s missing: %v", want, routes)
+			}
+		}
+		if err := d.Close(); err != nil {
+			t.Errorf("Close: %v", err)
+		}
+		if err := d.Close(); err != nil {
+			t.Errorf("second Close: %v", err)
+		}
+		if _, err := netlink.LinkByName(testCfg.Name); err == nil {
+			t.Error("link still there after Close")
+		}
+		all, _ := netlink.RouteList(nil, netlink.FAMILY_ALL)
+		for _, want := range testCfg.Routes {
+			if hasRoute(all, want) {
+				t.Errorf("route %s still there after Close", want)
+			}
+		}
+	})
+}
+
+// A failure half-way (a route that cannot be added) leaves nothing behind.
+func TestOpenFailureLeavesNothing(t *testing.T) {
+	privtest.Require(t)
+	privtest.InNewNetns(t, func() {
+		cfg := testCfg
+		cfg.Routes = []netip.Prefix{netip.MustParsePrefix("10.99.0.0/16"), netip.MustParsePrefix("0.0.0.0/0")}
+		// A default route already present makes the second RouteAdd fail with EEXIST.
+		lo, _ := netlink.LinkByName("lo")
+		_ = netlink.LinkSetUp(lo)
+		_ = netlink.AddrAdd(lo, &netlink.Addr{IPNet: &net.IPNet{IP: net.IPv4(10, 1, 1, 1), Mask: net.CIDRMask(8, 32)}})
+		if err := netlink.RouteAdd(&netlink.Route{LinkIndex: lo.Attrs().Index, Dst: &net.IPNet{IP: net.IPv4zero, Mask: net.CIDRMask(0, 32)}}); err != nil {
+			t.Errorf("setup: %v", err)
+			return
+		}
+		if d, err := Open(cfg); err == nil {
+			_ = d.Close()
+			t.Error("Open succeeded with a clashing route")
+			return
+		}
+		if _, err := netlink.LinkByName(cfg.Name); err == nil {
+			t.Error("the device survived a failed Open")
+		}
+		routes, _ := netlink.RouteList(nil, netlink.FAMILY_V4)
+		if hasRoute(routes, cfg.Routes[0]) {
+			t.Error("the first route survived a failed Open")
+		}
+	})
+}
+
+// A datagram sent to an address in a routed prefix comes out of the device, batched reads
+// and the virtio header offset included.
+func TestPacketsReachTheDevice(t *testing.T) {
+	privtest.Require(t)
+	privtest.InNewNetns(t, func() {
+		d, err := Open(testCfg)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		defer d.Close()
+		c, err := net.Dial("udp", "10.99.0.5:9999")
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		defer c.Close()
+		dev := d.TUN()
+		bufs := make([][]byte, dev.BatchSize())
+		sizes := make([]int, len(bufs))
+		for i := range bufs {
+			bufs[i] = make([]byte, 65536)
+		}
+		got := make(chan netip.Addr, 1)
+		go func() {
+			for {
+				n, err := dev.Read(bufs, sizes, virtioNetHdrLen)
+				if err != nil {
+					close(got)
+					return
+				}
+				for i := range n {
+					pkt := bufs[i][virtioNetHdrLen : virtioNetHdrLen+sizes[i]]
+					if len(pkt) >= 20 && pkt[0]>>4 == 4 && pkt[9] == unix.IPPROTO_UDP && binary.BigEndian.Uint16(pkt[22:24]) == 9999 {
+						got <- netip.AddrFrom4([4]byte(pkt[16:20]))
+						return
+					}
+				}
+			}
+		}()
+		deadline := time.After(5 * time.Second)
+		tick := time.NewTicker(50 * time.Millisecond)
+		defer tick.Stop()
+		for {
+			_, _ = c.Write([]byte("hello tun"))
+			select {
+			case a := <-got:
+				if a != netip.MustParseAddr("10.99.0.5") {
+					t.Errorf("packet to %v", a)
+				}
+				return
+			case <-deadline:
+				t.Error("no packet came out of the device in 5s")
+				return
+			case <-tick.C:
+			}
+		}
+	})
+}
+
+// virtioNetHdrLen is the room a read needs before each packet for the virtio-net header
+// (wireguard-go keeps its constant unexported).
+const virtioNetHdrLen = 10
+
+func hasAddr(addrs []netlink.Addr, p netip.Prefix) bool {
+	for _, a := range addrs {
+		if a.IPNet.String() == ipNet(p).String() {
+			return true
+		}
+	}
+	return false
+}
+
+func hasRoute(routes []netlink.Route, p netip.Prefix) bool {
+	for _, r := range routes {
+		if r.Dst != nil && r.Dst.String() == p.String() {
+			return true
+		}
+	}
+	return false
+}
