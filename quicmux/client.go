@@ -80,7 +80,7 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 	if cfg.DialTimeout <= 0 {
 		cfg.DialTimeout = 10 * time.Second
 	}
-	cfg.Limits = cfg.Limits.withDefaults()
+	cfg.Limits = cfg.Limits.withDefaults(false)
 	udp, err := listenUDP(":0")
 	if err != nil {
 		return nil, err

@@ -19,6 +19,8 @@ import (
 	"path/filepath"
 	"strings"
 	"time"
+
+	"github.com/quic-go/quic-go"
 )
 
 // ErrBadFingerprint: a string is not a fingerprint in the form Fingerprint.String gives.
@@ -60,6 +62,19 @@ func FingerprintOf(cert *x509.Certificate) Fingerprint {
 type Identity struct {
 	Cert        tls.Certificate
 	Fingerprint Fingerprint
+}
+
+// statelessResetKey derives the key for QUIC stateless resets from the identity's private
+// key, so a server that restarts with the same identity can tell clients of the connections
+// it lost at once (they get a stateless reset for their next packet) instead of leaving them
+// to time out.
+func (id *Identity) statelessResetKey() (*quic.StatelessResetKey, error) {
+	der, err := x509.MarshalPKCS8PrivateKey(id.Cert.PrivateKey)
+	if err != nil {
+		return nil, fmt.Errorf("quicmux: identity key: %w", err)
+	}
+	k := quic.StatelessResetKey(sha256.Sum256(append([]byte("quicgate stateless reset key\x00"), der...)))
+	return &k, nil
 }
 
 const (

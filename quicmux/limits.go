@@ -11,7 +11,9 @@ type Limits struct {
 	// MaxStreams bounds the flows one connection may have open at once (the server's limit on
 	// each client). Default 16384.
 	MaxStreams int64
-	// KeepAlive is how often an idle connection is pinged; default 15s.
+	// KeepAlive is how often an idle connection is pinged. The client's default, 1s, also
+	// finds a restarted server within a second: the server answers the ping with a stateless
+	// reset, and the client reconnects. The server's default is 15s (NAT bindings).
 	KeepAlive time.Duration
 	// IdleTimeout closes a connection that hears nothing for this long; default 60s.
 	IdleTimeout time.Duration
@@ -23,12 +25,15 @@ type Limits struct {
 	ConnWindow   uint64
 }
 
-func (l Limits) withDefaults() Limits {
+func (l Limits) withDefaults(server bool) Limits {
 	if l.MaxStreams <= 0 {
 		l.MaxStreams = 16384
 	}
 	if l.KeepAlive <= 0 {
-		l.KeepAlive = 15 * time.Second
+		l.KeepAlive = time.Second
+		if server {
+			l.KeepAlive = 15 * time.Second
+		}
 	}
 	if l.IdleTimeout <= 0 {
 		l.IdleTimeout = 60 * time.Second

@@ -102,7 +102,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	if cfg.MaxPendingDials <= 0 {
 		cfg.MaxPendingDials = 1024
 	}
-	cfg.Limits = cfg.Limits.withDefaults()
+	cfg.Limits = cfg.Limits.withDefaults(true)
 	s := &Server{cfg: cfg, log: loggerOrDiscard(cfg.Logger), dialSlots: make(chan struct{}, cfg.MaxPendingDials)}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	return s, nil
@@ -123,7 +123,12 @@ func (s *Server) Listen(addr string) (net.Addr, error) {
 	if err != nil {
 		return nil, err
 	}
-	tr := &quic.Transport{Conn: udp}
+	resetKey, err := s.cfg.Identity.statelessResetKey()
+	if err != nil {
+		_ = udp.Close()
+		return nil, err
+	}
+	tr := &quic.Transport{Conn: udp, StatelessResetKey: resetKey}
 	if s.cfg.Retry {
 		tr.VerifySourceAddress = func(net.Addr) bool { return true }
 	}

@@ -437,3 +437,73 @@ func grepLines(s, substr string) string {
 	}
 	return strings.Join(out, "\n")
 }
+
+// A server killed without warning and started again: the flow that was open ends with a
+// reset (not a clean EOF), and new flows work within 2 s of the new server being ready.
+func TestServerKilledAndRestarted(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() { defer c.Close(); _, _ = io.Copy(c, c) }()
+		}
+	}()
+	p := newPair(t)
+	srv, addr := p.startServer(t, "127.0.0.1/32")
+	cli := start(t, "client", "--server", addr, "--state-dir", filepath.Join(p.dir, "client"), "--pin", p.pin, "-L", "0:"+ln.Addr().String())
+	cli.waitFor(t, "connected to server")
+	local := cli.waitFor(t, "forwarding")["listen"].(string)
+	echoOnce := func(c net.Conn) error {
+		_ = c.SetDeadline(time.Now().Add(2 * time.Second))
+		if _, err := c.Write([]byte("ping")); err != nil {
+			return err
+		}
+		buf := make([]byte, 4)
+		_, err := io.ReadFull(c, buf)
+		return err
+	}
+	inflight, err := net.Dial("tcp", local)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer inflight.Close()
+	if err := echoOnce(inflight); err != nil {
+		t.Fatal(err)
+	}
+
+	_ = srv.cmd.Process.Kill()
+	<-srv.done
+	srv2 := start(t, "server", "--listen", addr, "--state-dir", filepath.Join(p.dir, "server"), "--authorized-clients", p.auth, "--allow", "127.0.0.1/32")
+	srv2.waitFor(t, "server ready")
+	ready := time.Now()
+
+	_ = inflight.SetReadDeadline(time.Now().Add(5 * time.Second))
+	_, err = inflight.Read(make([]byte, 1))
+	if !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("the flow open when the server died ended with %v, want a reset", err)
+	}
+	for {
+		c, err := net.Dial("tcp", local)
+		if err == nil {
+			err = echoOnce(c)
+			_ = c.Close()
+		}
+		if err == nil {
+			break
+		}
+		if time.Since(ready) > 2*time.Second {
+			t.Fatalf("no working flow 2s after the restart: %v", err)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Logf("new flows work %v after the restarted server is ready", time.Since(ready).Round(time.Millisecond))
+	cli.stop(t)
+	srv2.stop(t)
+}

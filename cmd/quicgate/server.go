@@ -114,7 +114,7 @@ type common struct {
 func commonFlags(fs *flag.FlagSet) *common {
 	c := &common{}
 	fs.Int64Var(&c.l.MaxStreams, "max-streams", 16384, "most flows open at once on one connection")
-	fs.DurationVar(&c.l.KeepAlive, "keepalive", 15*time.Second, "keepalive period of an idle connection")
+	fs.DurationVar(&c.l.KeepAlive, "keepalive", 0, "keepalive period of an idle connection (default: client 1s, which also finds a restarted server within a second; server 15s)")
 	fs.DurationVar(&c.l.IdleTimeout, "idle-timeout", 60*time.Second, "close a QUIC connection silent for this long")
 	fs.DurationVar(&c.flowIdle, "flow-idle-timeout", 0, "reset a flow that moved no byte either way for this long (0: never)")
 	fs.DurationVar(&c.drain, "drain-timeout", 10*time.Second, "on SIGTERM or SIGINT, let open flows finish for this long before resetting them")
@@ -127,10 +127,10 @@ func (c *common) limits() (quicmux.Limits, error) {
 	if c.l.MaxStreams < 1 {
 		return c.l, usageErr("--max-streams %d: want at least 1", c.l.MaxStreams)
 	}
-	if c.l.IdleTimeout > 0 && c.l.KeepAlive >= c.l.IdleTimeout {
+	if c.l.KeepAlive < 0 || c.l.KeepAlive >= c.l.IdleTimeout {
 		return c.l, usageErr("--keepalive %s must be shorter than --idle-timeout %s", c.l.KeepAlive, c.l.IdleTimeout)
 	}
-	if err := positive(map[string]time.Duration{"--keepalive": c.l.KeepAlive, "--idle-timeout": c.l.IdleTimeout}); err != nil {
+	if err := positive(map[string]time.Duration{"--idle-timeout": c.l.IdleTimeout}); err != nil {
 		return c.l, err
 	}
 	if c.flowIdle < 0 || c.drain < 0 {
