@@ -6,7 +6,7 @@ RACE_PKGS ?= ./quicmux/ ./netstack/
 # Seconds each fuzz target runs in `make test`.
 FUZZTIME ?= 10s
 
-.PHONY: all build run test check unit race fuzz deps bench bench-quick clean
+.PHONY: all build run test check unit race fuzz deps bench bench-quick bench-deps bench-go clean
 
 all: build
 
@@ -54,6 +54,23 @@ deps:
 	      echo "missing$$missing (privileged tests will skip; run as root to install)"; \
 	    fi; \
 	  fi
+
+## bench: quicgate next to direct TCP, raw quic-go, ssh -L and socat (and TUN mode as root);
+## markdown on stdout, JSON and a PNG chart in bench/results/. Under 3 minutes.
+bench:
+	$(GO) run ./bench/cmd/qgbench
+
+bench-quick:
+	$(GO) run ./bench/cmd/qgbench -quick
+
+# The peers the benchmark compares against (rows are skipped without them).
+bench-deps:
+	@if [ "$$(id -u)" != 0 ]; then echo "bench-deps needs root (apt-get)"; exit 1; fi
+	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq openssh-server openssh-client socat
+
+# Micro-benchmarks of the hot paths.
+bench-go:
+	$(GO) test -run '^$$' -bench . -benchtime 2s ./quicmux/ ./netstack/
 
 clean:
 	rm -rf bin

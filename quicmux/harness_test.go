@@ -20,7 +20,7 @@ func TestMain(m *testing.M) {
 
 // tunnel is a server and a client on loopback, with the test's own identities.
 type tunnel struct {
-	t          *testing.T
+	t          testing.TB
 	clientMut  func(*ClientConfig)
 	serverID   *Identity
 	clientID   *Identity
@@ -53,7 +53,7 @@ func withRules(specs ...string) tunnelOption {
 	}
 }
 
-func testLogger(t *testing.T) *logrus.Entry {
+func testLogger(t testing.TB) *logrus.Entry {
 	lg := logrus.New()
 	lg.SetOutput(testWriter{t})
 	lg.SetLevel(logrus.InfoLevel)
@@ -61,7 +61,7 @@ func testLogger(t *testing.T) *logrus.Entry {
 }
 
 // testWriter sends log lines to t.Log, so they show only for failing tests.
-type testWriter struct{ t *testing.T }
+type testWriter struct{ t testing.TB }
 
 func (w testWriter) Write(p []byte) (int, error) {
 	w.t.Helper()
@@ -69,7 +69,7 @@ func (w testWriter) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-func newTunnel(t *testing.T, opts ...tunnelOption) *tunnel {
+func newTunnel(t testing.TB, opts ...tunnelOption) *tunnel {
 	t.Helper()
 	tn := &tunnel{t: t}
 	var err error
@@ -153,7 +153,7 @@ func (tn *tunnel) forward(target string) string {
 
 // destination is a TCP server on loopback that runs handle for every connection. Its
 // cleanup closes the connections still open, so a failing test cannot hang in it.
-func destination(t *testing.T, handle func(c *net.TCPConn)) string {
+func destination(t testing.TB, handle func(c *net.TCPConn)) string {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {

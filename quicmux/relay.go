@@ -23,9 +23,9 @@ type lingerer interface{ SetLinger(sec int) error }
 
 // Buffers. A direction reads into a small buffer of its own while its flow is quiet, and
 // takes a large pooled buffer only once a read fills the small one; it gives the large one
-// back as soon as a read comes back short (the source is drained and the next read will
-// likely wait). So 10,000 idle flows hold 2 KiB a direction, and a bulk flow moves 64 KiB a
-// call.
+// back when a read brings less than the small buffer would have held (the flow has gone
+// quiet or interactive, and the next read will likely wait). So 10,000 idle flows hold 2 KiB
+// a direction, and a bulk flow moves up to 64 KiB a call.
 const (
 	smallBufSize = 2 << 10
 	largeBufSize = 64 << 10
@@ -172,7 +172,9 @@ func copyHalf(src, dst net.Conn, activity *atomic.Int64, count func(int)) (int64
 		switch {
 		case large == nil && nr == len(buf):
 			large = largeBufs.Get().(*[]byte)
-		case large != nil && nr < len(buf):
+		case large != nil && nr < smallBufSize:
+			// A trickle: the flow has gone quiet or interactive, so the next read will
+			// likely wait; wait without holding 64 KiB.
 			largeBufs.Put(large)
 			large = nil
 		}

@@ -1,0 +1,126 @@
+// Command qgbench measures quicgate next to direct TCP, raw quic-go, ssh -L and socat on this
+// machine, and writes a markdown table (stdout), JSON and a PNG chart (bench/results/).
+//
+//	qgbench [-quick] [-out DIR] [-paths "quicgate -L,ssh -L"] [-quicgate BINARY]
+//	qgbench serve --ip IP     (the destination servers, run by qgbench itself)
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"flag"
+	"fmt"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"strings"
+	"syscall"
+
+	"github.com/quicgate/quicgate/bench"
+)
+
+func main() {
+	if len(os.Args) > 1 && os.Args[1] == "serve" {
+		os.Exit(serve(os.Args[2:]))
+	}
+	os.Exit(run())
+}
+
+func run() int {
+	quick := flag.Bool("quick", false, "short measurements and 1,000 idle flows (under 30 s)")
+	out := flag.String("out", "bench/results", "directory for latest.json, a timestamped copy and latest.png")
+	only := flag.String("paths", "", "comma-separated path names to run (default: all)")
+	qg := flag.String("quicgate", "", "quicgate binary to measure (default: build ./cmd/quicgate)")
+	flag.Parse()
+
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	raiseFileLimit()
+	dir, err := os.MkdirTemp("", "qgbench")
+	if err != nil {
+		return fail(err)
+	}
+	defer os.RemoveAll(dir)
+	self, err := os.Executable()
+	if err != nil {
+		return fail(err)
+	}
+	if *qg == "" {
+		*qg = filepath.Join(dir, "quicgate")
+		fmt.Fprintln(os.Stderr, "building quicgate")
+		if out, err := exec.Command("go", "build", "-o", *qg, "./cmd/quicgate").CombinedOutput(); err != nil {
+			return fail(fmt.Errorf("building quicgate (run from the repository root): %v\n%s", err, out))
+		}
+	}
+	// The destinations run in their own process, with their own descriptor budget.
+	dests := exec.Command(self, "serve", "--ip", "127.0.0.1")
+	dests.Stderr = os.Stderr
+	stdout, err := dests.StdoutPipe()
+	if err != nil {
+		return fail(err)
+	}
+	if err := dests.Start(); err != nil {
+		return fail(err)
+	}
+	defer func() { _ = dests.Process.Signal(os.Interrupt); _ = dests.Wait() }()
+	var addrs struct{ Sink, Echo string }
+	if err := json.NewDecoder(stdout).Decode(&addrs); err != nil {
+		return fail(fmt.Errorf("destination servers: %w", err))
+	}
+	env := &bench.Env{Quicgate: *qg, Self: self, Dir: dir, Sink: addrs.Sink, Echo: addrs.Echo}
+	opt := bench.DefaultOptions(*quick)
+	if *only != "" {
+		opt.Only = map[string]bool{}
+		for _, n := range strings.Split(*only, ",") {
+			opt.Only[strings.TrimSpace(n)] = true
+		}
+	}
+	rep := bench.Run(ctx, env, opt)
+	rep.Command = "qgbench " + strings.Join(os.Args[1:], " ")
+	rep.Markdown(os.Stdout)
+	jsonPath, err := rep.Save(*out)
+	if err != nil {
+		return fail(err)
+	}
+	png := filepath.Join(*out, "latest.png")
+	if err := rep.Chart(png); err != nil {
+		fmt.Fprintf(os.Stderr, "chart: %v\n", err)
+	}
+	fmt.Fprintf(os.Stderr, "wrote %s and %s in %s\n", jsonPath, png, rep.Duration)
+	return 0
+}
+
+// serve runs the sink and echo servers on ip until interrupted; their addresses go to
+// stdout as one JSON line (and to stderr with "msg":"serving" for processes that read logs).
+func serve(args []string) int {
+	fs := flag.NewFlagSet("serve", flag.ExitOnError)
+	ip := fs.String("ip", "127.0.0.1", "address to serve on")
+	_ = fs.Parse(args)
+	raiseFileLimit()
+	d, err := bench.Listen(*ip)
+	if err != nil {
+		return fail(err)
+	}
+	defer d.Close()
+	line, _ := json.Marshal(map[string]string{"msg": "serving", "sink": d.Sink.Addr().String(), "echo": d.Echo.Addr().String()})
+	fmt.Println(string(line))
+	fmt.Fprintln(os.Stderr, string(line))
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	<-ctx.Done()
+	return 0
+}
+
+func raiseFileLimit() {
+	var lim syscall.Rlimit
+	if syscall.Getrlimit(syscall.RLIMIT_NOFILE, &lim) == nil && lim.Cur < lim.Max {
+		lim.Cur = lim.Max
+		_ = syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim)
+	}
+}
+
+func fail(err error) int {
+	fmt.Fprintf(os.Stderr, "qgbench: %v\n", err)
+	return 1
+}

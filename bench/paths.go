@@ -1,0 +1,490 @@
+package bench
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/quic-go/quic-go"
+	"github.com/vishvananda/netns"
+
+	"github.com/quicgate/quicgate/quicmux"
+)
+
+// Path is one way to carry flows from the load generator to the destinations.
+type Path interface {
+	Name() string
+	// Setup starts what the path needs; a missing prerequisite is an ErrSkip.
+	Setup(ctx context.Context, env *Env) (DialFunc, error)
+	// PIDs are the processes whose memory and CPU the path costs (none for in-process paths).
+	PIDs() []int
+	Close()
+}
+
+// ErrSkip marks a path that cannot run here (a program missing, no root); the report shows
+// it as skipped with the reason.
+var ErrSkip = errors.New("skipped")
+
+func skip(format string, a ...any) error {
+	return fmt.Errorf("%w: %s", ErrSkip, fmt.Sprintf(format, a...))
+}
+
+// Env is what every path shares: the quicgate binary, this program (for its serve mode), a
+// scratch directory and the loopback destinations.
+type Env struct {
+	Quicgate string
+	Self     string
+	Dir      string
+	Sink     string // loopback addresses of the destinations
+	Echo     string
+}
+
+func dialTCP(addrs map[Dest]string) DialFunc {
+	var d net.Dialer
+	return func(ctx context.Context, dest Dest) (net.Conn, error) {
+		return d.DialContext(ctx, "tcp", addrs[dest])
+	}
+}
+
+func freePort() (int, error) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer ln.Close()
+	return ln.Addr().(*net.TCPAddr).Port, nil
+}
+
+// --- direct TCP ---
+
+type directPath struct{}
+
+func (directPath) Name() string { return "direct TCP" }
+func (directPath) Setup(_ context.Context, env *Env) (DialFunc, error) {
+	return dialTCP(map[Dest]string{ToSink: env.Sink, ToEcho: env.Echo}), nil
+}
+func (directPath) PIDs() []int { return nil }
+func (directPath) Close()      {}
+
+// --- quicgate -L ---
+
+type quicgateLPath struct{ srv, cli *proc }
+
+func (*quicgateLPath) Name() string { return "quicgate -L" }
+
+func (p *quicgateLPath) Setup(ctx context.Context, env *Env) (DialFunc, error) {
+	dir := filepath.Join(env.Dir, "qg")
+	pin, auth, err := identities(env, dir)
+	if err != nil {
+		return nil, err
+	}
+	p.srv, err = startProc("quicgate server", exec.Command(env.Quicgate, "server", "--listen", "127.0.0.1:0",
+		"--state-dir", filepath.Join(dir, "server"), "--authorized-clients", auth, "--allow", "127.0.0.1/32", "--log-format", "json", "--log-level", "info"))
+	if err != nil {
+		return nil, err
+	}
+	ready, err := p.srv.waitJSON("server ready", 10*time.Second)
+	if err != nil {
+		return nil, err
+	}
+	p.cli, err = startProc("quicgate client", exec.Command(env.Quicgate, "client", "--server", ready["addr"].(string),
+		"--state-dir", filepath.Join(dir, "client"), "--pin", pin, "-L", "0:"+env.Sink, "-L", "0:"+env.Echo, "--log-format", "json"))
+	if err != nil {
+		return nil, err
+	}
+	sink, err := p.cli.waitJSON("forwarding", 10*time.Second)
+	if err != nil {
+		return nil, err
+	}
+	echo, err := p.cli.waitJSON("forwarding", 10*time.Second)
+	if err != nil {
+		return nil, err
+	}
+	return dialTCP(map[Dest]string{ToSink: sink["listen"].(string), ToEcho: echo["listen"].(string)}), nil
+}
+
+func (p *quicgateLPath) PIDs() []int { return pidsOf(p.srv, p.cli) }
+func (p *quicgateLPath) Close()      { p.cli.stop(); p.srv.stop() }
+
+func pidsOf(ps ...*proc) []int {
+	var pids []int
+	for _, p := range ps {
+		if p != nil && p.cmd.Process != nil {
+			pids = append(pids, p.pid())
+		}
+	}
+	return pids
+}
+
+// identities makes a server and a client identity under dir and returns the server's pin
+// and an authorized-clients file naming the client.
+func identities(env *Env, dir string) (pin, auth string, err error) {
+	fp := func(d string) (string, error) {
+		out, err := exec.Command(env.Quicgate, "fingerprint", "--state-dir", d).Output()
+		return strings.TrimSpace(string(out)), err
+	}
+	if pin, err = fp(filepath.Join(dir, "server")); err != nil {
+		return "", "", err
+	}
+	client, err := fp(filepath.Join(dir, "client"))
+	if err != nil {
+		return "", "", err
+	}
+	auth = filepath.Join(dir, "authorized_clients")
+	return pin, auth, os.WriteFile(auth, []byte(client+"\n"), 0o644)
+}
+
+// --- ssh -L ---
+
+type sshPath struct{ sshd, ssh *proc }
+
+func (*sshPath) Name() string { return "ssh -L" }
+
+func (p *sshPath) Setup(ctx context.Context, env *Env) (DialFunc, error) {
+	sshd, err := exec.LookPath("sshd")
+	if err != nil {
+		sshd = "/usr/sbin/sshd"
+		if _, err := os.Stat(sshd); err != nil {
+			return nil, skip("no sshd ('make bench-deps' installs openssh-server)")
+		}
+	}
+	if _, err := exec.LookPath("ssh"); err != nil {
+		return nil, skip("no ssh client")
+	}
+	if os.Geteuid() != 0 {
+		return nil, skip("sshd needs root here")
+	}
+	dir := filepath.Join(env.Dir, "ssh")
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, err
+	}
+	for _, k := range []string{"host", "user"} {
+		if out, err := exec.Command("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", filepath.Join(dir, k)).CombinedOutput(); err != nil {
+			return nil, fmt.Errorf("ssh-keygen: %v: %s", err, out)
+		}
+	}
+	pub, _ := os.ReadFile(filepath.Join(dir, "user.pub"))
+	_ = os.WriteFile(filepath.Join(dir, "authorized_keys"), pub, 0o600)
+	port, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	cfg := fmt.Sprintf("ListenAddress 127.0.0.1\nPort %d\nHostKey %s\nAuthorizedKeysFile %s\nPermitRootLogin prohibit-password\n"+
+		"PasswordAuthentication no\nUsePAM no\nStrictModes no\nPidFile %s\nMaxStartups 100\nLogLevel ERROR\n",
+		port, filepath.Join(dir, "host"), filepath.Join(dir, "authorized_keys"), filepath.Join(dir, "sshd.pid"))
+	_ = os.WriteFile(filepath.Join(dir, "sshd_config"), []byte(cfg), 0o600)
+	_ = os.MkdirAll("/run/sshd", 0o755)
+	p.sshd, err = startProc("sshd", exec.Command(sshd, "-D", "-e", "-f", filepath.Join(dir, "sshd_config")))
+	if err != nil {
+		return nil, err
+	}
+	if err := waitTCP(fmt.Sprintf("127.0.0.1:%d", port), 5*time.Second); err != nil {
+		return nil, fmt.Errorf("sshd: %w: %s", err, p.sshd.tail())
+	}
+	lsink, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	lecho, err := freePort()
+	if err != nil {
+		return nil, err
+	}
+	p.ssh, err = startProc("ssh", exec.Command("ssh", "-N", "-T", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
+		"-o", "BatchMode=yes", "-o", "ExitOnForwardFailure=yes", "-o", "LogLevel=ERROR", "-i", filepath.Join(dir, "user"), "-p", strconv.Itoa(port),
+		"-L", fmt.Sprintf("127.0.0.1:%d:%s", lsink, env.Sink), "-L", fmt.Sprintf("127.0.0.1:%d:%s", lecho, env.Echo), "root@127.0.0.1"))
+	if err != nil {
+		return nil, err
+	}
+	for _, lp := range []int{lsink, lecho} {
+		if err := waitTCP(fmt.Sprintf("127.0.0.1:%d", lp), 10*time.Second); err != nil {
+			return nil, fmt.Errorf("ssh -L: %w: %s", err, p.ssh.tail())
+		}
+	}
+	return dialTCP(map[Dest]string{ToSink: fmt.Sprintf("127.0.0.1:%d", lsink), ToEcho: fmt.Sprintf("127.0.0.1:%d", lecho)}), nil
+}
+
+func (p *sshPath) PIDs() []int {
+	var pids []int
+	if p.sshd != nil {
+		pids = append(pids, descendants(p.sshd.pid())...)
+	}
+	return append(pids, pidsOf(p.ssh)...)
+}
+func (p *sshPath) Close() { p.ssh.stop(); p.sshd.stop() }
+
+func waitTCP(addr string, timeout time.Duration) error {
+	deadline := time.Now().Add(timeout)
+	for {
+		c, err := net.DialTimeout("tcp", addr, time.Second)
+		if err == nil {
+			_ = c.Close()
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%s not listening after %v", addr, timeout)
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// --- socat ---
+
+type socatPath struct{ sink, echo *proc }
+
+func (*socatPath) Name() string { return "socat" }
+
+func (p *socatPath) Setup(ctx context.Context, env *Env) (DialFunc, error) {
+	if _, err := exec.LookPath("socat"); err != nil {
+		return nil, skip("no socat ('make bench-deps' installs it)")
+	}
+	addrs := map[Dest]string{}
+	for dest, target := range map[Dest]string{ToSink: env.Sink, ToEcho: env.Echo} {
+		port, err := freePort()
+		if err != nil {
+			return nil, err
+		}
+		pr, err := startProc("socat", exec.Command("socat", fmt.Sprintf("TCP-LISTEN:%d,bind=127.0.0.1,fork,reuseaddr,backlog=4096", port), "TCP:"+target))
+		if err != nil {
+			return nil, err
+		}
+		if dest == ToSink {
+			p.sink = pr
+		} else {
+			p.echo = pr
+		}
+		addrs[dest] = fmt.Sprintf("127.0.0.1:%d", port)
+		if err := waitTCP(addrs[dest], 5*time.Second); err != nil {
+			return nil, err
+		}
+	}
+	return dialTCP(addrs), nil
+}
+
+// MaxIdleFlows: socat forks a process per connection (about 2.5 MiB each), so 10,000 idle
+// flows would take some 25 GiB; it is measured with 500 and reported per flow.
+func (p *socatPath) MaxIdleFlows() int { return 500 }
+
+func (p *socatPath) PIDs() []int {
+	var pids []int
+	for _, pr := range []*proc{p.sink, p.echo} {
+		if pr != nil {
+			pids = append(pids, descendants(pr.pid())...)
+		}
+	}
+	return pids
+}
+func (p *socatPath) Close() { p.sink.stop(); p.echo.stop() }
+
+// --- raw quic-go stream: no TCP hop at all ---
+
+// rawQUICPath is the QUIC ceiling: quic-go client and server in this process, each flow a
+// stream whose first byte picks the sink or the echo.
+type rawQUICPath struct {
+	ln     *quic.Listener
+	client *quic.Conn
+	cancel context.CancelFunc
+}
+
+func (*rawQUICPath) Name() string { return "raw quic-go" }
+
+func (p *rawQUICPath) Setup(ctx context.Context, env *Env) (DialFunc, error) {
+	id, err := quicmux.NewEphemeralIdentity()
+	if err != nil {
+		return nil, err
+	}
+	conf := &quic.Config{MaxIncomingStreams: 1 << 16, MaxStreamReceiveWindow: 16 << 20, MaxConnectionReceiveWindow: 64 << 20, KeepAlivePeriod: 10 * time.Second}
+	p.ln, err = quic.ListenAddr("127.0.0.1:0", &tls.Config{Certificates: []tls.Certificate{id.Cert}, NextProtos: []string{"bench"}}, conf)
+	if err != nil {
+		return nil, err
+	}
+	sctx, cancel := context.WithCancel(context.Background())
+	p.cancel = cancel
+	go func() {
+		for {
+			c, err := p.ln.Accept(sctx)
+			if err != nil {
+				return
+			}
+			go func() {
+				for {
+					s, err := c.AcceptStream(sctx)
+					if err != nil {
+						return
+					}
+					go serveRawStream(s)
+				}
+			}()
+		}
+	}()
+	p.client, err = quic.DialAddr(ctx, p.ln.Addr().String(), &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"bench"}}, conf)
+	if err != nil {
+		return nil, err
+	}
+	return func(ctx context.Context, d Dest) (net.Conn, error) {
+		s, err := p.client.OpenStreamSync(ctx)
+		if err != nil {
+			return nil, err
+		}
+		if _, err := s.Write([]byte{byte(d)}); err != nil {
+			return nil, err
+		}
+		return &rawStream{Stream: s, c: p.client}, nil
+	}, nil
+}
+
+func serveRawStream(s *quic.Stream) {
+	defer s.Close()
+	var kind [1]byte
+	if _, err := io.ReadFull(s, kind[:]); err != nil {
+		return
+	}
+	c := &rawStream{Stream: s}
+	if Dest(kind[0]) == ToSink {
+		serveSink(c)
+	} else {
+		serveEcho(c)
+	}
+}
+
+// rawStream is just enough of a net.Conn over a quic-go stream for the workloads.
+type rawStream struct {
+	*quic.Stream
+	c *quic.Conn
+}
+
+func (r *rawStream) CloseWrite() error { return r.Stream.Close() }
+func (r *rawStream) Close() error {
+	r.Stream.CancelRead(0)
+	return r.Stream.Close()
+}
+func (r *rawStream) LocalAddr() net.Addr  { return &net.UDPAddr{} }
+func (r *rawStream) RemoteAddr() net.Addr { return &net.UDPAddr{} }
+
+func (p *rawQUICPath) PIDs() []int { return nil }
+func (p *rawQUICPath) Close() {
+	if p.client != nil {
+		_ = p.client.CloseWithError(0, "")
+	}
+	if p.cancel != nil {
+		p.cancel()
+	}
+	if p.ln != nil {
+		_ = p.ln.Close()
+	}
+}
+
+// --- quicgate TUN: two network namespaces ---
+
+// tunPath runs the destinations and the server in namespace B, the client with its TUN in
+// namespace A, and dials from A on threads moved into it.
+type tunPath struct {
+	a, b     string
+	dests    *proc
+	srv, cli *proc
+	nsA      netns.NsHandle
+}
+
+func (*tunPath) Name() string { return "quicgate TUN" }
+
+func (p *tunPath) Setup(ctx context.Context, env *Env) (DialFunc, error) {
+	if os.Geteuid() != 0 {
+		return nil, skip("TUN mode needs root")
+	}
+	if _, err := exec.LookPath("ip"); err != nil {
+		return nil, skip("no ip (iproute2)")
+	}
+	id := strconv.Itoa(os.Getpid())
+	p.a, p.b = "qgbA"+id, "qgbB"+id
+	cmds := [][]string{
+		{"ip", "netns", "add", p.a}, {"ip", "netns", "add", p.b},
+		{"ip", "link", "add", "qgba" + id, "netns", p.a, "type", "veth", "peer", "name", "qgbb" + id, "netns", p.b},
+		{"ip", "-n", p.a, "link", "set", "lo", "up"}, {"ip", "-n", p.b, "link", "set", "lo", "up"},
+		{"ip", "-n", p.a, "addr", "add", "10.201.0.1/24", "dev", "qgba" + id}, {"ip", "-n", p.a, "link", "set", "qgba" + id, "up"},
+		{"ip", "-n", p.b, "addr", "add", "10.201.0.2/24", "dev", "qgbb" + id}, {"ip", "-n", p.b, "link", "set", "qgbb" + id, "up"},
+		{"ip", "-n", p.b, "addr", "add", "10.98.0.5/32", "dev", "lo"},
+	}
+	for _, c := range cmds {
+		if out, err := exec.Command(c[0], c[1:]...).CombinedOutput(); err != nil {
+			return nil, fmt.Errorf("%s: %v: %s", strings.Join(c, " "), err, out)
+		}
+	}
+	var err error
+	p.dests, err = startProc("destinations in B", exec.Command("ip", "netns", "exec", p.b, env.Self, "serve", "--ip", "10.98.0.5"))
+	if err != nil {
+		return nil, err
+	}
+	addrs, err := p.dests.waitJSON("serving", 10*time.Second)
+	if err != nil {
+		return nil, err
+	}
+	dir := filepath.Join(env.Dir, "tun")
+	pin, auth, err := identities(env, dir)
+	if err != nil {
+		return nil, err
+	}
+	p.srv, err = startProc("quicgate server in B", exec.Command("ip", "netns", "exec", p.b, env.Quicgate, "server", "--listen", "10.201.0.2:4433",
+		"--state-dir", filepath.Join(dir, "server"), "--authorized-clients", auth, "--allow", "10.98.0.0/16", "--log-format", "json"))
+	if err != nil {
+		return nil, err
+	}
+	if _, err := p.srv.waitJSON("server ready", 10*time.Second); err != nil {
+		return nil, err
+	}
+	p.cli, err = startProc("quicgate client in A", exec.Command("ip", "netns", "exec", p.a, env.Quicgate, "client", "--server", "10.201.0.2:4433",
+		"--state-dir", filepath.Join(dir, "client"), "--pin", pin, "--tun", "qgb0", "--tun-addr", "10.78.0.1/24", "--route", "10.98.0.0/16", "--log-format", "json"))
+	if err != nil {
+		return nil, err
+	}
+	if _, err := p.cli.waitJSON("tun ready", 10*time.Second); err != nil {
+		return nil, err
+	}
+	if p.nsA, err = netns.GetFromName(p.a); err != nil {
+		return nil, err
+	}
+	targets := map[Dest]string{ToSink: addrs["sink"].(string), ToEcho: addrs["echo"].(string)}
+	return func(ctx context.Context, d Dest) (net.Conn, error) {
+		return dialInNetns(ctx, p.nsA, targets[d])
+	}, nil
+}
+
+// dialInNetns creates the socket on a thread inside ns; once made, it works from anywhere.
+func dialInNetns(ctx context.Context, ns netns.NsHandle, addr string) (net.Conn, error) {
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	orig, err := netns.Get()
+	if err != nil {
+		return nil, err
+	}
+	defer orig.Close()
+	if err := netns.Set(ns); err != nil {
+		return nil, err
+	}
+	defer func() { _ = netns.Set(orig) }()
+	var d net.Dialer
+	return d.DialContext(ctx, "tcp", addr)
+}
+
+func (p *tunPath) PIDs() []int { return pidsOf(p.srv, p.cli) }
+func (p *tunPath) Close() {
+	p.cli.stop()
+	p.srv.stop()
+	p.dests.stop()
+	if p.nsA != 0 {
+		_ = p.nsA.Close()
+	}
+	for _, ns := range []string{p.a, p.b} {
+		if ns != "" {
+			_ = exec.Command("ip", "netns", "del", ns).Run()
+		}
+	}
+}
