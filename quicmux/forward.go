@@ -120,7 +120,8 @@ type PortListener struct {
 
 // ListenLocalForward binds f's local address.
 func ListenLocalForward(f LocalForward, to Forwarder, log *logrus.Entry) (*PortListener, error) {
-	ln, err := net.Listen("tcp", f.Bind.String())
+	lc := net.ListenConfig{KeepAlive: -1} // as on egress: idle flows are FlowIdleTimeout's business
+	ln, err := lc.Listen(context.Background(), "tcp", f.Bind.String())
 	if err != nil {
 		return nil, fmt.Errorf("quicmux: -L %s: %w", f, err)
 	}

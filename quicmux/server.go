@@ -85,7 +85,9 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		return nil, errors.New("quicmux: server needs a policy")
 	}
 	if cfg.Dialer == nil {
-		cfg.Dialer = &net.Dialer{}
+		// No TCP keepalive on egress: it costs three setsockopt calls a flow, and idle flows
+		// are the business of FlowIdleTimeout.
+		cfg.Dialer = &net.Dialer{KeepAlive: -1}
 	}
 	if cfg.Resolver == nil {
 		cfg.Resolver = net.DefaultResolver

@@ -4,6 +4,7 @@ import (
 	"context"
 	"flag"
 	"io"
+	"runtime"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -24,7 +25,7 @@ func runServer(ctx context.Context, args []string, stderr io.Writer) error {
 	maxHeader := fs.Int("max-header-bytes", quicmux.MaxHeaderLen, "largest request header accepted (at most 263)")
 	maxDials := fs.Int("max-pending-dials", 1024, "destination dials in progress at once, over all clients")
 	retry := fs.Bool("retry", false, "make clients prove their address with a QUIC Retry first (for servers exposed to the Internet)")
-	common := commonFlags(fs)
+	common := commonFlags(fs, 0, "The server serves many connections at once.")
 	if err := parseWithConfig(fs, args, config); err != nil {
 		return err
 	}
@@ -45,6 +46,9 @@ func runServer(ctx context.Context, args []string, stderr io.Writer) error {
 		return usageErr("--max-pending-dials %d: want at least 1", *maxDials)
 	}
 	if err := positive(map[string]time.Duration{"--dial-timeout": *dialTimeout, "--header-timeout": *headerTimeout}); err != nil {
+		return err
+	}
+	if err := common.apply(); err != nil {
 		return err
 	}
 	limits, err := common.limits()
@@ -104,6 +108,7 @@ func runServer(ctx context.Context, args []string, stderr io.Writer) error {
 
 // common are the flags that server and client share.
 type common struct {
+	procs    int
 	l        quicmux.Limits
 	flowIdle time.Duration
 	drain    time.Duration
@@ -111,8 +116,10 @@ type common struct {
 	observe  observeFlags
 }
 
-func commonFlags(fs *flag.FlagSet) *common {
+// commonFlags registers the shared flags; procs is the default of --procs for the command.
+func commonFlags(fs *flag.FlagSet, procs int, procsWhy string) *common {
 	c := &common{}
+	fs.IntVar(&c.procs, "procs", procs, "CPU threads for Go code (GOMAXPROCS; 0: one per core). "+procsWhy)
 	fs.Int64Var(&c.l.MaxStreams, "max-streams", 16384, "most flows open at once on one connection")
 	fs.DurationVar(&c.l.KeepAlive, "keepalive", 0, "keepalive period of an idle connection (default: client 1s, which also finds a restarted server within a second; server 15s)")
 	fs.DurationVar(&c.l.IdleTimeout, "idle-timeout", 60*time.Second, "close a QUIC connection silent for this long")
@@ -121,6 +128,17 @@ func commonFlags(fs *flag.FlagSet) *common {
 	c.log.register(fs)
 	c.observe.register(fs)
 	return c
+}
+
+// apply sets GOMAXPROCS from --procs.
+func (c *common) apply() error {
+	if c.procs < 0 {
+		return usageErr("--procs %d: want 0 (one per core) or more", c.procs)
+	}
+	if c.procs > 0 {
+		runtime.GOMAXPROCS(c.procs)
+	}
+	return nil
 }
 
 func (c *common) limits() (quicmux.Limits, error) {
