@@ -27,7 +27,7 @@ func (t *tunFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&t.name, "tun", "", "create this TUN interface and tunnel the TCP flows routed into it (needs CAP_NET_ADMIN)")
 	fs.Var(&t.addrs, "tun-addr", "address of the TUN interface with its prefix length, e.g. 10.77.0.1/24 (repeatable)")
 	fs.Var(&t.routes, "route", "prefix to route into the TUN interface, e.g. 10.99.0.0/16 (repeatable; at least one with --tun)")
-	fs.IntVar(&t.mtu, "tun-mtu", 9000, "MTU of the TUN interface (1280-65535; the link is virtual, so larger moves bytes cheaper)")
+	fs.IntVar(&t.mtu, "tun-mtu", netstack.RecommendedTUNMTU, "MTU of the TUN interface (1280-65535; the link is virtual and every flow ends in this process, so larger moves bytes cheaper)")
 }
 
 type tunConfig struct {
