@@ -111,7 +111,8 @@ func rssBytes(pids []int) int64 {
 	return total
 }
 
-// cpuSeconds sums user and system time of pids.
+// cpuSeconds sums user and system time of pids, with that of their children already reaped
+// (socat's per-connection forks end up there).
 func cpuSeconds(pids []int) float64 {
 	var ticks int64
 	for _, pid := range pids {
@@ -121,10 +122,11 @@ func cpuSeconds(pids []int) float64 {
 		}
 		s := string(b)
 		f := strings.Fields(s[strings.LastIndex(s, ")")+2:])
-		if len(f) > 13 {
-			u, _ := strconv.ParseInt(f[11], 10, 64)
-			k, _ := strconv.ParseInt(f[12], 10, 64)
-			ticks += u + k
+		if len(f) > 14 {
+			for _, i := range []int{11, 12, 13, 14} { // utime, stime, cutime, cstime
+				v, _ := strconv.ParseInt(f[i], 10, 64)
+				ticks += v
+			}
 		}
 	}
 	return float64(ticks) / 100 // USER_HZ

@@ -349,28 +349,14 @@ func TestDemo(t *testing.T) {
 func TestConfigMetricsAndDrain(t *testing.T) {
 	// A destination that answers a second after the request, so the flow is open when the
 	// client is told to stop.
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() {
-				defer c.Close()
-				buf := make([]byte, 5)
-				if _, err := io.ReadFull(c, buf); err != nil {
-					return
-				}
-				time.Sleep(time.Second)
-				_, _ = c.Write([]byte("late reply"))
-			}()
+	dst := tcpServer(t, func(c net.Conn) {
+		buf := make([]byte, 5)
+		if _, err := io.ReadFull(c, buf); err != nil {
+			return
 		}
-	}()
+		time.Sleep(time.Second)
+		_, _ = c.Write([]byte("late reply"))
+	})
 	p := newPair(t)
 	cfg := filepath.Join(p.dir, "server.yaml")
 	yaml := fmt.Sprintf("listen: 127.0.0.1:0\nstate-dir: %s\nauthorized-clients: %s\nallow:\n  - 127.0.0.1/32\nmetrics: 127.0.0.1:0\n",
@@ -383,7 +369,7 @@ func TestConfigMetricsAndDrain(t *testing.T) {
 	addr := srv.waitFor(t, "server ready")["addr"].(string)
 
 	cli := start(t, "client", "--server", addr, "--state-dir", filepath.Join(p.dir, "client"), "--pin", p.pin,
-		"-L", "0:"+ln.Addr().String(), "--drain-timeout", "5s")
+		"-L", "0:"+dst, "--drain-timeout", "5s")
 	cli.waitFor(t, "connected to server")
 	local := cli.waitFor(t, "forwarding")["listen"].(string)
 
@@ -441,23 +427,10 @@ func grepLines(s, substr string) string {
 // A server killed without warning and started again: the flow that was open ends with a
 // reset (not a clean EOF), and new flows work within 2 s of the new server being ready.
 func TestServerKilledAndRestarted(t *testing.T) {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			go func() { defer c.Close(); _, _ = io.Copy(c, c) }()
-		}
-	}()
+	dst := tcpServer(t, func(c net.Conn) { _, _ = io.Copy(c, c) })
 	p := newPair(t)
 	srv, addr := p.startServer(t, "127.0.0.1/32")
-	cli := start(t, "client", "--server", addr, "--state-dir", filepath.Join(p.dir, "client"), "--pin", p.pin, "-L", "0:"+ln.Addr().String())
+	cli := start(t, "client", "--server", addr, "--state-dir", filepath.Join(p.dir, "client"), "--pin", p.pin, "-L", "0:"+dst)
 	cli.waitFor(t, "connected to server")
 	local := cli.waitFor(t, "forwarding")["listen"].(string)
 	echoOnce := func(c net.Conn) error {
@@ -506,4 +479,24 @@ func TestServerKilledAndRestarted(t *testing.T) {
 	t.Logf("new flows work %v after the restarted server is ready", time.Since(ready).Round(time.Millisecond))
 	cli.stop(t)
 	srv2.stop(t)
+}
+
+// tcpServer serves handle for every connection on a loopback port until the test ends.
+func tcpServer(t *testing.T, handle func(c net.Conn)) string {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = ln.Close() })
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() { defer c.Close(); handle(c) }()
+		}
+	}()
+	return ln.Addr().String()
 }

@@ -21,7 +21,7 @@ func runClient(ctx context.Context, args []string, stderr io.Writer) error {
 	var forwards multiFlag
 	fs.Var(&forwards, "L", "forward [bind_address:]port:host:hostport through the tunnel, as ssh -L (repeatable)")
 	dialTimeout := fs.Duration("dial-timeout", 10*time.Second, "how long a flow waits for the server")
-	common := commonFlags(fs, 1, "One QUIC connection is driven by one loop, and more threads mostly add wake-ups: one thread moved 32% more and spent 38% less CPU per GB on a 2-core host (see README, bench).")
+	common := commonFlags(fs, 1, "One QUIC connection is driven by one loop, and more threads mostly add wake-ups: on a 2-core host one thread moved about 10% more and spent 15% less CPU per GB (docs/performance.md).")
 	var tf tunFlags
 	tf.register(fs)
 	if err := parseWithConfig(fs, args, config); err != nil {
