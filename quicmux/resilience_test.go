@@ -402,3 +402,42 @@ func value(m *dto.Metric) float64 {
 	}
 	return -1
 }
+
+// With the server's stream limit reached, a further flow waits for a free stream only as
+// long as the client's dial timeout, then fails; once a flow closes, new ones go through.
+func TestMaxStreams(t *testing.T) {
+	tn := newTunnel(t,
+		withServerConfig(func(c *ServerConfig) { c.Limits.MaxStreams = 2 }),
+		withClientConfig(func(c *ClientConfig) { c.DialTimeout = 500 * time.Millisecond }),
+	)
+	dst := destination(t, echo)
+	var held []net.Conn
+	for range 2 {
+		c, err := tn.client.DialContext(context.Background(), "tcp", dst)
+		if err != nil {
+			t.Fatal(err)
+		}
+		held = append(held, c)
+	}
+	start := time.Now()
+	if _, err := tn.client.DialContext(context.Background(), "tcp", dst); !errors.Is(err, ErrServerUnreachable) {
+		t.Fatalf("third flow: %v, want no free stream (ErrServerUnreachable)", err)
+	}
+	if d := time.Since(start); d > 2*time.Second {
+		t.Fatalf("third flow waited %v", d)
+	}
+	_ = held[0].Close()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		c, err := tn.client.DialContext(context.Background(), "tcp", dst)
+		if err == nil {
+			checkEcho(t, c, "freed")
+			_ = c.Close()
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("no flow after one closed: %v", err)
+		}
+	}
+	_ = held[1].Close()
+}

@@ -187,6 +187,20 @@ func startProc(t *testing.T, name string, cmd *exec.Cmd) *process {
 	return p
 }
 
+// count returns how many log lines so far have msg as their msg.
+func (p *process) count(msg string) int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	n := 0
+	for _, l := range p.log {
+		var m map[string]any
+		if json.Unmarshal([]byte(l), &m) == nil && m["msg"] == msg {
+			n++
+		}
+	}
+	return n
+}
+
 // waitFor returns the first log line whose msg is msg.
 func (p *process) waitFor(t *testing.T, msg string) map[string]any {
 	t.Helper()
@@ -300,7 +314,7 @@ func TestServerClientProcesses(t *testing.T) {
 // Failures to reach the server are one line and exit 1, within the dial timeout.
 func TestClientCannotConnect(t *testing.T) {
 	p := newPair(t)
-	_, addr := p.startServer(t, "127.0.0.1/32")
+	srv, addr := p.startServer(t, "127.0.0.1/32")
 	stranger := filepath.Join(p.dir, "stranger")
 	silent, err := net.ListenPacket("udp", "127.0.0.1:0")
 	if err != nil {
@@ -329,6 +343,14 @@ func TestClientCannotConnect(t *testing.T) {
 				t.Fatalf("took %v", d)
 			}
 		})
+	}
+	// The server logged the stranger once, with its address and fingerprint.
+	if m := srv.waitFor(t, "client rejected: fingerprint not authorized"); m["peer"] == "" || !strings.HasPrefix(fmt.Sprint(m["fingerprint"]), "SHA256:") {
+		t.Fatalf("rejection logged as %v", m)
+	}
+	time.Sleep(200 * time.Millisecond)
+	if n := srv.count("client rejected: fingerprint not authorized"); n != 1 {
+		t.Fatalf("the stranger was logged %d times, want once", n)
 	}
 }
 
@@ -369,8 +391,14 @@ func TestConfigMetricsAndDrain(t *testing.T) {
 	addr := srv.waitFor(t, "server ready")["addr"].(string)
 
 	cli := start(t, "client", "--server", addr, "--state-dir", filepath.Join(p.dir, "client"), "--pin", p.pin,
-		"-L", "0:"+dst, "--drain-timeout", "5s")
+		"-L", "0:"+dst, "--drain-timeout", "5s", "--pprof", "127.0.0.1:0")
+	pprofURL := cli.waitFor(t, "pprof serving")["addr"].(string) + "/debug/pprof/goroutine?debug=1"
 	cli.waitFor(t, "connected to server")
+	if resp, err := http.Get(pprofURL); err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("pprof: %v %v", resp, err)
+	} else {
+		resp.Body.Close()
+	}
 	local := cli.waitFor(t, "forwarding")["listen"].(string)
 
 	c, err := net.Dial("tcp", local)

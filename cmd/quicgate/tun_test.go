@@ -141,8 +141,10 @@ func TestTUNEndToEnd(t *testing.T) {
 	// Host A: the client with its TUN, and a capture on its veth.
 	capture := captureProtocols(t, tp.a, "veth0")
 	cli := startIn(t, tp.a, "client", "--server", addrB+":4433", "--state-dir", filepath.Join(dir, "client"), "--pin", p.pin,
-		"--tun", tunDev, "--tun-addr", "10.77.0.1/24", "--tun-addr", "fd00:77::1/64", "--route", "10.99.0.0/16", "--route", "fd00:99::/64")
+		"--tun", tunDev, "--tun-addr", "10.77.0.1/24", "--tun-addr", "fd00:77::1/64", "--route", "10.99.0.0/16", "--route", "fd00:99::/64",
+		"-L", "0:"+dst4+":80")
 	cli.waitFor(t, "tun ready")
+	local := cli.waitFor(t, "forwarding")["listen"].(string)
 
 	curl := func(args ...string) (string, error) {
 		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
@@ -161,6 +163,15 @@ func TestTUNEndToEnd(t *testing.T) {
 			if err != nil || !strings.HasPrefix(out, "hello from the far side") {
 				t.Fatalf("%s: %q, %v", url, out, err)
 			}
+		}
+	})
+	t.Run("-L beside the TUN", func(t *testing.T) {
+		out, err := curl("http://" + local + "/")
+		if err != nil || !strings.HasPrefix(out, "hello from the far side") {
+			t.Fatalf("through -L in the same process: %q, %v", out, err)
+		}
+		if n := cli.count("connected to server"); n != 1 {
+			t.Fatalf("the client connected %d times; TUN and -L should share one connection", n)
 		}
 	})
 	t.Run("large body", func(t *testing.T) {
