@@ -324,16 +324,37 @@ func (c *Client) supervise() {
 			c.log.WithFields(fields).Info("connected to server")
 		}
 		wasUp = true
+		c.watch(conn)
+	}
+	c.setState(nil, ErrClosed)
+}
+
+// probeSize is the size of the liveness probe: larger than quic-go's 42-byte floor for
+// answering with a stateless reset, which a bare keepalive PING is not.
+const probeSize = 64
+
+// watch waits until conn is lost or the client closes. Every keepalive period it sends a
+// probe datagram: a server that was killed and restarted with the same identity answers it
+// with a stateless reset, so the loss is found within a period, the open flows are reset
+// and the client reconnects.
+func (c *Client) watch(conn *quic.Conn) {
+	probe := time.NewTicker(c.cfg.Limits.KeepAlive)
+	defer probe.Stop()
+	payload := make([]byte, probeSize)
+	for {
 		select {
+		case <-probe.C:
+			_ = conn.SendDatagram(payload)
 		case <-conn.Context().Done():
 			c.log.WithError(context.Cause(conn.Context())).Warn("connection to server lost; reconnecting")
 			c.setState(nil, fmt.Errorf("%w: connection lost", ErrServerUnreachable))
+			return
 		case <-c.ctx.Done():
 			linger(conn)
 			_ = conn.CloseWithError(connShutdown, "client shutting down")
+			return
 		}
 	}
-	c.setState(nil, ErrClosed)
 }
 
 // sleep waits out a backoff, cut short (but never below minBackoff) when a flow is waiting.

@@ -60,6 +60,9 @@ func (l Limits) quicConfig(server bool) *quic.Config {
 		InitialConnectionReceiveWindow: 1 << 20,
 		MaxConnectionReceiveWindow:     l.ConnWindow,
 		MaxIncomingUniStreams:          -1, // quicgate uses bidirectional streams only
+		// Datagrams carry only the client's liveness probe (see Client.supervise); the
+		// server never reads them, and quic-go drops what overflows its small queue.
+		EnableDatagrams: true,
 	}
 	if server {
 		c.MaxIncomingStreams = l.MaxStreams
