@@ -24,10 +24,10 @@ type lingerer interface{ SetLinger(sec int) error }
 // Buffers. A direction reads into a small buffer of its own while its flow is quiet, and
 // takes a large pooled buffer only once a read fills the small one; it gives the large one
 // back when a read brings less than the small buffer would have held (the flow has gone
-// quiet or interactive, and the next read will likely wait). So 10,000 idle flows hold 2 KiB
+// quiet or interactive, and the next read will likely wait). So 10,000 idle flows hold 1 KiB
 // a direction, and a bulk flow moves up to 64 KiB a call.
 const (
-	smallBufSize = 2 << 10
+	smallBufSize = 1 << 10
 	largeBufSize = 64 << 10
 )
 
