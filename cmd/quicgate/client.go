@@ -112,6 +112,7 @@ func runClient(ctx context.Context, args []string, stderr io.Writer) error {
 		if err != nil {
 			return err
 		}
+		defer tunIngress.Close()
 	}
 
 	if err := client.Connect(ctx); err != nil {
@@ -143,7 +144,9 @@ func runClient(ctx context.Context, args []string, stderr io.Writer) error {
 	return err
 }
 
-// ingress is a source of flows that runs until ctx ends (and then releases what it holds).
+// ingress is a source of flows. Serve runs until ctx ends, drains, and releases what the
+// ingress holds; Close releases it at once (idempotent, for a start that fails half-way).
 type ingress interface {
 	Serve(ctx context.Context) error
+	Close() error
 }

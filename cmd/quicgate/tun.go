@@ -90,6 +90,8 @@ type tunIngress struct {
 	draining   atomic.Bool
 	mu         sync.Mutex
 	flows      sync.WaitGroup
+	closeOnce  sync.Once
+	closeErr   error
 }
 
 func openTUN(cfg tunConfig, client *quicmux.Client, drain time.Duration, log *logrus.Entry) (ingress, error) {
@@ -162,11 +164,22 @@ func (ing *tunIngress) Serve(ctx context.Context) error {
 		ing.resetFlows()
 		<-done
 	}
-	ing.resetFlows()
-	err := ing.stack.Close()
-	if cerr := ing.dev.Close(); err == nil {
-		err = cerr
-	}
-	ing.log.Info("tun removed")
-	return err
+	return ing.Close()
+}
+
+// Close resets the flows still open and removes the stack, routes and device. It is
+// idempotent, so a client that fails to start can defer it.
+func (ing *tunIngress) Close() error {
+	ing.closeOnce.Do(func() {
+		ing.mu.Lock()
+		ing.draining.Store(true)
+		ing.mu.Unlock()
+		ing.resetFlows()
+		ing.closeErr = ing.stack.Close()
+		if err := ing.dev.Close(); ing.closeErr == nil {
+			ing.closeErr = err
+		}
+		ing.log.Info("tun removed")
+	})
+	return ing.closeErr
 }
