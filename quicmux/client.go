@@ -160,9 +160,15 @@ func (c *Client) Dial(ctx context.Context, t Target) (net.Conn, error) {
 		deadline = d
 	}
 	_ = sc.SetReadDeadline(deadline)
-	stop := context.AfterFunc(ctx, func() { _ = sc.SetReadDeadline(time.Now()) })
+	fired := make(chan struct{})
+	stop := context.AfterFunc(ctx, func() {
+		defer close(fired)
+		_ = sc.SetReadDeadline(time.Now())
+	})
 	err = sc.readStatus()
-	stop()
+	if !stop() {
+		<-fired // the callback ran or is running: let it finish before the deadline is cleared
+	}
 	_ = sc.SetReadDeadline(time.Time{})
 	if err != nil {
 		sc.Abort()

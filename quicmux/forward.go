@@ -153,19 +153,27 @@ func (p *PortListener) Serve(ctx context.Context) error {
 		<-allDone
 	}()
 	log := p.log.WithFields(logrus.Fields{"listen": p.ln.Addr().String(), "target": p.fwd.Target.String()})
+	var backoff time.Duration
 	for {
 		conn, err := p.ln.Accept()
 		if err != nil {
-			_ = p.ln.Close()
 			if ctx.Err() != nil {
 				return nil
 			}
-			var ne net.Error
-			if errors.As(err, &ne) && ne.Timeout() {
-				continue
+			if errors.Is(err, net.ErrClosed) {
+				return fmt.Errorf("quicmux: -L %s: %w", p.fwd, err)
 			}
-			return fmt.Errorf("quicmux: -L %s: %w", p.fwd, err)
+			// Out of descriptors, or a connection aborted before it was accepted: wait a
+			// little and go on, as net/http does, rather than drop every forward.
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			log.WithError(err).WithField("retry_in", backoff.String()).Warn("accept failed")
+			select {
+			case <-time.After(backoff):
+			case <-ctx.Done():
+			}
+			continue
 		}
+		backoff = 0
 		flows.Add(1)
 		go func() {
 			defer flows.Done()

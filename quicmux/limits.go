@@ -19,8 +19,14 @@ type Limits struct {
 	IdleTimeout time.Duration
 	// HandshakeTimeout bounds the QUIC handshake; default 10s.
 	HandshakeTimeout time.Duration
-	// StreamWindow and ConnWindow are the largest receive windows flow control may grow to;
-	// defaults 16 MiB and 64 MiB, enough for several Gbit/s on a low-latency path.
+	// StreamWindow is the largest receive window one flow's flow control may grow to
+	// (from 512 KiB), default 16 MiB: several Gbit/s on a low-latency path.
+	//
+	// ConnWindow is the connection's receive window, shared by all its flows; it starts at
+	// its maximum, default 256 MiB. A flow whose far side stops reading keeps up to its own
+	// window of it, so the default lets at least 16 such flows, each grown to the full
+	// 16 MiB (or 512 stalled from the start), stall without freezing the others. It is
+	// credit, not memory: memory is used only while data waits for a slow reader.
 	StreamWindow uint64
 	ConnWindow   uint64
 }
@@ -45,7 +51,7 @@ func (l Limits) withDefaults(server bool) Limits {
 		l.StreamWindow = 16 << 20
 	}
 	if l.ConnWindow == 0 {
-		l.ConnWindow = 64 << 20
+		l.ConnWindow = 256 << 20
 	}
 	return l
 }
@@ -57,7 +63,7 @@ func (l Limits) quicConfig(server bool) *quic.Config {
 		KeepAlivePeriod:                l.KeepAlive,
 		InitialStreamReceiveWindow:     512 << 10,
 		MaxStreamReceiveWindow:         l.StreamWindow,
-		InitialConnectionReceiveWindow: 1 << 20,
+		InitialConnectionReceiveWindow: l.ConnWindow, // see ConnWindow: no slow start here
 		MaxConnectionReceiveWindow:     l.ConnWindow,
 		MaxIncomingUniStreams:          -1, // quicgate uses bidirectional streams only
 		// Datagrams carry only the client's liveness probe (see Client.supervise); the

@@ -22,6 +22,10 @@ const MaxHeaderLen = 3 + maxBodyLen
 
 const maxBodyLen = 1 + 1 + 1 + 255 + 2
 
+// MinTCPHeaderLen is the smallest header bound that still lets every address target
+// through: an IPv6 request is 23 bytes.
+const MinTCPHeaderLen = 3 + 1 + 1 + 16 + 2
+
 // Kind says what a stream carries.
 type Kind uint8
 

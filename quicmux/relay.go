@@ -62,14 +62,15 @@ func Relay(ctx context.Context, a, b net.Conn) (RelayStats, error) {
 // RelayWith is Relay with options.
 func RelayWith(ctx context.Context, a, b net.Conn, opt RelayOptions) (RelayStats, error) {
 	r := &relay{a: a, b: b}
-	stop := context.AfterFunc(ctx, r.abortBoth)
-	defer stop()
+	// ctx ending is a failure like any other: it is recorded (so the flow's result says why)
+	// and both sides are reset.
+	stop := context.AfterFunc(ctx, func() { r.fail(context.Cause(ctx)) })
 	var activity *atomic.Int64
+	var idle *time.Timer
 	if opt.IdleTimeout > 0 {
 		activity = new(atomic.Int64)
 		activity.Store(time.Now().UnixNano())
-		w := r.watchIdle(opt.IdleTimeout, activity)
-		defer w.Stop()
+		idle = r.watchIdle(opt.IdleTimeout, activity)
 	}
 
 	done := make(chan struct{})
@@ -79,14 +80,18 @@ func RelayWith(ctx context.Context, a, b net.Conn, opt RelayOptions) (RelayStats
 	r.fail(err)
 	<-done
 
-	_ = a.Close()
-	_ = b.Close()
+	// From here on nothing may reset the flow: a flow that ended cleanly has sent its FINs,
+	// and a reset now would abort their delivery.
 	r.mu.Lock()
+	r.finished = true
 	err = r.err
 	r.mu.Unlock()
-	if err == nil && ctx.Err() != nil {
-		err = ctx.Err()
+	stop()
+	if idle != nil {
+		idle.Stop()
 	}
+	_ = a.Close()
+	_ = b.Close()
 	return RelayStats{AtoB: r.atob, BtoA: r.btoa}, err
 }
 
@@ -100,7 +105,11 @@ func (r *relay) watchIdle(idle time.Duration, activity *atomic.Int64) *time.Time
 			r.fail(ErrFlowIdle)
 			return
 		}
-		t.Reset(idle - quiet)
+		r.mu.Lock()
+		defer r.mu.Unlock()
+		if !r.finished {
+			t.Reset(idle - quiet)
+		}
 	})
 	return t
 }
@@ -110,8 +119,9 @@ type relay struct {
 	atob, btoa int64
 	abortOnce  sync.Once
 
-	mu  sync.Mutex
-	err error // the first error that ended the flow
+	mu       sync.Mutex
+	err      error // the first error that ended the flow
+	finished bool  // both directions are done; no more resets
 }
 
 // copyBtoA runs in its own goroutine; the name keeps goroutine dumps readable.
@@ -129,6 +139,10 @@ func (r *relay) fail(err error) {
 		return
 	}
 	r.mu.Lock()
+	if r.finished {
+		r.mu.Unlock()
+		return
+	}
 	if r.err == nil {
 		r.err = err
 	}

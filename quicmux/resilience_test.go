@@ -8,6 +8,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
+	"net/netip"
 	"runtime"
 	"syscall"
 	"testing"
@@ -440,4 +441,69 @@ func TestMaxStreams(t *testing.T) {
 		}
 	}
 	_ = held[1].Close()
+}
+
+// Flows whose destinations stop reading hold only their own flow-control window: the
+// connection's shared window does not run dry, and other flows go on.
+func TestStalledFlowsDoNotBlockOthers(t *testing.T) {
+	tn := newTunnel(t)
+	release := make(chan struct{})
+	stalled := destination(t, func(c *net.TCPConn) {
+		_ = c.SetReadBuffer(4096)
+		<-release // accept, never read
+	})
+	t.Cleanup(func() { close(release) })
+	dst := destination(t, echo)
+	var conns []net.Conn
+	defer func() {
+		for _, c := range conns {
+			_ = c.Close()
+		}
+	}()
+	chunk := make([]byte, 256<<10)
+	for i := range 8 {
+		c, err := tn.client.DialContext(context.Background(), "tcp", stalled)
+		if err != nil {
+			t.Fatal(err)
+		}
+		conns = append(conns, c)
+		// Push until the flow is stuck: writes stop completing.
+		_ = c.SetWriteDeadline(time.Now().Add(500 * time.Millisecond))
+		var pushed int
+		for {
+			n, err := c.Write(chunk)
+			pushed += n
+			if err != nil {
+				break
+			}
+		}
+		t.Logf("stalled flow %d took %d KiB", i, pushed>>10)
+	}
+	start := time.Now()
+	c, err := tn.client.DialContext(context.Background(), "tcp", dst)
+	if err != nil {
+		t.Fatalf("new flow beside 8 stalled ones: %v", err)
+	}
+	defer c.Close()
+	checkEcho(t, c, "not blocked")
+	if d := time.Since(start); d > 2*time.Second {
+		t.Fatalf("new flow took %v", d)
+	}
+}
+
+// Addresses that are no single remote host are denied whatever the rules say: 0.0.0.0
+// would reach the server's own loopback services through a rule like 0.0.0.0/5.
+func TestNonHostTargetsDenied(t *testing.T) {
+	dst := netip.MustParseAddrPort(destination(t, echo))
+	tn := newTunnel(t, withRules("0.0.0.0/5", "224.0.0.0/4", "::/0"))
+	for _, target := range []string{
+		netip.AddrPortFrom(netip.IPv4Unspecified(), dst.Port()).String(),
+		netip.AddrPortFrom(netip.IPv6Unspecified(), dst.Port()).String(),
+		"224.0.0.1:80",
+		"[ff02::1]:80",
+	} {
+		if _, err := tn.client.DialContext(context.Background(), "tcp", target); !errors.Is(err, ErrDenied) {
+			t.Errorf("%s: %v, want ErrDenied", target, err)
+		}
+	}
 }

@@ -7,6 +7,8 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -271,14 +273,16 @@ func (s *Server) serveStream(qc *quic.Conn, str *quic.Stream, connLog *logrus.En
 	}
 
 	log = log.WithField("target", req.Target.String())
+	// Count the flow before looking at draining, so that Shutdown, which sets draining and
+	// then waits for the count to reach zero, cannot miss it.
+	s.flows.Add(1)
+	defer s.flows.Add(-1)
 	if s.draining.Load() {
 		s.cfg.Metrics.dialResult(StatusShuttingDown)
 		s.cfg.Metrics.flowRejected()
 		s.reject(str, StatusShuttingDown, codeShutdown)
 		return
 	}
-	s.flows.Add(1)
-	defer s.flows.Add(-1)
 	start := time.Now()
 	dst, status := s.dial(req.Target)
 	s.cfg.Metrics.dialResult(status)
@@ -289,7 +293,7 @@ func (s *Server) serveStream(qc *quic.Conn, str *quic.Stream, connLog *logrus.En
 		return
 	}
 	if _, err := str.Write(AppendStatus(nil, StatusOK)); err != nil {
-		_ = dst.Close()
+		abort(dst) // the destination must see a reset, not a clean empty flow
 		str.CancelRead(codeFlowReset)
 		str.CancelWrite(codeFlowReset)
 		return
@@ -345,13 +349,15 @@ func (s *Server) dial(t Target) (net.Conn, Status) {
 	var addrs []netip.Addr
 	switch {
 	case t.Addr.IsValid():
-		if !s.cfg.Policy.Allow(t) {
+		if !dialable(t.Addr) || !s.cfg.Policy.Allow(t) {
 			return nil, StatusDenied
 		}
 		addrs = []netip.Addr{t.Addr}
 	case s.cfg.Policy.Allow(t):
-		// The name itself is allowed: the dialer resolves it.
-		c, err := s.cfg.Dialer.DialContext(ctx, "tcp", t.String())
+		// The name itself is allowed: the dialer resolves it, as a fully qualified name so
+		// that no resolver search domain can turn it into another (unapproved) name.
+		fqdn := strings.TrimSuffix(t.Host, ".") + "."
+		c, err := s.cfg.Dialer.DialContext(ctx, "tcp", net.JoinHostPort(fqdn, strconv.Itoa(int(t.Port))))
 		if err != nil {
 			return nil, statusOf(err)
 		}
@@ -365,7 +371,7 @@ func (s *Server) dial(t Target) (net.Conn, Status) {
 			return nil, StatusUnreachable
 		}
 		for _, ip := range ips {
-			if s.cfg.Policy.Allow(Target{Addr: ip.Unmap(), Port: t.Port}) {
+			if dialable(ip.Unmap()) && s.cfg.Policy.Allow(Target{Addr: ip.Unmap(), Port: t.Port}) {
 				addrs = append(addrs, ip.Unmap())
 			}
 		}
@@ -385,6 +391,13 @@ func (s *Server) dial(t Target) (net.Conn, Status) {
 		}
 	}
 	return nil, status
+}
+
+// dialable rejects addresses that are no single remote host: the unspecified address (which
+// connects to the server itself), multicast and the IPv4 broadcast address. A rule such as
+// 0.0.0.0/5 would otherwise let 0.0.0.0 reach the server's own loopback services.
+func dialable(a netip.Addr) bool {
+	return !a.IsUnspecified() && !a.IsMulticast() && a != netip.AddrFrom4([4]byte{255, 255, 255, 255})
 }
 
 // statusOf maps a dial error to the status the client sees.

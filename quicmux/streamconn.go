@@ -25,8 +25,9 @@ type streamConn struct {
 	// only the reading goroutine touches it after construction.
 	pendingStatus bool
 
-	writeMu sync.Mutex
-	closed  sync.Once
+	writeMu     sync.Mutex
+	writeFailed bool // under writeMu: a write ended short, so the stream must not end in a FIN
+	closed      sync.Once
 }
 
 var (
@@ -68,6 +69,9 @@ func (c *streamConn) Write(p []byte) (int, error) {
 	c.writeMu.Lock()
 	defer c.writeMu.Unlock()
 	n, err := c.str.Write(p)
+	if err != nil {
+		c.writeFailed = true
+	}
 	return n, mapStreamErr(err)
 }
 
@@ -79,23 +83,30 @@ func (c *streamConn) CloseWrite() error {
 }
 
 // Close ends the flow gracefully where it can: FIN for what was written, STOP_SENDING for
-// what will not be read.
+// what will not be read. A Write that Close interrupts (or any write that failed) makes it a
+// reset instead, so the far end never takes a cut-short stream for a complete one.
 func (c *streamConn) Close() error {
 	c.closed.Do(func() {
 		c.str.CancelRead(0)
 		_ = c.str.SetWriteDeadline(time.Now())
 		c.writeMu.Lock()
-		_ = c.str.Close()
+		if c.writeFailed {
+			c.str.CancelWrite(codeFlowReset)
+		} else {
+			_ = c.str.Close()
+		}
 		c.writeMu.Unlock()
 	})
 	return nil
 }
 
-// Abort resets the stream both ways, which the far end turns into a TCP reset.
+// Abort resets the stream both ways, which the far end turns into a TCP reset. After Close
+// it does nothing: the flow has ended, and a reset would abort delivery of its last bytes.
 func (c *streamConn) Abort() {
-	c.closed.Do(func() {})
-	c.str.CancelWrite(codeFlowReset)
-	c.str.CancelRead(codeFlowReset)
+	c.closed.Do(func() {
+		c.str.CancelWrite(codeFlowReset)
+		c.str.CancelRead(codeFlowReset)
+	})
 }
 
 func (c *streamConn) LocalAddr() net.Addr                { return c.local }

@@ -39,8 +39,8 @@ func runServer(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return usageErr("%v", err)
 	}
-	if *maxHeader < 8 || *maxHeader > quicmux.MaxHeaderLen {
-		return usageErr("--max-header-bytes %d: want 8 to %d", *maxHeader, quicmux.MaxHeaderLen)
+	if *maxHeader < quicmux.MinTCPHeaderLen || *maxHeader > quicmux.MaxHeaderLen {
+		return usageErr("--max-header-bytes %d: want %d (IPv6 targets) to %d (any host name)", *maxHeader, quicmux.MinTCPHeaderLen, quicmux.MaxHeaderLen)
 	}
 	if *maxDials < 1 {
 		return usageErr("--max-pending-dials %d: want at least 1", *maxDials)
