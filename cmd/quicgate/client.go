@@ -14,17 +14,15 @@ import (
 
 func runClient(ctx context.Context, args []string, stderr io.Writer) error {
 	fs := newFlagSet("client", stderr)
-	config := fs.String("config", "", "YAML file of settings named as these flags (the command line wins; 'forward' is an alias of L)")
 	server := fs.String("server", "", "server's UDP address, host:port (required)")
-	stateDir := fs.String("state-dir", defaultStateDir(), "directory holding the client's identity (created on first use)")
 	pinStr := fs.String("pin", "", "the server's fingerprint, as 'quicgate fingerprint' prints it (required)")
 	var forwards multiFlag
 	fs.Var(&forwards, "L", "forward [bind_address:]port:host:hostport through the tunnel, as ssh -L (repeatable)")
 	dialTimeout := fs.Duration("dial-timeout", 10*time.Second, "how long a flow waits for the server")
-	common := commonFlags(fs, 1, "One QUIC connection is driven by one loop, and more threads mostly add wake-ups: on a 2-core host one thread moved about 10% more and spent 15% less CPU per GB (docs/performance.md).")
+	common := commonFlags(fs, "client", 1, "One QUIC connection is driven by one loop, and more threads mostly add wake-ups: on a 2-core host one thread moved about 10% more and spent 15% less CPU per GB (docs/performance.md).")
 	var tf tunFlags
 	tf.register(fs)
-	if err := parseWithConfig(fs, args, config); err != nil {
+	if err := parseWithConfig(fs, args, &common.config); err != nil {
 		return err
 	}
 	if *server == "" {
@@ -66,7 +64,7 @@ func runClient(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	id, err := quicmux.LoadOrCreateIdentity(*stateDir)
+	id, err := quicmux.LoadOrCreateIdentity(common.stateDir)
 	if err != nil {
 		return err
 	}

@@ -14,9 +14,7 @@ import (
 
 func runServer(ctx context.Context, args []string, stderr io.Writer) error {
 	fs := newFlagSet("server", stderr)
-	config := fs.String("config", "", "YAML file of settings named as these flags (the command line wins)")
 	listen := fs.String("listen", "127.0.0.1:4433", "UDP address to listen on")
-	stateDir := fs.String("state-dir", defaultStateDir(), "directory holding the server's identity (created on first use)")
 	authFile := fs.String("authorized-clients", "", "file of client fingerprints to accept, one a line ('#' comments) (required)")
 	var allow multiFlag
 	fs.Var(&allow, "allow", "destination the server may dial: CIDR, CIDR:PORT, CIDR:LOW-HIGH or a host name (repeatable; at least one)")
@@ -25,8 +23,8 @@ func runServer(ctx context.Context, args []string, stderr io.Writer) error {
 	maxHeader := fs.Int("max-header-bytes", quicmux.MaxHeaderLen, "largest request header accepted (at most 263)")
 	maxDials := fs.Int("max-pending-dials", 1024, "destination dials in progress at once, over all clients")
 	retry := fs.Bool("retry", false, "make clients prove their address with a QUIC Retry first (for servers exposed to the Internet)")
-	common := commonFlags(fs, 0, "The server serves many connections at once.")
-	if err := parseWithConfig(fs, args, config); err != nil {
+	common := commonFlags(fs, "server", 0, "The server serves many connections at once.")
+	if err := parseWithConfig(fs, args, &common.config); err != nil {
 		return err
 	}
 	if *authFile == "" {
@@ -66,7 +64,7 @@ func runServer(ctx context.Context, args []string, stderr io.Writer) error {
 	if len(authorized) == 0 {
 		log.WithField("file", *authFile).Warn("no authorized clients: every client will be rejected")
 	}
-	id, err := quicmux.LoadOrCreateIdentity(*stateDir)
+	id, err := quicmux.LoadOrCreateIdentity(common.stateDir)
 	if err != nil {
 		return err
 	}
@@ -108,6 +106,8 @@ func runServer(ctx context.Context, args []string, stderr io.Writer) error {
 
 // common are the flags that server and client share.
 type common struct {
+	config   string
+	stateDir string
 	procs    int
 	l        quicmux.Limits
 	flowIdle time.Duration
@@ -116,9 +116,12 @@ type common struct {
 	observe  observeFlags
 }
 
-// commonFlags registers the shared flags; procs is the default of --procs for the command.
-func commonFlags(fs *flag.FlagSet, procs int, procsWhy string) *common {
+// commonFlags registers the shared flags; side names the command in help texts, and procs is
+// the command's default for --procs.
+func commonFlags(fs *flag.FlagSet, side string, procs int, procsWhy string) *common {
 	c := &common{}
+	fs.StringVar(&c.config, "config", "", "YAML file of settings named as these flags (the command line wins; 'forward' is an alias of L)")
+	fs.StringVar(&c.stateDir, "state-dir", defaultStateDir(), "directory holding the "+side+"'s identity (created on first use)")
 	fs.IntVar(&c.procs, "procs", procs, "CPU threads for Go code (GOMAXPROCS; 0: one per core). "+procsWhy)
 	fs.Int64Var(&c.l.MaxStreams, "max-streams", 16384, "most flows open at once on one connection")
 	fs.DurationVar(&c.l.KeepAlive, "keepalive", 0, "keepalive period of an idle connection (default: client 1s, which also finds a restarted server within a second; server 15s)")
