@@ -53,34 +53,20 @@ func runClient(ctx context.Context, args []string, stderr io.Writer) error {
 	if err := positive(map[string]time.Duration{"--dial-timeout": *dialTimeout}); err != nil {
 		return err
 	}
-	if err := common.apply(); err != nil {
-		return err
-	}
-	limits, err := common.limits()
+	env, err := common.setup("client", stderr)
 	if err != nil {
 		return err
 	}
-	log, err := common.log.logger(stderr)
-	if err != nil {
-		return err
-	}
-	id, err := quicmux.LoadOrCreateIdentity(common.stateDir)
-	if err != nil {
-		return err
-	}
-	obs, err := common.observe.start("client", log)
-	if err != nil {
-		return err
-	}
-	defer obs.close()
+	defer env.obs.close()
+	log := env.log
 	client, err := quicmux.NewClient(quicmux.ClientConfig{
 		Server:          *server,
-		Identity:        id,
+		Identity:        env.id,
 		Pin:             pin,
 		DialTimeout:     *dialTimeout,
 		FlowIdleTimeout: common.flowIdle,
-		Limits:          limits,
-		Metrics:         obs.metrics,
+		Limits:          env.limits,
+		Metrics:         env.obs.metrics,
 		Logger:          log,
 	})
 	if err != nil {

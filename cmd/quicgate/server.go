@@ -46,33 +46,19 @@ func runServer(ctx context.Context, args []string, stderr io.Writer) error {
 	if err := positive(map[string]time.Duration{"--dial-timeout": *dialTimeout, "--header-timeout": *headerTimeout}); err != nil {
 		return err
 	}
-	if err := common.apply(); err != nil {
-		return err
-	}
-	limits, err := common.limits()
-	if err != nil {
-		return err
-	}
-	log, err := common.log.logger(stderr)
-	if err != nil {
-		return err
-	}
 	authorized, err := quicmux.LoadAuthorizedClients(*authFile)
 	if err != nil {
 		return err
 	}
+	env, err := common.setup("server", stderr)
+	if err != nil {
+		return err
+	}
+	defer env.obs.close()
+	log, id := env.log, env.id
 	if len(authorized) == 0 {
 		log.WithField("file", *authFile).Warn("no authorized clients: every client will be rejected")
 	}
-	id, err := quicmux.LoadOrCreateIdentity(common.stateDir)
-	if err != nil {
-		return err
-	}
-	obs, err := common.observe.start("server", log)
-	if err != nil {
-		return err
-	}
-	defer obs.close()
 	srv, err := quicmux.NewServer(quicmux.ServerConfig{
 		Identity:        id,
 		Authorized:      func(fp quicmux.Fingerprint) bool { _, ok := authorized[fp]; return ok },
@@ -83,8 +69,8 @@ func runServer(ctx context.Context, args []string, stderr io.Writer) error {
 		MaxPendingDials: *maxDials,
 		FlowIdleTimeout: common.flowIdle,
 		Retry:           *retry,
-		Limits:          limits,
-		Metrics:         obs.metrics,
+		Limits:          env.limits,
+		Metrics:         env.obs.metrics,
 		Logger:          log,
 	})
 	if err != nil {
@@ -133,15 +119,40 @@ func commonFlags(fs *flag.FlagSet, side string, procs int, procsWhy string) *com
 	return c
 }
 
-// apply sets GOMAXPROCS from --procs.
-func (c *common) apply() error {
+// runEnv is what both commands set up from the shared flags once they are parsed.
+type runEnv struct {
+	limits quicmux.Limits
+	log    *logrus.Entry
+	id     *quicmux.Identity
+	obs    *observer
+}
+
+// setup checks the shared flags, sets GOMAXPROCS, makes the logger, loads (or creates) the
+// identity and starts the metrics and pprof servers; the caller closes env.obs.
+func (c *common) setup(side string, stderr io.Writer) (*runEnv, error) {
 	if c.procs < 0 {
-		return usageErr("--procs %d: want 0 (one per core) or more", c.procs)
+		return nil, usageErr("--procs %d: want 0 (one per core) or more", c.procs)
+	}
+	limits, err := c.limits()
+	if err != nil {
+		return nil, err
+	}
+	log, err := c.log.logger(stderr)
+	if err != nil {
+		return nil, err
 	}
 	if c.procs > 0 {
 		runtime.GOMAXPROCS(c.procs)
 	}
-	return nil
+	id, err := quicmux.LoadOrCreateIdentity(c.stateDir)
+	if err != nil {
+		return nil, err
+	}
+	obs, err := c.observe.start(side, log)
+	if err != nil {
+		return nil, err
+	}
+	return &runEnv{limits: limits, log: log, id: id, obs: obs}, nil
 }
 
 func (c *common) limits() (quicmux.Limits, error) {
