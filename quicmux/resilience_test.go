@@ -69,8 +69,12 @@ func TestImpairedPathAndRebinding(t *testing.T) {
 	}
 	tn := newTunnel(t)
 	proxy := newImpairProxy(t, tn.serverAddr, 0.02, 20*time.Millisecond, 5*time.Millisecond)
-	c := tn.newClient(tn.clientID, tn.serverID.Fingerprint)
-	c.cfg.Server = proxy.addr()
+	c, err := NewClient(ClientConfig{Server: proxy.addr(), Identity: tn.clientID, Pin: tn.serverID.Fingerprint,
+		Logger: testLogger(t).WithField("side", "client")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
 	defer cancel()
 	conn, err := c.DialContext(ctx, "tcp", destination(t, echo))
