@@ -193,7 +193,7 @@ func (s *SendStream) tryWriteAll(p []byte) (bool /* is newly completed */, bool 
 	}
 
 	if s.nextFrame == nil {
-		s.nextFrame = wire.GetStreamFrame()
+		s.nextFrame = wire.GetStreamFrameFor(protocol.ByteCount(len(p))) // quicgate patch: sized pool
 		s.nextFrame.Offset = s.writeOffset
 		s.nextFrame.StreamID = s.streamID
 		s.nextFrame.DataLenPresent = true
@@ -267,7 +267,7 @@ func (s *SendStream) write(p []byte, limiter func(int) int) (bool /* is newly co
 		// allowing us to set the FIN bit on that frame (instead of sending an empty STREAM frame with FIN).
 		if s.canBufferStreamFrame() && len(s.dataForWriting) > 0 {
 			if s.nextFrame == nil {
-				f := wire.GetStreamFrame()
+				f := wire.GetStreamFrameFor(protocol.ByteCount(len(s.dataForWriting))) // quicgate patch: sized pool
 				f.Offset = s.writeOffset
 				f.StreamID = s.streamID
 				f.DataLenPresent = true
@@ -346,7 +346,14 @@ func (s *SendStream) canBufferStreamFrame() bool {
 	if s.nextFrame != nil {
 		l = s.nextFrame.DataLen()
 	}
-	return l+protocol.ByteCount(len(s.dataForWriting)) <= protocol.MaxPacketBufferSize
+	// quicgate patch: Write returns once all but this much of its data is packed, as
+	// upstream does with its 1452-byte packets; a 16 KiB tail would let each stream buffer
+	// that much past its flow-control window. A frame from the small pool holds no more.
+	limit := protocol.ByteCount(protocol.EthernetPacketSize)
+	if s.nextFrame != nil {
+		limit = min(limit, protocol.ByteCount(cap(s.nextFrame.Data)))
+	}
+	return l+protocol.ByteCount(len(s.dataForWriting)) <= limit
 }
 
 // popStreamFrame returns the next STREAM frame that is supposed to be sent on this stream
@@ -487,16 +494,23 @@ func (s *SendStream) popNewStreamFrame(maxDataLen protocol.ByteCount) (_ *wire.S
 			return f, true
 		}
 		if nextFrame.DataLen() > maxDataLen {
-			s.nextFrame = s.newPooledStreamFrame(s.writeOffset+maxDataLen, nextFrame.Data[maxDataLen:])
-			nextFrame.Data = nextFrame.Data[:maxDataLen]
+			// quicgate patch: send a copy sized to what goes out and keep the rest where it
+			// is (upstream sends the buffer and copies the rest out). A sent frame waits for
+			// its ACK, and should not hold a packet-sized buffer for a piece of it.
+			f := s.newPooledStreamFrame(s.writeOffset, nextFrame.Data[:maxDataLen])
+			nextFrame.Data = nextFrame.Data[:copy(nextFrame.Data, nextFrame.Data[maxDataLen:])]
+			nextFrame.Offset += maxDataLen
+			s.nextFrame = nextFrame
 			s.nextFrameReserved = nextFrameReserved
+			return f, true
 		} else {
+			nextFrame = nextFrame.Shrunk() // quicgate patch
 			s.signalWrite()
 		}
 		return nextFrame, s.nextFrame != nil || s.dataForWriting != nil
 	}
 
-	f := wire.GetStreamFrame()
+	f := wire.GetStreamFrameFor(maxDataLen) // quicgate patch: sized pool
 	f.Fin = false
 	f.StreamID = s.streamID
 	f.Offset = s.writeOffset
@@ -509,7 +523,7 @@ func (s *SendStream) popNewStreamFrame(maxDataLen protocol.ByteCount) (_ *wire.S
 
 // newPooledStreamFrame returns a pooled STREAM frame holding a copy of data.
 func (s *SendStream) newPooledStreamFrame(offset protocol.ByteCount, data []byte) *wire.StreamFrame {
-	f := wire.GetStreamFrame()
+	f := wire.GetStreamFrameFor(protocol.ByteCount(len(data))) // quicgate patch: sized pool
 	f.StreamID = s.streamID
 	f.Offset = offset
 	f.DataLenPresent = true
