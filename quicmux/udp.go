@@ -13,7 +13,7 @@ const udpBufferSize = 7 << 20
 // listenUDP opens the UDP socket for QUIC and sizes its buffers. Root gets the size it asks
 // for through SO_RCVBUFFORCE/SO_SNDBUFFORCE, past net.core.rmem_max; others get up to the
 // sysctl limits, and quic-go's own attempt then reports what it could not do.
-func listenUDP(addr string) (*net.UDPConn, error) {
+func listenUDP(addr string) (net.PacketConn, error) {
 	ua, err := net.ResolveUDPAddr("udp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("quicmux: listen address %q: %w", addr, err)
@@ -23,7 +23,7 @@ func listenUDP(addr string) (*net.UDPConn, error) {
 		return nil, fmt.Errorf("quicmux: %w", err)
 	}
 	forceBuffers(conn)
-	return conn, nil
+	return withGRO(conn), nil
 }
 
 func forceBuffers(conn *net.UDPConn) {
