@@ -408,6 +408,9 @@ func (p *tunPath) Setup(ctx context.Context, env *Env) (DialFunc, error) {
 	cmds := [][]string{
 		{"ip", "netns", "add", p.a}, {"ip", "netns", "add", p.b},
 		{"ip", "link", "add", "qgba" + id, "netns", p.a, "type", "veth", "peer", "name", "qgbb" + id, "netns", p.b},
+		// The veth is a same-host link like loopback, which -L rides: give it a like MTU, so
+		// that the two rows differ only by the TUN and the netstack.
+		{"ip", "-n", p.a, "link", "set", "qgba" + id, "mtu", "65535"}, {"ip", "-n", p.b, "link", "set", "qgbb" + id, "mtu", "65535"},
 		{"ip", "-n", p.a, "link", "set", "lo", "up"}, {"ip", "-n", p.b, "link", "set", "lo", "up"},
 		{"ip", "-n", p.a, "addr", "add", "10.201.0.1/24", "dev", "qgba" + id}, {"ip", "-n", p.a, "link", "set", "qgba" + id, "up"},
 		{"ip", "-n", p.b, "addr", "add", "10.201.0.2/24", "dev", "qgbb" + id}, {"ip", "-n", p.b, "link", "set", "qgbb" + id, "up"},
