@@ -187,7 +187,7 @@ func (c *Client) Dial(ctx context.Context, t Target) (net.Conn, error) {
 func (c *Client) Forward(ctx context.Context, local net.Conn, t Target) (RelayStats, error) {
 	sc, err := c.open(ctx, t)
 	if err != nil {
-		abort(local)
+		Abort(local)
 		c.cfg.Metrics.flowRejected()
 		return RelayStats{}, err
 	}

@@ -66,7 +66,7 @@ func (l Limits) quicConfig(server bool) *quic.Config {
 		InitialConnectionReceiveWindow: l.ConnWindow, // see ConnWindow: no slow start here
 		MaxConnectionReceiveWindow:     l.ConnWindow,
 		MaxIncomingUniStreams:          -1, // quicgate uses bidirectional streams only
-		// Datagrams carry only the client's liveness probe (see Client.supervise); the
+		// Datagrams carry only the client's liveness probe (see Client.watch); the
 		// server never reads them, and quic-go drops what overflows its small queue.
 		EnableDatagrams: true,
 	}

@@ -151,7 +151,7 @@ func (r *relay) fail(err error) {
 }
 
 func (r *relay) abortBoth() {
-	r.abortOnce.Do(func() { abort(r.a); abort(r.b) })
+	r.abortOnce.Do(func() { Abort(r.a); Abort(r.b) })
 }
 
 // copyHalf copies src to dst; a clean EOF from src shuts dst's send side and returns nil.
@@ -206,8 +206,9 @@ func copyHalf(src, dst net.Conn, activity *atomic.Int64, count func(int)) (int64
 	}
 }
 
-// abort tears c down with a reset where the conn type allows it.
-func abort(c net.Conn) {
+// Abort tears c down with a reset where the conn type allows it (a stream reset, a TCP RST),
+// and closes it: for a flow that failed, which the other end must not take for a clean end.
+func Abort(c net.Conn) {
 	switch c := c.(type) {
 	case aborter:
 		c.Abort()

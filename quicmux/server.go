@@ -293,7 +293,7 @@ func (s *Server) serveStream(qc *quic.Conn, str *quic.Stream, connLog *logrus.En
 		return
 	}
 	if _, err := str.Write(AppendStatus(nil, StatusOK)); err != nil {
-		abort(dst) // the destination must see a reset, not a clean empty flow
+		Abort(dst) // the destination must see a reset, not a clean empty flow
 		str.CancelRead(codeFlowReset)
 		str.CancelWrite(codeFlowReset)
 		return

@@ -139,10 +139,7 @@ func (ing *tunIngress) HandleTCP(req *netstack.TCPRequest) {
 	}
 	local, err := req.Accept()
 	if err != nil {
-		if a, ok := remote.(interface{ Abort() }); ok {
-			a.Abort() // the destination must see a reset, not a clean empty flow
-		}
-		_ = remote.Close()
+		quicmux.Abort(remote) // the destination must see a reset, not a clean empty flow
 		log.WithError(err).Debug("accept failed")
 		return
 	}
