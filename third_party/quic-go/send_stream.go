@@ -503,10 +503,9 @@ func (s *SendStream) popNewStreamFrame(maxDataLen protocol.ByteCount) (_ *wire.S
 			s.nextFrame = nextFrame
 			s.nextFrameReserved = nextFrameReserved
 			return f, true
-		} else {
-			nextFrame = nextFrame.Shrunk() // quicgate patch
-			s.signalWrite()
 		}
+		nextFrame = nextFrame.Shrunk() // quicgate patch
+		s.signalWrite()
 		return nextFrame, s.nextFrame != nil || s.dataForWriting != nil
 	}
 

@@ -30,7 +30,8 @@ func init() {
 	}
 }
 
-// GetStreamFrame returns a pooled frame with room for a packet's worth of data.
+// GetStreamFrame returns a pooled frame with room for a packet's worth of data. quicgate
+// calls GetStreamFrameFor everywhere; this stays for upstream's pool tests.
 func GetStreamFrame() *StreamFrame {
 	f := pool.Get().(*StreamFrame)
 	return f
