@@ -14,6 +14,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"path/filepath"
+	"slices"
 	"strings"
 	"syscall"
 
@@ -33,6 +34,29 @@ func run() int {
 	only := flag.String("paths", "", "comma-separated path names to run (default: all)")
 	qg := flag.String("quicgate", "", "quicgate binary to measure (default: build ./cmd/quicgate)")
 	flag.Parse()
+	if flag.NArg() > 0 {
+		return usage("unexpected argument %q", flag.Arg(0))
+	}
+	var names []string
+	for _, p := range bench.AllPaths() {
+		names = append(names, p.Name())
+	}
+	opt := bench.DefaultOptions(*quick)
+	if *only != "" {
+		opt.Only = map[string]bool{}
+		for _, n := range strings.Split(*only, ",") {
+			n = strings.TrimSpace(n)
+			if !slices.Contains(names, n) {
+				return usage("-paths: no path %q (the paths: %s)", n, strings.Join(names, ", "))
+			}
+			opt.Only[n] = true
+		}
+	}
+	if *qg != "" {
+		if st, err := os.Stat(*qg); err != nil || st.IsDir() || st.Mode()&0o111 == 0 {
+			return usage("-quicgate %s: not an executable file", *qg)
+		}
+	}
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
@@ -69,13 +93,6 @@ func run() int {
 		return fail(fmt.Errorf("destination servers: %w", err))
 	}
 	env := &bench.Env{Quicgate: *qg, Self: self, Dir: dir, Sink: addrs.Sink, Echo: addrs.Echo}
-	opt := bench.DefaultOptions(*quick)
-	if *only != "" {
-		opt.Only = map[string]bool{}
-		for _, n := range strings.Split(*only, ",") {
-			opt.Only[strings.TrimSpace(n)] = true
-		}
-	}
 	rep := bench.Run(ctx, env, opt)
 	rep.Command = "qgbench " + strings.Join(os.Args[1:], " ")
 	rep.Markdown(os.Stdout)
@@ -118,6 +135,12 @@ func raiseFileLimit() {
 		lim.Cur = lim.Max
 		_ = syscall.Setrlimit(syscall.RLIMIT_NOFILE, &lim)
 	}
+}
+
+// usage reports a bad command line in one line; exit status 2, as the flag package's.
+func usage(format string, a ...any) int {
+	fmt.Fprintf(os.Stderr, "qgbench: "+format+"\n", a...)
+	return 2
 }
 
 func fail(err error) int {
