@@ -52,6 +52,9 @@ func run() int {
 			opt.Only[n] = true
 		}
 	}
+	if err := os.MkdirAll(*out, 0o755); err != nil {
+		return usage("-out: %v", err) // found now, not after the whole run
+	}
 	if *qg != "" {
 		if st, err := os.Stat(*qg); err != nil || st.IsDir() || st.Mode()&0o111 == 0 {
 			return usage("-quicgate %s: not an executable file", *qg)
