@@ -76,6 +76,34 @@ func (directPath) Setup(_ context.Context, env *Env) (DialFunc, error) {
 func (directPath) PIDs() []int { return nil }
 func (directPath) Close()      {}
 
+// --- Go TCP relay: the TCP work of -L, without the tunnel ---
+
+// goRelayPath is bench.Relay in a process of its own (qgbench relay), so its CPU and memory
+// are counted like a tunnel's.
+type goRelayPath struct{ p *proc }
+
+func (*goRelayPath) Name() string { return "Go TCP relay" }
+
+func (p *goRelayPath) Setup(_ context.Context, env *Env) (DialFunc, error) {
+	var err error
+	p.p, err = startProc("qgbench relay", exec.Command(env.Self, "relay", "--to", env.Sink, "--to", env.Echo))
+	if err != nil {
+		return nil, err
+	}
+	m, err := p.p.waitJSON("relaying", 10*time.Second)
+	if err != nil {
+		return nil, err
+	}
+	ls, _ := m["listen"].([]any)
+	if len(ls) != 2 {
+		return nil, fmt.Errorf("qgbench relay: listening on %v, want 2 addresses", m["listen"])
+	}
+	return dialTCP(map[Dest]string{ToSink: fmt.Sprint(ls[0]), ToEcho: fmt.Sprint(ls[1])}), nil
+}
+
+func (p *goRelayPath) PIDs() []int { return pidsOf(p.p) }
+func (p *goRelayPath) Close()      { p.p.stop() }
+
 // --- quicgate -L ---
 
 type quicgateLPath struct{ srv, cli *proc }

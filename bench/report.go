@@ -45,6 +45,10 @@ type Target struct {
 	Got    float64 `json:"got"`
 	Unit   string  `json:"unit"`
 	Status string  `json:"status"` // PASS, MISS, or n/a (a path was skipped)
+	// Relay is what the Go TCP relay gets on the same ratio, for the targets on -L: it does
+	// -L's TCP work and nothing else, so a target it misses too is out of reach of any Go
+	// relay on this machine. Zero when not measured.
+	Relay float64 `json:"relay_got,omitempty"`
 }
 
 func (r *Report) find(path string) *Result {
@@ -59,6 +63,7 @@ func (r *Report) find(path string) *Result {
 // Evaluate fills in the targets from the results.
 func (r *Report) Evaluate() {
 	l, ssh, raw, tun := r.find("quicgate -L"), r.find("ssh -L"), r.find("raw quic-go"), r.find("quicgate TUN")
+	relay := r.find("Go TCP relay")
 	ratio := func(name string, a, b *Result, get func(*Result) float64, want float64) {
 		t := Target{Name: name, Want: fmt.Sprintf(">= %.1fx", want), Unit: "x"}
 		if a == nil || b == nil || get(b) == 0 {
@@ -66,6 +71,9 @@ func (r *Report) Evaluate() {
 		} else {
 			t.Got = get(a) / get(b)
 			t.Status = verdict(t.Got >= want)
+		}
+		if a != nil && a == l && relay != nil && b != nil && get(b) > 0 {
+			t.Relay = get(relay) / get(b)
 		}
 		r.Targets = append(r.Targets, t)
 	}
@@ -133,14 +141,18 @@ func (r *Report) Markdown(w io.Writer) {
 			rel(x.FlowsPerS, func(r *Result) float64 { return r.FlowsPerS }),
 			fmtNum(x.P50us), fmtNum(x.P99us), idle, cpu)
 	}
-	fmt.Fprintf(w, "\nRatios in parentheses are to ssh -L in the same run.\n\n| target | want | got | |\n|---|---|---|---|\n")
+	fmt.Fprintf(w, "\nRatios in parentheses are to ssh -L in the same run.\n\n| target | want | got | | Go TCP relay gets |\n|---|---|---|---|---|\n")
 	for _, t := range r.Targets {
-		got := "–"
+		got, rel := "–", "–"
 		if t.Status != "n/a" {
 			got = fmt.Sprintf("%.2f%s", t.Got, t.Unit)
 		}
-		fmt.Fprintf(w, "| %s | %s | %s | %s |\n", t.Name, t.Want, got, t.Status)
+		if t.Relay > 0 {
+			rel = fmt.Sprintf("%.2f%s", t.Relay, t.Unit)
+		}
+		fmt.Fprintf(w, "| %s | %s | %s | %s | %s |\n", t.Name, t.Want, got, t.Status, rel)
 	}
+	fmt.Fprintf(w, "\nThe Go TCP relay does -L's TCP work (an accept and a dial a flow, a userspace copy each way) and nothing else; where it misses a target too, no Go tunnel reaches it on this machine.\n")
 }
 
 func fmtNum(v float64) string {

@@ -29,7 +29,7 @@ func DefaultOptions(quick bool) Options {
 
 // AllPaths in report order.
 func AllPaths() []Path {
-	return []Path{directPath{}, &rawQUICPath{}, &quicgateLPath{}, &tunPath{}, &sshPath{}, &socatPath{}}
+	return []Path{directPath{}, &rawQUICPath{}, &goRelayPath{}, &quicgateLPath{}, &tunPath{}, &sshPath{}, &socatPath{}}
 }
 
 // Run measures every path in turn and returns the report (with targets evaluated).

@@ -3,6 +3,7 @@
 //
 //	qgbench [-quick] [-out DIR] [-paths "quicgate -L,ssh -L"] [-quicgate BINARY]
 //	qgbench serve --ip IP     (the destination servers, run by qgbench itself)
+//	qgbench relay --to ADDR [--to ADDR]  (the plain Go TCP relay, run by qgbench itself)
 package main
 
 import (
@@ -24,6 +25,9 @@ import (
 func main() {
 	if len(os.Args) > 1 && os.Args[1] == "serve" {
 		os.Exit(serve(os.Args[2:]))
+	}
+	if len(os.Args) > 1 && os.Args[1] == "relay" {
+		os.Exit(relay(os.Args[2:]))
 	}
 	os.Exit(run())
 }
@@ -126,6 +130,32 @@ func serve(args []string) int {
 	line, _ := json.Marshal(map[string]string{"msg": "serving", "sink": d.Sink.Addr().String(), "echo": d.Echo.Addr().String()})
 	fmt.Println(string(line))
 	fmt.Fprintln(os.Stderr, string(line))
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	<-ctx.Done()
+	return 0
+}
+
+// relay runs the plain TCP relay (bench.Relay) on loopback, one listener per --to, until
+// interrupted; it prints {"msg":"relaying","listen":[...]} on stdout once listening.
+func relay(args []string) int {
+	fs := flag.NewFlagSet("relay", flag.ContinueOnError)
+	var to []string
+	fs.Func("to", "target address (repeatable)", func(s string) error { to = append(to, s); return nil })
+	if err := fs.Parse(args); err != nil {
+		return 2
+	}
+	if len(to) == 0 {
+		return usage("relay: at least one --to")
+	}
+	raiseFileLimit()
+	r, err := bench.ListenRelay("127.0.0.1", to)
+	if err != nil {
+		return fail(err)
+	}
+	defer r.Close()
+	line, _ := json.Marshal(map[string]any{"msg": "relaying", "listen": r.Addrs()})
+	fmt.Println(string(line))
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 	<-ctx.Done()
