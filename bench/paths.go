@@ -101,6 +101,10 @@ func (p *goRelayPath) Setup(_ context.Context, env *Env) (DialFunc, error) {
 	return dialTCP(map[Dest]string{ToSink: fmt.Sprint(ls[0]), ToEcho: fmt.Sprint(ls[1])}), nil
 }
 
+// MaxIdleFlows: none. The relay is a reference for throughput and flow rate; its idle flows
+// (two sockets each in one process) would only add time to the run.
+func (p *goRelayPath) MaxIdleFlows() int { return 0 }
+
 func (p *goRelayPath) PIDs() []int { return pidsOf(p.p) }
 func (p *goRelayPath) Close()      { p.p.stop() }
 

@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"sync"
+	"time"
 )
 
 // Relay is the plain TCP relay of the "Go TCP relay" row: for each target a loopback
@@ -76,6 +77,7 @@ func (r *Relay) serve(ln net.Listener, target string) {
 			if errors.Is(err, net.ErrClosed) {
 				return
 			}
+			time.Sleep(10 * time.Millisecond) // out of descriptors, say: do not spin
 			continue
 		}
 		r.wg.Add(1)

@@ -106,11 +106,11 @@ func runPath(ctx context.Context, env *Env, p Path, opt Options) Result {
 	}
 	res.P50us, res.P99us = float64(p50.Nanoseconds())/1e3, float64(p99.Nanoseconds())/1e3
 	say("round trip: p50 %v, p99 %v", p50, p99)
-	if len(pids) > 0 {
-		n := opt.IdleFlows
-		if capped, ok := p.(interface{ MaxIdleFlows() int }); ok {
-			n = min(n, capped.MaxIdleFlows())
-		}
+	n := opt.IdleFlows
+	if capped, ok := p.(interface{ MaxIdleFlows() int }); ok {
+		n = min(n, capped.MaxIdleFlows())
+	}
+	if len(pids) > 0 && n > 0 {
 		time.Sleep(300 * time.Millisecond)
 		before := rssBytes(p.PIDs())
 		err := Idle(ctx, dial, n, func() {
