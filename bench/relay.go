@@ -1,29 +1,32 @@
 package bench
 
 import (
+	"context"
 	"errors"
-	"io"
 	"net"
 	"sync"
 	"time"
+
+	"github.com/quicgate/quicgate/quicmux"
 )
 
 // Relay is the plain TCP relay of the "Go TCP relay" row: for each target a loopback
-// listener whose connections are dialed on to the target and copied both ways, through a
-// userspace buffer (no splice: a tunnel must see its bytes), with half-close. It does the
-// TCP work every -L design must do, an accept and a dial a flow, and nothing else: no
+// listener whose connections are dialed on to the target and handed to quicmux.Relay, the
+// relay every quicgate flow runs through (userspace buffers both ways, half-close). It does
+// the TCP work every -L design must do, an accept and a dial a flow, and nothing else: no
 // encryption, no multiplexing, no second process. So what it reaches on this machine bounds
 // what any Go -L tunnel can reach on the same work.
 type Relay struct {
-	lns   []net.Listener
-	wg    sync.WaitGroup
-	mu    sync.Mutex
-	conns map[net.Conn]struct{}
+	lns    []net.Listener
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
 }
 
 // ListenRelay starts one listener on ip for each target (ports chosen by the system).
 func ListenRelay(ip string, targets []string) (*Relay, error) {
-	r := &Relay{conns: map[net.Conn]struct{}{}}
+	r := &Relay{}
+	r.ctx, r.cancel = context.WithCancel(context.Background())
 	for _, t := range targets {
 		ln, err := net.Listen("tcp", net.JoinHostPort(ip, "0"))
 		if err != nil {
@@ -46,31 +49,18 @@ func (r *Relay) Addrs() []string {
 	return out
 }
 
-// Close stops the listeners, closes the open connections and waits for every goroutine.
+// Close stops the listeners, resets the open flows and waits for every goroutine.
 func (r *Relay) Close() {
 	for _, ln := range r.lns {
 		_ = ln.Close()
 	}
-	r.mu.Lock()
-	for c := range r.conns {
-		_ = c.Close()
-	}
-	r.mu.Unlock()
+	r.cancel()
 	r.wg.Wait()
-}
-
-func (r *Relay) track(c net.Conn, add bool) {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if add {
-		r.conns[c] = struct{}{}
-	} else {
-		delete(r.conns, c)
-	}
 }
 
 func (r *Relay) serve(ln net.Listener, target string) {
 	defer r.wg.Done()
+	var d net.Dialer
 	for {
 		c, err := ln.Accept()
 		if err != nil {
@@ -83,39 +73,12 @@ func (r *Relay) serve(ln net.Listener, target string) {
 		r.wg.Add(1)
 		go func() {
 			defer r.wg.Done()
-			r.track(c, true)
-			defer r.track(c, false)
-			defer c.Close()
-			d, err := net.Dial("tcp", target)
+			dst, err := d.DialContext(r.ctx, "tcp", target)
 			if err != nil {
+				_ = c.Close()
 				return
 			}
-			r.track(d, true)
-			defer r.track(d, false)
-			defer d.Close()
-			done := make(chan struct{})
-			go func() {
-				defer close(done)
-				copyClose(d.(*net.TCPConn), c)
-			}()
-			copyClose(c.(*net.TCPConn), d)
-			<-done
+			_, _ = quicmux.Relay(r.ctx, c, dst)
 		}()
 	}
-}
-
-// Hiding ReadFrom and WriteTo keeps io.CopyBuffer from splicing socket to socket.
-type (
-	onlyWriter struct{ io.Writer }
-	onlyReader struct{ io.Reader }
-)
-
-var relayBufs = sync.Pool{New: func() any { b := make([]byte, 64<<10); return &b }}
-
-// copyClose copies src to dst through a pooled 64 KiB buffer and then shuts dst's send side.
-func copyClose(dst *net.TCPConn, src net.Conn) {
-	buf := relayBufs.Get().(*[]byte)
-	defer relayBufs.Put(buf)
-	_, _ = io.CopyBuffer(onlyWriter{dst}, onlyReader{src}, *buf)
-	_ = dst.CloseWrite()
 }

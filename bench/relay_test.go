@@ -73,7 +73,7 @@ func TestRelayCarriesAndHalfCloses(t *testing.T) {
 	}
 }
 
-// A relay whose target refuses resets the client's connection rather than leaving it open.
+// A relay whose target refuses ends the client's connection rather than leaving it open.
 func TestRelayTargetRefused(t *testing.T) {
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
