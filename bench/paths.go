@@ -15,7 +15,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/quic-go/quic-go"
+	"github.com/quicgate/quicgate/third_party/quic-go"
 	"github.com/vishvananda/netns"
 
 	"github.com/quicgate/quicgate/quicmux"

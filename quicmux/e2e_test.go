@@ -15,7 +15,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/quic-go/quic-go"
+	"github.com/quicgate/quicgate/third_party/quic-go"
 	"golang.org/x/sync/errgroup"
 )
 

@@ -4,7 +4,7 @@ import (
 	"errors"
 	"syscall"
 
-	"github.com/quic-go/quic-go"
+	"github.com/quicgate/quicgate/third_party/quic-go"
 )
 
 // Sentinel errors at the package edge. Flow failures reported by the server are *StatusError

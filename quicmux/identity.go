@@ -20,7 +20,7 @@ import (
 	"strings"
 	"time"
 
-	"github.com/quic-go/quic-go"
+	"github.com/quicgate/quicgate/third_party/quic-go"
 )
 
 // ErrBadFingerprint: a string is not a fingerprint in the form Fingerprint.String gives.

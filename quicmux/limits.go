@@ -3,7 +3,7 @@ package quicmux
 import (
 	"time"
 
-	"github.com/quic-go/quic-go"
+	"github.com/quicgate/quicgate/third_party/quic-go"
 )
 
 // Limits are the QUIC transport settings both ends use. Zero fields take the defaults.

@@ -14,7 +14,7 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/quic-go/quic-go"
+	"github.com/quicgate/quicgate/third_party/quic-go"
 	"github.com/sirupsen/logrus"
 )
 

@@ -7,7 +7,7 @@ import (
 	"sync"
 	"time"
 
-	"github.com/quic-go/quic-go"
+	"github.com/quicgate/quicgate/third_party/quic-go"
 )
 
 // streamConn is a QUIC stream seen as a net.Conn.

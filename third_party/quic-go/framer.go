@@ -4,13 +4,13 @@ import (
 	"slices"
 	"sync"
 
-	"github.com/quic-go/quic-go/internal/ackhandler"
-	"github.com/quic-go/quic-go/internal/monotime"
-	"github.com/quic-go/quic-go/internal/protocol"
-	"github.com/quic-go/quic-go/internal/utils/minheap"
-	"github.com/quic-go/quic-go/internal/utils/ringbuffer"
-	"github.com/quic-go/quic-go/internal/wire"
-	"github.com/quic-go/quic-go/quicvarint"
+	"github.com/quicgate/quicgate/third_party/quic-go/internal/ackhandler"
+	"github.com/quicgate/quicgate/third_party/quic-go/internal/monotime"
+	"github.com/quicgate/quicgate/third_party/quic-go/internal/protocol"
+	"github.com/quicgate/quicgate/third_party/quic-go/internal/utils/minheap"
+	"github.com/quicgate/quicgate/third_party/quic-go/internal/utils/ringbuffer"
+	"github.com/quicgate/quicgate/third_party/quic-go/internal/wire"
+	"github.com/quicgate/quicgate/third_party/quic-go/quicvarint"
 )
 
 const (

@@ -3,7 +3,7 @@ package quic
 import (
 	"net"
 
-	"github.com/quic-go/quic-go/internal/protocol"
+	"github.com/quicgate/quicgate/third_party/quic-go/internal/protocol"
 )
 
 type sender interface {

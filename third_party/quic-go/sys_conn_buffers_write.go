@@ -9,7 +9,7 @@ import (
 	"net"
 	"syscall"
 
-	"github.com/quic-go/quic-go/internal/utils"
+	"github.com/quicgate/quicgate/third_party/quic-go/internal/utils"
 )
 
 func setSendBuffer(c net.PacketConn) error {

@@ -11,11 +11,11 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/quic-go/quic-go/internal/protocol"
-	"github.com/quic-go/quic-go/internal/utils"
-	"github.com/quic-go/quic-go/internal/wire"
-	"github.com/quic-go/quic-go/qlog"
-	"github.com/quic-go/quic-go/qlogwriter"
+	"github.com/quicgate/quicgate/third_party/quic-go/internal/protocol"
+	"github.com/quicgate/quicgate/third_party/quic-go/internal/utils"
+	"github.com/quicgate/quicgate/third_party/quic-go/internal/wire"
+	"github.com/quicgate/quicgate/third_party/quic-go/qlog"
+	"github.com/quicgate/quicgate/third_party/quic-go/qlogwriter"
 )
 
 // ErrTransportClosed is returned by [Transport.Listen], [Transport.ListenEarly], [Transport.Dial],

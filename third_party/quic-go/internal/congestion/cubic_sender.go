@@ -1,11 +1,11 @@
 package congestion
 
 import (
-	"github.com/quic-go/quic-go/internal/monotime"
-	"github.com/quic-go/quic-go/internal/protocol"
-	"github.com/quic-go/quic-go/internal/utils"
-	"github.com/quic-go/quic-go/qlog"
-	"github.com/quic-go/quic-go/qlogwriter"
+	"github.com/quicgate/quicgate/third_party/quic-go/internal/monotime"
+	"github.com/quicgate/quicgate/third_party/quic-go/internal/protocol"
+	"github.com/quicgate/quicgate/third_party/quic-go/internal/utils"
+	"github.com/quicgate/quicgate/third_party/quic-go/qlog"
+	"github.com/quicgate/quicgate/third_party/quic-go/qlogwriter"
 )
 
 const (

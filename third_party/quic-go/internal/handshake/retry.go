@@ -8,7 +8,7 @@ import (
 	"fmt"
 	"sync"
 
-	"github.com/quic-go/quic-go/internal/protocol"
+	"github.com/quicgate/quicgate/third_party/quic-go/internal/protocol"
 )
 
 // used for QUIC v1 (RFC 9000)

@@ -8,12 +8,12 @@ import (
 	"fmt"
 	"sync/atomic"
 
-	"github.com/quic-go/quic-go/internal/monotime"
-	"github.com/quic-go/quic-go/internal/protocol"
-	"github.com/quic-go/quic-go/internal/qerr"
-	"github.com/quic-go/quic-go/internal/utils"
-	"github.com/quic-go/quic-go/qlog"
-	"github.com/quic-go/quic-go/qlogwriter"
+	"github.com/quicgate/quicgate/third_party/quic-go/internal/monotime"
+	"github.com/quicgate/quicgate/third_party/quic-go/internal/protocol"
+	"github.com/quicgate/quicgate/third_party/quic-go/internal/qerr"
+	"github.com/quicgate/quicgate/third_party/quic-go/internal/utils"
+	"github.com/quicgate/quicgate/third_party/quic-go/qlog"
+	"github.com/quicgate/quicgate/third_party/quic-go/qlogwriter"
 )
 
 // defaultKeyUpdateInterval is the maximum number of packets we send or receive before initiating a key update.

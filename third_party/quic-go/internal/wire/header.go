@@ -6,8 +6,8 @@ import (
 	"fmt"
 	"io"
 
-	"github.com/quic-go/quic-go/internal/protocol"
-	"github.com/quic-go/quic-go/quicvarint"
+	"github.com/quicgate/quicgate/third_party/quic-go/internal/protocol"
+	"github.com/quicgate/quicgate/third_party/quic-go/quicvarint"
 )
 
 // ParseConnectionID parses the destination connection ID of a packet.
