@@ -80,17 +80,17 @@ func (directPath) Close()      {}
 
 // goRelayPath is bench.Relay in a process of its own (qgbench relay), so its CPU and memory
 // are counted like a tunnel's.
-type goRelayPath struct{ p *proc }
+type goRelayPath struct{ p *Proc }
 
 func (*goRelayPath) Name() string { return "Go TCP relay" }
 
 func (p *goRelayPath) Setup(_ context.Context, env *Env) (DialFunc, error) {
 	var err error
-	p.p, err = startProc("qgbench relay", exec.Command(env.Self, "relay", "--to", env.Sink, "--to", env.Echo))
+	p.p, err = StartProc("qgbench relay", exec.Command(env.Self, "relay", "--to", env.Sink, "--to", env.Echo))
 	if err != nil {
 		return nil, err
 	}
-	m, err := p.p.waitJSON("relaying", 10*time.Second)
+	m, err := p.p.WaitJSON("relaying", 10*time.Second)
 	if err != nil {
 		return nil, err
 	}
@@ -106,39 +106,39 @@ func (p *goRelayPath) Setup(_ context.Context, env *Env) (DialFunc, error) {
 func (p *goRelayPath) MaxIdleFlows() int { return 0 }
 
 func (p *goRelayPath) PIDs() []int { return pidsOf(p.p) }
-func (p *goRelayPath) Close()      { p.p.stop() }
+func (p *goRelayPath) Close()      { p.p.Stop() }
 
 // --- quicgate -L ---
 
-type quicgateLPath struct{ srv, cli *proc }
+type quicgateLPath struct{ srv, cli *Proc }
 
 func (*quicgateLPath) Name() string { return "quicgate -L" }
 
 func (p *quicgateLPath) Setup(ctx context.Context, env *Env) (DialFunc, error) {
 	dir := filepath.Join(env.Dir, "qg")
-	pin, auth, err := identities(env, dir)
+	pin, auth, err := Identities(env.Quicgate, dir)
 	if err != nil {
 		return nil, err
 	}
-	p.srv, err = startProc("quicgate server", exec.Command(env.Quicgate, "server", "--listen", "127.0.0.1:0",
+	p.srv, err = StartProc("quicgate server", exec.Command(env.Quicgate, "server", "--listen", "127.0.0.1:0",
 		"--state-dir", filepath.Join(dir, "server"), "--authorized-clients", auth, "--allow", "127.0.0.1/32", "--log-format", "json", "--log-level", "info"))
 	if err != nil {
 		return nil, err
 	}
-	ready, err := p.srv.waitJSON("server ready", 10*time.Second)
+	ready, err := p.srv.WaitJSON("server ready", 10*time.Second)
 	if err != nil {
 		return nil, err
 	}
-	p.cli, err = startProc("quicgate client", exec.Command(env.Quicgate, "client", "--server", ready["addr"].(string),
+	p.cli, err = StartProc("quicgate client", exec.Command(env.Quicgate, "client", "--server", ready["addr"].(string),
 		"--state-dir", filepath.Join(dir, "client"), "--pin", pin, "-L", "0:"+env.Sink, "-L", "0:"+env.Echo, "--log-format", "json"))
 	if err != nil {
 		return nil, err
 	}
-	sink, err := p.cli.waitJSON("forwarding", 10*time.Second)
+	sink, err := p.cli.WaitJSON("forwarding", 10*time.Second)
 	if err != nil {
 		return nil, err
 	}
-	echo, err := p.cli.waitJSON("forwarding", 10*time.Second)
+	echo, err := p.cli.WaitJSON("forwarding", 10*time.Second)
 	if err != nil {
 		return nil, err
 	}
@@ -146,23 +146,23 @@ func (p *quicgateLPath) Setup(ctx context.Context, env *Env) (DialFunc, error) {
 }
 
 func (p *quicgateLPath) PIDs() []int { return pidsOf(p.srv, p.cli) }
-func (p *quicgateLPath) Close()      { p.cli.stop(); p.srv.stop() }
+func (p *quicgateLPath) Close()      { p.cli.Stop(); p.srv.Stop() }
 
-func pidsOf(ps ...*proc) []int {
+func pidsOf(ps ...*Proc) []int {
 	var pids []int
 	for _, p := range ps {
 		if p != nil && p.cmd.Process != nil {
-			pids = append(pids, p.pid())
+			pids = append(pids, p.PID())
 		}
 	}
 	return pids
 }
 
-// identities makes a server and a client identity under dir and returns the server's pin
-// and an authorized-clients file naming the client.
-func identities(env *Env, dir string) (pin, auth string, err error) {
+// Identities makes a server and a client identity under dir and returns the server's pin
+// and an authorized-clients file naming the client, with the quicgate binary given.
+func Identities(quicgate, dir string) (pin, auth string, err error) {
 	fp := func(d string) (string, error) {
-		out, err := exec.Command(env.Quicgate, "fingerprint", "--state-dir", d).Output()
+		out, err := exec.Command(quicgate, "fingerprint", "--state-dir", d).Output()
 		return strings.TrimSpace(string(out)), err
 	}
 	if pin, err = fp(filepath.Join(dir, "server")); err != nil {
@@ -178,50 +178,25 @@ func identities(env *Env, dir string) (pin, auth string, err error) {
 
 // --- ssh -L ---
 
-type sshPath struct{ sshd, ssh *proc }
+type sshPath struct{ sshd, ssh *Proc }
 
 func (*sshPath) Name() string { return "ssh -L" }
 
 func (p *sshPath) Setup(ctx context.Context, env *Env) (DialFunc, error) {
-	sshd, err := exec.LookPath("sshd")
-	if err != nil {
-		sshd = "/usr/sbin/sshd"
-		if _, err := os.Stat(sshd); err != nil {
-			return nil, skip("no sshd ('make bench-deps' installs openssh-server)")
-		}
-	}
-	if _, err := exec.LookPath("ssh"); err != nil {
-		return nil, skip("no ssh client")
-	}
-	if os.Geteuid() != 0 {
-		return nil, skip("sshd needs root here")
-	}
-	dir := filepath.Join(env.Dir, "ssh")
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, err
-	}
-	for _, k := range []string{"host", "user"} {
-		if out, err := exec.Command("ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", filepath.Join(dir, k)).CombinedOutput(); err != nil {
-			return nil, fmt.Errorf("ssh-keygen: %v: %s", err, out)
-		}
-	}
-	pub, _ := os.ReadFile(filepath.Join(dir, "user.pub"))
-	_ = os.WriteFile(filepath.Join(dir, "authorized_keys"), pub, 0o600)
 	port, err := freePort()
 	if err != nil {
 		return nil, err
 	}
-	cfg := fmt.Sprintf("ListenAddress 127.0.0.1\nPort %d\nHostKey %s\nAuthorizedKeysFile %s\nPermitRootLogin prohibit-password\n"+
-		"PasswordAuthentication no\nUsePAM no\nStrictModes no\nPidFile %s\nMaxStartups 100\nLogLevel ERROR\n",
-		port, filepath.Join(dir, "host"), filepath.Join(dir, "authorized_keys"), filepath.Join(dir, "sshd.pid"))
-	_ = os.WriteFile(filepath.Join(dir, "sshd_config"), []byte(cfg), 0o600)
-	_ = os.MkdirAll("/run/sshd", 0o755)
-	p.sshd, err = startProc("sshd", exec.Command(sshd, "-D", "-e", "-f", filepath.Join(dir, "sshd_config")))
+	s, err := PrepareSSH(filepath.Join(env.Dir, "ssh"), "127.0.0.1", port)
+	if err != nil {
+		return nil, err
+	}
+	p.sshd, err = StartProc("sshd", exec.Command(s.ServerArgs()[0], s.ServerArgs()[1:]...))
 	if err != nil {
 		return nil, err
 	}
 	if err := waitTCP(fmt.Sprintf("127.0.0.1:%d", port), 5*time.Second); err != nil {
-		return nil, fmt.Errorf("sshd: %w: %s", err, p.sshd.tail())
+		return nil, fmt.Errorf("sshd: %w: %s", err, p.sshd.Tail())
 	}
 	lsink, err := freePort()
 	if err != nil {
@@ -231,15 +206,14 @@ func (p *sshPath) Setup(ctx context.Context, env *Env) (DialFunc, error) {
 	if err != nil {
 		return nil, err
 	}
-	p.ssh, err = startProc("ssh", exec.Command("ssh", "-N", "-T", "-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null",
-		"-o", "BatchMode=yes", "-o", "ExitOnForwardFailure=yes", "-o", "LogLevel=ERROR", "-i", filepath.Join(dir, "user"), "-p", strconv.Itoa(port),
-		"-L", fmt.Sprintf("127.0.0.1:%d:%s", lsink, env.Sink), "-L", fmt.Sprintf("127.0.0.1:%d:%s", lecho, env.Echo), "root@127.0.0.1"))
+	args := s.ClientArgs("127.0.0.1", fmt.Sprintf("127.0.0.1:%d:%s", lsink, env.Sink), fmt.Sprintf("127.0.0.1:%d:%s", lecho, env.Echo))
+	p.ssh, err = StartProc("ssh", exec.Command(args[0], args[1:]...))
 	if err != nil {
 		return nil, err
 	}
 	for _, lp := range []int{lsink, lecho} {
 		if err := waitTCP(fmt.Sprintf("127.0.0.1:%d", lp), 10*time.Second); err != nil {
-			return nil, fmt.Errorf("ssh -L: %w: %s", err, p.ssh.tail())
+			return nil, fmt.Errorf("ssh -L: %w: %s", err, p.ssh.Tail())
 		}
 	}
 	return dialTCP(map[Dest]string{ToSink: fmt.Sprintf("127.0.0.1:%d", lsink), ToEcho: fmt.Sprintf("127.0.0.1:%d", lecho)}), nil
@@ -248,11 +222,11 @@ func (p *sshPath) Setup(ctx context.Context, env *Env) (DialFunc, error) {
 func (p *sshPath) PIDs() []int {
 	var pids []int
 	if p.sshd != nil {
-		pids = append(pids, descendants(p.sshd.pid())...)
+		pids = append(pids, Descendants(p.sshd.PID())...)
 	}
 	return append(pids, pidsOf(p.ssh)...)
 }
-func (p *sshPath) Close() { p.ssh.stop(); p.sshd.stop() }
+func (p *sshPath) Close() { p.ssh.Stop(); p.sshd.Stop() }
 
 func waitTCP(addr string, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
@@ -271,7 +245,7 @@ func waitTCP(addr string, timeout time.Duration) error {
 
 // --- socat ---
 
-type socatPath struct{ sink, echo *proc }
+type socatPath struct{ sink, echo *Proc }
 
 func (*socatPath) Name() string { return "socat" }
 
@@ -285,7 +259,7 @@ func (p *socatPath) Setup(ctx context.Context, env *Env) (DialFunc, error) {
 		if err != nil {
 			return nil, err
 		}
-		pr, err := startProc("socat", exec.Command("socat", fmt.Sprintf("TCP-LISTEN:%d,bind=127.0.0.1,fork,reuseaddr,backlog=4096", port), "TCP:"+target))
+		pr, err := StartProc("socat", exec.Command("socat", fmt.Sprintf("TCP-LISTEN:%d,bind=127.0.0.1,fork,reuseaddr,backlog=4096", port), "TCP:"+target))
 		if err != nil {
 			return nil, err
 		}
@@ -308,14 +282,14 @@ func (p *socatPath) MaxIdleFlows() int { return 500 }
 
 func (p *socatPath) PIDs() []int {
 	var pids []int
-	for _, pr := range []*proc{p.sink, p.echo} {
+	for _, pr := range []*Proc{p.sink, p.echo} {
 		if pr != nil {
-			pids = append(pids, descendants(pr.pid())...)
+			pids = append(pids, Descendants(pr.PID())...)
 		}
 	}
 	return pids
 }
-func (p *socatPath) Close() { p.sink.stop(); p.echo.stop() }
+func (p *socatPath) Close() { p.sink.Stop(); p.echo.Stop() }
 
 // --- raw quic-go stream: no TCP hop at all ---
 
@@ -421,8 +395,8 @@ func (p *rawQUICPath) Close() {
 // namespace A, and dials from A on threads moved into it.
 type tunPath struct {
 	a, b     string
-	dests    *proc
-	srv, cli *proc
+	dests    *Proc
+	srv, cli *Proc
 	nsA      netns.NsHandle
 }
 
@@ -454,33 +428,33 @@ func (p *tunPath) Setup(ctx context.Context, env *Env) (DialFunc, error) {
 		}
 	}
 	var err error
-	p.dests, err = startProc("destinations in B", exec.Command("ip", "netns", "exec", p.b, env.Self, "serve", "--ip", "10.98.0.5"))
+	p.dests, err = StartProc("destinations in B", exec.Command("ip", "netns", "exec", p.b, env.Self, "serve", "--ip", "10.98.0.5"))
 	if err != nil {
 		return nil, err
 	}
-	addrs, err := p.dests.waitJSON("serving", 10*time.Second)
+	addrs, err := p.dests.WaitJSON("serving", 10*time.Second)
 	if err != nil {
 		return nil, err
 	}
 	dir := filepath.Join(env.Dir, "tun")
-	pin, auth, err := identities(env, dir)
+	pin, auth, err := Identities(env.Quicgate, dir)
 	if err != nil {
 		return nil, err
 	}
-	p.srv, err = startProc("quicgate server in B", exec.Command("ip", "netns", "exec", p.b, env.Quicgate, "server", "--listen", "10.201.0.2:4433",
+	p.srv, err = StartProc("quicgate server in B", exec.Command("ip", "netns", "exec", p.b, env.Quicgate, "server", "--listen", "10.201.0.2:4433",
 		"--state-dir", filepath.Join(dir, "server"), "--authorized-clients", auth, "--allow", "10.98.0.0/16", "--log-format", "json"))
 	if err != nil {
 		return nil, err
 	}
-	if _, err := p.srv.waitJSON("server ready", 10*time.Second); err != nil {
+	if _, err := p.srv.WaitJSON("server ready", 10*time.Second); err != nil {
 		return nil, err
 	}
-	p.cli, err = startProc("quicgate client in A", exec.Command("ip", "netns", "exec", p.a, env.Quicgate, "client", "--server", "10.201.0.2:4433",
+	p.cli, err = StartProc("quicgate client in A", exec.Command("ip", "netns", "exec", p.a, env.Quicgate, "client", "--server", "10.201.0.2:4433",
 		"--state-dir", filepath.Join(dir, "client"), "--pin", pin, "--tun", "qgb0", "--tun-addr", "10.78.0.1/24", "--route", "10.98.0.0/16", "--log-format", "json"))
 	if err != nil {
 		return nil, err
 	}
-	if _, err := p.cli.waitJSON("tun ready", 10*time.Second); err != nil {
+	if _, err := p.cli.WaitJSON("tun ready", 10*time.Second); err != nil {
 		return nil, err
 	}
 	if p.nsA, err = netns.GetFromName(p.a); err != nil {
@@ -511,9 +485,9 @@ func dialInNetns(ctx context.Context, ns netns.NsHandle, addr string) (net.Conn,
 
 func (p *tunPath) PIDs() []int { return pidsOf(p.srv, p.cli) }
 func (p *tunPath) Close() {
-	p.cli.stop()
-	p.srv.stop()
-	p.dests.stop()
+	p.cli.Stop()
+	p.srv.Stop()
+	p.dests.Stop()
 	if p.nsA != 0 {
 		_ = p.nsA.Close()
 	}

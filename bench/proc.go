@@ -13,9 +13,9 @@ import (
 	"time"
 )
 
-// proc is a process a path started; its stderr (and stdout) lines are kept for errors and
-// offered to waiters.
-type proc struct {
+// Proc is a process a path started; its stderr (and stdout) lines are kept for errors and
+// offered to waiters. The WAN harness (bench/wan) uses it too.
+type Proc struct {
 	name  string
 	cmd   *exec.Cmd
 	mu    sync.Mutex
@@ -24,8 +24,8 @@ type proc struct {
 	done  chan struct{}
 }
 
-func startProc(name string, cmd *exec.Cmd) (*proc, error) {
-	p := &proc{name: name, cmd: cmd, ch: make(chan string, 256), done: make(chan struct{})}
+func StartProc(name string, cmd *exec.Cmd) (*Proc, error) {
+	p := &Proc{name: name, cmd: cmd, ch: make(chan string, 256), done: make(chan struct{})}
 	out, err := cmd.StderrPipe()
 	if err != nil {
 		return nil, err
@@ -52,8 +52,8 @@ func startProc(name string, cmd *exec.Cmd) (*proc, error) {
 	return p, nil
 }
 
-// waitJSON returns the first JSON line whose "msg" is msg.
-func (p *proc) waitJSON(msg string, timeout time.Duration) (map[string]any, error) {
+// WaitJSON returns the first JSON line whose "msg" is msg.
+func (p *Proc) WaitJSON(msg string, timeout time.Duration) (map[string]any, error) {
 	t := time.After(timeout)
 	for {
 		select {
@@ -63,23 +63,23 @@ func (p *proc) waitJSON(msg string, timeout time.Duration) (map[string]any, erro
 				return m, nil
 			}
 		case <-p.done:
-			return nil, fmt.Errorf("%s exited: %s", p.name, p.tail())
+			return nil, fmt.Errorf("%s exited: %s", p.name, p.Tail())
 		case <-t:
-			return nil, fmt.Errorf("%s: no %q within %v: %s", p.name, msg, timeout, p.tail())
+			return nil, fmt.Errorf("%s: no %q within %v: %s", p.name, msg, timeout, p.Tail())
 		}
 	}
 }
 
-func (p *proc) tail() string {
+func (p *Proc) Tail() string {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	n := len(p.lines)
 	return strings.Join(p.lines[max(0, n-5):], " | ")
 }
 
-func (p *proc) pid() int { return p.cmd.Process.Pid }
+func (p *Proc) PID() int { return p.cmd.Process.Pid }
 
-func (p *proc) stop() {
+func (p *Proc) Stop() {
 	if p == nil || p.cmd.Process == nil {
 		return
 	}
@@ -111,9 +111,9 @@ func rssBytes(pids []int) int64 {
 	return total
 }
 
-// cpuSeconds sums user and system time of pids, with that of their children already reaped
+// CPUSeconds sums user and system time of pids, with that of their children already reaped
 // (socat's per-connection forks end up there).
-func cpuSeconds(pids []int) float64 {
+func CPUSeconds(pids []int) float64 {
 	var ticks int64
 	for _, pid := range pids {
 		b, err := os.ReadFile(filepath.Join("/proc", strconv.Itoa(pid), "stat"))
@@ -132,8 +132,8 @@ func cpuSeconds(pids []int) float64 {
 	return float64(ticks) / 100 // USER_HZ
 }
 
-// descendants returns pid and every process below it.
-func descendants(pid int) []int {
+// Descendants returns pid and every process below it.
+func Descendants(pid int) []int {
 	children := map[int][]int{}
 	entries, _ := os.ReadDir("/proc")
 	for _, e := range entries {

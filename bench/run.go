@@ -74,14 +74,14 @@ func runPath(ctx context.Context, env *Env, p Path, opt Options) Result {
 		return fail("warm-up", err)
 	}
 	pids := p.PIDs()
-	cpu0 := cpuSeconds(pids)
+	cpu0 := CPUSeconds(pids)
 	bps, moved, err := Bulk(ctx, dial, 1, opt.Measure)
 	if err != nil {
 		return fail("1 flow", err)
 	}
 	res.Gbps1 = bps / 1e9
 	if len(pids) > 0 && moved > 0 {
-		res.CPUsPerGB = (cpuSeconds(pids) - cpu0) / (float64(moved) / 1e9)
+		res.CPUsPerGB = (CPUSeconds(pids) - cpu0) / (float64(moved) / 1e9)
 	}
 	say("1 flow: %.2f Gbit/s", res.Gbps1)
 	for _, n := range []int{8, 64} {
