@@ -17,6 +17,7 @@ import (
 	"time"
 
 	"github.com/quicgate/quicgate/third_party/quic-go/internal/ackhandler"
+	"github.com/quicgate/quicgate/third_party/quic-go/internal/congestion"
 	"github.com/quicgate/quicgate/third_party/quic-go/internal/handshake"
 	"github.com/quicgate/quicgate/third_party/quic-go/internal/monotime"
 	"github.com/quicgate/quicgate/third_party/quic-go/internal/protocol"
@@ -329,6 +330,7 @@ var newConnection = func(
 		s.perspective,
 		s.qlogger,
 		s.logger,
+		ackhandler.WithCongestion(congestion.Algorithm(s.config.Congestion)), // quicgate patch
 	)
 	s.maxPayloadSizeEstimate.Store(uint32(estimateMaxPayloadSize(s.config.initialPacketSize())))
 	statelessResetToken := statelessResetter.GetStatelessResetToken(srcConnID)
@@ -467,6 +469,7 @@ var newClientConnection = func(
 		s.perspective,
 		s.qlogger,
 		s.logger,
+		ackhandler.WithCongestion(congestion.Algorithm(s.config.Congestion)), // quicgate patch
 	)
 	s.maxPayloadSizeEstimate.Store(uint32(estimateMaxPayloadSize(s.config.initialPacketSize())))
 	oneRTTStream := newCryptoStream()
@@ -833,11 +836,31 @@ type ConnectionStats struct {
 	// (does not monotonically increase, because packets that are declared lost
 	// can subsequently be received).
 	PacketsLost uint64
+
+	// quicgate patch: the sender's model of the path.
+	//
+	// BandwidthEstimate is the local sender's estimate of the path's bandwidth, in bits
+	// per second: BBR's bottleneck bandwidth; for Reno and Cubic, the congestion window
+	// over the smoothed RTT. PacingRate is the rate at which BBR paces packets out; for
+	// Reno and Cubic, 1.25 times BandwidthEstimate (their pacing rate outside
+	// slow start).
+	BandwidthEstimate uint64
+	PacingRate        uint64
 }
 
 // ConnectionStats returns statistics about the connection.
 // It can be called concurrently with other connection operations.
 func (c *Conn) ConnectionStats() ConnectionStats {
+	s := c.connectionStats()
+	// quicgate patch: Reno and Cubic keep no bandwidth model; derive theirs.
+	if s.BandwidthEstimate == 0 && s.SmoothedRTT > 0 {
+		s.BandwidthEstimate = uint64(float64(s.CongestionWindow) * 8 / s.SmoothedRTT.Seconds())
+		s.PacingRate = s.BandwidthEstimate * 5 / 4
+	}
+	return s
+}
+
+func (c *Conn) connectionStats() ConnectionStats {
 	return ConnectionStats{
 		MinRTT:        c.rttStats.MinRTT(),
 		LatestRTT:     c.rttStats.LatestRTT(),
@@ -852,6 +875,9 @@ func (c *Conn) ConnectionStats() ConnectionStats {
 		PacketsReceived: c.connStats.PacketsReceived.Load(),
 		BytesLost:       c.connStats.BytesLost.Load(),
 		PacketsLost:     c.connStats.PacketsLost.Load(),
+
+		BandwidthEstimate: c.connStats.BandwidthEstimate.Load(),
+		PacingRate:        c.connStats.PacingRate.Load(),
 	}
 }
 
@@ -2651,6 +2677,7 @@ func (c *Conn) sendPacketsWithoutGSO(now monotime.Time) error {
 		if _, err := c.appendOneShortHeaderPacket(buf, c.maxPacketSize(), ecn, now); err != nil {
 			if err == errNothingToPack {
 				buf.Release()
+				c.onAppLimited() // quicgate patch
 				return nil
 			}
 			return err
@@ -2689,6 +2716,7 @@ func (c *Conn) sendPacketsWithGSO(now monotime.Time) error {
 			if err != errNothingToPack {
 				return err
 			}
+			c.onAppLimited() // quicgate patch
 			if buf.Len() == 0 {
 				buf.Release()
 				return nil
@@ -2735,6 +2763,15 @@ func (c *Conn) sendPacketsWithGSO(now monotime.Time) error {
 
 		ecn = nextECN
 		buf = getLargePacketBuffer()
+	}
+}
+
+// onAppLimited tells the congestion controller that the window and the pacer allowed a
+// packet and there was nothing to put in it (quicgate patch; the assertion keeps
+// upstream's SentPacketHandler interface and its mocks unchanged).
+func (c *Conn) onAppLimited() {
+	if h, ok := c.sentPacketHandler.(interface{ OnAppLimited() }); ok {
+		h.OnAppLimited()
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"errors"
+	"fmt"
 	"net"
 	"slices"
 	"time"
@@ -193,8 +194,37 @@ type Config struct {
 	// Enable QUIC Stream Resets with Partial Delivery.
 	// See https://datatracker.ietf.org/doc/html/draft-ietf-quic-reliable-stream-reset-09.
 	EnableStreamResetPartialDelivery bool
+	// Congestion selects the congestion controller for the packets this endpoint sends
+	// (quicgate patch). The zero value keeps quic-go's default, NewReno.
+	Congestion CongestionControl
 
 	Tracer func(ctx context.Context, isClient bool, connID ConnectionID) qlogwriter.Trace
+}
+
+// CongestionControl names a congestion controller (quicgate patch).
+type CongestionControl uint8
+
+const (
+	// CongestionReno is NewReno (RFC 9002), quic-go's default.
+	CongestionReno CongestionControl = iota
+	// CongestionCubic is Cubic (RFC 9438).
+	CongestionCubic
+	// CongestionBBR is BBR version 1 (draft-cardwell-iccrg-bbr-congestion-control-00):
+	// it paces at its estimate of the path's bottleneck bandwidth and keeps its rate
+	// through random loss.
+	CongestionBBR
+)
+
+func (c CongestionControl) String() string {
+	switch c {
+	case CongestionReno:
+		return "reno"
+	case CongestionCubic:
+		return "cubic"
+	case CongestionBBR:
+		return "bbr"
+	}
+	return fmt.Sprintf("CongestionControl(%d)", uint8(c))
 }
 
 // ClientInfo contains information about an incoming connection attempt.

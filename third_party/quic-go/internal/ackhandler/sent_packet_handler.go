@@ -112,9 +112,10 @@ type sentPacketHandler struct {
 
 	bytesInFlight protocol.ByteCount
 
-	congestion congestion.SendAlgorithmWithDebugInfos
-	rttStats   *utils.RTTStats
-	connStats  *utils.ConnectionStats
+	congestion    congestion.SendAlgorithmWithDebugInfos
+	congestionAlg congestion.Algorithm // quicgate patch
+	rttStats      *utils.RTTStats
+	connStats     *utils.ConnectionStats
 
 	// The number of times a PTO has been sent without receiving an ack.
 	ptoCount uint32
@@ -151,15 +152,13 @@ func NewSentPacketHandler(
 	pers protocol.Perspective,
 	qlogger qlogwriter.Recorder,
 	logger utils.Logger,
+	opts ...Option,
 ) SentPacketHandler {
-	congestion := congestion.NewCubicSender(
-		congestion.DefaultClock{},
-		rttStats,
-		connStats,
-		initialMaxDatagramSize,
-		true, // use Reno
-		qlogger,
-	)
+	var o options
+	for _, opt := range opts {
+		opt(&o)
+	}
+	congestion := congestion.New(o.congestion, congestion.DefaultClock{}, rttStats, connStats, initialMaxDatagramSize, qlogger)
 
 	h := &sentPacketHandler{
 		peerCompletedAddressValidation: pers == protocol.PerspectiveServer,
@@ -179,6 +178,7 @@ func NewSentPacketHandler(
 		rttStats:           rttStats,
 		connStats:          connStats,
 		congestion:         congestion,
+		congestionAlg:      o.congestion,
 		ignorePacketsBelow: ignorePacketsBelow,
 		perspective:        pers,
 		qlogger:            qlogger,
@@ -1145,6 +1145,14 @@ func (h *sentPacketHandler) SendMode(now monotime.Time) SendMode {
 	return SendAny
 }
 
+// OnAppLimited tells the congestion controller that the sender had room to send and
+// nothing to send (quicgate patch).
+func (h *sentPacketHandler) OnAppLimited() {
+	if n, ok := h.congestion.(congestion.AppLimitedNotifier); ok {
+		n.OnAppLimited(h.bytesInFlight)
+	}
+}
+
 func (h *sentPacketHandler) TimeUntilSend() monotime.Time {
 	return h.congestion.TimeUntilSend(h.bytesInFlight)
 }
@@ -1257,14 +1265,7 @@ func (h *sentPacketHandler) MigratedPath(now monotime.Time, initialMaxDatagramSi
 	for pn := range h.hist.PathProbes() {
 		h.hist.RemovePathProbe(pn)
 	}
-	h.congestion = congestion.NewCubicSender(
-		congestion.DefaultClock{},
-		h.rttStats,
-		h.connStats,
-		initialMaxDatagramSize,
-		true, // use Reno
-		h.qlogger,
-	)
+	h.congestion = congestion.New(h.congestionAlg, congestion.DefaultClock{}, h.rttStats, h.connStats, initialMaxDatagramSize, h.qlogger)
 	h.qlogRecoveryParametersSet(true)
 	h.setLossDetectionTimer(now)
 }

@@ -6,6 +6,10 @@ import "sync/atomic"
 // ConnectionStats struct in connection.go for more information
 type ConnectionStats struct {
 	CongestionWindow atomic.Uint64
+	// quicgate patch: set by congestion controllers that model the path (BBR), in bits
+	// per second; zero for the others.
+	BandwidthEstimate atomic.Uint64
+	PacingRate        atomic.Uint64
 
 	BytesSent       atomic.Uint64
 	PacketsSent     atomic.Uint64
