@@ -81,6 +81,10 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 		cfg.DialTimeout = 10 * time.Second
 	}
 	cfg.Limits = cfg.Limits.withDefaults(false)
+	if err := cfg.Limits.check(); err != nil {
+		return nil, err
+	}
+	cfg.Metrics.setCongestion(cfg.Limits.Congestion)
 	udp, err := listenUDP(":0")
 	if err != nil {
 		return nil, err
@@ -323,7 +327,7 @@ func (c *Client) supervise() {
 			c.cfg.Metrics.reconnected()
 		}
 		c.setState(conn, nil)
-		fields := logrus.Fields{"rtt": conn.ConnectionStats().SmoothedRTT.String()}
+		fields := logrus.Fields{"rtt": conn.ConnectionStats().SmoothedRTT.String(), "congestion": string(c.cfg.Limits.Congestion)}
 		if wasUp {
 			c.log.WithFields(fields).Info("reconnected to server")
 		} else {

@@ -1,6 +1,7 @@
 package quicmux
 
 import (
+	"fmt"
 	"time"
 
 	"github.com/quicgate/quicgate/third_party/quic-go"
@@ -29,6 +30,47 @@ type Limits struct {
 	// credit, not memory: memory is used only while data waits for a slow reader.
 	StreamWindow uint64
 	ConnWindow   uint64
+	// Congestion is the congestion controller for the packets this end sends; each end
+	// chooses its own. Default CongestionBBR.
+	Congestion Congestion
+}
+
+// Congestion names a congestion controller.
+type Congestion string
+
+const (
+	// CongestionBBR is BBR (version 1): it paces at its estimate of the path's bottleneck
+	// bandwidth and keeps its rate through random loss (docs/performance.md).
+	CongestionBBR Congestion = "bbr"
+	// CongestionCubic is Cubic (RFC 9438), loss-based like most TCP stacks' default.
+	CongestionCubic Congestion = "cubic"
+)
+
+// ErrCongestion is the error of an unknown congestion controller name.
+var ErrCongestion = fmt.Errorf("unknown congestion control: want %s or %s", CongestionBBR, CongestionCubic)
+
+// ParseCongestion checks a congestion controller's name.
+func ParseCongestion(s string) (Congestion, error) {
+	switch c := Congestion(s); c {
+	case CongestionBBR, CongestionCubic:
+		return c, nil
+	}
+	return "", fmt.Errorf("%w (got %q)", ErrCongestion, s)
+}
+
+func (c Congestion) quic() quic.CongestionControl {
+	if c == CongestionCubic {
+		return quic.CongestionCubic
+	}
+	return quic.CongestionBBR
+}
+
+// check reports settings that cannot work.
+func (l Limits) check() error {
+	if _, err := ParseCongestion(string(l.Congestion)); err != nil {
+		return fmt.Errorf("quicmux: %w", err)
+	}
+	return nil
 }
 
 func (l Limits) withDefaults(server bool) Limits {
@@ -53,6 +95,9 @@ func (l Limits) withDefaults(server bool) Limits {
 	if l.ConnWindow == 0 {
 		l.ConnWindow = 256 << 20
 	}
+	if l.Congestion == "" {
+		l.Congestion = CongestionBBR
+	}
 	return l
 }
 
@@ -69,6 +114,7 @@ func (l Limits) quicConfig(server bool) *quic.Config {
 		// Datagrams carry only the client's liveness probe (see Client.watch); the
 		// server never reads them, and quic-go drops what overflows its small queue.
 		EnableDatagrams: true,
+		Congestion:      l.Congestion.quic(),
 	}
 	if server {
 		c.MaxIncomingStreams = l.MaxStreams

@@ -30,6 +30,13 @@ type Metrics struct {
 	rttDesc   *prometheus.Desc
 	lostDesc  *prometheus.Desc
 	sentDesc  *prometheus.Desc
+	// the congestion controllers' models, read from the live connections
+	ccDesc     *prometheus.Desc
+	minRTTDesc *prometheus.Desc
+	bwDesc     *prometheus.Desc
+	cwndDesc   *prometheus.Desc
+	pacingDesc *prometheus.Desc
+	congestion Congestion
 }
 
 // NewMetrics registers the metrics of one side ("client" or "server") with reg.
@@ -58,6 +65,13 @@ func NewMetrics(reg prometheus.Registerer, side string) (*Metrics, error) {
 		rttDesc:   prometheus.NewDesc("quicgate_quic_rtt_seconds", "Smoothed RTT, averaged over the open QUIC connections.", nil, constLabels),
 		lostDesc:  prometheus.NewDesc("quicgate_quic_packets_lost_total", "QUIC packets declared lost.", nil, constLabels),
 		sentDesc:  prometheus.NewDesc("quicgate_quic_packets_sent_total", "QUIC packets sent.", nil, constLabels),
+
+		ccDesc:     prometheus.NewDesc("quicgate_congestion_control_info", "The congestion controller of what this end sends (label algorithm), always 1.", []string{"algorithm"}, constLabels),
+		minRTTDesc: prometheus.NewDesc("quicgate_quic_min_rtt_seconds", "Minimum RTT, averaged over the open QUIC connections.", nil, constLabels),
+		bwDesc:     prometheus.NewDesc("quicgate_quic_bandwidth_estimate_bits_per_second", "The senders' estimates of their paths' bandwidth (BBR: bottleneck bandwidth; Cubic: cwnd/RTT), summed over the open QUIC connections.", nil, constLabels),
+		cwndDesc:   prometheus.NewDesc("quicgate_quic_congestion_window_bytes", "Congestion windows, summed over the open QUIC connections.", nil, constLabels),
+		pacingDesc: prometheus.NewDesc("quicgate_quic_pacing_rate_bits_per_second", "Pacing rates, summed over the open QUIC connections.", nil, constLabels),
+		congestion: CongestionBBR,
 	}
 	for _, c := range []prometheus.Collector{m.flowsActive, m.flowsTotal, m.bytes, m.dialResults, m.handshakeFailures, m.reconnects, connCollector{m}} {
 		if err := reg.Register(c); err != nil {
@@ -65,6 +79,16 @@ func NewMetrics(reg prometheus.Registerer, side string) (*Metrics, error) {
 		}
 	}
 	return m, nil
+}
+
+// setCongestion names the congestion controller in quicgate_congestion_control_info; the
+// Client or Server the metrics are given to calls it.
+func (m *Metrics) setCongestion(cc Congestion) {
+	if m != nil {
+		m.mu.Lock()
+		m.congestion = cc
+		m.mu.Unlock()
+	}
 }
 
 func (m *Metrics) flowStarted() {
@@ -142,26 +166,43 @@ func (c connCollector) Describe(ch chan<- *prometheus.Desc) {
 	ch <- c.m.rttDesc
 	ch <- c.m.lostDesc
 	ch <- c.m.sentDesc
+	ch <- c.m.ccDesc
+	ch <- c.m.minRTTDesc
+	ch <- c.m.bwDesc
+	ch <- c.m.cwndDesc
+	ch <- c.m.pacingDesc
 }
 
 func (c connCollector) Collect(ch chan<- prometheus.Metric) {
 	m := c.m
 	m.mu.Lock()
 	lost, sent := m.lostGone, m.sentGone
-	var rtt time.Duration
+	var rtt, minRTT time.Duration
+	var bw, cwnd, pacing uint64
 	for conn := range m.conns {
 		st := conn.ConnectionStats()
 		lost += st.PacketsLost
 		sent += st.PacketsSent
 		rtt += st.SmoothedRTT
+		minRTT += st.MinRTT
+		bw += st.BandwidthEstimate
+		cwnd += st.CongestionWindow
+		pacing += st.PacingRate
 	}
 	n := len(m.conns)
+	cc := m.congestion
 	m.mu.Unlock()
 	if n > 0 {
 		rtt /= time.Duration(n)
+		minRTT /= time.Duration(n)
 	}
 	ch <- prometheus.MustNewConstMetric(m.connsDesc, prometheus.GaugeValue, float64(n))
 	ch <- prometheus.MustNewConstMetric(m.rttDesc, prometheus.GaugeValue, rtt.Seconds())
 	ch <- prometheus.MustNewConstMetric(m.lostDesc, prometheus.CounterValue, float64(lost))
 	ch <- prometheus.MustNewConstMetric(m.sentDesc, prometheus.CounterValue, float64(sent))
+	ch <- prometheus.MustNewConstMetric(m.ccDesc, prometheus.GaugeValue, 1, string(cc))
+	ch <- prometheus.MustNewConstMetric(m.minRTTDesc, prometheus.GaugeValue, minRTT.Seconds())
+	ch <- prometheus.MustNewConstMetric(m.bwDesc, prometheus.GaugeValue, float64(bw))
+	ch <- prometheus.MustNewConstMetric(m.cwndDesc, prometheus.GaugeValue, float64(cwnd))
+	ch <- prometheus.MustNewConstMetric(m.pacingDesc, prometheus.GaugeValue, float64(pacing))
 }

@@ -327,7 +327,7 @@ func TestMetrics(t *testing.T) {
 	tn := newTunnel(t,
 		withRules("127.0.0.1/32"),
 		withServerConfig(func(c *ServerConfig) { c.Metrics = sm }),
-		withClientConfig(func(c *ClientConfig) { c.Metrics = cm }),
+		withClientConfig(func(c *ClientConfig) { c.Metrics = cm; c.Limits.Congestion = CongestionCubic }),
 	)
 	c, err := net.Dial("tcp", tn.forward(destination(t, echo)))
 	if err != nil {
@@ -353,6 +353,29 @@ func TestMetrics(t *testing.T) {
 	waitMetric(t, sreg, "quicgate_flows_active", nil, 0)
 	if v := metricValue(t, sreg, "quicgate_quic_packets_sent_total", nil); v <= 0 {
 		t.Fatalf("packets sent %v", v)
+	}
+	// Each end names its own congestion controller and exports its model of the path.
+	waitMetric(t, sreg, "quicgate_congestion_control_info", map[string]string{"algorithm": "bbr"}, 1)
+	waitMetric(t, creg, "quicgate_congestion_control_info", map[string]string{"algorithm": "cubic"}, 1)
+	for _, reg := range []*prometheus.Registry{sreg, creg} {
+		for _, name := range []string{"quicgate_quic_min_rtt_seconds", "quicgate_quic_bandwidth_estimate_bits_per_second",
+			"quicgate_quic_congestion_window_bytes", "quicgate_quic_pacing_rate_bits_per_second"} {
+			if v := metricValue(t, reg, name, nil); v <= 0 {
+				t.Errorf("%s = %v, want > 0", name, v)
+			}
+		}
+	}
+}
+
+func TestUnknownCongestionControl(t *testing.T) {
+	id, _ := NewEphemeralIdentity()
+	_, err := NewServer(ServerConfig{Identity: id, Authorized: func(Fingerprint) bool { return true }, Policy: Rules{}, Limits: Limits{Congestion: "vegas"}})
+	if !errors.Is(err, ErrCongestion) {
+		t.Fatalf("server: %v, want ErrCongestion", err)
+	}
+	_, err = NewClient(ClientConfig{Server: "127.0.0.1:1", Identity: id, Pin: id.Fingerprint, Limits: Limits{Congestion: "vegas"}})
+	if !errors.Is(err, ErrCongestion) {
+		t.Fatalf("client: %v, want ErrCongestion", err)
 	}
 }
 

@@ -107,6 +107,10 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		cfg.MaxPendingDials = 1024
 	}
 	cfg.Limits = cfg.Limits.withDefaults(true)
+	if err := cfg.Limits.check(); err != nil {
+		return nil, err
+	}
+	cfg.Metrics.setCongestion(cfg.Limits.Congestion)
 	s := &Server{cfg: cfg, log: loggerOrDiscard(cfg.Logger), dialSlots: make(chan struct{}, cfg.MaxPendingDials)}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	return s, nil
@@ -146,7 +150,7 @@ func (s *Server) Listen(addr string) (net.Addr, error) {
 	s.tr, s.ln = tr, ln
 	s.wg.Add(1)
 	go s.acceptConns(ln)
-	s.log.WithField("addr", ln.Addr().String()).Info("server listening")
+	s.log.WithFields(logrus.Fields{"addr": ln.Addr().String(), "congestion": string(s.cfg.Limits.Congestion)}).Info("server listening")
 	return ln.Addr(), nil
 }
 

@@ -114,6 +114,8 @@ func TestBadFlags(t *testing.T) {
 		{"client bad -L", []string{"client", "--server", "127.0.0.1:1", "--pin", pin, "-L", "80:host"}, "bad -L forward"},
 		{"client nothing to forward", []string{"client", "--server", "127.0.0.1:1", "--pin", pin}, "nothing to forward"},
 		{"client bad log format", []string{"client", "--server", "127.0.0.1:1", "--pin", pin, "-L", "0:127.0.0.1:80", "--log-format", "xml"}, "--log-format"},
+		{"client bad congestion", []string{"client", "--server", "127.0.0.1:1", "--pin", pin, "-L", "0:127.0.0.1:80", "--congestion", "vegas"}, `--congestion "vegas": want bbr or cubic`},
+		{"server bad congestion", []string{"server", "--state-dir", state, "--authorized-clients", auth, "--allow", "127.0.0.1", "--congestion", "reno"}, "--congestion"},
 		{"client stray argument", []string{"client", "--server", "127.0.0.1:1", "--pin", pin, "extra"}, `unexpected argument "extra"`},
 		{"demo bad size", []string{"demo", "--size", "0"}, "--size"},
 	}
@@ -381,7 +383,7 @@ func TestConfigMetricsAndDrain(t *testing.T) {
 	})
 	p := newPair(t)
 	cfg := filepath.Join(p.dir, "server.yaml")
-	yaml := fmt.Sprintf("listen: 127.0.0.1:0\nstate-dir: %s\nauthorized-clients: %s\nallow:\n  - 127.0.0.1/32\nmetrics: 127.0.0.1:0\n",
+	yaml := fmt.Sprintf("listen: 127.0.0.1:0\nstate-dir: %s\nauthorized-clients: %s\nallow:\n  - 127.0.0.1/32\nmetrics: 127.0.0.1:0\ncongestion: cubic\n",
 		filepath.Join(p.dir, "server"), p.auth)
 	if err := os.WriteFile(cfg, []byte(yaml), 0o644); err != nil {
 		t.Fatal(err)
@@ -434,6 +436,8 @@ func TestConfigMetricsAndDrain(t *testing.T) {
 		`quicgate_bytes_total{direction="down",side="server"} 10`,
 		`quicgate_dial_results_total{side="server",status="ok"} 1`,
 		`quicgate_quic_rtt_seconds{side="server"}`,
+		`quicgate_congestion_control_info{algorithm="cubic",side="server"} 1`,
+		`quicgate_quic_pacing_rate_bits_per_second{side="server"}`,
 	} {
 		if !strings.Contains(string(body), want) {
 			t.Errorf("metrics lack %q; they have:\n%s", want, grepLines(string(body), "quicgate_"))

@@ -92,14 +92,15 @@ func runServer(ctx context.Context, args []string, stderr io.Writer) error {
 
 // common are the flags that server and client share.
 type common struct {
-	config   string
-	stateDir string
-	procs    int
-	l        quicmux.Limits
-	flowIdle time.Duration
-	drain    time.Duration
-	log      logFlags
-	observe  observeFlags
+	config     string
+	stateDir   string
+	procs      int
+	l          quicmux.Limits
+	congestion string
+	flowIdle   time.Duration
+	drain      time.Duration
+	log        logFlags
+	observe    observeFlags
 }
 
 // serverProcs is the server's default --procs on a host of cpus cores (0: all of them).
@@ -120,6 +121,7 @@ func commonFlags(fs *flag.FlagSet, side string, procs int, procsWhy string) *com
 	fs.Int64Var(&c.l.MaxStreams, "max-streams", 16384, "most flows open at once on one connection")
 	fs.DurationVar(&c.l.KeepAlive, "keepalive", 0, "keepalive period of an idle connection (default: client 1s, which also finds a restarted server within a second; server 15s)")
 	fs.DurationVar(&c.l.IdleTimeout, "idle-timeout", 60*time.Second, "close a QUIC connection silent for this long")
+	fs.StringVar(&c.congestion, "congestion", string(quicmux.CongestionBBR), "congestion control for what this end sends: bbr (keeps its rate through random loss) or cubic; each end chooses its own")
 	fs.DurationVar(&c.flowIdle, "flow-idle-timeout", 0, "reset a flow that moved no byte either way for this long (0: never)")
 	fs.DurationVar(&c.drain, "drain-timeout", 10*time.Second, "on SIGTERM or SIGINT, let open flows finish for this long before resetting them")
 	c.log.register(fs)
@@ -173,6 +175,11 @@ func (c *common) limits() (quicmux.Limits, error) {
 	if err := positive(map[string]time.Duration{"--idle-timeout": c.l.IdleTimeout}); err != nil {
 		return c.l, err
 	}
+	cc, err := quicmux.ParseCongestion(c.congestion)
+	if err != nil {
+		return c.l, usageErr("--congestion %q: want bbr or cubic", c.congestion)
+	}
+	c.l.Congestion = cc
 	if c.flowIdle < 0 || c.drain < 0 {
 		return c.l, usageErr("--flow-idle-timeout and --drain-timeout cannot be negative")
 	}
