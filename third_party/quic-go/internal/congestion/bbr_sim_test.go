@@ -179,7 +179,7 @@ type simFlow struct {
 	queueDrops    int
 	maxInFlight   protocol.ByteCount
 	priorInFlight protocol.ByteCount // in flight when the last ACK arrived
-	onAck         func() // called after each processed ACK (test probes)
+	onAck         func()             // called after each processed ACK (test probes)
 	ackedAtLeast1 bool
 
 	// receiver
