@@ -130,10 +130,8 @@ func configWithNonZeroNonFunctionFields(t *testing.T) *Config {
 			f.Set(reflect.ValueOf(true))
 		case "EnableStreamResetPartialDelivery":
 			f.Set(reflect.ValueOf(true))
-		case "Congestion":
-			// quicgate patch: Config.Congestion selects the congestion controller. Set by
-			// number (2, CongestionBBR) so that this compiles before and after the field exists.
-			f.SetUint(2)
+		case "Congestion": // quicgate patch
+			f.Set(reflect.ValueOf(CongestionBBR))
 		default:
 			t.Fatalf("all fields must be accounted for, but saw unknown field %q", fn)
 		}
