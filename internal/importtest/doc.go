@@ -9,5 +9,7 @@
 // requires github.com/quicgate/quicgate (replaced by this checkout, as a published version
 // would be fetched), checks that its packages include the fork and not upstream quic-go,
 // and runs it: it prints the max_udp_payload_size its QUIC client advertises, which is the
-// patched protocol.MaxPacketBufferSize (16383) and not upstream's 1452.
+// patched protocol.MaxPacketBufferSize (16383) and not upstream's 1452. The program also
+// sets quic.Config.Congestion, which only the patched copy has, so it would not compile
+// against upstream quic-go at all.
 package importtest

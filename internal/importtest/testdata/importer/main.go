@@ -8,6 +8,7 @@
 //
 // N is the max_udp_payload_size transport parameter the client advertises, which quic-go
 // sets to its protocol.MaxPacketBufferSize: 1452 upstream, larger in quicgate's patched copy.
+// The client also selects BBR through quic.Config.Congestion, which only the patched copy has.
 // The client records its own transport parameters when the connection is created, before
 // anything is sent, so the peer, a loopback UDP socket, never has to answer.
 package main
@@ -71,9 +72,12 @@ func run() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	got := make(chan int64, 1)
-	conf := &quic.Config{Tracer: func(context.Context, bool, quic.ConnectionID) qlogwriter.Trace {
-		return trace{maxUDPPayloadSize: got}
-	}}
+	conf := &quic.Config{
+		Congestion: quic.CongestionBBR, // only the fork has it: upstream would not compile
+		Tracer: func(context.Context, bool, quic.ConnectionID) qlogwriter.Trace {
+			return trace{maxUDPPayloadSize: got}
+		},
+	}
 	tlsConf := &tls.Config{Certificates: []tls.Certificate{cfg.Identity.Cert}, InsecureSkipVerify: true, NextProtos: []string{quicmux.ALPN}}
 	dialed := make(chan error, 1)
 	go func() {
