@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"os"
 	"sync"
+	"syscall"
 	"time"
 
 	"golang.org/x/sys/unix"
@@ -43,6 +44,7 @@ type pump struct {
 	line    *Line[packet]
 	wake    chan struct{} // a packet went into an empty line
 	done    chan struct{}
+	timer   *timer
 	c       counters
 }
 
@@ -51,7 +53,11 @@ func newPump(in, out wgtun.Device, mtu int, p Params) (*pump, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &pump{in: in, out: out, mtu: mtu, line: line, wake: make(chan struct{}, 1), done: make(chan struct{})}, nil
+	t, err := newTimer()
+	if err != nil {
+		return nil, err
+	}
+	return &pump{in: in, out: out, mtu: mtu, line: line, wake: make(chan struct{}, 1), done: make(chan struct{}), timer: t}, nil
 }
 
 func closedErr(err error) bool {
@@ -149,12 +155,12 @@ func (p *pump) write() error {
 		if wait := next.Sub(now); wait > 0 {
 			p.mu.Unlock()
 			// Packets behind the head are due no earlier, so nothing needs to wake this
-			// sleep early but a stop, which waits at most one delay for it.
-			sleep(max(wait, minSleep))
-			select {
-			case <-p.done:
-				return nil
-			default:
+			// sleep early but a stop, which closes the timer.
+			if err := p.timer.sleep(max(wait, minSleep)); err != nil {
+				if closedErr(err) {
+					return nil // stop closed the timer
+				}
+				return fmt.Errorf("sleeping: %w", err)
 			}
 			continue
 		}
@@ -189,21 +195,55 @@ func (p *pump) write() error {
 	}
 }
 
-// sleep blocks the calling thread for d with the kernel's high-resolution timer. Go's own
-// timers wake no finer than a millisecond here (the runtime's epoll wait takes whole
-// milliseconds), which would add up to 2 ms to every round trip.
-func sleep(d time.Duration) {
-	deadline := time.Now().Add(d)
-	for d > 0 {
-		ts := unix.NsecToTimespec(int64(d))
-		if err := unix.Nanosleep(&ts, nil); err == nil {
-			return
-		}
-		d = time.Until(deadline) // EINTR (the runtime's preemption signal): sleep the rest
-	}
+// timer sleeps with the kernel's high-resolution timers: a timerfd read through Go's
+// netpoller, so the sleeping goroutine gives up its P like any blocked read. Go's own timers
+// wake no finer than a millisecond here (the runtime's epoll wait takes whole milliseconds),
+// which would add up to 2 ms to every round trip; a nanosleep system call holds its P, and
+// with both writers asleep nothing polls the devices until sysmon (which backs off to 10 ms)
+// takes the P back: packets were 10 ms late that way.
+type timer struct {
+	f  *os.File
+	rc syscall.RawConn
 }
 
-func (p *pump) stop() { close(p.done) }
+func newTimer() (*timer, error) {
+	fd, err := unix.TimerfdCreate(unix.CLOCK_MONOTONIC, unix.TFD_NONBLOCK|unix.TFD_CLOEXEC)
+	if err != nil {
+		return nil, fmt.Errorf("timerfd: %w", err)
+	}
+	f := os.NewFile(uintptr(fd), "timerfd")
+	rc, err := f.SyscallConn()
+	if err != nil {
+		_ = f.Close()
+		return nil, err
+	}
+	return &timer{f: f, rc: rc}, nil
+}
+
+// sleep returns after d, or with an error once the timer is closed.
+func (t *timer) sleep(d time.Duration) error {
+	var serr error
+	err := t.rc.Control(func(fd uintptr) {
+		spec := unix.ItimerSpec{Value: unix.NsecToTimespec(max(int64(d), 1))}
+		serr = unix.TimerfdSettime(int(fd), 0, &spec, nil)
+	})
+	if err != nil {
+		return err
+	}
+	if serr != nil {
+		return serr
+	}
+	var b [8]byte // the count of expirations
+	_, err = t.f.Read(b[:])
+	return err
+}
+
+func (t *timer) close() error { return t.f.Close() }
+
+func (p *pump) stop() {
+	close(p.done)
+	_ = p.timer.close()
+}
 
 // release returns every packet still in the line to the pool.
 func (p *pump) release() {
