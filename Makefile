@@ -9,7 +9,7 @@ RACE_PKGS ?= ./quicmux/ ./netstack/
 # deadline to race. 50,000 runs take 5-20 s a target here.
 FUZZTIME ?= 50000x
 
-.PHONY: all build run test check unit race fuzz deps bench bench-quick bench-deps bench-go clean
+.PHONY: all build run test check unit race fuzz deps bench bench-quick bench-deps bench-go bench-wan clean
 
 all: build
 
@@ -66,6 +66,16 @@ bench:
 
 bench-quick:
 	$(GO) run ./bench/cmd/qgbench -quick
+
+## bench-wan: one TCP flow's ways (direct TCP and ssh -L over cubic and over bbr, quicgate -L
+## and TUN) across a userspace-emulated WAN link (rate, one-BDP queue, delay, loss) between two
+## network namespaces, on six profiles; markdown on stdout, JSON and a PNG chart in
+## bench/results/ (wan-*). Needs root. About 20 minutes; WANFLAGS passes qgwan's flags, e.g.
+## WANFLAGS="-quick -profiles 100M/40ms/1% -rows ssh-bbr,quicgate-bbr" (see qgwan -h).
+WANFLAGS ?=
+bench-wan:
+	@if [ "$$(id -u)" != 0 ]; then echo "bench-wan needs root (it makes network namespaces and TUN devices and sets sysctls)"; exit 1; fi
+	$(GO) run ./bench/cmd/qgwan $(WANFLAGS)
 
 # The peers the benchmark compares against (rows are skipped without them).
 bench-deps:
