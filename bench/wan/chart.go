@@ -26,15 +26,17 @@ func (r *Report) Chart(path string) error {
 	if len(r.Profiles) == 0 || len(r.Rows) == 0 {
 		return fmt.Errorf("nothing to draw")
 	}
+	// Goodput as a share of the link rate, so that a 20 Mbit/s and a 1 Gbit/s profile share
+	// one axis.
 	panels := []struct {
 		title string
-		get   func(*Cell) float64
+		get   func(*Cell, Profile) float64
 		log   bool
 	}{
-		{"one flow, Mbit/s (higher is better)", func(c *Cell) float64 { return c.Mbps1 }, false},
-		{"8 flows, Mbit/s", func(c *Cell) float64 { return c.Mbps8 }, false},
-		{"interactive p99 during a bulk flow, ms (log; lower is better)", func(c *Cell) float64 { return c.Loaded.P99 }, true},
-		{"new flow: first reply byte, median ms (log)", func(c *Cell) float64 { return c.TTFBMs }, true},
+		{"one flow, goodput as % of the link rate (higher is better)", func(c *Cell, p Profile) float64 { return 100 * c.Mbps1 / p.Mbps() }, false},
+		{"8 flows, goodput as % of the link rate", func(c *Cell, p Profile) float64 { return 100 * c.Mbps8 / p.Mbps() }, false},
+		{"interactive p99 during a bulk flow, ms (log; lower is better)", func(c *Cell, _ Profile) float64 { return c.Loaded.P99 }, true},
+		{"new flow: first reply byte, median ms (log)", func(c *Cell, _ Profile) float64 { return c.TTFBMs }, true},
 	}
 	img := vgimg.New(vg.Points(1400), vg.Points(1000))
 	dc := draw.New(img)
@@ -53,9 +55,9 @@ func (r *Report) Chart(path string) error {
 			vals := make(plotter.Values, len(r.Profiles))
 			for k, prof := range r.Profiles {
 				if c := r.cell(row.Name, prof.Name); c != nil {
-					vals[k] = pnl.get(c)
-					if pnl.log && vals[k] > 0 {
-						vals[k] = math.Log10(vals[k]) + 1 // 0.1 ms at the axis
+					vals[k] = pnl.get(c, prof)
+					if pnl.log {
+						vals[k] = math.Max(0, math.Log10(vals[k])) // 1 ms at the axis
 					}
 					top = math.Max(top, vals[k])
 				}
@@ -74,10 +76,13 @@ func (r *Report) Chart(path string) error {
 		}
 		p.NominalX(names...)
 		p.Y.Min = 0
+		if i == 0 {
+			p.Y.Max = math.Max(top, 100) * 1.35 // room for the legend above the bars
+		}
 		if pnl.log {
 			var ticks []plot.Tick
-			for e := 0; float64(e) <= top; e++ {
-				ticks = append(ticks, plot.Tick{Value: float64(e), Label: fmt.Sprintf("%g", math.Pow(10, float64(e-1)))})
+			for e := 0; float64(e) <= top+1; e++ {
+				ticks = append(ticks, plot.Tick{Value: float64(e), Label: fmt.Sprintf("%g", math.Pow(10, float64(e)))})
 			}
 			p.Y.Tick.Marker = plot.ConstantTicks(ticks)
 		}

@@ -58,6 +58,9 @@ func (r *Report) Markdown(w io.Writer) {
 	table("New flow: connect to the first byte of the reply, median ms", func(c, base *Cell) string {
 		return fmtNum(c.TTFBMs) + ratio(c, base, func(x *Cell) float64 { return x.TTFBMs })
 	})
+	table("Tail drops at the bottleneck queue (one bandwidth-delay product), % of all packets the link carried in the cell, both ways (the acknowledgements' way hardly drops): how far the bulk senders overshoot the link", func(c, _ *Cell) string {
+		return fmt.Sprintf("%.1f%%", 100*c.Emu.QueueFullFraction())
+	})
 	table(fmt.Sprintf("Emulator: CPU, %% of one core (the highest of the cell's measurements) / packets over %v late (⚠ = at least %d %% CPU, over %.0f %% late, or packets dropped before it read them: the emulator may have limited the result)",
 		wanlink.LateAfter, BusyCPU, BusyLate*100), func(c, _ *Cell) string {
 		s := fmt.Sprintf("%.0f / %.1f%%", c.Emu.Max, c.Emu.LateFraction()*100)

@@ -107,6 +107,14 @@ func (e *EmuFigs) LateFraction() float64 {
 	return float64(e.Late) / float64(e.Packets)
 }
 
+// QueueFullFraction is the share of the cell's packets tail-dropped at the bottleneck.
+func (e *EmuFigs) QueueFullFraction() float64 {
+	if e.Packets == 0 {
+		return 0
+	}
+	return float64(e.QueueFull) / float64(e.Packets)
+}
+
 func (e *EmuFigs) judge() {
 	e.Busy = e.Max >= BusyCPU || e.LateFraction() > BusyLate || e.TxDropped > 0
 }

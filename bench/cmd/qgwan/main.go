@@ -8,12 +8,14 @@
 //	qgwan link --client-ns NS --server-ns NS --rate R --rtt D --loss P%   (the emulator)
 //	qgwan serve --ip IP        (the metering sink and the echo, in the server namespace)
 //	qgwan gen --spec JSON      (one measurement, in the client namespace)
+//	qgwan render REPORT.json [CHART.png]   (the markdown and chart of a saved run again)
 //
 // link, serve and gen are run by qgwan itself.
 package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -36,6 +38,8 @@ func main() {
 			os.Exit(wan.ServeCommand(os.Args[2:]))
 		case "gen":
 			os.Exit(wan.GenCommand(os.Args[2:]))
+		case "render":
+			os.Exit(render(os.Args[2:]))
 		}
 	}
 	os.Exit(run(os.Args[1:]))
@@ -144,6 +148,29 @@ func run(args []string) int {
 		fmt.Fprintf(os.Stderr, "chart: %v\n", err)
 	}
 	fmt.Fprintf(os.Stderr, "wrote %s and %s in %s\n", jsonPath, png, rep.Duration)
+	return 0
+}
+
+// render prints a saved report's markdown (targets evaluated again) and draws its chart.
+func render(args []string) int {
+	if len(args) < 1 || len(args) > 2 {
+		return usage("render REPORT.json [CHART.png]")
+	}
+	b, err := os.ReadFile(args[0])
+	if err != nil {
+		return fail(err)
+	}
+	var rep wan.Report
+	if err := json.Unmarshal(b, &rep); err != nil {
+		return fail(fmt.Errorf("%s: %w", args[0], err))
+	}
+	rep.Evaluate()
+	rep.Markdown(os.Stdout)
+	if len(args) == 2 {
+		if err := rep.Chart(args[1]); err != nil {
+			return fail(err)
+		}
+	}
 	return 0
 }
 
