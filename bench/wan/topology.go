@@ -7,6 +7,8 @@ import (
 	"os/exec"
 	"slices"
 	"strings"
+
+	"github.com/quicgate/quicgate/bench/wanlink"
 )
 
 // Addresses in the topology. The emulated link is ClientIP/24 to ServerIP/24; TargetIP is
@@ -19,7 +21,10 @@ const (
 	TargetNet = "10.98.0.0/16"
 )
 
-const allowedCC = "/proc/sys/net/ipv4/tcp_allowed_congestion_control"
+const (
+	allowedCC   = "/proc/sys/net/ipv4/tcp_allowed_congestion_control" // host-wide
+	namespaceCC = "/proc/sys/net/ipv4/tcp_congestion_control"         // per namespace
+)
 
 // Topology is the harness's two network namespaces and what it changed on the host to make
 // them, with how to undo each change. The namespaces' own sysctls (congestion control) go
@@ -122,8 +127,10 @@ func (t *Topology) SetCongestion(cc string) error {
 		return nil
 	}
 	for _, ns := range []string{t.Client, t.Server} {
-		if out, err := exec.Command("ip", "netns", "exec", ns, "sysctl", "-q", "-w", "net.ipv4.tcp_congestion_control="+cc).CombinedOutput(); err != nil {
-			return fmt.Errorf("congestion control %s in %s: %v: %s", cc, ns, err, strings.TrimSpace(string(out)))
+		// /proc/sys/net is the namespace of the thread that opens it.
+		err := wanlink.InNetns(ns, func() error { return os.WriteFile(namespaceCC, []byte(cc), 0o644) })
+		if err != nil {
+			return fmt.Errorf("congestion control %s in %s: %w", cc, ns, err)
 		}
 	}
 	t.cc = cc

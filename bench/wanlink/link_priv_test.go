@@ -204,6 +204,7 @@ func TestLinkUDPGSOAndLoss(t *testing.T) {
 	const loss = 0.05
 	l, c, s := openTestLink(t, 0, 2*time.Millisecond, loss)
 	_, pc := listenIn(t, s, "udp", testServerIP+":0")
+	_ = pc.(*net.UDPConn).SetReadBuffer(4 << 20)
 	var got atomic.Int64
 	go func() {
 		buf := make([]byte, 65536)
@@ -244,11 +245,13 @@ func TestLinkUDPGSOAndLoss(t *testing.T) {
 		t.Errorf("%d GSO segments sent, the link saw %d packets, largest %d, %d oversize", n, st.Up.Packets, st.Up.MaxSize, st.Up.Oversize)
 	}
 	sd := math.Sqrt(n * loss * (1 - loss))
-	if lost := float64(n - got.Load()); math.Abs(lost-n*loss) > 5*sd {
+	if lost := float64(st.Up.Lost); math.Abs(lost-n*loss) > 5*sd {
 		t.Errorf("%v of %d datagrams lost, want %.0f ± %.0f", lost, n, n*loss, 5*sd)
 	}
-	if st.Up.Lost != n-got.Load() {
-		t.Errorf("link counted %d lost, receiver missed %d", st.Up.Lost, n-got.Load())
+	// What the link delivered reached the socket, but for the odd datagram its receive
+	// buffer may drop while other tests' processes hold both CPUs.
+	if r := got.Load(); r > st.Up.Delivered || float64(r) < 0.99*float64(st.Up.Delivered) {
+		t.Errorf("link delivered %d datagrams, the receiver got %d", st.Up.Delivered, r)
 	}
 	t.Logf("received %d of %d; up %+v", got.Load(), n, st.Up)
 }
