@@ -346,10 +346,15 @@ func (s *SendStream) canBufferStreamFrame() bool {
 	if s.nextFrame != nil {
 		l = s.nextFrame.DataLen()
 	}
-	// quicgate patch: Write returns once all but this much of its data is packed, as
-	// upstream does with its 1452-byte packets; a 16 KiB tail would let each stream buffer
-	// that much past its flow-control window. A frame from the small pool holds no more.
-	limit := protocol.ByteCount(protocol.EthernetPacketSize)
+	// quicgate patch: Write returns once all but one large frame (16383 bytes) of its data
+	// is packed; upstream keeps one 1452-byte packet. A writer that refills the stream
+	// between Writes (a relay reading its next chunk from a socket) would otherwise often
+	// leave the connection with nothing to send for a moment at the end of every pacing
+	// burst, and a congestion controller that must tell such moments from an application
+	// that has nothing to send (BBR) would take a bulk transfer for an application-limited
+	// one. The cost is up to 16 KiB of memory per stream whose writer is blocked by flow
+	// control. A frame from the small pool holds no more than 1452 bytes.
+	limit := protocol.ByteCount(protocol.MaxPacketBufferSize)
 	if s.nextFrame != nil {
 		limit = min(limit, protocol.ByteCount(cap(s.nextFrame.Data)))
 	}

@@ -533,7 +533,7 @@ func TestSendStreamLargeWrites(t *testing.T) {
 		str := newSendStream(context.Background(), streamID, mockSender, mockFC, false)
 
 		mockSender.EXPECT().onHasStreamData(streamID, str)
-		data := make([]byte, 5000)
+		data := make([]byte, 20000)
 		rand.Read(data)
 		errChan := make(chan error, 1)
 		go func() {
@@ -546,7 +546,7 @@ func TestSendStreamLargeWrites(t *testing.T) {
 
 		var offset protocol.ByteCount
 		const size = 40
-		for offset+size < protocol.ByteCount(len(data))-protocol.EthernetPacketSize {
+		for offset+size < protocol.ByteCount(len(data))-protocol.MaxPacketBufferSize {
 			frame, _, hasMore := str.popStreamFrame(size+expectedFrameHeaderLen(streamID, offset), protocol.Version1)
 			require.NotNil(t, frame.Frame)
 			require.True(t, hasMore)
@@ -753,7 +753,7 @@ func TestSendStreamDeadlineExtension(t *testing.T) {
 		mockSender.EXPECT().onHasStreamData(gomock.Any(), str)
 		errChan := make(chan error, 1)
 		go func() {
-			_, err := str.Write(make([]byte, 2000))
+			_, err := str.Write(make([]byte, 20000))
 			errChan <- err
 		}()
 
@@ -902,7 +902,7 @@ func TestSendStreamCloseForShutdown(t *testing.T) {
 		mockSender.EXPECT().onHasStreamData(streamID, str)
 		errChan := make(chan error, 1)
 		go func() {
-			_, err := strWithTimeout.Write(bytes.Repeat([]byte("foobar"), 1000))
+			_, err := strWithTimeout.Write(bytes.Repeat([]byte("foobar"), 3500))
 			errChan <- err
 		}()
 
@@ -994,7 +994,7 @@ func TestSendStreamCancellation(t *testing.T) {
 		mockSender.EXPECT().onHasStreamData(streamID, str).Do(func(protocol.StreamID, *SendStream) { close(wrote) })
 		errChan := make(chan error, 1)
 		go func() {
-			_, err := strWithTimeout.Write(make([]byte, 2000))
+			_, err := strWithTimeout.Write(make([]byte, 20000))
 			errChan <- err
 		}()
 
