@@ -22,9 +22,10 @@ const wanBDP protocol.ByteCount = 500_000 // 100 Mbit/s × 40 ms
 
 // modeLog records the mode after every ACK, and when each mode was entered.
 type modeLog struct {
-	modes  []bbrMode
-	times  []time.Duration
-	rounds []uint64
+	modes    []bbrMode
+	times    []time.Duration
+	rounds   []uint64
+	inFlight []protocol.ByteCount // when the mode was entered
 }
 
 func watchModes(s *sim, f *simFlow) *modeLog {
@@ -35,6 +36,7 @@ func watchModes(s *sim, f *simFlow) *modeLog {
 			l.modes = append(l.modes, b.mode)
 			l.times = append(l.times, time.Duration(s.clock.now))
 			l.rounds = append(l.rounds, b.roundCount)
+			l.inFlight = append(l.inFlight, f.inFlight)
 		}
 	}
 	return l
@@ -54,8 +56,8 @@ func TestBBRStartupDrainProbeBW(t *testing.T) {
 	require.LessOrEqual(t, modes.rounds[2], uint64(12), "rounds to leave startup and drain")
 	require.InDelta(t, 100, mbit(b.BandwidthEstimate()), 3, "BtlBw")
 	require.InDelta(t, 40, b.minRTT.Seconds()*1000, 1, "RTprop in ms")
-	// Drain left no more than a BDP (plus the send quantum) in flight.
-	require.LessOrEqual(t, f.inFlight, wanBDP+3*b.sendQuantum()+4*simPacketSize)
+	// Drain ends once no more than a BDP (plus the send quantum) is in flight.
+	require.LessOrEqual(t, modes.inFlight[2], b.inflight(1))
 
 	// ProbeBW cycles through all eight gains in order, about one RTprop each.
 	var phases []int
@@ -324,4 +326,53 @@ func TestBBRIdleRestart(t *testing.T) {
 	require.True(t, b.idleRestart)
 	require.InDelta(t, float64(b.BandwidthEstimate())*bbrPacingMargin, float64(b.pacingRate), 1e3)
 	require.Greater(t, mbit(f.goodputOver(time.Second)), 90.0)
+}
+
+// TestBBRStartupEndsOnHighLoss: when the application supplies data faster than the link
+// carries but slower than Startup paces (its samples are application-limited, so the
+// bandwidth's plateau never shows), Startup ends on the loss it causes.
+func TestBBRStartupEndsOnHighLoss(t *testing.T) {
+	s := newSim(wanLink(0), 19)
+	f := s.addFlow(simBBR(19))
+	f.appRate = 130e6
+	b := f.cc.(*bbrSender)
+	modes := watchModes(s, f)
+	s.run(5 * time.Second)
+	require.Equal(t, []bbrMode{bbrStartup, bbrDrain, bbrProbeBW}, modes.modes[:3])
+	require.True(t, b.startupByLoss)
+	require.Less(t, modes.times[1]-time.Duration(time.Second), 2*time.Second, "Startup ended within 2 s")
+	drops := f.queueDrops
+	g := f.goodputOver(5 * time.Second)
+	require.Greater(t, mbit(g), 90.0)
+	require.Less(t, f.queueDrops-drops, f.sentPackets/50, "under 2 %% of the packets dropped once in ProbeBW")
+}
+
+// TestBBRRandomLossDoesNotEndStartup: random loss of a few percent is no reason to leave
+// Startup early (that would start ProbeBW from too low an estimate). With a queue of one BDP
+// Startup's own overshoot may end it, but only once BtlBw is the link's rate; with a deep
+// queue, where Startup drops nothing, the random loss alone never ends it.
+func TestBBRRandomLossDoesNotEndStartup(t *testing.T) {
+	for seed := uint64(1); seed <= 20; seed++ {
+		for _, loss := range []float64{0.01, 0.03} {
+			for _, buf := range []protocol.ByteCount{wanBDP, 8 * wanBDP} {
+				link := wanLink(loss)
+				link.buffer = buf
+				s := newSim(link, seed)
+				f := s.addFlow(simBBR(seed))
+				b := f.cc.(*bbrSender)
+				var bwAtExit Bandwidth
+				f.onAck = func() {
+					if bwAtExit == 0 && b.mode != bbrStartup {
+						bwAtExit = b.BandwidthEstimate()
+					}
+				}
+				s.run(4 * time.Second)
+				require.True(t, b.fullBwReached, "seed %d, loss %.2f, buffer %d", seed, loss, buf)
+				require.Greater(t, mbit(bwAtExit), 90.0, "seed %d, loss %.2f, buffer %d: BtlBw when Startup ended", seed, loss, buf)
+				if buf > wanBDP {
+					require.False(t, b.startupByLoss, "seed %d, loss %.2f: Startup ended on random loss", seed, loss)
+				}
+			}
+		}
+	}
 }

@@ -160,7 +160,7 @@ type simFlow struct {
 
 	// appRate limits the application's data (0: always has data to send)
 	appRate   Bandwidth
-	appBudget protocol.ByteCount
+	appBudget float64 // bytes the application has supplied and the sender not yet sent
 	appLast   monotime.Time
 	stopped   bool
 
@@ -229,11 +229,11 @@ func (f *simFlow) hasData(now monotime.Time) bool {
 		return true
 	}
 	if !f.appLast.IsZero() {
-		f.appBudget += bdpBytes(f.appRate, now.Sub(f.appLast), 1)
-		f.appBudget = min(f.appBudget, 4*simPacketSize)
+		f.appBudget += float64(f.appRate) / 8 * now.Sub(f.appLast).Seconds()
+		f.appBudget = min(f.appBudget, 4*float64(simPacketSize))
 	}
 	f.appLast = now
-	return f.appBudget >= simPacketSize
+	return f.appBudget >= float64(simPacketSize)
 }
 
 func (f *simFlow) trySend() {
@@ -257,14 +257,14 @@ func (f *simFlow) trySend() {
 				n.OnAppLimited(f.inFlight)
 			}
 			if f.appRate != 0 && !f.stopped {
-				wait := txTime(simPacketSize-f.appBudget, f.appRate)
-				f.wakeup = now.Add(wait)
+				wait := time.Duration((float64(simPacketSize) - f.appBudget) * 8 / float64(f.appRate) * float64(time.Second))
+				f.wakeup = now.Add(wait + time.Nanosecond)
 				f.s.at(f.wakeup, f.trySend)
 			}
 			return
 		}
 		if f.appRate != 0 {
-			f.appBudget -= simPacketSize
+			f.appBudget -= float64(simPacketSize)
 		}
 		f.sendPacket(now)
 	}
