@@ -29,8 +29,9 @@ import (
 //   - Drain paces below the estimate until the queue Startup built is gone;
 //   - ProbeBW cycles the pacing gain 1.25, 0.75, 1, 1, 1, 1, 1, 1, one RTprop each: it
 //     probes for more bandwidth, drains what the probe queued, and cruises;
-//   - ProbeRTT, when RTprop has not been refreshed for 10 s, holds 4 packets in flight
-//     for 200 ms and a round so that the queue drains and the true RTT shows.
+//   - ProbeRTT, when RTprop has not been refreshed for 10 s, holds half a BDP in flight
+//     (version 1: 4 packets; half a BDP is BBRv3's) for 200 ms and a round so that the
+//     queue drains and the true RTT shows.
 //
 // Why version 1 and not draft-ietf-ccwg-bbr (BBRv3): v3 bounds data in flight when a
 // round sees more than 2 % loss. On the paths quicgate is for, random loss of a few
@@ -145,6 +146,7 @@ const (
 	bbrMinRTTWindow      = 10 * time.Second
 	bbrProbeRTTTime      = 200 * time.Millisecond
 	bbrMinCwndPackets    = 4
+	bbrProbeRTTCwndGain  = 0.5
 	bbrFullBwThresh      = 1.25
 	bbrFullBwRounds      = 3
 	// Startup also ends after a round in which more than bbrStartupLossThresh of the data
@@ -354,11 +356,11 @@ func (b *bbrSender) SetMaxDatagramSize(s protocol.ByteCount) {
 func (b *bbrSender) InSlowStart() bool { return b.mode == bbrStartup }
 func (b *bbrSender) InRecovery() bool  { return b.recovery != bbrNotInRecovery }
 
-// GetCongestionWindow is the window in force: cwnd, held to 4 packets in ProbeRTT and to
+// GetCongestionWindow is the window in force: cwnd, held to half a BDP in ProbeRTT and to
 // the recovery window in recovery.
 func (b *bbrSender) GetCongestionWindow() protocol.ByteCount {
 	if b.mode == bbrProbeRTT {
-		return b.minCwnd()
+		return min(b.cwnd, b.probeRTTCwnd())
 	}
 	if b.recovery != bbrNotInRecovery && b.recoveryWindow > 0 {
 		return min(b.cwnd, b.recoveryWindow)
@@ -510,7 +512,7 @@ func (b *bbrSender) updateMinRTT(rs rateSample, now monotime.Time) {
 	if b.mode == bbrProbeRTT {
 		// Samples taken while inflight is held down say nothing about the bandwidth.
 		b.sampler.OnAppLimited(b.bytesInFlight)
-		if b.probeRTTDoneStamp.IsZero() && b.bytesInFlight <= b.minCwnd() {
+		if b.probeRTTDoneStamp.IsZero() && b.bytesInFlight <= b.probeRTTCwnd() {
 			b.probeRTTDoneStamp = now.Add(bbrProbeRTTTime)
 			b.probeRTTRoundDone = false
 			b.nextRoundDelivered = b.sampler.delivered
@@ -641,6 +643,16 @@ func (b *bbrSender) sendQuantum() protocol.ByteCount {
 }
 
 func (b *bbrSender) minCwnd() protocol.ByteCount { return bbrMinCwndPackets * b.maxDatagramSize }
+
+// probeRTTCwnd is the window in ProbeRTT: half a BDP, as in draft-ietf-ccwg-bbr
+// (BBRProbeRTTCwndGain = 0.5), not version 1's 4 packets. Half a BDP in flight leaves the
+// bottleneck's queue empty just as well, so the RTT still shows without a queue, and the
+// flow keeps half its rate for those 200 ms instead of almost none: on a path whose RTT
+// never drops below its minimum (no jitter to refresh it) ProbeRTT comes every 10 s, and
+// at 4 packets it cost about 3 % of the throughput.
+func (b *bbrSender) probeRTTCwnd() protocol.ByteCount {
+	return max(b.minCwnd(), bdpBytes(b.BandwidthEstimate(), b.minRTT, bbrProbeRTTCwndGain))
+}
 
 func bdpBytes(bw Bandwidth, d time.Duration, gain float64) protocol.ByteCount {
 	if d <= 0 {
