@@ -358,7 +358,7 @@ func serveRawStream(s *quic.Stream) {
 	if Dest(kind[0]) == ToSink {
 		serveSink(c)
 	} else {
-		serveEcho(c)
+		ServeEcho(c)
 	}
 }
 

@@ -19,6 +19,13 @@ type Destinations struct {
 
 // Listen starts both servers on ip (port chosen by the system).
 func Listen(ip string) (*Destinations, error) {
+	return ListenWith(ip, serveSink, ServeEcho)
+}
+
+// ListenWith starts a sink and an echo with handlers of the caller's (a benchmark whose sink
+// speaks another protocol), each connection in a goroutine of its own, closed after its
+// handler returns and by Close.
+func ListenWith(ip string, sinkHandler, echoHandler func(net.Conn)) (*Destinations, error) {
 	sink, err := net.Listen("tcp", net.JoinHostPort(ip, "0"))
 	if err != nil {
 		return nil, err
@@ -30,8 +37,8 @@ func Listen(ip string) (*Destinations, error) {
 	}
 	d := &Destinations{Sink: sink, Echo: echo, conns: map[net.Conn]struct{}{}}
 	d.wg.Add(2)
-	go d.serve(sink, serveSink)
-	go d.serve(echo, serveEcho)
+	go d.serve(sink, sinkHandler)
+	go d.serve(echo, echoHandler)
 	return d, nil
 }
 
@@ -87,7 +94,8 @@ func serveSink(c net.Conn) {
 	}
 }
 
-func serveEcho(c net.Conn) {
+// ServeEcho writes back what it reads until the connection ends.
+func ServeEcho(c net.Conn) {
 	buf := make([]byte, 32<<10)
 	for {
 		k, err := c.Read(buf)
