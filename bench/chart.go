@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"image/color"
 	"os"
+	"time"
 
 	"gonum.org/v1/plot"
 	"gonum.org/v1/plot/plotter"
@@ -72,14 +73,21 @@ func (r *Report) Chart(path string) error {
 		p.Y.Min = 0
 		p.Draw(tiles.At(dc, i%cols, i/cols))
 	}
-	title := "quicgate bench"
-	if r.Quick {
+	return SaveChart(path, img, "quicgate bench", r.Quick, r.When, 16)
+}
+
+// SaveChart writes a title (marked quick for a -quick run, with the run's time) across the
+// top of img and the whole as a PNG file at path.
+func SaveChart(path string, img *vgimg.Canvas, title string, quick bool, when time.Time, size float64) error {
+	if quick {
 		title += " (quick)"
 	}
-	titleFont := plot.DefaultFont
-	titleFont.Size = vg.Points(16)
-	dc.FillText(draw.TextStyle{Color: color.Black, Font: titleFont, Handler: plot.DefaultTextHandler},
-		vg.Point{X: vg.Points(20), Y: vg.Points(1080)}, title+", "+r.When.UTC().Format("2006-01-02 15:04 UTC"))
+	font := plot.DefaultFont
+	font.Size = vg.Points(size)
+	_, h := img.Size()
+	dc := draw.New(img)
+	dc.FillText(draw.TextStyle{Color: color.Black, Font: font, Handler: plot.DefaultTextHandler},
+		vg.Point{X: vg.Points(20), Y: h - vg.Points(size+4)}, title+", "+when.UTC().Format("2006-01-02 15:04 UTC"))
 	w, err := os.Create(path)
 	if err != nil {
 		return err

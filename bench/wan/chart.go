@@ -4,13 +4,14 @@ import (
 	"fmt"
 	"image/color"
 	"math"
-	"os"
 
 	"gonum.org/v1/plot"
 	"gonum.org/v1/plot/plotter"
 	"gonum.org/v1/plot/vg"
 	"gonum.org/v1/plot/vg/draw"
 	"gonum.org/v1/plot/vg/vgimg"
+
+	"github.com/quicgate/quicgate/bench"
 )
 
 var palette = []color.Color{
@@ -90,19 +91,5 @@ func (r *Report) Chart(path string) error {
 		p.Legend.Left = true
 		p.Draw(tiles.At(dc, i%2, i/2))
 	}
-	title := "quicgate bench-wan: " + Direction
-	if r.Quick {
-		title += " (quick)"
-	}
-	font := plot.DefaultFont
-	font.Size = vg.Points(14)
-	dc.FillText(draw.TextStyle{Color: color.Black, Font: font, Handler: plot.DefaultTextHandler},
-		vg.Point{X: vg.Points(20), Y: vg.Points(982)}, title+", "+r.When.UTC().Format("2006-01-02 15:04 UTC"))
-	w, err := os.Create(path)
-	if err != nil {
-		return err
-	}
-	defer w.Close()
-	_, err = vgimg.PngCanvas{Canvas: img}.WriteTo(w)
-	return err
+	return bench.SaveChart(path, img, "quicgate bench-wan: "+Direction, r.Quick, r.When, 14)
 }
