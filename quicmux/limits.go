@@ -2,6 +2,7 @@ package quicmux
 
 import (
 	"fmt"
+	"strings"
 	"time"
 
 	"github.com/quicgate/quicgate/third_party/quic-go"
@@ -49,9 +50,9 @@ const (
 // ErrCongestion is the error of an unknown congestion controller name.
 var ErrCongestion = fmt.Errorf("unknown congestion control: want %s or %s", CongestionBBR, CongestionCubic)
 
-// ParseCongestion checks a congestion controller's name.
+// ParseCongestion checks a congestion controller's name (in any case).
 func ParseCongestion(s string) (Congestion, error) {
-	switch c := Congestion(s); c {
+	switch c := Congestion(strings.ToLower(s)); c {
 	case CongestionBBR, CongestionCubic:
 		return c, nil
 	}

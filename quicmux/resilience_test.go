@@ -368,6 +368,9 @@ func TestMetrics(t *testing.T) {
 }
 
 func TestUnknownCongestionControl(t *testing.T) {
+	if c, err := ParseCongestion("BBR"); err != nil || c != CongestionBBR {
+		t.Fatalf("ParseCongestion(BBR) = %q, %v", c, err)
+	}
 	id, _ := NewEphemeralIdentity()
 	_, err := NewServer(ServerConfig{Identity: id, Authorized: func(Fingerprint) bool { return true }, Policy: Rules{}, Limits: Limits{Congestion: "vegas"}})
 	if !errors.Is(err, ErrCongestion) {

@@ -852,8 +852,9 @@ type ConnectionStats struct {
 // It can be called concurrently with other connection operations.
 func (c *Conn) ConnectionStats() ConnectionStats {
 	s := c.connectionStats()
-	// quicgate patch: Reno and Cubic keep no bandwidth model; derive theirs.
-	if s.BandwidthEstimate == 0 && s.SmoothedRTT > 0 {
+	// quicgate patch: Reno and Cubic keep no bandwidth model; derive theirs. (BBR always
+	// publishes a pacing rate, its bandwidth estimate only once it has a sample.)
+	if s.BandwidthEstimate == 0 && s.PacingRate == 0 && s.SmoothedRTT > 0 {
 		s.BandwidthEstimate = uint64(float64(s.CongestionWindow) * 8 / s.SmoothedRTT.Seconds())
 		s.PacingRate = s.BandwidthEstimate * 5 / 4
 	}

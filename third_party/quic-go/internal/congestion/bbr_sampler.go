@@ -125,6 +125,13 @@ func (s *deliverySampler) OnPacketAcked(now monotime.Time, pn protocol.PacketNum
 	return rs, true
 }
 
+// OnUntrackedAck counts an acknowledged packet whose state is gone (dropped as too old) as
+// delivered, as Linux counts every packet it delivers.
+func (s *deliverySampler) OnUntrackedAck(now monotime.Time, size protocol.ByteCount) {
+	s.delivered += size
+	s.deliveredTime = now
+}
+
 // OnPacketLost forgets a packet declared lost.
 func (s *deliverySampler) OnPacketLost(pn protocol.PacketNumber) { s.forget(pn) }
 

@@ -81,6 +81,7 @@ type bbrSender struct {
 	cycleStamp monotime.Time
 
 	// ProbeRTT
+	priorCwnd         protocol.ByteCount // cwnd when ProbeRTT began, restored after it
 	probeRTTDoneStamp monotime.Time
 	probeRTTRoundDone bool
 	idleRestart       bool
@@ -93,6 +94,7 @@ type bbrSender struct {
 	largestSent      protocol.PacketNumber
 	recovery         bbrRecoveryState
 	endRecoveryAt    protocol.PacketNumber // largest packet sent at the last loss
+	conservationEnd  protocol.PacketNumber // largest packet sent when recovery began
 	recoveryWindow   protocol.ByteCount
 	lostSinceLastAck protocol.ByteCount
 	bytesInFlight    protocol.ByteCount
@@ -159,10 +161,11 @@ const (
 	bbrStartupLossEvents = 6
 	bbrPacingMargin      = 0.99 // pace 1 % below the estimate, to drain queues slowly
 	bbrCycleLen          = 8
-	// ACK aggregation: windows of 5 rounds, at most 100 ms of data, epochs of at most 1 MiB
-	bbrExtraAckedWinRounds = 5
-	bbrExtraAckedMaxTime   = 100 * time.Millisecond
-	bbrAckEpochResetBytes  = 1 << 20
+	// ACK aggregation: windows of 5 rounds, at most 100 ms of data, epochs of at most 2^20
+	// packets (Linux's bbr_ack_epoch_acked_reset_thresh)
+	bbrExtraAckedWinRounds  = 5
+	bbrExtraAckedMaxTime    = 100 * time.Millisecond
+	bbrAckEpochResetPackets = 1 << 20
 )
 
 var bbrPacingGainCycle = [bbrCycleLen]float64{1.25, 0.75, 1, 1, 1, 1, 1, 1}
@@ -204,6 +207,7 @@ func newBBRSender(
 		btlBw:           maxFilter{window: bbrBtlBwFilterRounds},
 		largestSent:     protocol.InvalidPacketNumber,
 		endRecoveryAt:   protocol.InvalidPacketNumber,
+		conservationEnd: protocol.InvalidPacketNumber,
 		lastLostPN:      protocol.InvalidPacketNumber,
 		minRTTStamp:     clock.Now(),
 	}
@@ -258,6 +262,11 @@ func (b *bbrSender) OnPacketAcked(pn protocol.PacketNumber, ackedBytes, _ protoc
 	priorInFlight := b.bytesInFlight
 	b.bytesInFlight = max(b.bytesInFlight, ackedBytes) - ackedBytes
 	rs, ok := b.sampler.OnPacketAcked(now, pn, b.minRTT)
+	if !ok {
+		// Not tracked any more (its state was dropped as too old): it was delivered all
+		// the same.
+		b.sampler.OnUntrackedAck(now, ackedBytes)
+	}
 	if ok {
 		b.updateModel(rs, priorInFlight, ackedBytes, now)
 	} else {
@@ -290,14 +299,17 @@ func (b *bbrSender) OnCongestionEvent(pn protocol.PacketNumber, lostBytes, _ pro
 	b.endRecoveryAt = b.largestSent
 	if b.recovery == bbrNotInRecovery {
 		b.recovery = bbrConservation
-		b.recoveryWindow = 0 // set from the data in flight at the next ACK
-		// The conservation phase lasts a whole round: start one now.
+		// What is in flight now (this loss taken off), so that a loss the loss timer
+		// found holds the sender back before the next ACK comes.
+		b.recoveryWindow = max(b.bytesInFlight, b.minCwnd())
+		// The conservation phase lasts a whole round: until a packet sent from now on is
+		// acknowledged. (Round counting starts one now too, as Chromium's does.)
+		b.conservationEnd = b.largestSent
 		b.nextRoundDelivered = b.sampler.delivered
 		b.maybeQlogStateChange(qlog.CongestionStateRecovery)
+		return
 	}
-	if b.recoveryWindow > 0 {
-		b.recoveryWindow = max(b.recoveryWindow, lostBytes+b.minCwnd()) - lostBytes
-	}
+	b.recoveryWindow = max(b.recoveryWindow, lostBytes+b.minCwnd()) - lostBytes
 }
 
 // onRecoveryAck moves the recovery state on an acknowledged packet and sizes the
@@ -307,7 +319,7 @@ func (b *bbrSender) onRecoveryAck(pn protocol.PacketNumber, acked protocol.ByteC
 	if b.recovery == bbrNotInRecovery {
 		return
 	}
-	if b.recovery == bbrConservation && b.roundStart {
+	if b.recovery == bbrConservation && pn > b.conservationEnd {
 		b.recovery = bbrGrowth
 	}
 	if b.lostSinceLastAck == 0 && pn > b.endRecoveryAt {
@@ -320,10 +332,6 @@ func (b *bbrSender) onRecoveryAck(pn protocol.PacketNumber, acked protocol.ByteC
 		}
 		return
 	}
-	if b.recoveryWindow == 0 {
-		b.recoveryWindow = max(b.bytesInFlight+acked, b.minCwnd())
-		return
-	}
 	if b.recovery == bbrGrowth {
 		b.recoveryWindow = min(b.recoveryWindow+acked, protocol.MaxCongestionWindowPackets*b.maxDatagramSize)
 	}
@@ -332,8 +340,9 @@ func (b *bbrSender) onRecoveryAck(pn protocol.PacketNumber, acked protocol.ByteC
 
 func (b *bbrSender) OnSpuriousLoss(protocol.PacketNumber) {}
 
-// OnRetransmissionTimeout: persistent congestion. Fall back to the minimum window and
-// measure again, as Linux BBR does after an RTO.
+// OnRetransmissionTimeout: quic-go v0.65 does not call it (it has no persistent-congestion
+// signal, for any controller); should it, BBR falls back to the minimum window and measures
+// again, as Linux BBR does after an RTO.
 func (b *bbrSender) OnRetransmissionTimeout(packetsRetransmitted bool) {
 	if !packetsRetransmitted {
 		return
@@ -362,7 +371,7 @@ func (b *bbrSender) GetCongestionWindow() protocol.ByteCount {
 	if b.mode == bbrProbeRTT {
 		return min(b.cwnd, b.probeRTTCwnd())
 	}
-	if b.recovery != bbrNotInRecovery && b.recoveryWindow > 0 {
+	if b.recovery != bbrNotInRecovery {
 		return min(b.cwnd, b.recoveryWindow)
 	}
 	return b.cwnd
@@ -412,7 +421,7 @@ func (b *bbrSender) updateAckAggregation(rs rateSample, acked protocol.ByteCount
 		}
 	}
 	expected := bdpBytes(b.BandwidthEstimate(), now.Sub(b.ackEpochStamp), 1)
-	if b.ackEpochAcked <= expected || b.ackEpochAcked+acked >= bbrAckEpochResetBytes {
+	if b.ackEpochAcked <= expected || b.ackEpochAcked+acked >= bbrAckEpochResetPackets*b.maxDatagramSize {
 		// ACKs arrive no faster than BtlBw (or the epoch is long): start a new epoch.
 		b.ackEpochAcked = 0
 		b.ackEpochStamp = now
@@ -506,6 +515,7 @@ func (b *bbrSender) updateMinRTT(rs rateSample, now monotime.Time) {
 	}
 	if expired && !b.idleRestart && b.mode != bbrProbeRTT {
 		b.mode = bbrProbeRTT
+		b.priorCwnd = b.cwnd
 		b.probeRTTDoneStamp = 0
 		b.maybeQlogStateChange(qlog.CongestionStateCongestionAvoidance)
 	}
@@ -535,6 +545,7 @@ func (b *bbrSender) checkProbeRTTDone(now monotime.Time) {
 		return
 	}
 	b.minRTTStamp = now // no need to probe again for another 10 s
+	b.cwnd = max(b.cwnd, b.priorCwnd)
 	if b.fullBwReached {
 		b.enterProbeBW(now)
 	} else {

@@ -73,7 +73,9 @@ func TestBBRStartupDrainProbeBW(t *testing.T) {
 	require.GreaterOrEqual(t, len(phases), 2*bbrCycleLen)
 	for i := 1; i < len(phases); i++ {
 		require.Equal(t, (phases[i-1]+1)%bbrCycleLen, phases[i], "phase order")
-		if i < len(phases)-1 {
+		// A phase at gain 1 or more lasts at least RTprop (the 0.75 phase may end as soon
+		// as the queue is gone).
+		if i < len(phases)-1 && bbrPacingGainCycle[phases[i]] >= 1 {
 			require.GreaterOrEqual(t, stamps[i+1]-stamps[i], 40*time.Millisecond, "a phase lasts at least RTprop")
 		}
 	}
@@ -153,8 +155,9 @@ func TestBBRRandomLoss(t *testing.T) {
 	}
 }
 
-// TestBBRRecovery drops every packet for 5 ms: recovery conserves packets for a round,
-// then grows, and ends after a round without loss; the model is not touched.
+// TestBBRRecovery drops every packet for 5 ms, then 1 % of them for a second: recovery
+// conserves packets for a round (until a packet sent after it began is acknowledged), grows
+// while the losses go on, and ends after a round without loss; the model is not touched.
 func TestBBRRecovery(t *testing.T) {
 	s := newSim(wanLink(0), 3)
 	f := s.addFlow(simBBR(3))
@@ -164,38 +167,49 @@ func TestBBRRecovery(t *testing.T) {
 	bw := b.BandwidthEstimate()
 
 	type step struct {
+		at            time.Duration
 		state         bbrRecoveryState
 		window        protocol.ByteCount
 		priorInFlight protocol.ByteCount
-		round         uint64
 	}
 	var steps []step
 	f.onAck = func() {
-		steps = append(steps, step{b.recovery, b.recoveryWindow, f.priorInFlight, b.roundCount})
+		steps = append(steps, step{time.Duration(s.clock.now), b.recovery, b.recoveryWindow, f.priorInFlight})
 	}
 	s.link.loss = 1
 	s.run(5 * time.Millisecond)
+	s.link.loss = 0.01
+	s.run(time.Second)
 	s.link.loss = 0
 	s.run(time.Second)
 
 	var states []bbrRecoveryState
+	var since []time.Duration
 	for _, st := range steps {
 		if len(states) == 0 || states[len(states)-1] != st.state {
 			states = append(states, st.state)
+			since = append(since, st.at)
 		}
 	}
-	require.Equal(t, []bbrRecoveryState{bbrNotInRecovery, bbrConservation, bbrGrowth, bbrNotInRecovery}, states)
-	var consRounds, growthWindowMax, consWindowMax protocol.ByteCount
-	var firstRound uint64
-	var entryInFlight protocol.ByteCount
-	for i, st := range steps {
+	// The first recovery; 1 % loss may leave a round without loss now and then, which ends
+	// a recovery, and the next loss begins another.
+	require.GreaterOrEqual(t, len(states), 4)
+	require.Equal(t, []bbrRecoveryState{bbrNotInRecovery, bbrConservation, bbrGrowth, bbrNotInRecovery}, states[:4])
+	require.Equal(t, bbrNotInRecovery, b.recovery, "recovery ends once the losses stop")
+	// Conservation lasts a round: the first packet sent after it began is acknowledged a
+	// round trip (40 ms) later at the earliest.
+	require.GreaterOrEqual(t, since[2]-since[1], 40*time.Millisecond, "conservation lasts a round")
+	require.Less(t, since[2]-since[1], 100*time.Millisecond, "and about one")
+	var entryInFlight, consWindowMax, growthWindowMax protocol.ByteCount
+	for _, st := range steps {
+		if st.at >= since[3] {
+			break // the first recovery only
+		}
 		switch st.state {
 		case bbrConservation:
-			if firstRound == 0 {
-				firstRound = st.round
-				entryInFlight = steps[i].priorInFlight
+			if entryInFlight == 0 {
+				entryInFlight = st.priorInFlight
 			}
-			consRounds = protocol.ByteCount(st.round - firstRound)
 			// One packet out for each one delivered: what is in flight does not grow.
 			require.LessOrEqual(t, st.priorInFlight, entryInFlight+2*simPacketSize)
 			consWindowMax = max(consWindowMax, st.window)
@@ -203,9 +217,8 @@ func TestBBRRecovery(t *testing.T) {
 			growthWindowMax = max(growthWindowMax, st.window)
 		}
 	}
-	require.LessOrEqual(t, consRounds, protocol.ByteCount(1), "conservation lasts one round")
 	require.Greater(t, growthWindowMax, consWindowMax, "the recovery window grows after conservation")
-	require.Equal(t, bw, b.BandwidthEstimate(), "a loss burst does not change BtlBw")
+	require.InEpsilon(t, float64(bw), float64(b.BandwidthEstimate()), 0.03, "losses do not change BtlBw")
 	require.Greater(t, mbit(f.goodputOver(time.Second)), 95.0)
 }
 
@@ -345,10 +358,10 @@ func TestBBRStartupEndsOnHighLoss(t *testing.T) {
 	require.Equal(t, []bbrMode{bbrStartup, bbrDrain, bbrProbeBW}, modes.modes[:3])
 	require.True(t, b.startupByLoss)
 	require.Less(t, modes.times[1]-time.Duration(time.Second), 2*time.Second, "Startup ended within 2 s")
-	drops := f.queueDrops
+	drops, sent := f.queueDrops, f.sentPackets
 	g := f.goodputOver(5 * time.Second)
 	require.Greater(t, mbit(g), 90.0)
-	require.Less(t, f.queueDrops-drops, f.sentPackets/50, "under 2 %% of the packets dropped once in ProbeBW")
+	require.Less(t, f.queueDrops-drops, (f.sentPackets-sent)/50, "under 2 %% of the packets dropped once in ProbeBW")
 }
 
 // TestBBRRandomLossDoesNotEndStartup: random loss of a few percent is no reason to leave
