@@ -169,17 +169,23 @@ func fmtNum(v float64) string {
 
 // Save writes the report as JSON to dir/latest.json and a timestamped copy.
 func (r *Report) Save(dir string) (string, error) {
+	return SaveJSON(dir, "", r.When, r)
+}
+
+// SaveJSON writes v as indented JSON to dir/<prefix><UTC time of when>.json and to
+// dir/<prefix>latest.json (creating dir), and returns the latter's path.
+func SaveJSON(dir, prefix string, when time.Time, v any) (string, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return "", err
 	}
-	b, err := json.MarshalIndent(r, "", "  ")
+	b, err := json.MarshalIndent(v, "", "  ")
 	if err != nil {
 		return "", err
 	}
-	stamped := filepath.Join(dir, r.When.UTC().Format("20060102T150405Z")+".json")
+	stamped := filepath.Join(dir, prefix+when.UTC().Format("20060102T150405Z")+".json")
 	if err := os.WriteFile(stamped, b, 0o644); err != nil {
 		return "", err
 	}
-	latest := filepath.Join(dir, "latest.json")
+	latest := filepath.Join(dir, prefix+"latest.json")
 	return latest, os.WriteFile(latest, b, 0o644)
 }

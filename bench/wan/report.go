@@ -3,9 +3,9 @@ package wan
 import (
 	"encoding/json"
 	"fmt"
-	"os"
-	"path/filepath"
 	"time"
+
+	"github.com/quicgate/quicgate/bench"
 )
 
 // Direction says which way the bulk data goes, for the report.
@@ -158,19 +158,7 @@ func (r *Report) cell(row, profile string) *Cell {
 // Save writes the report as JSON to dir/wan-<UTC time>.json and dir/wan-latest.json, and
 // returns the latter.
 func (r *Report) Save(dir string) (string, error) {
-	if err := os.MkdirAll(dir, 0o755); err != nil {
-		return "", err
-	}
-	b, err := json.MarshalIndent(r, "", "  ")
-	if err != nil {
-		return "", err
-	}
-	stamped := filepath.Join(dir, "wan-"+r.When.UTC().Format("20060102T150405Z")+".json")
-	if err := os.WriteFile(stamped, b, 0o644); err != nil {
-		return "", err
-	}
-	latest := filepath.Join(dir, "wan-latest.json")
-	return latest, os.WriteFile(latest, b, 0o644)
+	return bench.SaveJSON(dir, "wan-", r.When, r)
 }
 
 func fmtNum(v float64) string {

@@ -261,15 +261,12 @@ func (b *bbrSender) MaybeExitSlowStart() {}
 func (b *bbrSender) OnPacketAcked(pn protocol.PacketNumber, ackedBytes, _ protocol.ByteCount, now monotime.Time) {
 	priorInFlight := b.bytesInFlight
 	b.bytesInFlight = max(b.bytesInFlight, ackedBytes) - ackedBytes
-	rs, ok := b.sampler.OnPacketAcked(now, pn, b.minRTT)
-	if !ok {
+	if rs, ok := b.sampler.OnPacketAcked(now, pn, b.minRTT); ok {
+		b.updateModel(rs, priorInFlight, ackedBytes, now)
+	} else {
 		// Not tracked any more (its state was dropped as too old): it was delivered all
 		// the same.
 		b.sampler.OnUntrackedAck(now, ackedBytes)
-	}
-	if ok {
-		b.updateModel(rs, priorInFlight, ackedBytes, now)
-	} else {
 		b.roundStart = false
 	}
 	b.onRecoveryAck(pn, ackedBytes)
