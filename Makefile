@@ -2,7 +2,7 @@
 GO      ?= go
 BIN     ?= bin/quicgate
 # Packages whose tests run a second time under the race detector (the core and the stack).
-RACE_PKGS ?= ./quicmux/ ./netstack/
+RACE_PKGS ?= ./quicmux/ ./netstack/ ./ingress/
 # How long each fuzz target runs in `make test`: a count of executions, not a duration. Go 1.26's
 # fuzz coordinator can fail a duration-bounded run with a bare "context deadline exceeded" when
 # a starved worker misses the deadline (go.dev/issue/75804, fixed in Go 1.27); a count has no
@@ -36,7 +36,7 @@ race:
 
 # Each fuzz target for a bounded number of runs (and -timeout in case one hangs); the seed
 # corpora live in testdata/fuzz.
-FUZZ_TARGETS ?= ./quicmux/:FuzzReadRequest ./quicmux/:FuzzParseRule ./quicmux/:FuzzParseLocalForward ./cmd/quicgate/:FuzzConfig
+FUZZ_TARGETS ?= ./quicmux/:FuzzReadRequest ./quicmux/:FuzzParseRule ./ingress/:FuzzParseLocalForward ./cmd/quicgate/:FuzzConfig
 fuzz:
 	@for t in $(FUZZ_TARGETS); do \
 	  pkg=$${t%%:*}; target=$${t##*:}; \

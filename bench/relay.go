@@ -78,7 +78,7 @@ func (r *Relay) serve(ln net.Listener, target string) {
 				_ = c.Close()
 				return
 			}
-			_, _ = quicmux.Relay(r.ctx, c, dst)
+			_, _ = quicmux.Relay(r.ctx, quicmux.AsFlowConn(c), quicmux.AsFlowConn(dst))
 		}()
 	}
 }

@@ -10,6 +10,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"gvisor.dev/gvisor/pkg/tcpip"
 	"gvisor.dev/gvisor/pkg/tcpip/adapters/gonet"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
@@ -73,9 +74,9 @@ func (r *TCPRequest) take() *tcp.ForwarderRequest {
 }
 
 // Accept completes the handshake (sends the SYN-ACK and waits for the client's ACK) and
-// returns the connection, a *gonet.TCPConn, which also has CloseWrite() error and
-// CloseRead() error. If the handshake fails the client gets a RST.
-func (r *TCPRequest) Accept() (net.Conn, error) {
+// returns the connection, which can half-close and abort. If the handshake fails the client
+// gets a RST.
+func (r *TCPRequest) Accept() (*TCPConn, error) {
 	fr := r.take()
 	if fr == nil {
 		return nil, ErrDecided
@@ -93,9 +94,8 @@ func (r *TCPRequest) Accept() (net.Conn, error) {
 	}
 	fr.Complete(false)
 	r.fwd.accepted.Add(1)
-	// Keepalives reap flows whose client vanished without a FIN or RST.
-	ep.SocketOptions().SetKeepAlive(true)
-	return gonet.NewTCPConn(&wq, ep), nil
+	r.fwd.keepAlive(ep)
+	return newTCPConn(gonet.NewTCPConn(&wq, ep), ep), nil
 }
 
 // Reject answers the SYN with a RST: the client sees "connection refused" at once.
@@ -107,12 +107,34 @@ func (r *TCPRequest) Reject() {
 	}
 }
 
+// keepAlive sets the keepalive of an accepted endpoint: keepalives reap flows whose client
+// vanished without a FIN or RST.
+func (f *forwarder) keepAlive(ep tcpip.Endpoint) {
+	ka := f.keepalive
+	if !ka.Enable {
+		return
+	}
+	if ka.Idle > 0 {
+		opt := tcpip.KeepaliveIdleOption(ka.Idle)
+		_ = ep.SetSockOpt(&opt)
+	}
+	if ka.Interval > 0 {
+		opt := tcpip.KeepaliveIntervalOption(ka.Interval)
+		_ = ep.SetSockOpt(&opt)
+	}
+	if ka.Count > 0 {
+		_ = ep.SetSockOptInt(tcpip.KeepaliveCountOption, ka.Count)
+	}
+	ep.SocketOptions().SetKeepAlive(true)
+}
+
 // forwarder turns gVisor's SYNs into Handler calls and tracks the handler goroutines.
 type forwarder struct {
 	ctx     context.Context
 	handler Handler
 
-	perSource int // max undecided requests per client address; 0 = no limit
+	perSource int                 // max undecided requests per client address; 0 = no limit
+	keepalive net.KeepAliveConfig // for accepted endpoints
 
 	accepted, rejected, perSourceDrops atomic.Uint64
 

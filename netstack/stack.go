@@ -174,7 +174,7 @@ func newStack(dev tun.Device, cfg Config) (*Stack, error) {
 	ctx, cancel := context.WithCancel(context.Background())
 	st := &Stack{s: s, link: l, dev: dev, log: log, ctx: ctx, cancel: cancel}
 	if cfg.Handler != nil {
-		st.fwd = &forwarder{ctx: ctx, handler: cfg.Handler, perSource: cfg.MaxInFlightPerSource, sources: map[netip.Addr]int{}}
+		st.fwd = &forwarder{ctx: ctx, handler: cfg.Handler, perSource: cfg.MaxInFlightPerSource, keepalive: opts.KeepAlive, sources: map[netip.Addr]int{}}
 		st.fwd.install(s, opts.rcvWnd(), cfg.MaxInFlight)
 	}
 	st.pumps.Go(func() { l.writeLoop(ctx) })

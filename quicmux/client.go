@@ -133,8 +133,8 @@ func (c *Client) Connect(ctx context.Context) error {
 // DialContext opens a flow to address through the tunnel and returns once the server has
 // reached the destination; a server's refusal comes back as a *StatusError (which matches
 // ErrRefused and syscall.ECONNREFUSED, ErrDenied, ...). network is "tcp", "tcp4" or "tcp6".
-// The conn supports CloseWrite. It has the shape of net.Dialer.DialContext, so it can serve
-// http.Transport.DialContext.
+// The conn has the FlowConn contract (CloseWrite sends a FIN, Abort a reset). It has the shape
+// of net.Dialer.DialContext, so it can serve http.Transport.DialContext.
 func (c *Client) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
 	switch network {
 	case "tcp", "tcp4", "tcp6":
@@ -145,15 +145,74 @@ func (c *Client) DialContext(ctx context.Context, network, address string) (net.
 	if err != nil {
 		return nil, &net.OpError{Op: "dial", Net: network, Err: err}
 	}
-	conn, err := c.Dial(ctx, t)
+	conn, err := c.dial(ctx, t)
 	if err != nil {
 		return nil, &net.OpError{Op: "dial", Net: network, Addr: targetAddr{t}, Err: err}
 	}
 	return conn, nil
 }
 
-// Dial opens a flow to t and waits for the server's status.
-func (c *Client) Dial(ctx context.Context, t Target) (net.Conn, error) {
+// Flow is a flow an ingress found and hands to Client.Carry: where it goes, and its local
+// end, which is either established already or waits for the server's answer.
+type Flow struct {
+	Target Target
+
+	// Conn is a local end that is established already (a -L socket). Its bytes go out right
+	// behind the request, without waiting a round trip for the server's answer; a refusal
+	// then resets it.
+	Conn FlowConn
+
+	// Accept and Reject, when Conn is nil, are the local end's handshake, held until the
+	// server has answered (the TUN netstack sends its SYN-ACK only once the destination
+	// is reached, as Tailscale's does). Carry calls exactly one of them: Accept when the
+	// server reached Target, Reject (a RST: "connection refused") when it did not.
+	Accept func() (FlowConn, error)
+	Reject func()
+}
+
+// Carry takes a flow from an ingress to its target and relays it until both ends are done,
+// with the client's idle timeout and metrics; it always releases the local end. It is the
+// one way an ingress hands a flow to the tunnel. ctx ending resets the flow.
+func (c *Client) Carry(ctx context.Context, f Flow) (RelayStats, error) {
+	local, remote, err := c.connect(ctx, f)
+	if err != nil {
+		c.cfg.Metrics.flowRejected()
+		return RelayStats{}, err
+	}
+	c.cfg.Metrics.flowStarted()
+	stats, err := RelayWith(ctx, local, remote, c.cfg.Metrics.relayOptions(c.cfg.FlowIdleTimeout))
+	c.cfg.Metrics.flowEnded(resultOf(err))
+	return stats, err
+}
+
+// connect opens f's stream and, for a local end that waits, its handshake.
+func (c *Client) connect(ctx context.Context, f Flow) (local, remote FlowConn, err error) {
+	if f.Conn != nil {
+		sc, err := c.open(ctx, f.Target)
+		if err != nil {
+			f.Conn.Abort()
+			return nil, nil, err
+		}
+		return f.Conn, sc, nil
+	}
+	if f.Accept == nil || f.Reject == nil {
+		return nil, nil, errors.New("quicmux: a Flow needs Conn, or Accept and Reject")
+	}
+	sc, err := c.dial(ctx, f.Target)
+	if err != nil {
+		f.Reject()
+		return nil, nil, err
+	}
+	local, err = f.Accept()
+	if err != nil {
+		sc.Abort() // the destination must see a reset, not a clean empty flow
+		return nil, nil, err
+	}
+	return local, sc, nil
+}
+
+// dial opens a flow to t and waits for the server's status.
+func (c *Client) dial(ctx context.Context, t Target) (*streamConn, error) {
 	sc, err := c.open(ctx, t)
 	if err != nil {
 		return nil, err
@@ -182,35 +241,6 @@ func (c *Client) Dial(ctx context.Context, t Target) (net.Conn, error) {
 		return nil, err
 	}
 	return sc, nil
-}
-
-// Forward carries the flow local to t and returns when it has ended; it closes local. It is
-// how an ingress hands a connection to the tunnel. It does not wait for the server's status
-// before sending local's bytes (no extra round trip); a non-ok status, or no connection to
-// the server within the dial timeout, resets local.
-func (c *Client) Forward(ctx context.Context, local net.Conn, t Target) (RelayStats, error) {
-	sc, err := c.open(ctx, t)
-	if err != nil {
-		Abort(local)
-		c.cfg.Metrics.flowRejected()
-		return RelayStats{}, err
-	}
-	return c.Carry(ctx, local, sc)
-}
-
-// Carry relays an accepted local conn and a flow from Dial until both end, with the
-// client's idle timeout and metrics. Ingresses that must dial before they accept (the TUN
-// netstack answers the SYN only once the server has reached the destination) use Dial and
-// then Carry; Forward is open plus Carry.
-func (c *Client) Carry(ctx context.Context, local, remote net.Conn) (RelayStats, error) {
-	ctx, cancel := context.WithCancel(ctx)
-	defer cancel()
-	stop := context.AfterFunc(c.ctx, cancel)
-	defer stop()
-	c.cfg.Metrics.flowStarted()
-	stats, err := RelayWith(ctx, local, remote, c.cfg.Metrics.relayOptions(c.cfg.FlowIdleTimeout))
-	c.cfg.Metrics.flowEnded(resultOf(err))
-	return stats, err
 }
 
 // open opens a stream for t and writes its header; the status is left to the first Read.
@@ -301,7 +331,7 @@ func (c *Client) supervise() {
 	backoff := minBackoff
 	wasUp, failures := false, 0
 	for c.ctx.Err() == nil {
-		conn, err := c.dial()
+		conn, err := c.dialServer()
 		if err != nil {
 			if c.ctx.Err() != nil {
 				break
@@ -388,9 +418,9 @@ func (c *Client) sleep(d time.Duration) {
 	}
 }
 
-// dial makes one connection attempt and proves it with a ping, which fails if the server
+// dialServer makes one connection attempt and proves it with a ping, which fails if the server
 // rejected this client's certificate after the handshake.
-func (c *Client) dial() (*quic.Conn, error) {
+func (c *Client) dialServer() (*quic.Conn, error) {
 	ctx, cancel := context.WithTimeout(c.ctx, c.cfg.DialTimeout)
 	defer cancel()
 	raddr, err := net.ResolveUDPAddr("udp", c.cfg.Server)

@@ -3,7 +3,10 @@
 // the identities and pinning that guard the connection, the forwarding policy, and the one relay
 // every flow goes through.
 //
-// The core never knows where a flow came from. An ingress (a localhost port listener, the TUN
-// netstack, or a Go program through Client.DialContext) hands it a net.Conn plus a target; the
-// server side hands each target to a Dialer after a Policy has allowed it.
+// The core never knows where a flow came from. An ingress (package ingress: -L ports, the TUN
+// netstack) hands Client.Carry a Flow, a target plus a local end; a Go program dials through
+// Client.DialContext. Every end of a flow, the stream between included, has one contract,
+// FlowConn (read, write, CloseWrite for a FIN, Abort for a reset), and Relay uses nothing
+// else. The server hands each target to a Dialer after a Policy has allowed it, under the
+// client connection's context, and its flows drain through a FlowGroup as the ingresses' do.
 package quicmux

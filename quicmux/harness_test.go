@@ -134,21 +134,39 @@ func (tn *tunnel) newClient(id *Identity, pin Fingerprint) *Client {
 }
 
 // forward starts a -L listener for target and returns its address.
+// forward listens on a loopback port and carries each connection to target through the
+// client, as a -L does (package ingress has the real one; it imports this package).
 func (tn *tunnel) forward(target string) string {
 	tn.t.Helper()
 	tgt, err := ParseTarget(target)
 	if err != nil {
 		tn.t.Fatal(err)
 	}
-	pl, err := ListenLocalForward(LocalForward{Bind: netip.MustParseAddrPort("127.0.0.1:0"), Target: tgt}, tn.client, testLogger(tn.t))
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		tn.t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
+	flows := NewFlowGroup(context.Background())
 	done := make(chan struct{})
-	go func() { defer close(done); _ = pl.Serve(ctx) }()
-	tn.t.Cleanup(func() { cancel(); <-done })
-	return pl.Addr().String()
+	go func() {
+		defer close(done)
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			if !flows.Start() {
+				_ = c.Close()
+				continue
+			}
+			go func() {
+				defer flows.Done()
+				_, _ = tn.client.Carry(flows.Context(), Flow{Target: tgt, Conn: AsFlowConn(c)})
+			}()
+		}
+	}()
+	tn.t.Cleanup(func() { _ = ln.Close(); <-done; flows.Close() })
+	return ln.Addr().String()
 }
 
 // destination is a TCP server on loopback that runs handle for every connection. Its

@@ -11,16 +11,6 @@ import (
 	"time"
 )
 
-// closeWriter is a conn whose send side can be shut while reading goes on
-// (*net.TCPConn, gVisor's gonet.TCPConn, streamConn).
-type closeWriter interface{ CloseWrite() error }
-
-// aborter is a conn that can be torn down with a reset rather than a FIN.
-type aborter interface{ Abort() }
-
-// lingerer is a kernel or gVisor TCP conn: SetLinger(0) and Close send a RST.
-type lingerer interface{ SetLinger(sec int) error }
-
 // Buffers. A direction reads into a small buffer of its own while its flow is quiet, and
 // takes a large pooled buffer only once a read fills the small one; it gives the large one
 // back when a read brings less than the small buffer would have held (the flow has gone
@@ -48,19 +38,20 @@ type RelayOptions struct {
 }
 
 // Relay moves bytes both ways between a and b until both directions end, and is the one
-// place that closes them. An EOF on one side becomes CloseWrite on the other (a stream FIN or
-// a TCP FIN); any other error on either side, or ctx ending, resets both sides (a TCP RST or
-// a stream reset), so the far end never mistakes a failure for a clean end. Relay returns the
-// first error that ended the flow, or nil when both directions finished cleanly.
+// place that closes them; it uses only the FlowConn contract. An EOF on one side becomes
+// CloseWrite on the other (a stream FIN or a TCP FIN); any other error on either side, or ctx
+// ending, aborts both sides (a TCP RST or a stream reset), so the far end never mistakes a
+// failure for a clean end. Relay returns the first error that ended the flow, or nil when both
+// directions finished cleanly.
 //
 // The calling goroutine copies a to b; one more goroutine copies b to a, so a flow costs two
 // goroutines on each side of the tunnel.
-func Relay(ctx context.Context, a, b net.Conn) (RelayStats, error) {
+func Relay(ctx context.Context, a, b FlowConn) (RelayStats, error) {
 	return RelayWith(ctx, a, b, RelayOptions{})
 }
 
 // RelayWith is Relay with options.
-func RelayWith(ctx context.Context, a, b net.Conn, opt RelayOptions) (RelayStats, error) {
+func RelayWith(ctx context.Context, a, b FlowConn, opt RelayOptions) (RelayStats, error) {
 	r := &relay{a: a, b: b}
 	// ctx ending is a failure like any other: it is recorded (so the flow's result says why)
 	// and both sides are reset.
@@ -115,7 +106,7 @@ func (r *relay) watchIdle(idle time.Duration, activity *atomic.Int64) *time.Time
 }
 
 type relay struct {
-	a, b       net.Conn
+	a, b       FlowConn
 	atob, btoa int64
 	abortOnce  sync.Once
 
@@ -151,11 +142,11 @@ func (r *relay) fail(err error) {
 }
 
 func (r *relay) abortBoth() {
-	r.abortOnce.Do(func() { Abort(r.a); Abort(r.b) })
+	r.abortOnce.Do(func() { r.a.Abort(); r.b.Abort() })
 }
 
 // copyHalf copies src to dst; a clean EOF from src shuts dst's send side and returns nil.
-func copyHalf(src, dst net.Conn, activity *atomic.Int64, count func(int)) (int64, error) {
+func copyHalf(src, dst FlowConn, activity *atomic.Int64, count func(int)) (int64, error) {
 	small := make([]byte, smallBufSize)
 	var large *[]byte
 	defer func() {
@@ -193,10 +184,8 @@ func copyHalf(src, dst net.Conn, activity *atomic.Int64, count func(int)) (int64
 			large = nil
 		}
 		if rerr == io.EOF {
-			if cw, ok := dst.(closeWriter); ok {
-				if err := cw.CloseWrite(); err != nil && !errors.Is(err, net.ErrClosed) {
-					return n, err
-				}
+			if err := dst.CloseWrite(); err != nil && !errors.Is(err, net.ErrClosed) {
+				return n, err
 			}
 			return n, nil
 		}
@@ -204,18 +193,6 @@ func copyHalf(src, dst net.Conn, activity *atomic.Int64, count func(int)) (int64
 			return n, rerr
 		}
 	}
-}
-
-// Abort tears c down with a reset where the conn type allows it (a stream reset, a TCP RST),
-// and closes it: for a flow that failed, which the other end must not take for a clean end.
-func Abort(c net.Conn) {
-	switch c := c.(type) {
-	case aborter:
-		c.Abort()
-	case lingerer:
-		_ = c.SetLinger(0)
-	}
-	_ = c.Close()
 }
 
 // IsReset reports whether err means the other end reset the flow.

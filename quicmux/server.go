@@ -35,7 +35,9 @@ type ServerConfig struct {
 	Authorized func(Fingerprint) bool
 	Policy     Policy
 
-	Dialer   Dialer   // default: a net.Dialer
+	// Dialer dials destinations; default: a net.Dialer with TCPKeepAlive. It should return
+	// *net.TCPConn or a FlowConn; any other net.Conn is adapted (AsFlowConn).
+	Dialer   Dialer
 	Resolver Resolver // default: net.DefaultResolver
 
 	DialTimeout   time.Duration // per destination dial; default 10s
@@ -45,8 +47,13 @@ type ServerConfig struct {
 	// MaxPendingDials bounds destination dials in progress at once, over all clients; a flow
 	// that finds no slot within the dial timeout gets "timed out". Default 1024.
 	MaxPendingDials int
-	// FlowIdleTimeout resets a flow that moved no byte either way for this long; 0: never.
+	// FlowIdleTimeout resets a flow that moved no byte either way for this long; 0: never
+	// (the command's default is DefaultFlowIdleTimeout).
 	FlowIdleTimeout time.Duration
+	// TCPKeepAlive is the keepalive time of the default Dialer's sockets (KeepAliveConfig),
+	// so that a flow whose destination host vanished is reset: 0 means DefaultTCPKeepAlive,
+	// negative turns keepalive off.
+	TCPKeepAlive time.Duration
 	// Retry makes every new client prove its address with a QUIC Retry round trip first, so a
 	// spoofed source cannot make the server do handshake work (for exposed servers).
 	Retry  bool
@@ -70,8 +77,7 @@ type Server struct {
 	ln     *quic.Listener
 	closed bool
 
-	draining  atomic.Bool
-	flows     atomic.Int64 // flows being served, for Shutdown
+	flows     *FlowGroup
 	dialSlots chan struct{}
 	flowSeq   atomic.Uint64
 }
@@ -87,9 +93,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		return nil, errors.New("quicmux: server needs a policy")
 	}
 	if cfg.Dialer == nil {
-		// No TCP keepalive on egress: it costs three setsockopt calls a flow, and idle flows
-		// are the business of FlowIdleTimeout.
-		cfg.Dialer = &net.Dialer{KeepAlive: -1}
+		cfg.Dialer = TCPDialer(cfg.TCPKeepAlive)
 	}
 	if cfg.Resolver == nil {
 		cfg.Resolver = net.DefaultResolver
@@ -113,6 +117,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	cfg.Metrics.setCongestion(cfg.Limits.Congestion)
 	s := &Server{cfg: cfg, log: loggerOrDiscard(cfg.Logger), dialSlots: make(chan struct{}, cfg.MaxPendingDials)}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
+	s.flows = NewFlowGroup(s.ctx)
 	return s, nil
 }
 
@@ -158,24 +163,17 @@ func (s *Server) Listen(addr string) (net.Addr, error) {
 // connections with "shutting down", waits until the open flows have ended or ctx is done, and
 // then closes, resetting whatever is still open. It returns ctx's error if it had to reset.
 func (s *Server) Shutdown(ctx context.Context) error {
-	s.draining.Store(true)
 	s.mu.Lock()
 	ln := s.ln
 	s.mu.Unlock()
 	if ln != nil {
 		_ = ln.Close()
 	}
-	tick := time.NewTicker(20 * time.Millisecond)
-	defer tick.Stop()
-	var err error
-	for s.flows.Load() > 0 && err == nil {
-		select {
-		case <-tick.C:
-		case <-ctx.Done():
-			err = ctx.Err()
-			s.log.WithField("flows", s.flows.Load()).Warn("drain timeout: resetting the flows still open")
-		}
-	}
+	stop := context.AfterFunc(ctx, func() {
+		s.log.WithField("flows", s.flows.Open()).Warn("drain timeout: resetting the flows still open")
+	})
+	err := s.flows.Drain(ctx)
+	stop()
 	_ = s.Close()
 	return err
 }
@@ -225,9 +223,16 @@ func (s *Server) serveConn(qc *quic.Conn) {
 	log.Info("client connected")
 	s.cfg.Metrics.trackConn(qc)
 
+	// The connection's flows, their dials included, live as long as both the connection and
+	// the server's flow group: a client that goes away takes its pending dials with it.
+	ctx, cancel := context.WithCancel(s.flows.Context())
+	defer cancel()
+	stop := context.AfterFunc(qc.Context(), cancel)
+	defer stop()
+
 	var streams sync.WaitGroup
 	for {
-		str, err := qc.AcceptStream(s.ctx)
+		str, err := qc.AcceptStream(ctx)
 		if err != nil {
 			if s.ctx.Err() == nil {
 				log.WithError(err).Info("client disconnected")
@@ -237,7 +242,7 @@ func (s *Server) serveConn(qc *quic.Conn) {
 		streams.Add(1)
 		go func() {
 			defer streams.Done()
-			s.serveStream(qc, str, log)
+			s.serveStream(ctx, qc, str, log)
 		}()
 	}
 	streams.Wait()
@@ -245,10 +250,10 @@ func (s *Server) serveConn(qc *quic.Conn) {
 	_ = qc.CloseWithError(connShutdown, "server shutting down")
 }
 
-func (s *Server) serveStream(qc *quic.Conn, str *quic.Stream, connLog *logrus.Entry) {
+func (s *Server) serveStream(ctx context.Context, qc *quic.Conn, str *quic.Stream, connLog *logrus.Entry) {
 	id := s.flowSeq.Add(1)
 	log := connLog.WithField("flow", id)
-	stop := context.AfterFunc(s.ctx, func() {
+	stop := context.AfterFunc(ctx, func() {
 		str.CancelRead(codeShutdown)
 		str.CancelWrite(codeShutdown)
 	})
@@ -277,18 +282,15 @@ func (s *Server) serveStream(qc *quic.Conn, str *quic.Stream, connLog *logrus.En
 	}
 
 	log = log.WithField("target", req.Target.String())
-	// Count the flow before looking at draining, so that Shutdown, which sets draining and
-	// then waits for the count to reach zero, cannot miss it.
-	s.flows.Add(1)
-	defer s.flows.Add(-1)
-	if s.draining.Load() {
+	if !s.flows.Start() {
 		s.cfg.Metrics.dialResult(StatusShuttingDown)
 		s.cfg.Metrics.flowRejected()
 		s.reject(str, StatusShuttingDown, codeShutdown)
 		return
 	}
+	defer s.flows.Done()
 	start := time.Now()
-	dst, status := s.dial(req.Target)
+	dst, status := s.dial(ctx, req.Target)
 	s.cfg.Metrics.dialResult(status)
 	if status != StatusOK {
 		log.WithField("result", status.String()).Info("flow rejected")
@@ -297,7 +299,7 @@ func (s *Server) serveStream(qc *quic.Conn, str *quic.Stream, connLog *logrus.En
 		return
 	}
 	if _, err := str.Write(AppendStatus(nil, StatusOK)); err != nil {
-		Abort(dst) // the destination must see a reset, not a clean empty flow
+		dst.Abort() // the destination must see a reset, not a clean empty flow
 		str.CancelRead(codeFlowReset)
 		str.CancelWrite(codeFlowReset)
 		return
@@ -305,7 +307,7 @@ func (s *Server) serveStream(qc *quic.Conn, str *quic.Stream, connLog *logrus.En
 	log.Debug("flow started")
 	s.cfg.Metrics.flowStarted()
 	sc := newStreamConn(str, qc.LocalAddr(), qc.RemoteAddr())
-	stats, err := RelayWith(s.ctx, sc, dst, s.cfg.Metrics.relayOptions(s.cfg.FlowIdleTimeout))
+	stats, err := RelayWith(ctx, sc, dst, s.cfg.Metrics.relayOptions(s.cfg.FlowIdleTimeout))
 	s.cfg.Metrics.flowEnded(resultOf(err))
 	log.WithFields(logrus.Fields{
 		"bytes_up":   stats.AtoB,
@@ -340,9 +342,10 @@ func (s *Server) reject(str *quic.Stream, st Status, code quic.StreamErrorCode) 
 	str.CancelRead(code)
 }
 
-// dial applies the policy and dials the target, mapping each failure to its status.
-func (s *Server) dial(t Target) (net.Conn, Status) {
-	ctx, cancel := context.WithTimeout(s.ctx, s.cfg.DialTimeout)
+// dial applies the policy and dials the target under the connection's ctx, mapping each
+// failure to its status.
+func (s *Server) dial(ctx context.Context, t Target) (FlowConn, Status) {
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.DialTimeout)
 	defer cancel()
 	select {
 	case s.dialSlots <- struct{}{}:
@@ -365,7 +368,7 @@ func (s *Server) dial(t Target) (net.Conn, Status) {
 		if err != nil {
 			return nil, statusOf(err)
 		}
-		return c, StatusOK
+		return AsFlowConn(c), StatusOK
 	default:
 		ips, err := s.cfg.Resolver.LookupNetIP(ctx, "ip", t.Host)
 		if err != nil {
@@ -387,7 +390,7 @@ func (s *Server) dial(t Target) (net.Conn, Status) {
 	for _, a := range addrs {
 		c, err := s.cfg.Dialer.DialContext(ctx, "tcp", netip.AddrPortFrom(a, t.Port).String())
 		if err == nil {
-			return c, StatusOK
+			return AsFlowConn(c), StatusOK
 		}
 		status = statusOf(err)
 		if ctx.Err() != nil {
@@ -433,7 +436,7 @@ func resultOf(err error) string {
 		return "idle"
 	case IsReset(err):
 		return "reset"
-	case errors.Is(err, context.Canceled):
+	case errors.Is(err, context.Canceled), errors.Is(err, ErrDrained):
 		return "shutdown"
 	}
 	return "error"

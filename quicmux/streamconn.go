@@ -31,9 +31,8 @@ type streamConn struct {
 }
 
 var (
-	_ net.Conn    = (*streamConn)(nil)
-	_ closeWriter = (*streamConn)(nil)
-	_ aborter     = (*streamConn)(nil)
+	_ net.Conn = (*streamConn)(nil)
+	_ FlowConn = (*streamConn)(nil)
 )
 
 // targetAddr is the net.Addr of a flow's destination as the client named it.

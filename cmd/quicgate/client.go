@@ -9,6 +9,7 @@ import (
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/quicgate/quicgate/ingress"
 	"github.com/quicgate/quicgate/quicmux"
 )
 
@@ -35,9 +36,9 @@ func runClient(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return usageErr("--pin: %v", err)
 	}
-	var fwds []quicmux.LocalForward
+	var fwds []ingress.LocalForward
 	for _, spec := range forwards {
-		f, err := quicmux.ParseLocalForward(spec)
+		f, err := ingress.ParseLocalForward(spec)
 		if err != nil {
 			return usageErr("-L: %v", err)
 		}
@@ -76,27 +77,28 @@ func runClient(ctx context.Context, args []string, stderr io.Writer) error {
 
 	// Bind every ingress before serving any, so a bad -L or a missing privilege fails the
 	// start rather than leaving half a client running.
-	var listeners []*quicmux.PortListener
+	opt := ingress.Options{DrainTimeout: common.drain, TCPKeepAlive: common.tcpKeepAlive(), Logger: log}
+	var ingresses []ingress.Ingress
 	defer func() {
-		for _, l := range listeners {
-			_ = l.Close()
+		for _, in := range ingresses {
+			_ = in.Close()
 		}
 	}()
+	var ports []*ingress.Port
 	for _, f := range fwds {
-		l, err := quicmux.ListenLocalForward(f, client, log)
+		p, err := ingress.ListenPort(f, client, opt)
 		if err != nil {
 			return err
 		}
-		l.DrainTimeout = common.drain
-		listeners = append(listeners, l)
+		ports = append(ports, p)
+		ingresses = append(ingresses, p)
 	}
-	var tunIngress ingress
 	if tunCfg != nil {
-		tunIngress, err = openTUN(*tunCfg, client, common.drain, log)
+		t, err := ingress.OpenTUN(*tunCfg, client, opt)
 		if err != nil {
 			return err
 		}
-		defer tunIngress.Close()
+		ingresses = append(ingresses, t)
 	}
 
 	if err := client.Connect(ctx); err != nil {
@@ -105,16 +107,13 @@ func runClient(ctx context.Context, args []string, stderr io.Writer) error {
 		}
 		return err
 	}
-	for _, l := range listeners {
-		log.WithFields(logrus.Fields{"listen": l.Addr().String(), "target": l.Target().String()}).Info("forwarding")
+	for _, p := range ports {
+		log.WithFields(logrus.Fields{"listen": p.Addr().String(), "target": p.Target().String()}).Info("forwarding")
 	}
 
 	g, gctx := errgroup.WithContext(ctx)
-	for _, l := range listeners {
-		g.Go(func() error { return l.Serve(gctx) })
-	}
-	if tunIngress != nil {
-		g.Go(func() error { return tunIngress.Serve(gctx) })
+	for _, in := range ingresses {
+		g.Go(func() error { return in.Serve(gctx) })
 	}
 	stopLog := context.AfterFunc(ctx, func() {
 		log.WithField("drain_timeout", common.drain.String()).Info("shutting down: draining open flows")
@@ -126,11 +125,4 @@ func runClient(ctx context.Context, args []string, stderr io.Writer) error {
 		err = nil
 	}
 	return err
-}
-
-// ingress is a source of flows. Serve runs until ctx ends, drains, and releases what the
-// ingress holds; Close releases it at once (idempotent, for a start that fails half-way).
-type ingress interface {
-	Serve(ctx context.Context) error
-	Close() error
 }

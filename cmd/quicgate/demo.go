@@ -17,6 +17,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/quicgate/quicgate/ingress"
 	"github.com/quicgate/quicgate/quicmux"
 )
 
@@ -94,7 +95,7 @@ type demo struct {
 	httpLn     net.Listener
 	server     *quicmux.Server
 	client     *quicmux.Client
-	listener   *quicmux.PortListener
+	listener   *ingress.Port
 	cancel     context.CancelFunc
 	wg         sync.WaitGroup
 	httpAddr   string
@@ -155,8 +156,8 @@ func startDemo(log *logrus.Entry) (*demo, error) {
 	if err := d.client.Connect(ctx); err != nil {
 		return nil, err
 	}
-	fwd := quicmux.LocalForward{Bind: netip.MustParseAddrPort("127.0.0.1:0"), Target: quicmux.TargetFromAddrPort(httpAP)}
-	if d.listener, err = quicmux.ListenLocalForward(fwd, d.client, log.WithField("side", "client")); err != nil {
+	fwd := ingress.LocalForward{Bind: netip.MustParseAddrPort("127.0.0.1:0"), Target: quicmux.TargetFromAddrPort(httpAP)}
+	if d.listener, err = ingress.ListenPort(fwd, d.client, ingress.Options{Logger: log.WithField("side", "client")}); err != nil {
 		return nil, err
 	}
 	d.localAddr = d.listener.Addr().String()

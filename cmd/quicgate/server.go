@@ -68,6 +68,7 @@ func runServer(ctx context.Context, args []string, stderr io.Writer) error {
 		MaxHeaderBytes:  *maxHeader,
 		MaxPendingDials: *maxDials,
 		FlowIdleTimeout: common.flowIdle,
+		TCPKeepAlive:    common.tcpKeepAlive(),
 		Retry:           *retry,
 		Limits:          env.limits,
 		Metrics:         env.obs.metrics,
@@ -98,6 +99,7 @@ type common struct {
 	l          quicmux.Limits
 	congestion string
 	flowIdle   time.Duration
+	keepalive  time.Duration
 	drain      time.Duration
 	log        logFlags
 	observe    observeFlags
@@ -122,7 +124,8 @@ func commonFlags(fs *flag.FlagSet, side string, procs int, procsWhy string) *com
 	fs.DurationVar(&c.l.KeepAlive, "keepalive", 0, "keepalive period of an idle connection (default: client 1s, which also finds a restarted server within a second; server 15s)")
 	fs.DurationVar(&c.l.IdleTimeout, "idle-timeout", 60*time.Second, "close a QUIC connection silent for this long")
 	fs.StringVar(&c.congestion, "congestion", string(quicmux.CongestionBBR), "congestion control for what this end sends: bbr (keeps its rate through random loss) or cubic; each end chooses its own")
-	fs.DurationVar(&c.flowIdle, "flow-idle-timeout", 0, "reset a flow that moved no byte either way for this long (0: never)")
+	fs.DurationVar(&c.flowIdle, "flow-idle-timeout", quicmux.DefaultFlowIdleTimeout, "reset a flow that moved no byte either way for this long (0: never); the default is the shortest a NAT may use (RFC 5382)")
+	fs.DurationVar(&c.keepalive, "tcp-keepalive", quicmux.DefaultTCPKeepAlive, "probe a TCP end of a flow (an app's socket, a dialed destination) silent for this long; one whose host vanished is reset within twice this (0: no probes)")
 	fs.DurationVar(&c.drain, "drain-timeout", 10*time.Second, "on SIGTERM or SIGINT, let open flows finish for this long before resetting them")
 	c.log.register(fs)
 	c.observe.register(fs)
@@ -180,10 +183,21 @@ func (c *common) limits() (quicmux.Limits, error) {
 		return c.l, usageErr("--congestion %q: want bbr or cubic", c.congestion)
 	}
 	c.l.Congestion = cc
-	if c.flowIdle < 0 || c.drain < 0 {
-		return c.l, usageErr("--flow-idle-timeout and --drain-timeout cannot be negative")
+	if c.flowIdle < 0 || c.drain < 0 || c.keepalive < 0 {
+		return c.l, usageErr("--flow-idle-timeout, --tcp-keepalive and --drain-timeout cannot be negative")
+	}
+	if c.keepalive > 0 && c.keepalive < time.Second {
+		return c.l, usageErr("--tcp-keepalive %s: want at least 1s (or 0 for no probes)", c.keepalive)
 	}
 	return c.l, nil
+}
+
+// tcpKeepAlive is --tcp-keepalive as quicmux takes it: 0 (no probes) becomes negative.
+func (c *common) tcpKeepAlive() time.Duration {
+	if c.keepalive == 0 {
+		return -1
+	}
+	return c.keepalive
 }
 
 func positive(durations map[string]time.Duration) error {

@@ -1,4 +1,4 @@
-package quicmux
+package ingress
 
 import (
 	"context"
@@ -6,20 +6,22 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"strconv"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/sirupsen/logrus"
+
+	"github.com/quicgate/quicgate/quicmux"
 )
 
 // ErrBadForward: a -L specification could not be parsed.
-var ErrBadForward = errors.New("quicmux: bad -L forward")
+var ErrBadForward = errors.New("ingress: bad -L forward")
 
 // LocalForward is one -L: a local listening address and the target its connections go to.
 type LocalForward struct {
 	Bind   netip.AddrPort // port 0 picks a free port
-	Target Target
+	Target quicmux.Target
 }
 
 func (f LocalForward) String() string { return f.Bind.String() + ":" + f.Target.String() }
@@ -56,19 +58,19 @@ func ParseLocalForward(spec string) (LocalForward, error) {
 		}
 		addr = a.Unmap()
 	}
-	port, err := parsePort(fields[0])
-	if err != nil {
+	port, err := strconv.ParseUint(fields[0], 10, 16)
+	if err != nil || fields[0] == "" || fields[0][0] == '+' {
 		return bad("listen port " + fields[0] + " is not 0-65535")
 	}
 	host := fields[1]
 	if strings.Contains(host, ":") {
 		host = "[" + host + "]"
 	}
-	t, err := ParseTarget(host + ":" + fields[2])
+	t, err := quicmux.ParseTarget(host + ":" + fields[2])
 	if err != nil {
 		return bad(err.Error())
 	}
-	return LocalForward{Bind: netip.AddrPortFrom(addr, port), Target: t}, nil
+	return LocalForward{Bind: netip.AddrPortFrom(addr, uint16(port)), Target: t}, nil
 }
 
 // splitForward splits on colons outside brackets and strips the brackets.
@@ -100,59 +102,44 @@ func splitForward(s string) ([]string, error) {
 	return append(fields, cur.String()), nil
 }
 
-// Forwarder carries a flow to its target: Client.Forward.
-type Forwarder interface {
-	Forward(ctx context.Context, local net.Conn, t Target) (RelayStats, error)
+// Port is the unprivileged ingress, one -L: it accepts TCP connections on a local port and
+// hands each to the tunnel as a flow to the -L target. Accepted sockets keep alive
+// (Options.TCPKeepAlive), so a flow whose app vanished is reset.
+type Port struct {
+	ln    net.Listener
+	fwd   LocalForward
+	tun   Tunnel
+	opt   Options
+	log   *logrus.Entry
+	flows *quicmux.FlowGroup
 }
 
-// PortListener is the unprivileged ingress: it accepts TCP connections on a local port and
-// hands each to a Forwarder with the -L target.
-type PortListener struct {
-	ln  net.Listener
-	fwd LocalForward
-	to  Forwarder
-	log *logrus.Entry
+var _ Ingress = (*Port)(nil)
 
-	// DrainTimeout is how long Serve lets open flows run on after ctx ends before it resets
-	// them; zero resets them at once.
-	DrainTimeout time.Duration
-}
-
-// ListenLocalForward binds f's local address.
-func ListenLocalForward(f LocalForward, to Forwarder, log *logrus.Entry) (*PortListener, error) {
-	lc := net.ListenConfig{KeepAlive: -1} // as on egress: idle flows are FlowIdleTimeout's business
+// ListenPort binds f's local address.
+func ListenPort(f LocalForward, t Tunnel, opt Options) (*Port, error) {
+	lc := quicmux.TCPListenConfig(opt.TCPKeepAlive)
 	ln, err := lc.Listen(context.Background(), "tcp", f.Bind.String())
 	if err != nil {
-		return nil, fmt.Errorf("quicmux: -L %s: %w", f, err)
+		return nil, fmt.Errorf("ingress: -L %s: %w", f, err)
 	}
-	return &PortListener{ln: ln, fwd: f, to: to, log: loggerOrDiscard(log)}, nil
+	log := opt.logger().WithFields(logrus.Fields{"listen": ln.Addr().String(), "target": f.Target.String()})
+	return &Port{ln: ln, fwd: f, tun: t, opt: opt, log: log, flows: quicmux.NewFlowGroup(context.Background())}, nil
 }
 
 // Addr is the bound address (with the chosen port when -L asked for port 0).
-func (p *PortListener) Addr() net.Addr { return p.ln.Addr() }
+func (p *Port) Addr() net.Addr { return p.ln.Addr() }
+
+// Target is where this listener's flows go.
+func (p *Port) Target() quicmux.Target { return p.fwd.Target }
 
 // Serve accepts until ctx ends or the listener fails. Then it closes the listener, lets the
-// open flows finish for up to DrainTimeout, resets the rest, and returns once all are gone.
-func (p *PortListener) Serve(ctx context.Context) error {
+// open flows finish for up to the drain timeout, resets the rest, and returns once all are
+// gone.
+func (p *Port) Serve(ctx context.Context) error {
 	stop := context.AfterFunc(ctx, func() { _ = p.ln.Close() })
 	defer stop()
-	flowCtx, resetFlows := context.WithCancel(context.WithoutCancel(ctx))
-	defer resetFlows()
-	var flows sync.WaitGroup
-	defer func() {
-		allDone := make(chan struct{})
-		go func() { flows.Wait(); close(allDone) }()
-		timer := time.NewTimer(p.DrainTimeout)
-		defer timer.Stop()
-		select {
-		case <-allDone:
-			return
-		case <-timer.C:
-		}
-		resetFlows()
-		<-allDone
-	}()
-	log := p.log.WithFields(logrus.Fields{"listen": p.ln.Addr().String(), "target": p.fwd.Target.String()})
+	defer drain(p.flows, p.opt.DrainTimeout)
 	var backoff time.Duration
 	for {
 		conn, err := p.ln.Accept()
@@ -161,36 +148,40 @@ func (p *PortListener) Serve(ctx context.Context) error {
 				return nil
 			}
 			if errors.Is(err, net.ErrClosed) {
-				return fmt.Errorf("quicmux: -L %s: %w", p.fwd, err)
+				return fmt.Errorf("ingress: -L %s: %w", p.fwd, err)
 			}
 			// Out of descriptors, or a connection aborted before it was accepted: wait a
 			// little and go on, as net/http does, rather than drop every forward.
 			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-			log.WithError(err).WithField("retry_in", backoff.String()).Warn("accept failed")
+			p.log.WithError(err).WithField("retry_in", backoff.String()).Warn("accept failed")
+			t := time.NewTimer(backoff)
 			select {
-			case <-time.After(backoff):
+			case <-t.C:
 			case <-ctx.Done():
 			}
+			t.Stop()
 			continue
 		}
 		backoff = 0
-		flows.Add(1)
+		local := quicmux.AsFlowConn(conn)
+		if !p.flows.Start() {
+			local.Abort()
+			continue
+		}
 		go func() {
-			defer flows.Done()
-			peer := conn.RemoteAddr().String()
-			stats, err := p.to.Forward(flowCtx, conn, p.fwd.Target)
-			entry := log.WithFields(logrus.Fields{"peer": peer, "bytes_up": stats.AtoB, "bytes_down": stats.BtoA, "result": resultOf(err)})
-			if err != nil && !IsReset(err) && flowCtx.Err() == nil {
-				entry.WithError(err).Info("flow failed")
-				return
-			}
-			entry.Debug("flow ended")
+			defer p.flows.Done()
+			log := p.log.WithField("peer", conn.RemoteAddr().String())
+			carry(p.tun, p.flows, quicmux.Flow{Target: p.fwd.Target, Conn: local}, log)
 		}()
 	}
 }
 
-// Target is where this listener's flows go.
-func (p *PortListener) Target() Target { return p.fwd.Target }
-
-// Close stops accepting.
-func (p *PortListener) Close() error { return p.ln.Close() }
+// Close stops accepting and resets the open flows at once.
+func (p *Port) Close() error {
+	err := p.ln.Close()
+	p.flows.Close()
+	if errors.Is(err, net.ErrClosed) {
+		err = nil
+	}
+	return err
+}

@@ -1,0 +1,18 @@
+// Package ingress turns local traffic into flows and hands them to the tunnel: each ingress
+// finds a flow's target and its local end, and gives both to a Tunnel (*quicmux.Client) with
+// Carry. It owns:
+//
+//   - the ingress contract (ingress.go): Ingress, which Serve drains and Close releases, and
+//     Tunnel; one helper through which every ingress's flows are carried and logged, and one
+//     drain (quicmux.FlowGroup);
+//   - -L ports (ports.go): a kernel TCP listener per forward, ssh -L's syntax, accepted
+//     sockets with TCP keepalive;
+//   - the TUN ingress (tun.go): a TUN device (package tun) whose TCP flows a gVisor netstack
+//     (package netstack) terminates, each answered only once the server has reached its
+//     destination.
+//
+// A local end is a quicmux.FlowConn: it can half-close (FIN) and abort (RST), so every flow
+// ends at the app the way it ended at the far side, whichever ingress it came through.
+// cmd/quicgate only parses flags and wires ingresses to a client; SOCKS5, reverse forwards
+// and UDP are meant to plug in here the same way.
+package ingress

@@ -1,0 +1,109 @@
+package ingress
+
+import (
+	"context"
+	"net/netip"
+	"sync"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/quicgate/quicgate/netstack"
+	"github.com/quicgate/quicgate/quicmux"
+	"github.com/quicgate/quicgate/tun"
+)
+
+// TUNConfig is the TUN device the privileged ingress creates.
+type TUNConfig struct {
+	Name   string
+	MTU    int
+	Addrs  []netip.Prefix // the device's own addresses
+	Routes []netip.Prefix // what the kernel routes into it
+}
+
+// TUN is the privileged ingress: a TUN device whose TCP flows a gVisor netstack terminates.
+// Each flow's original destination becomes its target; the SYN is answered only once the
+// server has reached that destination (dial before accept), and with a RST when it has not,
+// so apps see "connection refused" at once rather than a hang. Flows keep alive
+// (Options.TCPKeepAlive) and are reset (RST) when they fail anywhere along the way.
+type TUN struct {
+	dev   *tun.Device
+	stack *netstack.Stack
+	tun   Tunnel
+	opt   Options
+	log   *logrus.Entry
+	flows *quicmux.FlowGroup
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+var _ Ingress = (*TUN)(nil)
+
+// OpenTUN creates the device with its addresses and routes (CAP_NET_ADMIN) and the stack
+// behind it.
+func OpenTUN(cfg TUNConfig, t Tunnel, opt Options) (*TUN, error) {
+	log := opt.logger().WithField("tun", cfg.Name)
+	dev, err := tun.Open(tun.Config{Name: cfg.Name, MTU: cfg.MTU, Addrs: cfg.Addrs, Routes: cfg.Routes, Logger: log})
+	if err != nil {
+		return nil, err
+	}
+	ing := &TUN{dev: dev, tun: t, opt: opt, log: log, flows: quicmux.NewFlowGroup(context.Background())}
+	tcp := netstack.DefaultTCPOptions()
+	tcp.KeepAlive = quicmux.KeepAliveConfig(opt.TCPKeepAlive)
+	st, err := netstack.NewTUN(dev.TUN(), netstack.Config{MTU: cfg.MTU, Handler: ing, Logger: log, TCP: &tcp})
+	if err != nil {
+		_ = dev.Close()
+		return nil, err
+	}
+	ing.stack = st
+	log.WithFields(logrus.Fields{"addrs": cfg.Addrs, "routes": cfg.Routes, "mtu": cfg.MTU}).Info("tun ready")
+	return ing, nil
+}
+
+// HandleTCP carries one flow the netstack terminated.
+func (ing *TUN) HandleTCP(req *netstack.TCPRequest) {
+	handleTCP(ing.tun, ing.flows, req, ing.log)
+}
+
+// handleTCP hands a netstack flow to the tunnel: the SYN waits for the server's answer.
+func handleTCP(t Tunnel, flows *quicmux.FlowGroup, req *netstack.TCPRequest, log *logrus.Entry) {
+	if !flows.Start() {
+		req.Reject()
+		return
+	}
+	defer flows.Done()
+	f := quicmux.Flow{
+		Target: quicmux.TargetFromAddrPort(req.Dst()),
+		Accept: func() (quicmux.FlowConn, error) {
+			c, err := req.Accept()
+			if err != nil {
+				return nil, err
+			}
+			return c, nil
+		},
+		Reject: req.Reject,
+	}
+	carry(t, flows, f, log.WithFields(logrus.Fields{"peer": req.Src().String(), "target": f.Target.String()}))
+}
+
+// Serve runs until ctx ends, then drains: new flows are refused, open ones get up to the
+// drain timeout, the rest are reset, and the stack, routes and device are removed.
+func (ing *TUN) Serve(ctx context.Context) error {
+	<-ctx.Done()
+	drain(ing.flows, ing.opt.DrainTimeout)
+	return ing.Close()
+}
+
+// Close resets the flows still open and removes the stack, routes and device. It is
+// idempotent, so a client that fails to start can defer it.
+func (ing *TUN) Close() error {
+	ing.closeOnce.Do(func() {
+		ing.flows.Close()
+		ing.closeErr = ing.stack.Close()
+		if err := ing.dev.Close(); ing.closeErr == nil {
+			ing.closeErr = err
+		}
+		ing.log.Info("tun removed")
+	})
+	return ing.closeErr
+}

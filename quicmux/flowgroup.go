@@ -1,0 +1,94 @@
+package quicmux
+
+import (
+	"context"
+	"errors"
+	"sync"
+)
+
+// ErrDrained is the cause of the flows a drain had to reset because they outlived it.
+var ErrDrained = errors.New("quicmux: drain timeout: flow reset")
+
+// FlowGroup is a set of open flows and the one way they drain: the server's flows, and each
+// ingress's. A flow is counted with Start before it begins and Done when it has ended; it
+// runs under Context, which Drain cancels to reset the flows that outlive it.
+type FlowGroup struct {
+	ctx   context.Context
+	reset context.CancelCauseFunc
+
+	mu       sync.Mutex
+	draining bool
+	open     int
+	flows    sync.WaitGroup
+}
+
+// NewFlowGroup returns an empty group whose flows' context is a child of parent: parent
+// ending resets them too.
+func NewFlowGroup(parent context.Context) *FlowGroup {
+	g := &FlowGroup{}
+	g.ctx, g.reset = context.WithCancelCause(parent)
+	return g
+}
+
+// Context is the context the group's flows run under.
+func (g *FlowGroup) Context() context.Context { return g.ctx }
+
+// Start counts a new flow. It reports false once the group drains: the flow must then be
+// refused, and Done not called.
+func (g *FlowGroup) Start() bool {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.draining {
+		return false
+	}
+	g.open++
+	g.flows.Add(1)
+	return true
+}
+
+// Done marks a flow counted by Start as ended.
+func (g *FlowGroup) Done() {
+	g.mu.Lock()
+	g.open--
+	g.mu.Unlock()
+	g.flows.Done()
+}
+
+// Open is the number of flows started and not done.
+func (g *FlowGroup) Open() int {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.open
+}
+
+// Drain refuses new flows from now on, lets the open ones run until they end or ctx ends,
+// then resets those still open (their context ends with ErrDrained) and waits until every
+// flow is done. It returns ctx's error if it had to reset a flow. A Drain after the first
+// waits again.
+func (g *FlowGroup) Drain(ctx context.Context) error {
+	g.mu.Lock()
+	g.draining = true
+	g.mu.Unlock()
+	done := make(chan struct{})
+	go func() { g.flows.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	default:
+	}
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+	}
+	g.reset(ErrDrained)
+	<-done
+	return ctx.Err()
+}
+
+// Close resets every open flow and waits for them: a Drain that does not wait.
+func (g *FlowGroup) Close() {
+	ctx, cancel := context.WithCancel(context.Background())
+	cancel()
+	_ = g.Drain(ctx)
+}

@@ -1,0 +1,67 @@
+package quicmux
+
+import (
+	"net"
+	"time"
+)
+
+// Defaults for how long a flow may outlive its peer.
+const (
+	// DefaultTCPKeepAlive is how long a TCP end of a flow (a -L socket, a TUN flow, a socket
+	// the server dialed) may be silent before keepalive probes ask whether its peer still
+	// exists. Four probes go out a quarter of it apart, so a peer that vanished without a
+	// packet (powered off, its NAT state dropped) is found, and the flow reset, within twice
+	// this time: two minutes.
+	DefaultTCPKeepAlive = 60 * time.Second
+
+	// DefaultFlowIdleTimeout resets a flow that moved no byte either way for this long, even
+	// though both peers answer keepalives: 2 hours 4 minutes, the shortest idle timeout RFC
+	// 5382 (REQ-5) lets a NAT apply to an established TCP connection, so the tunnel is never
+	// stricter than the NATs apps already survive.
+	DefaultFlowIdleTimeout = 2*time.Hour + 4*time.Minute
+)
+
+// keepAliveCount is how many unanswered probes end a connection.
+const keepAliveCount = 4
+
+// KeepAliveConfig turns a keepalive time (0: DefaultTCPKeepAlive; negative: off) into the
+// socket settings: probes after idle, then every idle/4 (at least a second), four of them.
+func KeepAliveConfig(idle time.Duration) net.KeepAliveConfig {
+	switch {
+	case idle < 0:
+		return net.KeepAliveConfig{Enable: false, Idle: -1, Interval: -1, Count: -1}
+	case idle == 0:
+		idle = DefaultTCPKeepAlive
+	}
+	return net.KeepAliveConfig{Enable: true, Idle: idle, Interval: KeepAliveInterval(idle), Count: keepAliveCount}
+}
+
+// KeepAliveInterval is the time between probes for a keepalive time.
+func KeepAliveInterval(idle time.Duration) time.Duration {
+	return max(idle/keepAliveCount, time.Second)
+}
+
+// KeepAliveCount is how many unanswered probes end a connection.
+func KeepAliveCount() int { return keepAliveCount }
+
+// keepAliveField is net.Dialer's and net.ListenConfig's KeepAlive for a config: negative
+// turns the stdlib's default keepalive off when ours is off.
+func keepAliveField(c net.KeepAliveConfig) time.Duration {
+	if c.Enable {
+		return 0
+	}
+	return -1
+}
+
+// TCPDialer is a net.Dialer whose sockets keep alive as KeepAliveConfig(idle) says.
+func TCPDialer(idle time.Duration) *net.Dialer {
+	ka := KeepAliveConfig(idle)
+	return &net.Dialer{KeepAliveConfig: ka, KeepAlive: keepAliveField(ka)}
+}
+
+// TCPListenConfig is a net.ListenConfig whose accepted sockets keep alive as
+// KeepAliveConfig(idle) says.
+func TCPListenConfig(idle time.Duration) net.ListenConfig {
+	ka := KeepAliveConfig(idle)
+	return net.ListenConfig{KeepAliveConfig: ka, KeepAlive: keepAliveField(ka)}
+}
