@@ -66,3 +66,47 @@ func InNewNetns(t testing.TB, f func()) {
 		t.Fatalf("new network namespace: %v", setupErr)
 	}
 }
+
+// inNetnsEnv marks a test process that ReexecInNewNetns started inside its own namespace.
+const inNetnsEnv = "QUICGATE_TEST_IN_NETNS"
+
+// ReexecInNewNetns runs the calling top-level test again in a child test process that
+// `unshare --net` puts in a new network namespace with only lo, brought up: every socket the
+// test makes there, on any goroutine, lives in that namespace, and whatever the test changes
+// in it (addresses, routes, rules) vanishes with the child. It returns true in the child,
+// where the test goes on. In the parent it waits for the child, passes on its output, fails
+// the test if the child failed, and returns false: the test must then return.
+func ReexecInNewNetns(t *testing.T) bool {
+	t.Helper()
+	if os.Getenv(inNetnsEnv) == "1" {
+		if out, err := exec.Command("ip", "link", "set", "lo", "up").CombinedOutput(); err != nil {
+			t.Fatalf("ip link set lo up: %v: %s", err, out)
+		}
+		return true
+	}
+	Require(t, "unshare", "ip")
+	name := t.Name()
+	if strings.Contains(name, "/") {
+		t.Fatalf("ReexecInNewNetns must be called from a top-level test, not %s", name)
+	}
+	cmd := exec.Command("unshare", "--net", "--", os.Args[0], "-test.run", "^"+name+"$", "-test.count", "1", "-test.v")
+	cmd.Env = append(os.Environ(), inNetnsEnv+"=1")
+	out, err := cmd.CombinedOutput()
+	t.Logf("in a new network namespace:\n%s", out)
+	if err != nil {
+		t.Fatalf("%s in a new network namespace: %v", name, err)
+	}
+	if !strings.Contains(string(out), "--- PASS: "+name) {
+		t.Fatalf("%s did not run in the new network namespace", name)
+	}
+	return false
+}
+
+// IP runs the ip command with args (in the caller's network namespace) and fails the test
+// if it fails.
+func IP(t testing.TB, args ...string) {
+	t.Helper()
+	if out, err := exec.Command("ip", args...).CombinedOutput(); err != nil {
+		t.Fatalf("ip %s: %v: %s", strings.Join(args, " "), err, out)
+	}
+}

@@ -1,0 +1,147 @@
+package ingress
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/netip"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/quicgate/quicgate/internal/privtest"
+	"github.com/quicgate/quicgate/quicmux"
+)
+
+// A TCP end whose peer vanishes without a packet (its host powered off, its NAT state gone)
+// is found by keepalive and its flow reset, on the -L socket and on the socket the server
+// dialed. The test runs in its own network namespace, where a routing rule blackholes one
+// peer's address: nothing, not even a RST, reaches it any more.
+func TestKeepAliveFindsVanishedPeers(t *testing.T) {
+	if !privtest.ReexecInNewNetns(t) {
+		return
+	}
+	// Move the local table behind a slot for blackhole rules, which would otherwise never
+	// see loopback traffic.
+	privtest.IP(t, "rule", "add", "pref", "10", "table", "local")
+	privtest.IP(t, "rule", "del", "pref", "0")
+
+	const keepalive = time.Second // probes after 1 s, then 4 more 1 s apart: about 5 s
+	const limit = 30 * time.Second
+
+	srvID, err := quicmux.NewEphemeralIdentity()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cliID, err := quicmux.NewEphemeralIdentity()
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv, err := quicmux.NewServer(quicmux.ServerConfig{
+		Identity:     srvID,
+		Authorized:   func(fp quicmux.Fingerprint) bool { return fp == cliID.Fingerprint },
+		Policy:       quicmux.Rules{{Prefix: netip.MustParsePrefix("127.0.0.0/8"), PortLo: 1, PortHi: 65535}},
+		TCPKeepAlive: keepalive,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr, err := srv.Listen("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer srv.Close()
+	client, err := quicmux.NewClient(quicmux.ClientConfig{Server: addr.String(), Identity: cliID, Pin: srvID.Fingerprint})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	// forward starts an echo destination on dstIP, which reports how its connection ended,
+	// and a -L port to it.
+	forward := func(dstIP string) (*Port, <-chan error) {
+		ln, err := net.Listen("tcp", dstIP+":0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = ln.Close() })
+		ended := make(chan error, 1)
+		go func() {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close()
+			_, err = io.Copy(c, c)
+			ended <- err
+		}()
+		target := quicmux.TargetFromAddrPort(netip.MustParseAddrPort(ln.Addr().String()))
+		port, err := ListenPort(LocalForward{Bind: netip.MustParseAddrPort("127.0.0.1:0"), Target: target}, client, Options{TCPKeepAlive: keepalive})
+		if err != nil {
+			t.Fatal(err)
+		}
+		served := make(chan error, 1)
+		go func() { served <- port.Serve(ctx) }()
+		t.Cleanup(func() { cancel(); <-served })
+		return port, ended
+	}
+
+	// open dials the -L port from the app address src and proves the flow with an echo.
+	open := func(port *Port, src string) net.Conn {
+		t.Helper()
+		d := net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(src)}, KeepAlive: -1}
+		c, err := d.Dial("tcp", port.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = c.SetDeadline(time.Now().Add(limit))
+		if _, err := c.Write([]byte("ping")); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := io.ReadFull(c, make([]byte, 4)); err != nil {
+			t.Fatal(err)
+		}
+		return c
+	}
+
+	// Both peers vanish at once, each on its own flow: the app behind -L (127.0.0.3) of a
+	// flow to 127.0.0.6, and the destination (127.0.0.4) of another flow.
+	port1, dstEnded := forward("127.0.0.6")
+	port2, _ := forward("127.0.0.4")
+	vanished := open(port1, "127.0.0.3")
+	defer vanished.Close()
+	app := open(port2, "127.0.0.5")
+	defer app.Close()
+	start := time.Now()
+	privtest.IP(t, "rule", "add", "pref", "5", "to", "127.0.0.3", "blackhole")
+	privtest.IP(t, "rule", "add", "pref", "6", "to", "127.0.0.4", "blackhole")
+	defer privtest.IP(t, "rule", "del", "pref", "6")
+	defer privtest.IP(t, "rule", "del", "pref", "5")
+
+	// The vanished app: the -L socket's probes go unanswered, the relay resets the stream,
+	// and the server resets that flow's destination connection (which still answers).
+	appGone := make(chan time.Duration, 1)
+	go func() {
+		err := <-dstEnded
+		if !errors.Is(err, syscall.ECONNRESET) {
+			t.Errorf("destination of the vanished app saw %v, want a reset", err)
+		}
+		appGone <- time.Since(start)
+	}()
+	// The vanished destination: the server's probes go unanswered, it resets the stream, and
+	// the -L socket resets the app.
+	_, err = app.Read(make([]byte, 1))
+	if !errors.Is(err, syscall.ECONNRESET) {
+		t.Fatalf("app saw %v, want a reset", err)
+	}
+	t.Logf("app reset %v after its destination vanished", time.Since(start).Round(time.Millisecond))
+	select {
+	case d := <-appGone:
+		t.Logf("destination reset %v after its app vanished", d.Round(time.Millisecond))
+	case <-time.After(limit):
+		t.Fatalf("flow of the vanished app still open after %v", limit)
+	}
+}
