@@ -8,7 +8,6 @@ import (
 	"net/netip"
 	"syscall"
 	"testing"
-	"time"
 
 	"github.com/quicgate/quicgate/netstack/memtun"
 )
@@ -81,7 +80,7 @@ func TestVirtualEcho(t *testing.T) {
 		{"pipe-v6", left, "[fd00::2]:7"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+			ctx, cancel := context.WithTimeout(context.Background(), hangLimit)
 			defer cancel()
 			c, err := tc.from.DialTCP(ctx, netip.MustParseAddrPort(tc.to))
 			if err != nil {
