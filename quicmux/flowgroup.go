@@ -68,14 +68,13 @@ func (g *FlowGroup) Open() int {
 func (g *FlowGroup) Drain(ctx context.Context) error {
 	g.mu.Lock()
 	g.draining = true
+	open := g.open
 	g.mu.Unlock()
+	if open == 0 {
+		return nil
+	}
 	done := make(chan struct{})
 	go func() { g.flows.Wait(); close(done) }()
-	select {
-	case <-done:
-		return nil
-	default:
-	}
 	select {
 	case <-done:
 		return nil

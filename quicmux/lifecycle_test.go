@@ -1,0 +1,160 @@
+package quicmux
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// An http.Transport dialing through the tunnel keeps its connection alive and reuses it, and
+// a response the server cuts short with a reset is an error, even one delimited only by the
+// end of the connection (where a FIN in place of the reset would look like a whole body).
+func TestHTTPTransportReuseAndReset(t *testing.T) {
+	tn := newTunnel(t)
+	var accepted atomic.Int32
+	dst := destination(t, func(c *net.TCPConn) {
+		accepted.Add(1)
+		br := bufio.NewReader(c)
+		for {
+			req, err := http.ReadRequest(br)
+			if err != nil {
+				return
+			}
+			_, _ = io.Copy(io.Discard, req.Body)
+			switch req.URL.Path {
+			case "/ok":
+				_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello")
+			case "/cut":
+				// A body that ends with the connection: half of it, then a reset.
+				_, _ = io.WriteString(c, "HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n"+strings.Repeat("x", 1000))
+				_ = c.SetLinger(0)
+				return
+			}
+		}
+	})
+	var dials atomic.Int32
+	tr := &http.Transport{DialContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+		dials.Add(1)
+		return tn.client.DialContext(ctx, network, addr)
+	}}
+	defer tr.CloseIdleConnections()
+	hc := &http.Client{Transport: tr}
+
+	for i := range 3 {
+		resp, err := hc.Get("http://" + dst + "/ok")
+		if err != nil {
+			t.Fatalf("GET %d: %v", i, err)
+		}
+		body, err := io.ReadAll(resp.Body)
+		_ = resp.Body.Close()
+		if err != nil || string(body) != "hello" {
+			t.Fatalf("GET %d: %q, %v", i, body, err)
+		}
+	}
+	if d, a := dials.Load(), accepted.Load(); d != 1 || a != 1 {
+		t.Fatalf("3 requests took %d dials and %d destination connections, want 1 and 1 (a kept-alive connection)", d, a)
+	}
+
+	// The reset may overtake the response (a QUIC stream reset discards what the receiver
+	// has not read yet) or cut its body; either way the request fails with a reset.
+	resp, err := hc.Get("http://" + dst + "/cut")
+	if err == nil {
+		var body []byte
+		body, err = io.ReadAll(resp.Body)
+		_ = resp.Body.Close()
+		if err == nil {
+			t.Fatalf("a body cut short by a reset read as complete (%d bytes)", len(body))
+		}
+	}
+	if !IsReset(err) {
+		t.Fatalf("cut response: %v, want a reset", err)
+	}
+}
+
+// The server dials a flow's destination under the client connection's context: when the
+// client goes away, its pending dials stop at once rather than run to their timeout.
+func TestServerDialEndsWithConnection(t *testing.T) {
+	dialing := make(chan struct{})
+	dialEnded := make(chan error, 1)
+	tn := newTunnel(t,
+		withDialTimeout(time.Hour),
+		withDialer(dialerFunc(func(ctx context.Context, network, address string) (net.Conn, error) {
+			close(dialing)
+			<-ctx.Done()
+			dialEnded <- ctx.Err()
+			return nil, ctx.Err()
+		})),
+	)
+	flowErr := make(chan error, 1)
+	go func() {
+		_, err := tn.client.DialContext(context.Background(), "tcp", "127.0.0.1:9")
+		flowErr <- err
+	}()
+	<-dialing
+	_ = tn.client.Close()
+	if err := <-dialEnded; !errors.Is(err, context.Canceled) {
+		t.Fatalf("the pending dial ended with %v, want context.Canceled (the connection closed)", err)
+	}
+	if err := <-flowErr; err == nil {
+		t.Fatal("the flow succeeded without a destination")
+	}
+}
+
+// A FlowGroup drains: new flows are refused, open ones run until they end or the drain
+// times out, and those still open then see their context end with ErrDrained.
+func TestFlowGroupDrain(t *testing.T) {
+	g := NewFlowGroup(context.Background())
+	if !g.Start() || !g.Start() {
+		t.Fatal("Start refused before the drain")
+	}
+	// One flow ends on its own while the group drains; the other outlives the drain.
+	ended, firstDone := make(chan struct{}), make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(2)
+	go func() { defer wg.Done(); <-ended; g.Done(); close(firstDone) }()
+	reset := make(chan error, 1)
+	go func() { defer wg.Done(); <-g.Context().Done(); reset <- context.Cause(g.Context()); g.Done() }()
+
+	ctx, cancel := context.WithCancel(context.Background())
+	drained := make(chan error, 1)
+	go func() { drained <- g.Drain(ctx) }()
+	for g.Start() {
+		g.Done() // the drain has not begun yet; it refuses new flows once it has
+	}
+	close(ended)
+	<-firstDone
+	if n := g.Open(); n != 1 {
+		t.Fatalf("%d flows open, want 1", n)
+	}
+	select {
+	case err := <-reset:
+		t.Fatalf("a flow was reset (%v) before the drain timed out", err)
+	default:
+	}
+	cancel()
+	if err := <-drained; !errors.Is(err, context.Canceled) {
+		t.Fatalf("Drain = %v, want the drain context's error", err)
+	}
+	if err := <-reset; !errors.Is(err, ErrDrained) {
+		t.Fatalf("flow reset with %v, want ErrDrained", err)
+	}
+	wg.Wait()
+	if n := g.Open(); n != 0 {
+		t.Fatalf("%d flows open after the drain", n)
+	}
+	// A group whose flows all end drains without resetting anyone.
+	g2 := NewFlowGroup(context.Background())
+	g2.Start()
+	g2.Done()
+	if err := g2.Drain(ctx); err != nil {
+		t.Fatalf("Drain of an empty group with a done context = %v, want nil", err)
+	}
+}
