@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"encoding/hex"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
 	"os"
@@ -117,11 +118,30 @@ func serveTestHTTP(addrs []string) int {
 			return 1
 		}
 		fmt.Fprintf(os.Stderr, "{\"msg\":\"http serving\",\"addr\":%q}\n", ln.Addr().String())
-		srv := &http.Server{Handler: demoHandler(), ReadHeaderTimeout: 10 * time.Second}
+		mux := http.NewServeMux()
+		mux.Handle("/", demoHandler())
+		mux.HandleFunc("/cut", serveCut)
+		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 		go func() { errc <- srv.Serve(ln) }()
 	}
 	<-errc
 	return 1
+}
+
+// serveCut answers with a body delimited by the end of the connection, and cuts it short
+// with a reset after 1 MiB: a client that saw a FIN instead would take the body for complete.
+func serveCut(w http.ResponseWriter, _ *http.Request) {
+	c, buf, err := http.NewResponseController(w).Hijack()
+	if err != nil {
+		return
+	}
+	defer c.Close()
+	_, _ = buf.WriteString("HTTP/1.1 200 OK\r\nConnection: close\r\n\r\n")
+	_, _ = io.Copy(buf, io.LimitReader(newDemoBody(), 1<<20))
+	_ = buf.Flush()
+	if tc, ok := c.(*net.TCPConn); ok {
+		_ = tc.SetLinger(0)
+	}
 }
 
 // TestTUNEndToEnd: an unmodified program (curl) on host A reaches destinations on host B
@@ -208,6 +228,20 @@ func TestTUNEndToEnd(t *testing.T) {
 		}
 		if len(codes) != 200 || ok != 200 {
 			t.Fatalf("%d codes, %d of them 200; want 200 fetches that all got 200", len(codes), ok)
+		}
+	})
+	t.Run("reset mid-body", func(t *testing.T) {
+		// The destination resets the connection: curl must fail (exit 56, "Recv failure:
+		// Connection reset by peer"), through the TUN as through -L, never exit 0 with a
+		// truncated body.
+		for _, url := range []string{"http://" + dst4 + "/cut", "http://" + local + "/cut"} {
+			out, err := curl("-o", "-", url)
+			if err == nil || !strings.Contains(err.Error(), "exit 56") {
+				t.Fatalf("%s: %d bytes, %v; want curl's receive failure (exit 56)", url, len(out), err)
+			}
+			if !strings.Contains(strings.ToLower(err.Error()), "reset") {
+				t.Fatalf("%s: %v; want a connection reset", url, err)
+			}
 		}
 	})
 	t.Run("refused", func(t *testing.T) {
