@@ -494,31 +494,40 @@ func TestStalledFlowsDoNotBlockOthers(t *testing.T) {
 	})
 	t.Cleanup(func() { close(release) })
 	dst := destination(t, echo)
-	var conns []net.Conn
+	conns := make([]net.Conn, 8)
 	defer func() {
 		for _, c := range conns {
-			_ = c.Close()
+			if c != nil {
+				_ = c.Close()
+			}
 		}
 	}()
-	chunk := make([]byte, 256<<10)
-	for i := range 8 {
+	// The flows are pushed at once, each until it is stuck: a write that does not complete
+	// within 500 ms. (Nothing announces a full window; a machine too slow for the 500 ms
+	// only makes the flows hold less, it cannot fail the test.)
+	var push errgroup.Group
+	for i := range conns {
 		c, err := tn.client.DialContext(context.Background(), "tcp", stalled)
 		if err != nil {
 			t.Fatal(err)
 		}
-		conns = append(conns, c)
-		// Push until the flow is stuck: writes stop completing.
-		_ = c.SetWriteDeadline(time.Now().Add(500 * time.Millisecond))
-		var pushed int
-		for {
-			n, err := c.Write(chunk)
-			pushed += n
-			if err != nil {
-				break
+		conns[i] = c
+		push.Go(func() error {
+			chunk := make([]byte, 256<<10)
+			var pushed int
+			for {
+				_ = c.SetWriteDeadline(time.Now().Add(500 * time.Millisecond))
+				n, err := c.Write(chunk)
+				pushed += n
+				if err != nil {
+					break
+				}
 			}
-		}
-		t.Logf("stalled flow %d took %d KiB", i, pushed>>10)
+			t.Logf("stalled flow %d took %d KiB", i, pushed>>10)
+			return nil
+		})
 	}
+	_ = push.Wait()
 	// A connection window run dry would hold back the new flow's header, so the server's
 	// status would not come within the client's wait for it (9 s) and the dial would fail;
 	// or the echo would not come back within checkEcho's deadline.
