@@ -37,6 +37,7 @@ func run() int {
 	out := flag.String("out", "bench/results", "directory for latest.json, a timestamped copy and latest.png")
 	only := flag.String("paths", "", "comma-separated path names to run (default: all)")
 	qg := flag.String("quicgate", "", "quicgate binary to measure (default: build ./cmd/quicgate)")
+	idle := flag.Int("idle", 0, "idle flows to open (default: 1,000 with -quick, else 10,000)")
 	flag.Parse()
 	if flag.NArg() > 0 {
 		return usage("unexpected argument %q", flag.Arg(0))
@@ -46,6 +47,9 @@ func run() int {
 		names = append(names, p.Name())
 	}
 	opt := bench.DefaultOptions(*quick)
+	if *idle > 0 {
+		opt.IdleFlows = *idle
+	}
 	if *only != "" {
 		opt.Only = map[string]bool{}
 		for _, n := range strings.Split(*only, ",") {
