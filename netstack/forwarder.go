@@ -95,7 +95,7 @@ func (r *TCPRequest) Accept() (*TCPConn, error) {
 	fr.Complete(false)
 	r.fwd.accepted.Add(1)
 	r.fwd.keepAlive(ep)
-	return newTCPConn(gonet.NewTCPConn(&wq, ep), ep), nil
+	return newTCPConn(gonet.NewTCPConn(&wq, ep), &wq, ep), nil
 }
 
 // Reject answers the SYN with a RST: the client sees "connection refused" at once.
