@@ -231,6 +231,12 @@ func (s *frameSorter) Pop() (protocol.ByteCount, []byte, func()) {
 	return offset, entry.Data, entry.DoneCb
 }
 
+// HasNext says whether Pop would return data (quicgate patch).
+func (s *frameSorter) HasNext() bool {
+	_, ok := s.queue[s.readPos]
+	return ok
+}
+
 // HasMoreData says if there is any more data queued at *any* offset.
 func (s *frameSorter) HasMoreData() bool {
 	return len(s.queue) > 0

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/quicgate/quicgate/third_party/quic-go/internal/ackhandler"
@@ -47,7 +48,9 @@ type ReceiveStream struct {
 
 	readChan chan struct{}
 	readOnce chan struct{} // cap: 1, to protect against concurrent use of Read
-	deadline monotime.Time
+	// readNotify is the one-shot callback of NotifyReadable (quicgate patch).
+	readNotify atomic.Pointer[func()]
+	deadline   monotime.Time
 
 	flowController *streamFlowController
 }
@@ -410,6 +413,7 @@ func (s *ReceiveStream) CancelRead(errorCode StreamErrorCode) {
 	s.mutex.Lock()
 	queuedNewControlFrame := s.cancelReadImpl(errorCode)
 	completed := s.isNewlyCompleted()
+	notify := s.readNotifyDueLocked() // quicgate patch
 	s.mutex.Unlock()
 
 	if queuedNewControlFrame {
@@ -418,6 +422,9 @@ func (s *ReceiveStream) CancelRead(errorCode StreamErrorCode) {
 	if completed {
 		s.flowController.Abandon()
 		s.sender.onStreamCompleted(s.streamID)
+	}
+	if notify { // quicgate patch
+		s.fireReadNotify()
 	}
 }
 
@@ -445,6 +452,7 @@ func (s *ReceiveStream) handleStreamFrame(frame *wire.StreamFrame, now monotime.
 	err := s.handleStreamFrameImpl(frame, now)
 	completed := s.isNewlyCompleted()
 	size, callback := s.takeReceiveFinalSizeCallback()
+	notify := s.readNotifyDueLocked() // quicgate patch
 	s.mutex.Unlock()
 
 	if completed {
@@ -453,6 +461,9 @@ func (s *ReceiveStream) handleStreamFrame(frame *wire.StreamFrame, now monotime.
 	}
 	if callback != nil {
 		callback(size)
+	}
+	if notify { // quicgate patch
+		s.fireReadNotify()
 	}
 	return err
 }
@@ -483,6 +494,7 @@ func (s *ReceiveStream) handleResetStreamFrame(frame *wire.ResetStreamFrame, now
 	err := s.handleResetStreamFrameImpl(frame, now)
 	completed := s.isNewlyCompleted()
 	size, callback := s.takeReceiveFinalSizeCallback()
+	notify := s.readNotifyDueLocked() // quicgate patch
 	s.mutex.Unlock()
 
 	if completed {
@@ -490,6 +502,9 @@ func (s *ReceiveStream) handleResetStreamFrame(frame *wire.ResetStreamFrame, now
 	}
 	if callback != nil {
 		callback(size)
+	}
+	if notify { // quicgate patch
+		s.fireReadNotify()
 	}
 	return err
 }
@@ -564,8 +579,12 @@ func (s *ReceiveStream) getControlFrame(now monotime.Time) (_ ackhandler.Frame, 
 func (s *ReceiveStream) SetReadDeadline(t time.Time) error {
 	s.mutex.Lock()
 	s.deadline = monotime.FromTime(t)
+	notify := s.readNotifyDueLocked() // quicgate patch
 	s.mutex.Unlock()
 	s.signalRead()
+	if notify { // quicgate patch
+		s.fireReadNotify()
+	}
 	return nil
 }
 
@@ -576,8 +595,75 @@ func (s *ReceiveStream) closeForShutdown(err error) {
 	s.mutex.Lock()
 	s.closeForShutdownErr = err
 	s.receiveFinalSizeCallback = nil
+	notify := s.readNotifyDueLocked() // quicgate patch
 	s.mutex.Unlock()
 	s.signalRead()
+	if notify { // quicgate patch
+		s.fireReadNotify()
+	}
+}
+
+// NotifyReadable arranges for f to be called once as soon as a Read would not block: data
+// at the read position, the end of the stream, a reset (once the data up to its reliable
+// size was read), a local cancellation, the connection's end, or a read deadline being set
+// (while one is set, the stream counts as readable: a reader with a deadline waits in Read).
+// Data at a later offset, behind a gap, does not count. If the stream is already readable,
+// f is called before NotifyReadable returns. Otherwise f runs on the goroutine that made the
+// stream readable (often the connection's run loop), so it must not block: start a goroutine
+// to read. f runs without the stream's lock held, so it may call the stream's methods. A
+// later NotifyReadable replaces an f not yet called. (quicgate patch: lets a relay wait
+// for an idle stream without a parked goroutine.)
+func (s *ReceiveStream) NotifyReadable(f func()) {
+	s.readNotify.Store(&f)
+	s.mutex.Lock()
+	ready := s.readableLocked()
+	s.mutex.Unlock()
+	if ready {
+		s.fireReadNotify()
+	}
+}
+
+// Readable reports whether a Read would return without waiting (quicgate patch).
+func (s *ReceiveStream) Readable() bool {
+	s.mutex.Lock()
+	defer s.mutex.Unlock()
+	return s.readableLocked()
+}
+
+// readableLocked reports whether a Read would return without waiting (quicgate patch).
+func (s *ReceiveStream) readableLocked() bool {
+	if s.readPos >= s.finalOffset { // a FIN without data, after everything was read
+		return true
+	}
+	// quicgate patch: a remote reset counts only once the data up to its reliable size was
+	// read (RESET_STREAM_AT); until then Read waits for that data.
+	if s.currentFrameIsLast || s.cancelledLocally || s.isRemoteCancellationEffective() || s.closeForShutdownErr != nil || s.errorRead {
+		return true
+	}
+	if !s.deadline.IsZero() {
+		return true // let the reader see its deadline
+	}
+	if s.currentFrame != nil && s.readPosInFrame < len(s.currentFrame) {
+		return true
+	}
+	return s.frameQueue.HasNext()
+}
+
+// readNotifyDueLocked says whether a NotifyReadable callback is waiting and a Read would
+// not block; the caller then calls fireReadNotify after releasing the mutex (quicgate
+// patch). The callback is not run from signalRead: that runs on every STREAM frame (data
+// behind a gap, duplicates and empty frames included) and with the mutex held, so that a
+// callback calling Readable or NotifyReadable would deadlock.
+func (s *ReceiveStream) readNotifyDueLocked() bool {
+	return s.readNotify.Load() != nil && s.readableLocked()
+}
+
+// fireReadNotify calls the NotifyReadable callback if it is still waiting (quicgate patch).
+// It must be called without holding the mutex.
+func (s *ReceiveStream) fireReadNotify() {
+	if g := s.readNotify.Swap(nil); g != nil {
+		(*g)()
+	}
 }
 
 // signalRead performs a non-blocking send on the readChan

@@ -127,6 +127,12 @@ func (s *Stream) Read(p []byte) (int, error) {
 	return s.receiveStr.Read(p)
 }
 
+// Readable is [ReceiveStream.Readable] (quicgate patch).
+func (s *Stream) Readable() bool { return s.receiveStr.Readable() }
+
+// NotifyReadable is [ReceiveStream.NotifyReadable] (quicgate patch).
+func (s *Stream) NotifyReadable(f func()) { s.receiveStr.NotifyReadable(f) }
+
 // Peek fills b with stream data, without consuming the stream data.
 // It blocks until len(b) bytes are available, or an error occurs.
 // It respects the stream deadline set by [Stream.SetReadDeadline].
