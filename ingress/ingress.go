@@ -11,9 +11,10 @@ import (
 
 // Tunnel carries the flows an ingress finds: *quicmux.Client is one.
 type Tunnel interface {
-	// Carry takes a flow to its target and relays it until both ends are done; it always
-	// releases the local end, and ctx ending resets the flow.
-	Carry(ctx context.Context, f quicmux.Flow) (quicmux.RelayStats, error)
+	// Carry takes a flow to its target and relays it; it returns once the flow is under way
+	// (or failed to start) and calls done once when the flow has ended. It always releases
+	// the local end, and ctx ending resets the flow.
+	Carry(ctx context.Context, f quicmux.Flow, done func(quicmux.RelayStats, error))
 }
 
 var _ Tunnel = (*quicmux.Client)(nil)
@@ -55,17 +56,29 @@ type discard struct{}
 
 func (discard) Write(p []byte) (int, error) { return len(p), nil }
 
-// carry hands one flow to the tunnel under the group's context and logs how it ended: the
-// one place where every ingress's flows end.
-func carry(t Tunnel, flows *quicmux.FlowGroup, f quicmux.Flow, log *logrus.Entry) {
+// carry hands one flow, counted in flows by the caller, to the tunnel under the group's
+// context; when it ends, it logs how and marks it done in flows: the one place where every
+// ingress's flows end. It returns once the flow is under way, so an idle flow keeps no
+// goroutine of the ingress. log has the ingress's fields; peer and target are the flow's.
+func carry(t Tunnel, flows *quicmux.FlowGroup, f quicmux.Flow, log *logrus.Entry, peer string) {
 	ctx := flows.Context()
-	stats, err := t.Carry(ctx, f)
-	entry := log.WithFields(logrus.Fields{"bytes_up": stats.AtoB, "bytes_down": stats.BtoA, "result": quicmux.ResultOf(err)})
-	if err != nil && !quicmux.IsReset(err) && ctx.Err() == nil {
-		entry.WithError(err).Info("flow failed")
-		return
-	}
-	entry.Debug("flow ended")
+	t.Carry(ctx, f, func(stats quicmux.RelayStats, err error) {
+		defer flows.Done()
+		level := logrus.DebugLevel
+		failed := err != nil && !quicmux.IsReset(err) && ctx.Err() == nil
+		if failed {
+			level = logrus.InfoLevel
+		}
+		if !log.Logger.IsLevelEnabled(level) {
+			return
+		}
+		entry := log.WithFields(logrus.Fields{"peer": peer, "target": f.Target.String(), "bytes_up": stats.AtoB, "bytes_down": stats.BtoA, "result": quicmux.ResultOf(err)})
+		if failed {
+			entry.WithError(err).Info("flow failed")
+			return
+		}
+		entry.Debug("flow ended")
+	})
 }
 
 // drain lets flows run for up to timeout, then resets those still open, and returns when

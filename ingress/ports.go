@@ -123,7 +123,7 @@ func ListenPort(f LocalForward, t Tunnel, opt Options) (*Port, error) {
 	if err != nil {
 		return nil, fmt.Errorf("ingress: -L %s: %w", f, err)
 	}
-	log := opt.logger().WithFields(logrus.Fields{"listen": ln.Addr().String(), "target": f.Target.String()})
+	log := opt.logger().WithField("listen", ln.Addr().String())
 	return &Port{ln: ln, fwd: f, tun: t, opt: opt, log: log, flows: quicmux.NewFlowGroup(context.Background())}, nil
 }
 
@@ -168,11 +168,9 @@ func (p *Port) Serve(ctx context.Context) error {
 			local.Abort()
 			continue
 		}
-		go func() {
-			defer p.flows.Done()
-			log := p.log.WithField("peer", conn.RemoteAddr().String())
-			carry(p.tun, p.flows, quicmux.Flow{Target: p.fwd.Target, Conn: local}, log)
-		}()
+		// The flow's own goroutine only while the stream opens: it returns once the flow is
+		// under way.
+		go carry(p.tun, p.flows, quicmux.Flow{Target: p.fwd.Target, Conn: local}, p.log, conn.RemoteAddr().String())
 	}
 }
 

@@ -71,7 +71,6 @@ func handleTCP(t Tunnel, flows *quicmux.FlowGroup, req *netstack.TCPRequest, log
 		req.Reject()
 		return
 	}
-	defer flows.Done()
 	f := quicmux.Flow{
 		Target: quicmux.TargetFromAddrPort(req.Dst()),
 		Accept: func() (quicmux.FlowConn, error) {
@@ -83,7 +82,7 @@ func handleTCP(t Tunnel, flows *quicmux.FlowGroup, req *netstack.TCPRequest, log
 		},
 		Reject: req.Reject,
 	}
-	carry(t, flows, f, log.WithFields(logrus.Fields{"peer": req.Src().String(), "target": f.Target.String()}))
+	carry(t, flows, f, log, req.Src().String())
 }
 
 // Serve runs until ctx ends, then drains: new flows are refused, open ones get up to the

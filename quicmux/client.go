@@ -170,19 +170,24 @@ type Flow struct {
 	Reject func()
 }
 
-// Carry takes a flow from an ingress to its target and relays it until both ends are done,
-// with the client's idle timeout and metrics; it always releases the local end. It is the
-// one way an ingress hands a flow to the tunnel. ctx ending resets the flow.
-func (c *Client) Carry(ctx context.Context, f Flow) (RelayStats, error) {
+// Carry takes a flow from an ingress to its target and relays it, with the client's idle
+// timeout and metrics. It returns once the flow is under way, or has failed to start; done is
+// called exactly once, when the flow has ended and its ends are released (before Carry
+// returns if the flow never started). It always releases the local end, and ctx ending
+// resets the flow. It is the one way an ingress hands a flow to the tunnel; it returns early
+// so that an idle flow holds no goroutine of its caller (see StartRelay).
+func (c *Client) Carry(ctx context.Context, f Flow, done func(RelayStats, error)) {
 	local, remote, err := c.connect(ctx, f)
 	if err != nil {
 		c.cfg.Metrics.flowRejected()
-		return RelayStats{}, err
+		done(RelayStats{}, err)
+		return
 	}
 	c.cfg.Metrics.flowStarted()
-	stats, err := RelayWith(ctx, local, remote, c.cfg.Metrics.relayOptions(c.cfg.FlowIdleTimeout))
-	c.cfg.Metrics.flowEnded(resultOf(err))
-	return stats, err
+	StartRelay(ctx, local, remote, c.cfg.Metrics.relayOptions(c.cfg.FlowIdleTimeout), func(s RelayStats, err error) {
+		c.cfg.Metrics.flowEnded(resultOf(err))
+		done(s, err)
+	})
 }
 
 // connect opens f's stream and, for a local end that waits, its handshake.

@@ -159,10 +159,7 @@ func (tn *tunnel) forward(target string) string {
 				_ = c.Close()
 				continue
 			}
-			go func() {
-				defer flows.Done()
-				_, _ = tn.client.Carry(flows.Context(), Flow{Target: tgt, Conn: AsFlowConn(c)})
-			}()
+			go tn.client.Carry(flows.Context(), Flow{Target: tgt, Conn: AsFlowConn(c)}, func(RelayStats, error) { flows.Done() })
 		}
 	}()
 	tn.t.Cleanup(func() { _ = ln.Close(); <-done; flows.Close() })

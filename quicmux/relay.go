@@ -11,17 +11,23 @@ import (
 	"time"
 )
 
-// Buffers. A direction reads into a small buffer of its own while its flow is quiet, and
-// takes a large pooled buffer only once a read fills the small one; it gives the large one
-// back when a read brings less than the small buffer would have held (the flow has gone
-// quiet or interactive, and the next read will likely wait). So 10,000 idle flows hold 1 KiB
-// a direction, and a bulk flow moves up to 64 KiB a call.
-const (
-	smallBufSize = 1 << 10
-	largeBufSize = 64 << 10
-)
+// bufSize is the size of the pooled buffers a direction reads into while bytes move.
+const bufSize = 64 << 10
 
-var largeBufs = sync.Pool{New: func() any { b := make([]byte, largeBufSize); return &b }}
+var bufs = sync.Pool{New: func() any { b := make([]byte, bufSize); return &b }}
+
+// readNotifier is the optional part of the flow contract that lets a relay direction wait
+// for an idle end with neither a goroutine nor a buffer: NotifyReadable(f) calls f once, as
+// soon as a Read would not block (a byte, a FIN, a reset, the end closed or aborted) — at
+// once if that is so already, else on whatever goroutine made it so, which f must not block.
+// A QUIC stream has it (through quicgate's quic-go fork) and so does a netstack flow.
+type readNotifier interface{ NotifyReadable(f func()) }
+
+// rawConner is a kernel socket: a relay direction waits for it in Go's netpoller with a
+// small goroutine that holds no buffer.
+type rawConner interface {
+	SyscallConn() (syscall.RawConn, error)
+}
 
 // RelayStats counts the bytes a relay moved each way.
 type RelayStats struct {
@@ -43,55 +49,302 @@ type RelayOptions struct {
 // ending, aborts both sides (a TCP RST or a stream reset), so the far end never mistakes a
 // failure for a clean end. Relay returns the first error that ended the flow, or nil when both
 // directions finished cleanly.
-//
-// The calling goroutine copies a to b; one more goroutine copies b to a, so a flow costs two
-// goroutines on each side of the tunnel.
 func Relay(ctx context.Context, a, b FlowConn) (RelayStats, error) {
 	return RelayWith(ctx, a, b, RelayOptions{})
 }
 
 // RelayWith is Relay with options.
 func RelayWith(ctx context.Context, a, b FlowConn, opt RelayOptions) (RelayStats, error) {
-	r := &relay{a: a, b: b}
+	type result struct {
+		stats RelayStats
+		err   error
+	}
+	done := make(chan result, 1)
+	StartRelay(ctx, a, b, opt, func(s RelayStats, err error) { done <- result{s, err} })
+	r := <-done
+	return r.stats, r.err
+}
+
+// StartRelay is Relay without waiting: it starts the flow and returns at once, and calls done
+// once, on another goroutine, after both directions have ended and a and b are closed.
+//
+// A direction holds a pooled 64 KiB buffer only while bytes move. While its source is idle
+// it holds no buffer, and no goroutine either when the source can say when it becomes
+// readable (readNotifier: a QUIC stream, a netstack flow); a kernel socket is waited for by
+// one small goroutine in Go's netpoller, which starts a worker to move a burst. So an idle
+// flow costs one small goroutine on each side of a -L tunnel, and none for the app side of a
+// TUN flow.
+func StartRelay(ctx context.Context, a, b FlowConn, opt RelayOptions, done func(RelayStats, error)) {
+	r := &relay{a: a, b: b, done: done}
+	r.pending.Store(2)
+	if opt.IdleTimeout > 0 {
+		r.activity = new(atomic.Int64)
+		r.activity.Store(time.Now().UnixNano())
+		r.idle = r.watchIdle(opt.IdleTimeout)
+	}
 	// ctx ending is a failure like any other: it is recorded (so the flow's result says why)
 	// and both sides are reset.
-	stop := context.AfterFunc(ctx, func() { r.fail(context.Cause(ctx)) })
-	var activity *atomic.Int64
-	var idle *time.Timer
-	if opt.IdleTimeout > 0 {
-		activity = new(atomic.Int64)
-		activity.Store(time.Now().UnixNano())
-		idle = r.watchIdle(opt.IdleTimeout, activity)
+	r.stop = context.AfterFunc(ctx, func() { r.fail(context.Cause(ctx)) })
+	r.start(&r.atob, a, b, opt.AtoB)
+	r.start(&r.btoa, b, a, opt.BtoA)
+}
+
+type relay struct {
+	a, b      FlowConn
+	done      func(RelayStats, error)
+	activity  *atomic.Int64 // when a byte last moved, if there is an idle timeout
+	idle      *time.Timer
+	stop      func() bool
+	pending   atomic.Int32 // directions still running
+	abortOnce sync.Once
+
+	atob, btoa dir
+
+	mu       sync.Mutex
+	err      error // the first error that ended the flow
+	finished bool  // both directions are done; no more resets
+}
+
+// dir is one direction's state.
+type dir struct {
+	r     *relay
+	src   FlowConn
+	dst   FlowConn
+	n     int64
+	count func(int)
+	wake  func() // for a readNotifier source: starts a drain
+}
+
+// start runs a direction in the cheapest way its source allows.
+func (r *relay) start(d *dir, src, dst FlowConn, count func(int)) {
+	*d = dir{r: r, src: src, dst: dst, count: count}
+	switch s := src.(type) {
+	case readNotifier:
+		d.wake = func() { go d.drain() }
+		s.NotifyReadable(d.wake)
+	case rawConner:
+		rc, err := s.SyscallConn()
+		if err != nil {
+			go d.end(err)
+			return
+		}
+		go d.watchRaw(rc)
+	default:
+		go d.copyBlocking()
 	}
+}
 
-	done := make(chan struct{})
-	go r.copyBtoA(done, activity, opt.BtoA)
-	n, err := copyHalf(a, b, activity, opt.AtoB)
-	r.atob = n
+// moved accounts for n bytes written to dst.
+func (d *dir) moved(n int) {
+	d.n += int64(n)
+	if d.count != nil && n > 0 {
+		d.count(n)
+	}
+}
+
+// touch marks the flow active, for the idle timeout.
+func (d *dir) touch() {
+	if d.r.activity != nil {
+		d.r.activity.Store(time.Now().UnixNano())
+	}
+}
+
+// drain reads a notifying source while it has bytes, then asks to be woken again and exits.
+func (d *dir) drain() {
+	for {
+		bp := bufs.Get().(*[]byte)
+		nr, rerr := d.src.Read(*bp)
+		if nr > 0 {
+			d.touch()
+			nw, werr := d.dst.Write((*bp)[:nr])
+			d.moved(nw)
+			if werr != nil {
+				bufs.Put(bp)
+				d.end(werr)
+				return
+			}
+		}
+		bufs.Put(bp)
+		switch {
+		case rerr == io.EOF:
+			d.end(closeWrite(d.dst))
+			return
+		case rerr != nil:
+			d.end(rerr)
+			return
+		case nr < bufSize:
+			// Drained for now. If bytes came meanwhile, wake runs at once and a new drain
+			// starts; either way this one is done.
+			d.src.(readNotifier).NotifyReadable(d.wake)
+			return
+		}
+	}
+}
+
+// watchRaw waits for a kernel socket to become readable, holding no buffer, and has a worker
+// move each burst: a fresh goroutine, so that the watcher's own stack stays small.
+func (d *dir) watchRaw(rc syscall.RawConn) {
+	burst := make(chan error, 1)
+	for {
+		if err := rc.Read(readable()); err != nil {
+			d.end(err)
+			return
+		}
+		go d.moveBurst(rc, burst)
+		if err := <-burst; err != errAgain {
+			d.end(err)
+			return
+		}
+	}
+}
+
+// errAgain ends a burst whose socket has nothing more to read for now.
+var errAgain = errors.New("quicmux: nothing to read")
+
+// readable returns a RawConn.Read callback that returns once the socket is readable. Its
+// first call looks without waiting (MSG_PEEK of one byte), since bytes that arrived before
+// RawConn.Read began raise no new readiness event; later calls follow one.
+func readable() func(fd uintptr) bool {
+	first := true
+	return func(fd uintptr) bool {
+		if !first {
+			return true
+		}
+		first = false
+		var b [1]byte
+		for {
+			_, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK|syscall.MSG_DONTWAIT)
+			if err != syscall.EINTR {
+				return err != syscall.EAGAIN
+			}
+		}
+	}
+}
+
+// moveBurst copies from a kernel socket until it would block (errAgain), ends (nil after
+// CloseWrite on dst) or fails, and reports which on burst.
+func (d *dir) moveBurst(rc syscall.RawConn, burst chan<- error) {
+	bp := bufs.Get().(*[]byte)
+	defer bufs.Put(bp)
+	var nr int
+	var rerr error
+	read := func(fd uintptr) bool {
+		for {
+			nr, rerr = syscall.Read(int(fd), *bp)
+			if rerr != syscall.EINTR {
+				return true
+			}
+		}
+	}
+	for {
+		if err := rc.Read(read); err != nil {
+			burst <- err
+			return
+		}
+		switch {
+		case rerr == syscall.EAGAIN:
+			burst <- errAgain
+			return
+		case rerr != nil:
+			burst <- rerr
+			return
+		case nr == 0:
+			burst <- closeWrite(d.dst)
+			return
+		}
+		d.touch()
+		nw, werr := d.dst.Write((*bp)[:nr])
+		d.moved(nw)
+		if werr != nil {
+			burst <- werr
+			return
+		}
+	}
+}
+
+// copyBlocking is the plain direction, for a source that can neither notify nor be polled: a
+// goroutine blocked in Read. It reads into a small buffer of its own while the flow is quiet,
+// takes a pooled one once a read fills the small one, and gives that back when a read brings
+// less than the small buffer would have held.
+func (d *dir) copyBlocking() {
+	const smallSize = 1 << 10
+	small := make([]byte, smallSize)
+	var large *[]byte
+	defer func() {
+		if large != nil {
+			bufs.Put(large)
+		}
+	}()
+	for {
+		buf := small
+		if large != nil {
+			buf = *large
+		}
+		nr, rerr := d.src.Read(buf)
+		if nr > 0 {
+			d.touch()
+			nw, werr := d.dst.Write(buf[:nr])
+			d.moved(nw)
+			if werr != nil {
+				d.end(werr)
+				return
+			}
+		}
+		switch {
+		case large == nil && nr == len(buf):
+			large = bufs.Get().(*[]byte)
+		case large != nil && nr < smallSize:
+			bufs.Put(large)
+			large = nil
+		}
+		if rerr == io.EOF {
+			d.end(closeWrite(d.dst))
+			return
+		}
+		if rerr != nil {
+			d.end(rerr)
+			return
+		}
+	}
+}
+
+// closeWrite passes an orderly end on; an end already closed by an abort is no new error.
+func closeWrite(dst FlowConn) error {
+	if err := dst.CloseWrite(); err != nil && !errors.Is(err, net.ErrClosed) {
+		return err
+	}
+	return nil
+}
+
+// end finishes a direction: a real error resets the flow; the last direction to end closes
+// both sides and reports.
+func (d *dir) end(err error) {
+	r := d.r
 	r.fail(err)
-	<-done
-
+	if r.pending.Add(-1) != 0 {
+		return
+	}
 	// From here on nothing may reset the flow: a flow that ended cleanly has sent its FINs,
 	// and a reset now would abort their delivery.
 	r.mu.Lock()
 	r.finished = true
 	err = r.err
 	r.mu.Unlock()
-	stop()
-	if idle != nil {
-		idle.Stop()
+	r.stop()
+	if r.idle != nil {
+		r.idle.Stop()
 	}
-	_ = a.Close()
-	_ = b.Close()
-	return RelayStats{AtoB: r.atob, BtoA: r.btoa}, err
+	_ = r.a.Close()
+	_ = r.b.Close()
+	r.done(RelayStats{AtoB: r.atob.n, BtoA: r.btoa.n}, err)
 }
 
 // watchIdle resets the flow once activity is older than idle. It holds a timer, not a
 // goroutine, so idle flows cost nothing while they wait.
-func (r *relay) watchIdle(idle time.Duration, activity *atomic.Int64) *time.Timer {
+func (r *relay) watchIdle(idle time.Duration) *time.Timer {
 	var t *time.Timer
 	t = time.AfterFunc(idle, func() {
-		quiet := time.Since(time.Unix(0, activity.Load()))
+		quiet := time.Since(time.Unix(0, r.activity.Load()))
 		if quiet >= idle {
 			r.fail(ErrFlowIdle)
 			return
@@ -105,26 +358,8 @@ func (r *relay) watchIdle(idle time.Duration, activity *atomic.Int64) *time.Time
 	return t
 }
 
-type relay struct {
-	a, b       FlowConn
-	atob, btoa int64
-	abortOnce  sync.Once
-
-	mu       sync.Mutex
-	err      error // the first error that ended the flow
-	finished bool  // both directions are done; no more resets
-}
-
-// copyBtoA runs in its own goroutine; the name keeps goroutine dumps readable.
-func (r *relay) copyBtoA(done chan<- struct{}, activity *atomic.Int64, count func(int)) {
-	defer close(done)
-	n, err := copyHalf(r.b, r.a, activity, count)
-	r.btoa = n
-	r.fail(err)
-}
-
 // fail records err and, for a real error, resets both sides at once so that the other
-// direction, blocked in a read, ends too.
+// direction, blocked in a read or waiting to be woken, ends too.
 func (r *relay) fail(err error) {
 	if err == nil {
 		return
@@ -138,61 +373,7 @@ func (r *relay) fail(err error) {
 		r.err = err
 	}
 	r.mu.Unlock()
-	r.abortBoth()
-}
-
-func (r *relay) abortBoth() {
 	r.abortOnce.Do(func() { r.a.Abort(); r.b.Abort() })
-}
-
-// copyHalf copies src to dst; a clean EOF from src shuts dst's send side and returns nil.
-func copyHalf(src, dst FlowConn, activity *atomic.Int64, count func(int)) (int64, error) {
-	small := make([]byte, smallBufSize)
-	var large *[]byte
-	defer func() {
-		if large != nil {
-			largeBufs.Put(large)
-		}
-	}()
-	var n int64
-	for {
-		buf := small
-		if large != nil {
-			buf = *large
-		}
-		nr, rerr := src.Read(buf)
-		if nr > 0 {
-			if activity != nil {
-				activity.Store(time.Now().UnixNano())
-			}
-			nw, werr := dst.Write(buf[:nr])
-			n += int64(nw)
-			if count != nil && nw > 0 {
-				count(nw)
-			}
-			if werr != nil {
-				return n, werr
-			}
-		}
-		switch {
-		case large == nil && nr == len(buf):
-			large = largeBufs.Get().(*[]byte)
-		case large != nil && nr < smallBufSize:
-			// A trickle: the flow has gone quiet or interactive, so the next read will
-			// likely wait; wait without holding 64 KiB.
-			largeBufs.Put(large)
-			large = nil
-		}
-		if rerr == io.EOF {
-			if err := dst.CloseWrite(); err != nil && !errors.Is(err, net.ErrClosed) {
-				return n, err
-			}
-			return n, nil
-		}
-		if rerr != nil {
-			return n, rerr
-		}
-	}
 }
 
 // IsReset reports whether err means the other end reset the flow.

@@ -240,17 +240,23 @@ func (s *Server) serveConn(qc *quic.Conn) {
 			break
 		}
 		streams.Add(1)
-		go func() {
-			defer streams.Done()
-			s.serveStream(ctx, qc, str, log)
-		}()
+		go s.serveStream(ctx, qc, str, log, streams.Done)
 	}
-	streams.Wait()
+	streams.Wait() // every stream's flow has ended, not only its goroutine
 	linger(qc)
 	_ = qc.CloseWithError(connShutdown, "server shutting down")
 }
 
-func (s *Server) serveStream(ctx context.Context, qc *quic.Conn, str *quic.Stream, connLog *logrus.Entry) {
+// serveStream serves one stream: its request, the destination's dial and the start of its
+// relay. It returns once the flow is under way, so that an idle flow keeps no goroutine;
+// release is called once the stream is done with, when its flow has ended.
+func (s *Server) serveStream(ctx context.Context, qc *quic.Conn, str *quic.Stream, connLog *logrus.Entry, release func()) {
+	relaying := false
+	defer func() {
+		if !relaying {
+			release()
+		}
+	}()
 	id := s.flowSeq.Add(1)
 	log := connLog.WithField("flow", id)
 	stop := context.AfterFunc(ctx, func() {
@@ -288,7 +294,11 @@ func (s *Server) serveStream(ctx context.Context, qc *quic.Conn, str *quic.Strea
 		s.reject(str, StatusShuttingDown, codeShutdown)
 		return
 	}
-	defer s.flows.Done()
+	defer func() {
+		if !relaying {
+			s.flows.Done()
+		}
+	}()
 	start := time.Now()
 	dst, status := s.dial(ctx, req.Target)
 	s.cfg.Metrics.dialResult(status)
@@ -307,14 +317,23 @@ func (s *Server) serveStream(ctx context.Context, qc *quic.Conn, str *quic.Strea
 	log.Debug("flow started")
 	s.cfg.Metrics.flowStarted()
 	sc := newStreamConn(str, qc.LocalAddr(), qc.RemoteAddr())
-	stats, err := RelayWith(ctx, sc, dst, s.cfg.Metrics.relayOptions(s.cfg.FlowIdleTimeout))
-	s.cfg.Metrics.flowEnded(resultOf(err))
-	log.WithFields(logrus.Fields{
-		"bytes_up":   stats.AtoB,
-		"bytes_down": stats.BtoA,
-		"duration":   time.Since(start).Round(time.Millisecond).String(),
-		"result":     resultOf(err),
-	}).Debug("flow ended")
+	relaying = true
+	target := req.Target
+	StartRelay(ctx, sc, dst, s.cfg.Metrics.relayOptions(s.cfg.FlowIdleTimeout), func(stats RelayStats, err error) {
+		s.cfg.Metrics.flowEnded(resultOf(err))
+		if connLog.Logger.IsLevelEnabled(logrus.DebugLevel) {
+			connLog.WithFields(logrus.Fields{
+				"flow":       id,
+				"target":     target.String(),
+				"bytes_up":   stats.AtoB,
+				"bytes_down": stats.BtoA,
+				"duration":   time.Since(start).Round(time.Millisecond).String(),
+				"result":     resultOf(err),
+			}).Debug("flow ended")
+		}
+		s.flows.Done()
+		release()
+	})
 }
 
 // linger gives the last frames of flows that ended cleanly (a FIN, the final bytes) a few

@@ -54,10 +54,16 @@ func (c *streamConn) readStatus() error {
 	return ReadStatus(c.str)
 }
 
+// Read reads the flow's bytes; on the client, the server's status comes first and is
+// consumed here. A Read that consumed only the status returns (0, nil) rather than wait for
+// more, so that a relay woken by the status does not block.
 func (c *streamConn) Read(p []byte) (int, error) {
 	if c.pendingStatus {
 		if err := c.readStatus(); err != nil {
 			return 0, err
+		}
+		if !c.str.Readable() {
+			return 0, nil
 		}
 	}
 	n, err := c.str.Read(p)
@@ -107,6 +113,9 @@ func (c *streamConn) Abort() {
 		c.str.CancelRead(codeFlowReset)
 	})
 }
+
+// NotifyReadable calls f once, as soon as a Read would not block (see readNotifier).
+func (c *streamConn) NotifyReadable(f func()) { c.str.NotifyReadable(f) }
 
 func (c *streamConn) LocalAddr() net.Addr                { return c.local }
 func (c *streamConn) RemoteAddr() net.Addr               { return c.remote }
