@@ -82,17 +82,23 @@ func (r *Report) Evaluate() {
 	ratio("-L 64 flows vs ssh -L", l, ssh, func(x *Result) float64 { return x.Gbps64 }, 1.0)
 	ratio("-L new-flow rate vs ssh -L", l, ssh, func(x *Result) float64 { return x.FlowsPerS }, 2.0)
 	ratio("TUN one flow vs -L", tun, l, func(x *Result) float64 { return x.Gbps1 }, 0.7)
-	t := Target{Name: "-L idle flows: client+server RSS growth", Want: "< 400 MiB for 10,000", Unit: "MiB"}
-	if l == nil || l.IdleFlows == 0 {
-		t.Status = "n/a"
-	} else {
-		t.Got = l.IdleRSSMiB * 10000 / float64(l.IdleFlows)
-		t.Status = verdict(t.Got < 400)
-		if l.IdleFlows != 10000 {
-			t.Name += fmt.Sprintf(" (measured %d, scaled)", l.IdleFlows)
+	idle := func(name string, x *Result, limit float64) {
+		t := Target{Name: name + " idle flows: client+server RSS growth", Want: fmt.Sprintf("<= %.0f MiB for 10,000", limit), Unit: "MiB"}
+		if x == nil || x.IdleFlows == 0 {
+			t.Status = "n/a"
+		} else {
+			t.Got = x.IdleRSSMiB * 10000 / float64(x.IdleFlows)
+			t.Status = verdict(t.Got <= limit)
+			if x.IdleFlows != 10000 {
+				t.Name += fmt.Sprintf(" (measured %d, scaled)", x.IdleFlows)
+			}
 		}
+		r.Targets = append(r.Targets, t)
 	}
-	r.Targets = append(r.Targets, t)
+	// Idle flows hold no relay buffer and, on the app side of a TUN flow, no goroutine
+	// (issue 12); the TUN's are dearer by a gVisor endpoint each.
+	idle("-L", l, 100)
+	idle("TUN", tun, 200)
 }
 
 func verdict(ok bool) string {

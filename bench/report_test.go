@@ -11,8 +11,8 @@ func TestEvaluateTargetsAndRelayColumn(t *testing.T) {
 	rep := &Report{Results: []Result{
 		{Path: "raw quic-go", Gbps1: 10},
 		{Path: "Go TCP relay", Gbps1: 6, Gbps64: 8, FlowsPerS: 3000},
-		{Path: "quicgate -L", Gbps1: 4, Gbps64: 3, FlowsPerS: 2500, IdleFlows: 1000, IdleRSSMiB: 30},
-		{Path: "quicgate TUN", Gbps1: 3},
+		{Path: "quicgate -L", Gbps1: 4, Gbps64: 3, FlowsPerS: 2500, IdleFlows: 1000, IdleRSSMiB: 8},
+		{Path: "quicgate TUN", Gbps1: 3, IdleFlows: 10000, IdleRSSMiB: 250},
 		{Path: "ssh -L", Gbps1: 2, Gbps64: 2, FlowsPerS: 2000},
 	}}
 	rep.Evaluate()
@@ -25,7 +25,8 @@ func TestEvaluateTargetsAndRelayColumn(t *testing.T) {
 		"-L 64 flows vs ssh -L":      {1.5, 4, "PASS"},
 		"-L new-flow rate vs ssh -L": {1.25, 1.5, "MISS"},
 		"TUN one flow vs -L":         {0.75, 0, "PASS"},
-		"-L idle flows: client+server RSS growth (measured 1000, scaled)": {300, 0, "PASS"},
+		"-L idle flows: client+server RSS growth (measured 1000, scaled)": {80, 0, "PASS"},
+		"TUN idle flows: client+server RSS growth":                        {250, 0, "MISS"},
 	}
 	if len(rep.Targets) != len(want) {
 		t.Fatalf("%d targets, want %d: %+v", len(rep.Targets), len(want), rep.Targets)
