@@ -47,6 +47,10 @@ type Client struct {
 	mu    sync.Mutex
 	state *connState
 
+	// parker watches the idle kernel sockets of this client's flows (nil where epoll is
+	// missing: each then waits in a goroutine of its own).
+	parker *parker
+
 	dials atomic.Uint64
 	// kick cuts the supervisor's backoff short when a flow is waiting for a connection, so
 	// that a server back from a restart is found at once rather than after the backoff.
@@ -97,6 +101,7 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 		state:   &connState{changed: make(chan struct{})},
 		kick:    make(chan struct{}, 1),
 	}
+	c.parker, _ = newParker()
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	c.wg.Add(1)
 	go c.supervise()
@@ -114,6 +119,11 @@ func (c *Client) Close() error {
 		_ = c.tr.Close()
 		_ = c.tr.Conn.Close() // the transport leaves a socket it was given open
 		c.tr = nil
+	}
+	if c.parker != nil {
+		// Flows still open are being reset (their connection is gone); a socket the parker
+		// held then ends in a goroutine of its own (see relay.park).
+		c.parker.close()
 	}
 	return nil
 }
@@ -184,7 +194,9 @@ func (c *Client) Carry(ctx context.Context, f Flow, done func(RelayStats, error)
 		return
 	}
 	c.cfg.Metrics.flowStarted()
-	StartRelay(ctx, local, remote, c.cfg.Metrics.relayOptions(c.cfg.FlowIdleTimeout), func(s RelayStats, err error) {
+	opt := c.cfg.Metrics.relayOptions(c.cfg.FlowIdleTimeout)
+	opt.parker = c.parker
+	StartRelay(ctx, local, remote, opt, func(s RelayStats, err error) {
 		c.cfg.Metrics.flowEnded(resultOf(err))
 		done(s, err)
 	})

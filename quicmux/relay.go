@@ -41,6 +41,10 @@ type RelayOptions struct {
 	IdleTimeout time.Duration
 	// AtoB and BtoA, if set, are told of every chunk moved, as it moves (live byte counters).
 	AtoB, BtoA func(n int)
+
+	// parker, if set, parks idle kernel sockets in one epoll set instead of a goroutine
+	// each (the client's and the server's own).
+	parker *parker
 }
 
 // Relay moves bytes both ways between a and b until both directions end, and is the one
@@ -70,12 +74,13 @@ func RelayWith(ctx context.Context, a, b FlowConn, opt RelayOptions) (RelayStats
 //
 // A direction holds a pooled 64 KiB buffer only while bytes move. While its source is idle
 // it holds no buffer, and no goroutine either when the source can say when it becomes
-// readable (readNotifier: a QUIC stream, a netstack flow); a kernel socket is waited for by
-// one small goroutine in Go's netpoller, which starts a worker to move a burst. So an idle
-// flow costs one small goroutine on each side of a -L tunnel, and none for the app side of a
-// TUN flow.
+// readable (readNotifier: a QUIC stream, a netstack flow) or is a kernel socket the client's
+// or server's parker watches (one epoll set for all); without a parker, a kernel socket is
+// waited for by one small goroutine in Go's netpoller. A goroutine moves each burst and
+// exits when the source has nothing more to read. So an idle flow costs no goroutine on
+// either side of the tunnel.
 func StartRelay(ctx context.Context, a, b FlowConn, opt RelayOptions, done func(RelayStats, error)) {
-	r := &relay{a: a, b: b, done: done}
+	r := &relay{a: a, b: b, done: done, parker: opt.parker}
 	r.pending.Store(2)
 	if opt.IdleTimeout > 0 {
 		r.activity = new(atomic.Int64)
@@ -92,6 +97,8 @@ func StartRelay(ctx context.Context, a, b FlowConn, opt RelayOptions, done func(
 type relay struct {
 	a, b      FlowConn
 	done      func(RelayStats, error)
+	parker    *parker     // nil: kernel sockets wait in a goroutine each
+	aborting  atomic.Bool // fail is resetting the flow: park no more
 	activity  *atomic.Int64 // when a byte last moved, if there is an idle timeout
 	idle      *time.Timer
 	stop      func() bool
@@ -112,7 +119,8 @@ type dir struct {
 	dst   FlowConn
 	n     int64
 	count func(int)
-	wake  func() // for a readNotifier source: starts a drain
+	wake  func()          // starts a drain (readNotifier) or a burst (parked kernel socket)
+	rc    syscall.RawConn // a parked kernel socket's
 }
 
 // start runs a direction in the cheapest way its source allows.
@@ -128,7 +136,13 @@ func (r *relay) start(d *dir, src, dst FlowConn, count func(int)) {
 			go d.end(err)
 			return
 		}
-		go d.watchRaw(rc)
+		if r.parker == nil {
+			go d.watchRaw(rc)
+			return
+		}
+		d.rc = rc
+		d.wake = func() { go d.burst() }
+		d.park()
 	default:
 		go d.copyBlocking()
 	}
@@ -190,12 +204,50 @@ func (d *dir) watchRaw(rc syscall.RawConn) {
 			d.end(err)
 			return
 		}
-		go d.moveBurst(rc, burst)
+		go func() { burst <- d.moveBurst(rc) }()
 		if err := <-burst; err != errAgain {
 			d.end(err)
 			return
 		}
 	}
+}
+
+// park hands an idle kernel socket to the parker, which starts a burst when it is readable.
+// A relay that is being reset parks nothing: the burst then finds the socket closed.
+func (d *dir) park() {
+	r := d.r
+	if r.aborting.Load() {
+		go d.watchRaw(d.rc) // ends as soon as the reset closes the socket
+		return
+	}
+	if err := r.parker.park(d.rc, d.wake); err != nil {
+		// A closed parker (the client is shutting down) or a closed socket: wait in a
+		// goroutine instead, which ends as soon as the socket is closed.
+		go d.watchRaw(d.rc)
+		return
+	}
+	// fail sets aborting before it unparks; whichever of the two unparks first runs the
+	// burst that finds the socket aborted.
+	if r.aborting.Load() {
+		d.unpark()
+	}
+}
+
+// unpark takes a parked socket back, for a reset: if its callback had not run, a burst runs
+// now and ends the direction on the aborted socket.
+func (d *dir) unpark() {
+	if d.rc != nil && d.r.parker.unpark(d.rc) {
+		go d.burst()
+	}
+}
+
+// burst moves a parked kernel socket's bytes until it would block, then parks it again.
+func (d *dir) burst() {
+	if err := d.moveBurst(d.rc); err != errAgain {
+		d.end(err)
+		return
+	}
+	d.park()
 }
 
 // errAgain ends a burst whose socket has nothing more to read for now.
@@ -222,8 +274,8 @@ func readable() func(fd uintptr) bool {
 }
 
 // moveBurst copies from a kernel socket until it would block (errAgain), ends (nil after
-// CloseWrite on dst) or fails, and reports which on burst.
-func (d *dir) moveBurst(rc syscall.RawConn, burst chan<- error) {
+// CloseWrite on dst) or fails, and says which.
+func (d *dir) moveBurst(rc syscall.RawConn) error {
 	bp := bufs.Get().(*[]byte)
 	defer bufs.Put(bp)
 	var nr int
@@ -238,26 +290,21 @@ func (d *dir) moveBurst(rc syscall.RawConn, burst chan<- error) {
 	}
 	for {
 		if err := rc.Read(read); err != nil {
-			burst <- err
-			return
+			return err
 		}
 		switch {
 		case rerr == syscall.EAGAIN:
-			burst <- errAgain
-			return
+			return errAgain
 		case rerr != nil:
-			burst <- rerr
-			return
+			return rerr
 		case nr == 0:
-			burst <- closeWrite(d.dst)
-			return
+			return closeWrite(d.dst)
 		}
 		d.touch()
 		nw, werr := d.dst.Write((*bp)[:nr])
 		d.moved(nw)
 		if werr != nil {
-			burst <- werr
-			return
+			return werr
 		}
 	}
 }
@@ -373,7 +420,23 @@ func (r *relay) fail(err error) {
 		r.err = err
 	}
 	r.mu.Unlock()
-	r.abortOnce.Do(func() { r.a.Abort(); r.b.Abort() })
+	r.abortOnce.Do(func() {
+		// A parked socket must leave the parker before it is closed, so that no later
+		// socket reusing its descriptor number is taken for it; its burst then ends the
+		// direction on the closed socket.
+		r.aborting.Store(true)
+		var parked []*dir
+		for _, d := range []*dir{&r.atob, &r.btoa} {
+			if d.rc != nil && r.parker.unpark(d.rc) {
+				parked = append(parked, d)
+			}
+		}
+		r.a.Abort()
+		r.b.Abort()
+		for _, d := range parked {
+			go d.burst()
+		}
+	})
 }
 
 // IsReset reports whether err means the other end reset the flow.

@@ -78,6 +78,7 @@ type Server struct {
 	closed bool
 
 	flows     *FlowGroup
+	parker    *parker // idle destination sockets; nil: a goroutine each
 	dialSlots chan struct{}
 	flowSeq   atomic.Uint64
 }
@@ -118,6 +119,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	s := &Server{cfg: cfg, log: loggerOrDiscard(cfg.Logger), dialSlots: make(chan struct{}, cfg.MaxPendingDials)}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.flows = NewFlowGroup(s.ctx)
+	s.parker, _ = newParker()
 	return s, nil
 }
 
@@ -195,6 +197,9 @@ func (s *Server) Close() error {
 		_ = ln.Close()
 	}
 	s.wg.Wait()
+	if s.parker != nil {
+		s.parker.close() // every flow has ended
+	}
 	if tr != nil {
 		_ = tr.Close()
 		_ = tr.Conn.Close() // the transport leaves a socket it was given open
@@ -319,7 +324,9 @@ func (s *Server) serveStream(ctx context.Context, qc *quic.Conn, str *quic.Strea
 	sc := newStreamConn(str, qc.LocalAddr(), qc.RemoteAddr())
 	relaying = true
 	target := req.Target
-	StartRelay(ctx, sc, dst, s.cfg.Metrics.relayOptions(s.cfg.FlowIdleTimeout), func(stats RelayStats, err error) {
+	opt := s.cfg.Metrics.relayOptions(s.cfg.FlowIdleTimeout)
+	opt.parker = s.parker
+	StartRelay(ctx, sc, dst, opt, func(stats RelayStats, err error) {
 		s.cfg.Metrics.flowEnded(resultOf(err))
 		if connLog.Logger.IsLevelEnabled(logrus.DebugLevel) {
 			connLog.WithFields(logrus.Fields{
