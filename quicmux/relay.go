@@ -97,8 +97,8 @@ func StartRelay(ctx context.Context, a, b FlowConn, opt RelayOptions, done func(
 type relay struct {
 	a, b      FlowConn
 	done      func(RelayStats, error)
-	parker    *parker     // nil: kernel sockets wait in a goroutine each
-	aborting  atomic.Bool // fail is resetting the flow: park no more
+	parker    *parker       // nil: kernel sockets wait in a goroutine each
+	aborting  atomic.Bool   // fail is resetting the flow: park no more
 	activity  *atomic.Int64 // when a byte last moved, if there is an idle timeout
 	idle      *time.Timer
 	stop      func() bool
