@@ -9,7 +9,6 @@ import (
 	"io"
 	mrand "math/rand/v2"
 	"net"
-	"os"
 	"slices"
 	"syscall"
 	"testing"
@@ -22,10 +21,7 @@ import (
 // TestFlowContract drives one flow through each ingress (-L, TUN over an in-memory device,
 // Client.DialContext) to every way a flow can end, and checks what the application and the
 // destination see: all bytes and io.EOF for an orderly end, a reset (never a clean EOF) for
-// everything else. It is the test of the flow table in docs/protocol.md. Two cases skip
-// with "KNOWN BUG" when they see exactly the product's known wrong outcome (a DialContext
-// conn's lost connection, a TUN app vanishing with bytes unacknowledged); their assertions
-// take over once it is fixed.
+// everything else. It is the test of the flow table in docs/protocol.md.
 func TestFlowContract(t *testing.T) {
 	for _, tc := range contractCases() {
 		t.Run(tc.name, func(t *testing.T) {
@@ -359,13 +355,6 @@ func testConnectionLost(t *testing.T, h *harness) {
 	appErr, d := readToError(t, "app", app, nil, 15*time.Second)
 	t.Logf("app's read failed %v after the path went silent: %v", d.Round(time.Millisecond), appErr)
 	expectReset(t, "destination", dst, destReset, nil, 15*time.Second)
-	if h.kind == ingressDial && !h.isReset(appErr) && errors.Is(appErr, net.ErrClosed) {
-		// KNOWN BUG, reported on issue 12: a DialContext conn reports its lost QUIC
-		// connection with quic-go's connection error (*quic.IdleTimeoutError here), which
-		// matches net.ErrClosed — what a caller takes for its own Close — and is no reset.
-		// The assertion stays; remove this skip with the fix in quicmux's streamConn.
-		t.Skipf("KNOWN BUG: DialContext app saw %v (%T), which matches net.ErrClosed, not a reset", appErr, appErr)
-	}
 	checkReset(t, "app", appErr, h.isReset, d)
 }
 
@@ -406,13 +395,7 @@ func testKeepAliveUnacked(t *testing.T, h *harness) {
 	if _, err := dst.Write([]byte("lost on the way to the app")); err != nil {
 		t.Fatal(err)
 	}
-	start := time.Now()
 	err, d := readToError(t, "destination", dst, nil, 10*time.Second)
-	if errors.Is(err, os.ErrDeadlineExceeded) {
-		// KNOWN BUG, reported on issue 12: gVisor keeps retransmitting for its 15 retries
-		// (minutes); nothing bounds it by the keepalive time (TCP_USER_TIMEOUT).
-		t.Skipf("KNOWN BUG: no reset within %v of the app vanishing with bytes unacknowledged", time.Since(start).Round(time.Millisecond))
-	}
 	checkReset(t, "destination", err, destReset, d)
 	t.Logf("destination reset %v after the app vanished", d.Round(time.Millisecond))
 }

@@ -28,12 +28,7 @@ import (
 )
 
 func TestMain(m *testing.M) {
-	goleak.VerifyTestMain(m,
-		// TestKeepAliveFindsVanishedPeers leaves the echo goroutine of its vanished
-		// destination blocked on a connection that no packet reaches any more (its cleanup
-		// closes the listener, not the accepted connection); it runs in a child process of
-		// its own, which this check would otherwise fail.
-		goleak.IgnoreAnyFunction("github.com/quicgate/quicgate/ingress.TestKeepAliveFindsVanishedPeers.func2.2"))
+	goleak.VerifyTestMain(m)
 }
 
 // The harness: app → ingress → client → (UDP relay) → server → destination, all in the

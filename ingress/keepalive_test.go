@@ -69,12 +69,20 @@ func TestKeepAliveFindsVanishedPeers(t *testing.T) {
 		}
 		t.Cleanup(func() { _ = ln.Close() })
 		ended := make(chan error, 1)
+		accepted := make(chan net.Conn, 1)
+		t.Cleanup(func() {
+			select {
+			case c := <-accepted:
+				_ = c.Close() // a vanished destination's conn never ends on its own
+			default:
+			}
+		})
 		go func() {
 			c, err := ln.Accept()
 			if err != nil {
 				return
 			}
-			defer c.Close()
+			accepted <- c
 			_, err = io.Copy(c, c)
 			ended <- err
 		}()
@@ -109,17 +117,33 @@ func TestKeepAliveFindsVanishedPeers(t *testing.T) {
 
 	// Both peers vanish at once, each on its own flow: the app behind -L (127.0.0.3) of a
 	// flow to 127.0.0.6, and the destination (127.0.0.4) of another flow.
+	// A third flow's destination (127.0.0.8) vanishes while the app is sending to it: its
+	// bytes stay unacknowledged, so no probe goes out, and TCP_USER_TIMEOUT (set to the same
+	// bound) ends the server's socket instead.
 	port1, dstEnded := forward("127.0.0.6")
 	port2, _ := forward("127.0.0.4")
+	port3, _ := forward("127.0.0.8")
 	vanished := open(port1, "127.0.0.3")
 	defer vanished.Close()
 	app := open(port2, "127.0.0.5")
 	defer app.Close()
+	sender := open(port3, "127.0.0.9")
+	defer sender.Close()
 	start := time.Now()
 	privtest.IP(t, "rule", "add", "pref", "5", "to", "127.0.0.3", "blackhole")
 	privtest.IP(t, "rule", "add", "pref", "6", "to", "127.0.0.4", "blackhole")
+	privtest.IP(t, "rule", "add", "pref", "7", "to", "127.0.0.8", "blackhole")
+	defer privtest.IP(t, "rule", "del", "pref", "7")
 	defer privtest.IP(t, "rule", "del", "pref", "6")
 	defer privtest.IP(t, "rule", "del", "pref", "5")
+	if _, err := sender.Write(make([]byte, 64<<10)); err != nil {
+		t.Fatal(err)
+	}
+	senderGone := make(chan error, 1)
+	go func() {
+		_, err := sender.Read(make([]byte, 1))
+		senderGone <- err
+	}()
 
 	// The vanished app: the -L socket's probes go unanswered, the relay resets the stream,
 	// and the server resets that flow's destination connection (which still answers).
@@ -143,5 +167,14 @@ func TestKeepAliveFindsVanishedPeers(t *testing.T) {
 		t.Logf("destination reset %v after its app vanished", d.Round(time.Millisecond))
 	case <-time.After(limit):
 		t.Fatalf("flow of the vanished app still open after %v", limit)
+	}
+	select {
+	case err := <-senderGone:
+		if !errors.Is(err, syscall.ECONNRESET) {
+			t.Fatalf("app sending to a vanished destination saw %v, want a reset", err)
+		}
+		t.Logf("app sending to its vanished destination reset %v after it vanished", time.Since(start).Round(time.Millisecond))
+	case <-time.After(limit):
+		t.Fatalf("flow with bytes in flight to a vanished destination still open after %v", limit)
 	}
 }

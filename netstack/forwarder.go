@@ -126,6 +126,13 @@ func (f *forwarder) keepAlive(ep tcpip.Endpoint) {
 		_ = ep.SetSockOptInt(tcpip.KeepaliveCountOption, ka.Count)
 	}
 	ep.SocketOptions().SetKeepAlive(true)
+	// Keepalive probes only go out while nothing is unacknowledged; with bytes in flight
+	// to a vanished app the stack would retransmit for minutes instead. The user timeout
+	// bounds both by the same time (as TCP_USER_TIMEOUT does for a kernel socket).
+	if ka.Idle > 0 && ka.Interval > 0 && ka.Count > 0 {
+		opt := tcpip.TCPUserTimeoutOption(ka.Idle + time.Duration(ka.Count)*ka.Interval)
+		_ = ep.SetSockOpt(&opt)
+	}
 }
 
 // forwarder turns gVisor's SYNs into Handler calls and tracks the handler goroutines.

@@ -216,7 +216,8 @@ func (s *Stack) Stats() Stats {
 }
 
 // DialTCP opens a TCP connection from the stack to addr. A refused connection gives an
-// error matching errors.Is(err, syscall.ECONNREFUSED).
+// error matching errors.Is(err, syscall.ECONNREFUSED). The conn is a *TCPConn: it can
+// half-close and abort, and its errors match syscall.ECONNRESET on a reset.
 func (s *Stack) DialTCP(ctx context.Context, addr netip.AddrPort) (net.Conn, error) {
 	fa, proto := fullAddr(addr)
 	opErr := func(err error) error {
@@ -248,7 +249,7 @@ func (s *Stack) DialTCP(ctx context.Context, addr netip.AddrPort) (net.Conn, err
 		ep.Close()
 		return nil, opErr(translate(terr))
 	}
-	return gonet.NewTCPConn(&wq, ep), nil
+	return newTCPConn(gonet.NewTCPConn(&wq, ep), &wq, ep), nil
 }
 
 // ListenTCP listens on addr, which must be one of Config.Addrs or unspecified (0.0.0.0

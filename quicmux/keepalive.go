@@ -2,6 +2,7 @@ package quicmux
 
 import (
 	"net"
+	"syscall"
 	"time"
 )
 
@@ -56,12 +57,39 @@ func keepAliveField(c net.KeepAliveConfig) time.Duration {
 // TCPDialer is a net.Dialer whose sockets keep alive as KeepAliveConfig(idle) says.
 func TCPDialer(idle time.Duration) *net.Dialer {
 	ka := KeepAliveConfig(idle)
-	return &net.Dialer{KeepAliveConfig: ka, KeepAlive: keepAliveField(ka)}
+	return &net.Dialer{KeepAliveConfig: ka, KeepAlive: keepAliveField(ka), Control: userTimeout(ka)}
 }
 
 // TCPListenConfig is a net.ListenConfig whose accepted sockets keep alive as
 // KeepAliveConfig(idle) says.
 func TCPListenConfig(idle time.Duration) net.ListenConfig {
 	ka := KeepAliveConfig(idle)
-	return net.ListenConfig{KeepAliveConfig: ka, KeepAlive: keepAliveField(ka)}
+	return net.ListenConfig{KeepAliveConfig: ka, KeepAlive: keepAliveField(ka), Control: userTimeout(ka)}
+}
+
+// UserTimeout is how long a TCP end of a flow may leave bytes unacknowledged before it
+// fails: the keepalive's own bound, idle plus all the probes. Keepalive probes only go out
+// while nothing is unacknowledged; with bytes in flight to a vanished peer the kernel would
+// retransmit for about 15 minutes instead.
+func UserTimeout(ka net.KeepAliveConfig) time.Duration {
+	if !ka.Enable {
+		return 0
+	}
+	return ka.Idle + time.Duration(ka.Count)*ka.Interval
+}
+
+// userTimeout sets TCP_USER_TIMEOUT on a socket before it connects or listens (accepted
+// sockets inherit it from the listener).
+func userTimeout(ka net.KeepAliveConfig) func(network, address string, c syscall.RawConn) error {
+	ms := int(UserTimeout(ka).Milliseconds())
+	if ms <= 0 {
+		return nil
+	}
+	return func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		if err := c.Control(func(fd uintptr) { serr = setUserTimeout(int(fd), ms) }); err != nil {
+			return err
+		}
+		return serr
+	}
 }

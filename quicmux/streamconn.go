@@ -124,13 +124,29 @@ func (c *streamConn) SetReadDeadline(t time.Time) error  { return c.str.SetReadD
 func (c *streamConn) SetWriteDeadline(t time.Time) error { return c.str.SetWriteDeadline(t) }
 
 // mapStreamErr turns a reset by the peer into ErrFlowReset, keeping the QUIC error inside.
+// A connection lost or closed under the flow (an idle timeout, a stateless reset, either
+// end closing it) is a reset of the flow too: the flow did not end in order, and the error
+// must not match net.ErrClosed, which callers take for their own Close. Its text is kept,
+// not wrapped.
 func mapStreamErr(err error) error {
 	if err == nil {
 		return nil
 	}
-	var se *quic.StreamError
-	if errors.As(err, &se) && se.Remote {
-		return fmt.Errorf("%w: %w", ErrFlowReset, err)
+	var (
+		se  *quic.StreamError
+		ite *quic.IdleTimeoutError
+		sre *quic.StatelessResetError
+		ae  *quic.ApplicationError
+		te  *quic.TransportError
+		hte *quic.HandshakeTimeoutError
+	)
+	switch {
+	case errors.As(err, &se):
+		if se.Remote {
+			return fmt.Errorf("%w: %w", ErrFlowReset, err)
+		}
+	case errors.As(err, &ite), errors.As(err, &sre), errors.As(err, &ae), errors.As(err, &te), errors.As(err, &hte):
+		return fmt.Errorf("%w: connection lost: %v", ErrFlowReset, err)
 	}
 	return err
 }
