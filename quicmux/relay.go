@@ -82,6 +82,10 @@ func RelayWith(ctx context.Context, a, b FlowConn, opt RelayOptions) (RelayStats
 // tunnel.
 func StartRelay(ctx context.Context, a, b FlowConn, opt RelayOptions, done func(RelayStats, error)) {
 	r := &relay{a: a, b: b, done: done, parker: opt.parker}
+	// Until the relay is set up, nothing may fail it or end it: a ctx already done, or a
+	// direction ending at once, waits for r.mu.
+	r.mu.Lock()
+	defer r.mu.Unlock()
 	r.pending.Store(2)
 	if opt.IdleTimeout > 0 {
 		r.activity = new(atomic.Int64)
