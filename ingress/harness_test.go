@@ -117,20 +117,17 @@ func (w testWriter) Write(p []byte) (int, error) {
 func newHarness(t *testing.T, kind ingressKind, cfg harnessConfig) *harness {
 	t.Helper()
 	h := &harness{t: t, kind: kind, dest: newDestination(t)}
-	serverID, err := quicmux.NewEphemeralIdentity()
-	if err != nil {
-		t.Fatal(err)
-	}
-	clientID, err := quicmux.NewEphemeralIdentity()
-	if err != nil {
-		t.Fatal(err)
-	}
 	destAddr := h.dest.addr()
 	dialer := quicmux.TCPDialer(0)
-	srv, err := quicmux.NewServer(quicmux.ServerConfig{
-		Identity:   serverID,
-		Authorized: func(fp quicmux.Fingerprint) bool { return fp == clientID.Fingerprint },
-		Policy:     quicmux.Rules{{Prefix: netip.MustParsePrefix("10.99.0.0/16"), PortLo: 1, PortHi: 65535}},
+	var relay func(string) string
+	if cfg.udpRelay {
+		relay = func(serverAddr string) string {
+			h.relay = newUDPRelay(t, serverAddr)
+			return h.relay.addr()
+		}
+	}
+	h.server, h.client = startTunnel(t, quicmux.ServerConfig{
+		Policy: quicmux.Rules{{Prefix: netip.MustParsePrefix("10.99.0.0/16"), PortLo: 1, PortHi: 65535}},
 		// The one target is the destination on loopback; anything else is a bug in the test.
 		Dialer: dialerFunc(func(ctx context.Context, network, address string) (net.Conn, error) {
 			if address != flowTarget.String() {
@@ -141,42 +138,12 @@ func newHarness(t *testing.T, kind ingressKind, cfg harnessConfig) *harness {
 		DialTimeout:     5 * time.Second,
 		FlowIdleTimeout: cfg.serverFlowIdle,
 		Limits:          cfg.serverLimits,
-		Logger:          testLogger(t).WithField("side", "server"),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr, err := srv.Listen("127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	h.server = srv
-	t.Cleanup(func() { _ = srv.Close() })
-
-	serverAddr := addr.String()
-	if cfg.udpRelay {
-		h.relay = newUDPRelay(t, serverAddr)
-		serverAddr = h.relay.addr()
-	}
-	client, err := quicmux.NewClient(quicmux.ClientConfig{
-		Server:          serverAddr,
-		Identity:        clientID,
-		Pin:             serverID.Fingerprint,
+	}, quicmux.ClientConfig{
 		DialTimeout:     5 * time.Second,
 		FlowIdleTimeout: cfg.clientFlowIdle,
 		Limits:          cfg.clientLimits,
-		Logger:          testLogger(t).WithField("side", "client"),
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	h.client = client
-	t.Cleanup(func() { _ = client.Close() })
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := client.Connect(ctx); err != nil {
-		t.Fatalf("connect: %v", err)
-	}
+	}, relay)
+	client := h.client
 
 	switch kind {
 	case ingressPort:
@@ -193,6 +160,51 @@ func newHarness(t *testing.T, kind ingressKind, cfg harnessConfig) *harness {
 		}
 	}
 	return h
+}
+
+// startTunnel starts a server on loopback with sc and a client with cc (each with fresh
+// identities that trust each other, and a test logger), connects the client, and closes both
+// at cleanup. via, if set, is given the server's address and returns the one the client
+// dials (a relay in between).
+func startTunnel(t *testing.T, sc quicmux.ServerConfig, cc quicmux.ClientConfig, via func(string) string) (*quicmux.Server, *quicmux.Client) {
+	t.Helper()
+	serverID, err := quicmux.NewEphemeralIdentity()
+	if err != nil {
+		t.Fatal(err)
+	}
+	clientID, err := quicmux.NewEphemeralIdentity()
+	if err != nil {
+		t.Fatal(err)
+	}
+	sc.Identity = serverID
+	sc.Authorized = func(fp quicmux.Fingerprint) bool { return fp == clientID.Fingerprint }
+	sc.Logger = testLogger(t).WithField("side", "server")
+	srv, err := quicmux.NewServer(sc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr, err := srv.Listen("127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = srv.Close() })
+	cc.Server = addr.String()
+	if via != nil {
+		cc.Server = via(cc.Server)
+	}
+	cc.Identity, cc.Pin = clientID, serverID.Fingerprint
+	cc.Logger = testLogger(t).WithField("side", "client")
+	client, err := quicmux.NewClient(cc)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = client.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	if err := client.Connect(ctx); err != nil {
+		t.Fatalf("connect: %v", err)
+	}
+	return srv, client
 }
 
 // startPort serves a -L on an ephemeral loopback port; the app dials it with the kernel.

@@ -30,33 +30,10 @@ func TestKeepAliveFindsVanishedPeers(t *testing.T) {
 	const keepalive = time.Second // probes after 1 s, then 4 more 1 s apart: about 5 s
 	const limit = 30 * time.Second
 
-	srvID, err := quicmux.NewEphemeralIdentity()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cliID, err := quicmux.NewEphemeralIdentity()
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv, err := quicmux.NewServer(quicmux.ServerConfig{
-		Identity:     srvID,
-		Authorized:   func(fp quicmux.Fingerprint) bool { return fp == cliID.Fingerprint },
+	_, client := startTunnel(t, quicmux.ServerConfig{
 		Policy:       quicmux.Rules{{Prefix: netip.MustParsePrefix("127.0.0.0/8"), PortLo: 1, PortHi: 65535}},
 		TCPKeepAlive: keepalive,
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr, err := srv.Listen("127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer srv.Close()
-	client, err := quicmux.NewClient(quicmux.ClientConfig{Server: addr.String(), Identity: cliID, Pin: srvID.Fingerprint})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer client.Close()
+	}, quicmux.ClientConfig{}, nil)
 
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -157,7 +134,7 @@ func TestKeepAliveFindsVanishedPeers(t *testing.T) {
 	}()
 	// The vanished destination: the server's probes go unanswered, it resets the stream, and
 	// the -L socket resets the app.
-	_, err = app.Read(make([]byte, 1))
+	_, err := app.Read(make([]byte, 1))
 	if !errors.Is(err, syscall.ECONNRESET) {
 		t.Fatalf("app saw %v, want a reset", err)
 	}
