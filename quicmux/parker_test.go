@@ -137,13 +137,21 @@ func barrier(t *testing.T, p *parker) {
 	c.wait(t, "barrier callback")
 }
 
-func TestParkerWrite(t *testing.T) {
+// parkedPair is a parker, a loopback pair and a counting callback, with the pair's local end
+// parked.
+func parkedPair(t *testing.T) (*parker, parkPair, *counter) {
+	t.Helper()
 	p := testParker(t)
 	pp := newParkPair(t, p)
 	c := newCounter()
 	if err := p.park(pp.rc, c.f); err != nil {
 		t.Fatal(err)
 	}
+	return p, pp, c
+}
+
+func TestParkerWrite(t *testing.T) {
+	p, pp, c := parkedPair(t)
 	pp.send(t)
 	c.wait(t, "callback after a write")
 	barrier(t, p)
@@ -169,12 +177,7 @@ func TestParkerAlreadyReadable(t *testing.T) {
 }
 
 func TestParkerFIN(t *testing.T) {
-	p := testParker(t)
-	pp := newParkPair(t, p)
-	c := newCounter()
-	if err := p.park(pp.rc, c.f); err != nil {
-		t.Fatal(err)
-	}
+	_, pp, c := parkedPair(t)
 	if err := pp.peer.CloseWrite(); err != nil {
 		t.Fatal(err)
 	}
@@ -186,12 +189,7 @@ func TestParkerFIN(t *testing.T) {
 }
 
 func TestParkerRST(t *testing.T) {
-	p := testParker(t)
-	pp := newParkPair(t, p)
-	c := newCounter()
-	if err := p.park(pp.rc, c.f); err != nil {
-		t.Fatal(err)
-	}
+	_, pp, c := parkedPair(t)
 	if err := pp.peer.SetLinger(0); err != nil {
 		t.Fatal(err)
 	}
@@ -204,12 +202,7 @@ func TestParkerRST(t *testing.T) {
 }
 
 func TestParkerUnparkBeforeData(t *testing.T) {
-	p := testParker(t)
-	pp := newParkPair(t, p)
-	c := newCounter()
-	if err := p.park(pp.rc, c.f); err != nil {
-		t.Fatal(err)
-	}
+	p, pp, c := parkedPair(t)
 	if !p.unpark(pp.rc) {
 		t.Fatal("unpark of a pending park reported none")
 	}
@@ -223,12 +216,7 @@ func TestParkerUnparkBeforeData(t *testing.T) {
 }
 
 func TestParkerUnparkAfterFire(t *testing.T) {
-	p := testParker(t)
-	pp := newParkPair(t, p)
-	c := newCounter()
-	if err := p.park(pp.rc, c.f); err != nil {
-		t.Fatal(err)
-	}
+	p, pp, c := parkedPair(t)
 	pp.send(t)
 	c.wait(t, "callback")
 	if p.unpark(pp.rc) {
@@ -245,12 +233,7 @@ func TestParkerUnparkNeverParked(t *testing.T) {
 }
 
 func TestParkerParkTwice(t *testing.T) {
-	p := testParker(t)
-	pp := newParkPair(t, p)
-	c := newCounter()
-	if err := p.park(pp.rc, c.f); err != nil {
-		t.Fatal(err)
-	}
+	p, pp, c := parkedPair(t)
 	if err := p.park(pp.rc, c.f); err == nil {
 		t.Fatal("a second park of a parked socket succeeded")
 	}
