@@ -22,6 +22,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/waiter"
 
+	"github.com/quicgate/quicgate/internal/testlog"
 	"github.com/quicgate/quicgate/netstack"
 	"github.com/quicgate/quicgate/netstack/memtun"
 	"github.com/quicgate/quicgate/quicmux"
@@ -97,20 +98,7 @@ func (h *harness) isReset(err error) bool {
 	return errors.Is(err, syscall.ECONNRESET)
 }
 
-func testLogger(t testing.TB) *logrus.Entry {
-	lg := logrus.New()
-	lg.SetOutput(testWriter{t})
-	lg.SetLevel(logrus.InfoLevel)
-	return logrus.NewEntry(lg)
-}
-
-// testWriter sends log lines to t.Log, so they show only for failing tests.
-type testWriter struct{ t testing.TB }
-
-func (w testWriter) Write(p []byte) (int, error) {
-	w.t.Log(string(p[:len(p)-1]))
-	return len(p), nil
-}
+func testLogger(t testing.TB) *logrus.Entry { return testlog.New(t) }
 
 // newHarness builds destination, server, client (connected) and the ingress; t.Cleanup
 // takes them down in the reverse order.

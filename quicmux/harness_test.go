@@ -12,6 +12,8 @@ import (
 
 	"github.com/sirupsen/logrus"
 	"go.uber.org/goleak"
+
+	"github.com/quicgate/quicgate/internal/testlog"
 )
 
 func TestMain(m *testing.M) {
@@ -53,21 +55,7 @@ func withRules(specs ...string) tunnelOption {
 	}
 }
 
-func testLogger(t testing.TB) *logrus.Entry {
-	lg := logrus.New()
-	lg.SetOutput(testWriter{t})
-	lg.SetLevel(logrus.InfoLevel)
-	return logrus.NewEntry(lg)
-}
-
-// testWriter sends log lines to t.Log, so they show only for failing tests.
-type testWriter struct{ t testing.TB }
-
-func (w testWriter) Write(p []byte) (int, error) {
-	w.t.Helper()
-	w.t.Log(string(p[:len(p)-1]))
-	return len(p), nil
-}
+func testLogger(t testing.TB) *logrus.Entry { return testlog.New(t) }
 
 func newTunnel(t testing.TB, opts ...tunnelOption) *tunnel {
 	t.Helper()
