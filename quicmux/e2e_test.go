@@ -221,9 +221,9 @@ func TestNamePolicy(t *testing.T) {
 		withRules(fmt.Sprintf("127.0.0.1/32:%d", dst.Port())),
 		withResolver(resolverFunc(func(_ context.Context, _, host string) ([]netip.Addr, error) {
 			switch host {
-			case "good.test":
+			case "good.test.":
 				return []netip.Addr{netip.MustParseAddr("127.0.0.1")}, nil
-			case "evil.test":
+			case "evil.test.":
 				return []netip.Addr{netip.MustParseAddr("127.0.0.2")}, nil
 			}
 			return nil, &net.DNSError{Err: "no such host", Name: host, IsNotFound: true}

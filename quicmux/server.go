@@ -7,7 +7,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -37,8 +36,14 @@ type ServerConfig struct {
 
 	// Dialer dials destinations; default: a net.Dialer with TCPKeepAlive. It should return
 	// *net.TCPConn or a FlowConn; any other net.Conn is adapted (AsFlowConn).
-	Dialer   Dialer
-	Resolver Resolver // default: net.DefaultResolver
+	Dialer Dialer
+	// Resolver looks up names that the hosts file does not have, always as absolute names
+	// (with a trailing dot), so no search domain can turn a name into another; default:
+	// net.DefaultResolver.
+	Resolver Resolver
+	// HostsFile is the hosts(5) file whose names are resolved before DNS, and trusted to
+	// point at the server's own addresses (localhost); default DefaultHostsFile.
+	HostsFile string
 
 	DialTimeout   time.Duration // per destination dial; default 10s
 	HeaderTimeout time.Duration // a stream must deliver its header within this; default 10s
@@ -79,6 +84,8 @@ type Server struct {
 
 	flows     *FlowGroup
 	parker    *parker // idle destination sockets; nil: a goroutine each
+	hosts     *hostsFile
+	own       ownAddrs
 	dialSlots chan struct{}
 	flowSeq   atomic.Uint64
 }
@@ -99,6 +106,9 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	if cfg.Resolver == nil {
 		cfg.Resolver = net.DefaultResolver
 	}
+	if cfg.HostsFile == "" {
+		cfg.HostsFile = DefaultHostsFile
+	}
 	if cfg.DialTimeout <= 0 {
 		cfg.DialTimeout = 10 * time.Second
 	}
@@ -116,7 +126,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		return nil, err
 	}
 	cfg.Metrics.setCongestion(cfg.Limits.Congestion)
-	s := &Server{cfg: cfg, log: loggerOrDiscard(cfg.Logger), dialSlots: make(chan struct{}, cfg.MaxPendingDials)}
+	s := &Server{cfg: cfg, log: loggerOrDiscard(cfg.Logger), dialSlots: make(chan struct{}, cfg.MaxPendingDials), hosts: &hostsFile{path: cfg.HostsFile}}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.flows = NewFlowGroup(s.ctx)
 	s.parker, _ = newParker()
@@ -388,36 +398,15 @@ func (s *Server) dial(ctx context.Context, t Target) (FlowConn, Status) {
 		return nil, StatusTimedOut
 	}
 	var addrs []netip.Addr
-	switch {
-	case t.Addr.IsValid():
+	if t.Addr.IsValid() {
 		if !dialable(t.Addr) || !s.cfg.Policy.Allow(t) {
 			return nil, StatusDenied
 		}
 		addrs = []netip.Addr{t.Addr}
-	case s.cfg.Policy.Allow(t):
-		// The name itself is allowed: the dialer resolves it, as a fully qualified name so
-		// that no resolver search domain can turn it into another (unapproved) name.
-		fqdn := strings.TrimSuffix(t.Host, ".") + "."
-		c, err := s.cfg.Dialer.DialContext(ctx, "tcp", net.JoinHostPort(fqdn, strconv.Itoa(int(t.Port))))
-		if err != nil {
-			return nil, statusOf(err)
-		}
-		return AsFlowConn(c), StatusOK
-	default:
-		ips, err := s.cfg.Resolver.LookupNetIP(ctx, "ip", t.Host)
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil, StatusTimedOut
-			}
-			return nil, StatusUnreachable
-		}
-		for _, ip := range ips {
-			if dialable(ip.Unmap()) && s.cfg.Policy.Allow(Target{Addr: ip.Unmap(), Port: t.Port}) {
-				addrs = append(addrs, ip.Unmap())
-			}
-		}
-		if len(addrs) == 0 {
-			return nil, StatusDenied
+	} else {
+		var status Status
+		if addrs, status = s.resolve(ctx, t); status != StatusOK {
+			return nil, status
 		}
 	}
 	status := StatusUnreachable
@@ -432,6 +421,49 @@ func (s *Server) dial(ctx context.Context, t Target) (FlowConn, Status) {
 		}
 	}
 	return nil, status
+}
+
+// resolve turns a name target into the addresses the policy lets the server dial, in the
+// order found. The hosts file is asked first, then the resolver, with the name made absolute.
+// An address is dialed if an address rule allows it; or, when a name rule allows the name,
+// if it is not guarded, or if it came from the hosts file (the operator's own names, such
+// as localhost).
+func (s *Server) resolve(ctx context.Context, t Target) ([]netip.Addr, Status) {
+	nameAllowed := s.cfg.Policy.Allow(t)
+	ips := s.hosts.lookup(t.Host)
+	fromHosts := len(ips) > 0
+	if !fromHosts {
+		var err error
+		ips, err = s.cfg.Resolver.LookupNetIP(ctx, "ip", strings.TrimSuffix(t.Host, ".")+".")
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil, StatusTimedOut
+			}
+			return nil, StatusUnreachable
+		}
+	}
+	var addrs, refused []netip.Addr
+	for _, ip := range ips {
+		ip = ip.Unmap()
+		if !dialable(ip) {
+			continue
+		}
+		switch {
+		case s.cfg.Policy.Allow(Target{Addr: ip, Port: t.Port}):
+			addrs = append(addrs, ip)
+		case nameAllowed && (fromHosts || !s.guarded(ip)):
+			addrs = append(addrs, ip)
+		case nameAllowed:
+			refused = append(refused, ip)
+		}
+	}
+	if len(addrs) == 0 {
+		if len(refused) > 0 {
+			s.log.WithFields(logrus.Fields{"target": t.String(), "addrs": refused}).Warn("denied: an allowed name resolves only to loopback, link-local or the server's own addresses, which only an address rule allows")
+		}
+		return nil, StatusDenied
+	}
+	return addrs, StatusOK
 }
 
 // dialable rejects addresses that are no single remote host: the unspecified address (which
