@@ -71,7 +71,9 @@ func RelayWith(ctx context.Context, a, b FlowConn, opt RelayOptions) (RelayStats
 }
 
 // StartRelay is Relay without waiting: it starts the flow and returns at once, and calls done
-// once, on another goroutine, after both directions have ended and a and b are closed.
+// once, on another goroutine, after both directions have ended and a and b are closed. The
+// function it returns resets the flow with err as its result (as ctx ending does); after
+// the flow has ended it does nothing.
 //
 // A direction holds a pooled 64 KiB buffer only while bytes move. While its source is idle
 // it holds no buffer, and no goroutine either when the source can say when it becomes
@@ -80,7 +82,7 @@ func RelayWith(ctx context.Context, a, b FlowConn, opt RelayOptions) (RelayStats
 // then watches (one epoll set for all); without a parker, a kernel socket is waited for by a
 // goroutine in Go's netpoller. So an idle flow costs no goroutine on either side of the
 // tunnel.
-func StartRelay(ctx context.Context, a, b FlowConn, opt RelayOptions, done func(RelayStats, error)) {
+func StartRelay(ctx context.Context, a, b FlowConn, opt RelayOptions, done func(RelayStats, error)) (abort func(err error)) {
 	r := &relay{a: a, b: b, done: done, parker: opt.parker}
 	// Until the relay is set up, nothing may fail it or end it: a ctx already done, or a
 	// direction ending at once, waits for r.mu.
@@ -97,6 +99,7 @@ func StartRelay(ctx context.Context, a, b FlowConn, opt RelayOptions, done func(
 	r.stop = context.AfterFunc(ctx, func() { r.fail(context.Cause(ctx)) })
 	r.start(&r.atob, a, b, opt.AtoB)
 	r.start(&r.btoa, b, a, opt.BtoA)
+	return r.fail
 }
 
 type relay struct {

@@ -86,6 +86,11 @@ type Server struct {
 	parker    *parker // idle destination sockets; nil: a goroutine each
 	hosts     *hostsFile
 	own       ownAddrs
+
+	// What is open, for Recheck: connections by client fingerprint, flows by target.
+	liveMu    sync.Mutex
+	liveConns map[*quic.Conn]Fingerprint
+	liveFlows map[*liveFlow]struct{}
 	dialSlots chan struct{}
 	flowSeq   atomic.Uint64
 }
@@ -126,7 +131,8 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		return nil, err
 	}
 	cfg.Metrics.setCongestion(cfg.Limits.Congestion)
-	s := &Server{cfg: cfg, log: loggerOrDiscard(cfg.Logger), dialSlots: make(chan struct{}, cfg.MaxPendingDials), hosts: &hostsFile{path: cfg.HostsFile}}
+	s := &Server{cfg: cfg, log: loggerOrDiscard(cfg.Logger), dialSlots: make(chan struct{}, cfg.MaxPendingDials), hosts: &hostsFile{path: cfg.HostsFile},
+		liveConns: map[*quic.Conn]Fingerprint{}, liveFlows: map[*liveFlow]struct{}{}}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.flows = NewFlowGroup(s.ctx)
 	s.parker, _ = newParker()
@@ -233,7 +239,16 @@ func (s *Server) serveConn(qc *quic.Conn) {
 	defer s.wg.Done()
 	log := s.log.WithField("peer", qc.RemoteAddr().String())
 	if certs := qc.ConnectionState().TLS.PeerCertificates; len(certs) > 0 {
-		log = log.WithField("fingerprint", FingerprintOf(certs[0]).String())
+		fp := FingerprintOf(certs[0])
+		log = log.WithField("fingerprint", fp.String())
+		s.liveMu.Lock()
+		s.liveConns[qc] = fp
+		s.liveMu.Unlock()
+		defer func() {
+			s.liveMu.Lock()
+			delete(s.liveConns, qc)
+			s.liveMu.Unlock()
+		}()
 	}
 	log.Info("client connected")
 	s.cfg.Metrics.trackConn(qc)
@@ -321,7 +336,7 @@ func (s *Server) serveStream(ctx context.Context, qc *quic.Conn, str *quic.Strea
 		}
 	}()
 	start := time.Now()
-	dst, status := s.dial(ctx, req.Target)
+	dst, at, status := s.dial(ctx, req.Target)
 	s.cfg.Metrics.dialResult(status)
 	if status != StatusOK {
 		log(logrus.Fields{"target": req.Target.String(), "result": status.String()}).Info("flow rejected")
@@ -344,7 +359,14 @@ func (s *Server) serveStream(ctx context.Context, qc *quic.Conn, str *quic.Strea
 	target := req.Target
 	opt := s.cfg.Metrics.relayOptions(s.cfg.FlowIdleTimeout)
 	opt.parker = s.parker
-	StartRelay(ctx, sc, dst, opt, func(stats RelayStats, err error) {
+	live := &liveFlow{target: target, at: at}
+	s.liveMu.Lock()
+	s.liveFlows[live] = struct{}{}
+	s.liveMu.Unlock()
+	abort := StartRelay(ctx, sc, dst, opt, func(stats RelayStats, err error) {
+		s.liveMu.Lock()
+		delete(s.liveFlows, live)
+		s.liveMu.Unlock()
 		s.cfg.Metrics.flowEnded(resultOf(err))
 		if connLog.Logger.IsLevelEnabled(logrus.DebugLevel) {
 			connLog.WithFields(logrus.Fields{
@@ -359,6 +381,52 @@ func (s *Server) serveStream(ctx context.Context, qc *quic.Conn, str *quic.Strea
 		s.flows.Done()
 		release()
 	})
+	s.liveMu.Lock()
+	live.abort = abort
+	s.liveMu.Unlock()
+}
+
+// liveFlow is an open flow as Recheck sees it.
+type liveFlow struct {
+	target Target
+	at     dialedAddr
+	abort  func(error) // nil for the moment between registration and the relay's start
+}
+
+// ErrPolicyChanged ends a flow whose target the server's policy no longer allows.
+var ErrPolicyChanged = errors.New("quicmux: destination no longer allowed by the server's policy")
+
+// connRevoked closes the connection of a client no longer authorized.
+const connRevoked quic.ApplicationErrorCode = 0x1
+
+// Recheck applies the current Authorized and Policy to what is open, after a reload changed
+// them: the connections of clients no longer authorized are closed (their flows reset), and
+// flows whose destination the policy no longer allows are reset. Everything else is left
+// alone. It returns how many connections it closed and how many flows it reset.
+func (s *Server) Recheck() (conns, flows int) {
+	s.liveMu.Lock()
+	var revoked []*quic.Conn
+	for qc, fp := range s.liveConns {
+		if !s.cfg.Authorized(fp) {
+			revoked = append(revoked, qc)
+			s.log.WithFields(logrus.Fields{"peer": qc.RemoteAddr().String(), "fingerprint": fp.String()}).Warn("closing the connection of a client no longer authorized")
+		}
+	}
+	var denied []func(error)
+	for f := range s.liveFlows {
+		if f.abort != nil && !s.permits(f.target, f.at.addr, f.at.fromHosts) {
+			denied = append(denied, f.abort)
+			s.log.WithFields(logrus.Fields{"target": f.target.String(), "addr": f.at.addr.String()}).Info("resetting a flow the new rules deny")
+		}
+	}
+	s.liveMu.Unlock()
+	for _, qc := range revoked {
+		_ = qc.CloseWithError(connRevoked, "client no longer authorized")
+	}
+	for _, abort := range denied {
+		abort(ErrPolicyChanged)
+	}
+	return len(revoked), len(denied)
 }
 
 // linger gives the last frames of flows that ended cleanly (a FIN, the final bytes) a few
@@ -388,39 +456,47 @@ func (s *Server) reject(str *quic.Stream, st Status, code quic.StreamErrorCode) 
 
 // dial applies the policy and dials the target under the connection's ctx, mapping each
 // failure to its status.
-func (s *Server) dial(ctx context.Context, t Target) (FlowConn, Status) {
+func (s *Server) dial(ctx context.Context, t Target) (FlowConn, dialedAddr, Status) {
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.DialTimeout)
 	defer cancel()
 	select {
 	case s.dialSlots <- struct{}{}:
 		defer func() { <-s.dialSlots }()
 	case <-ctx.Done():
-		return nil, StatusTimedOut
+		return nil, dialedAddr{}, StatusTimedOut
 	}
 	var addrs []netip.Addr
+	fromHosts := false
 	if t.Addr.IsValid() {
-		if !dialable(t.Addr) || !s.cfg.Policy.Allow(t) {
-			return nil, StatusDenied
+		if !s.permits(t, t.Addr, false) {
+			return nil, dialedAddr{}, StatusDenied
 		}
 		addrs = []netip.Addr{t.Addr}
 	} else {
 		var status Status
-		if addrs, status = s.resolve(ctx, t); status != StatusOK {
-			return nil, status
+		if addrs, fromHosts, status = s.resolve(ctx, t); status != StatusOK {
+			return nil, dialedAddr{}, status
 		}
 	}
 	status := StatusUnreachable
 	for _, a := range addrs {
 		c, err := s.cfg.Dialer.DialContext(ctx, "tcp", netip.AddrPortFrom(a, t.Port).String())
 		if err == nil {
-			return AsFlowConn(c), StatusOK
+			return AsFlowConn(c), dialedAddr{a, fromHosts}, StatusOK
 		}
 		status = statusOf(err)
 		if ctx.Err() != nil {
 			break
 		}
 	}
-	return nil, status
+	return nil, dialedAddr{}, status
+}
+
+// dialedAddr is the address a flow's destination was dialed at, and whether its name came
+// from the hosts file: what Recheck judges an open flow by.
+type dialedAddr struct {
+	addr      netip.Addr
+	fromHosts bool
 }
 
 // resolve turns a name target into the addresses the policy lets the server dial, in the
@@ -428,32 +504,26 @@ func (s *Server) dial(ctx context.Context, t Target) (FlowConn, Status) {
 // An address is dialed if an address rule allows it; or, when a name rule allows the name,
 // if it is not guarded, or if it came from the hosts file (the operator's own names, such
 // as localhost).
-func (s *Server) resolve(ctx context.Context, t Target) ([]netip.Addr, Status) {
-	nameAllowed := s.cfg.Policy.Allow(t)
+func (s *Server) resolve(ctx context.Context, t Target) (addrs []netip.Addr, fromHosts bool, status Status) {
 	ips := s.hosts.lookup(t.Host)
-	fromHosts := len(ips) > 0
+	fromHosts = len(ips) > 0
 	if !fromHosts {
 		var err error
 		ips, err = s.cfg.Resolver.LookupNetIP(ctx, "ip", strings.TrimSuffix(t.Host, ".")+".")
 		if err != nil {
 			if ctx.Err() != nil {
-				return nil, StatusTimedOut
+				return nil, false, StatusTimedOut
 			}
-			return nil, StatusUnreachable
+			return nil, false, StatusUnreachable
 		}
 	}
-	var addrs, refused []netip.Addr
+	var refused []netip.Addr
 	for _, ip := range ips {
 		ip = ip.Unmap()
-		if !dialable(ip) {
-			continue
-		}
 		switch {
-		case s.cfg.Policy.Allow(Target{Addr: ip, Port: t.Port}):
+		case s.permits(t, ip, fromHosts):
 			addrs = append(addrs, ip)
-		case nameAllowed && (fromHosts || !s.guarded(ip)):
-			addrs = append(addrs, ip)
-		case nameAllowed:
+		case dialable(ip) && s.cfg.Policy.Allow(t):
 			refused = append(refused, ip)
 		}
 	}
@@ -461,9 +531,21 @@ func (s *Server) resolve(ctx context.Context, t Target) ([]netip.Addr, Status) {
 		if len(refused) > 0 {
 			s.log.WithFields(logrus.Fields{"target": t.String(), "addrs": refused}).Warn("denied: an allowed name resolves only to loopback, link-local or the server's own addresses, which only an address rule allows")
 		}
-		return nil, StatusDenied
+		return nil, false, StatusDenied
 	}
-	return addrs, StatusOK
+	return addrs, fromHosts, StatusOK
+}
+
+// permits is the policy's verdict on dialing t at addr: an address rule allows addr; or t is
+// a name a name rule allows, and addr is not guarded or the name came from the hosts file.
+func (s *Server) permits(t Target, addr netip.Addr, fromHosts bool) bool {
+	if !dialable(addr) {
+		return false
+	}
+	if s.cfg.Policy.Allow(Target{Addr: addr, Port: t.Port}) {
+		return true
+	}
+	return !t.Addr.IsValid() && s.cfg.Policy.Allow(t) && (fromHosts || !s.guarded(addr))
 }
 
 // dialable rejects addresses that are no single remote host: the unspecified address (which

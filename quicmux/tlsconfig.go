@@ -71,15 +71,22 @@ func serverTLS(id *Identity, authorized func(Fingerprint) bool, log *logrus.Entr
 		}
 		conf := base.Clone()
 		conf.GetConfigForClient = nil
-		conf.VerifyPeerCertificate = func(rawCerts [][]byte, _ [][]*x509.Certificate) error {
-			fp, err := peerFingerprint(rawCerts)
+		// VerifyConnection, not VerifyPeerCertificate: it runs on every handshake, resumed
+		// ones included (their certificates come from the session ticket), so a client
+		// removed from the authorized list cannot come back with a ticket it kept.
+		conf.VerifyConnection = func(cs tls.ConnectionState) error {
+			var raw [][]byte
+			for _, c := range cs.PeerCertificates {
+				raw = append(raw, c.Raw)
+			}
+			fp, err := peerFingerprint(raw)
 			if err != nil {
 				log.WithField("peer", peer).WithError(err).Warn("client rejected")
 				onReject("no_certificate")
 				return err
 			}
 			if !authorized(fp) {
-				log.WithFields(logrus.Fields{"peer": peer, "fingerprint": fp.String()}).Warn("client rejected: fingerprint not authorized")
+				log.WithFields(logrus.Fields{"peer": peer, "fingerprint": fp.String(), "resumed": cs.DidResume}).Warn("client rejected: fingerprint not authorized")
 				onReject("unauthorized")
 				return fmt.Errorf("%w: %s", ErrUnauthorized, fp)
 			}

@@ -4,7 +4,11 @@ import (
 	"context"
 	"flag"
 	"io"
+	"os"
+	"os/signal"
 	"runtime"
+	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -12,30 +16,71 @@ import (
 	"github.com/quicgate/quicgate/quicmux"
 )
 
-func runServer(ctx context.Context, args []string, stderr io.Writer) error {
+// serverFlags are the server's own flags.
+type serverFlags struct {
+	listen, authFile           *string
+	allow                      multiFlag
+	dialTimeout, headerTimeout *time.Duration
+	maxHeader, maxDials        *int
+	retry                      *bool
+	common                     *common
+}
+
+// parseServerFlags parses the server's command line and config file.
+func parseServerFlags(args []string, stderr io.Writer) (*serverFlags, error) {
 	fs := newFlagSet("server", stderr)
-	listen := fs.String("listen", "127.0.0.1:4433", "UDP address to listen on")
-	authFile := fs.String("authorized-clients", "", "file of client fingerprints to accept, one a line ('#' comments) (required)")
-	var allow multiFlag
-	fs.Var(&allow, "allow", "destination the server may dial: CIDR, CIDR:PORT, CIDR:LOW-HIGH or a host name (repeatable; at least one)")
-	dialTimeout := fs.Duration("dial-timeout", 10*time.Second, "how long to wait for a destination to answer")
-	headerTimeout := fs.Duration("header-timeout", 10*time.Second, "how long a new stream may take to send its header")
-	maxHeader := fs.Int("max-header-bytes", quicmux.MaxHeaderLen, "largest request header accepted (at most 263)")
-	maxDials := fs.Int("max-pending-dials", 1024, "destination dials in progress at once, over all clients")
-	retry := fs.Bool("retry", false, "make clients prove their address with a QUIC Retry first (for servers exposed to the Internet)")
-	common := commonFlags(fs, "server", serverProcs(runtime.NumCPU()), "The server serves many connections at once and uses every core, except on hosts of 2 cores or fewer: there one thread, leaving the other core to the kernel's share of the packets, moved 10-25% more (docs/performance.md).")
-	if err := parseWithConfig(fs, args, &common.config); err != nil {
+	f := &serverFlags{}
+	f.listen = fs.String("listen", "127.0.0.1:4433", "UDP address to listen on")
+	f.authFile = fs.String("authorized-clients", "", "file of client fingerprints to accept, one a line ('#' comments) (required; SIGHUP rereads it)")
+	fs.Var(&f.allow, "allow", "destination the server may dial: CIDR, CIDR:PORT, CIDR:LOW-HIGH or a host name (repeatable; at least one; SIGHUP rereads the config file's)")
+	f.dialTimeout = fs.Duration("dial-timeout", 10*time.Second, "how long to wait for a destination to answer")
+	f.headerTimeout = fs.Duration("header-timeout", 10*time.Second, "how long a new stream may take to send its header")
+	f.maxHeader = fs.Int("max-header-bytes", quicmux.MaxHeaderLen, "largest request header accepted (at most 263)")
+	f.maxDials = fs.Int("max-pending-dials", 1024, "destination dials in progress at once, over all clients")
+	f.retry = fs.Bool("retry", false, "make clients prove their address with a QUIC Retry first (for servers exposed to the Internet)")
+	f.common = commonFlags(fs, "server", serverProcs(runtime.NumCPU()), "The server serves many connections at once and uses every core, except on hosts of 2 cores or fewer: there one thread, leaving the other core to the kernel's share of the packets, moved 10-25% more (docs/performance.md).")
+	if err := parseWithConfig(fs, args, &f.common.config); err != nil {
+		return nil, err
+	}
+	return f, nil
+}
+
+// access is who may connect and where they may go: what the server starts with and what
+// SIGHUP reloads.
+type access struct {
+	rules      quicmux.Rules
+	authorized quicmux.AuthorizedClients
+}
+
+// loadAccess reads the allow rules and the authorized clients as the flags and the config
+// file give them now.
+func (f *serverFlags) loadAccess() (*access, error) {
+	if *f.authFile == "" {
+		return nil, usageErr("--authorized-clients is required: a file of client fingerprints ('quicgate fingerprint' prints one)")
+	}
+	if len(f.allow) == 0 {
+		return nil, usageErr("no --allow rule: refusing to start a server that may dial nothing (or, worse, anything); add e.g. --allow 127.0.0.1/32")
+	}
+	rules, err := quicmux.ParseRules(f.allow)
+	if err != nil {
+		return nil, usageErr("%v", err)
+	}
+	authorized, err := quicmux.LoadAuthorizedClients(*f.authFile)
+	if err != nil {
+		return nil, err
+	}
+	return &access{rules: rules, authorized: authorized}, nil
+}
+
+func runServer(ctx context.Context, args []string, stderr io.Writer) error {
+	f, err := parseServerFlags(args, stderr)
+	if err != nil {
 		return err
 	}
-	if *authFile == "" {
-		return usageErr("--authorized-clients is required: a file of client fingerprints ('quicgate fingerprint' prints one)")
-	}
-	if len(allow) == 0 {
-		return usageErr("no --allow rule: refusing to start a server that may dial nothing (or, worse, anything); add e.g. --allow 127.0.0.1/32")
-	}
-	rules, err := quicmux.ParseRules(allow)
+	listen, authFile, dialTimeout, headerTimeout, maxHeader, maxDials, retry, common := f.listen, f.authFile, f.dialTimeout, f.headerTimeout, f.maxHeader, f.maxDials, f.retry, f.common
+	acc, err := f.loadAccess()
 	if err != nil {
-		return usageErr("%v", err)
+		return err
 	}
 	if *maxHeader < quicmux.MinTCPHeaderLen || *maxHeader > quicmux.MaxHeaderLen {
 		return usageErr("--max-header-bytes %d: want %d (IPv6 targets) to %d (any host name)", *maxHeader, quicmux.MinTCPHeaderLen, quicmux.MaxHeaderLen)
@@ -46,23 +91,21 @@ func runServer(ctx context.Context, args []string, stderr io.Writer) error {
 	if err := positive(map[string]time.Duration{"--dial-timeout": *dialTimeout, "--header-timeout": *headerTimeout}); err != nil {
 		return err
 	}
-	authorized, err := quicmux.LoadAuthorizedClients(*authFile)
-	if err != nil {
-		return err
-	}
 	env, err := common.setup("server", stderr)
 	if err != nil {
 		return err
 	}
 	defer env.obs.close()
 	log, id := env.log, env.id
-	if len(authorized) == 0 {
+	if len(acc.authorized) == 0 {
 		log.WithField("file", *authFile).Warn("no authorized clients: every client will be rejected")
 	}
+	var live atomic.Pointer[access]
+	live.Store(acc)
 	srv, err := quicmux.NewServer(quicmux.ServerConfig{
 		Identity:        id,
-		Authorized:      func(fp quicmux.Fingerprint) bool { _, ok := authorized[fp]; return ok },
-		Policy:          rules,
+		Authorized:      func(fp quicmux.Fingerprint) bool { _, ok := live.Load().authorized[fp]; return ok },
+		Policy:          livePolicy{&live},
 		DialTimeout:     *dialTimeout,
 		HeaderTimeout:   *headerTimeout,
 		MaxHeaderBytes:  *maxHeader,
@@ -81,8 +124,17 @@ func runServer(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	log.WithFields(logrus.Fields{"addr": addr.String(), "fingerprint": id.Fingerprint.String(), "rules": len(rules), "clients": len(authorized)}).Info("server ready")
-	<-ctx.Done()
+	log.WithFields(logrus.Fields{"addr": addr.String(), "fingerprint": id.Fingerprint.String(), "rules": len(acc.rules), "clients": len(acc.authorized)}).Info("server ready")
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	for ctx.Err() == nil {
+		select {
+		case <-hup:
+			reload(args, &live, srv, log)
+		case <-ctx.Done():
+		}
+	}
 	log.WithField("drain_timeout", common.drain.String()).Info("shutting down: draining open flows")
 	dctx, cancel := context.WithTimeout(context.Background(), common.drain)
 	defer cancel()
@@ -90,6 +142,28 @@ func runServer(ctx context.Context, args []string, stderr io.Writer) error {
 	log.Info("stopped")
 	return nil
 }
+
+// reload rereads the authorized clients and the allow rules (SIGHUP) and applies them to
+// what is open; a file that does not parse keeps the old ones.
+func reload(args []string, live *atomic.Pointer[access], srv *quicmux.Server, log *logrus.Entry) {
+	f, err := parseServerFlags(args, io.Discard)
+	var acc *access
+	if err == nil {
+		acc, err = f.loadAccess()
+	}
+	if err != nil {
+		log.WithError(err).Warn("reload failed: keeping the rules and clients in force")
+		return
+	}
+	live.Store(acc)
+	conns, flows := srv.Recheck()
+	log.WithFields(logrus.Fields{"rules": len(acc.rules), "clients": len(acc.authorized), "closed_connections": conns, "reset_flows": flows}).Info("reloaded")
+}
+
+// livePolicy is the allow rules in force, which a reload replaces.
+type livePolicy struct{ acc *atomic.Pointer[access] }
+
+func (p livePolicy) Allow(t quicmux.Target) bool { return p.acc.Load().rules.Allow(t) }
 
 // common are the flags that server and client share.
 type common struct {
