@@ -82,10 +82,10 @@ type Server struct {
 	ln     *quic.Listener
 	closed bool
 
-	flows     *FlowGroup
-	parker    *parker // idle destination sockets; nil: a goroutine each
-	hosts     *hostsFile
-	own       ownAddrs
+	flows  *FlowGroup
+	parker *parker // idle destination sockets; nil: a goroutine each
+	hosts  *hostsFile
+	own    ownAddrs
 
 	// What is open, for Recheck: connections by client fingerprint, flows by target.
 	liveMu    sync.Mutex
