@@ -446,11 +446,11 @@ func (c *Client) dialServer() (*quic.Conn, error) {
 	}
 	conn, err := c.tr.Dial(ctx, raddr, c.tlsConf, c.cfg.Limits.quicConfig(false))
 	if err != nil {
-		return nil, classifyDialErr(err, c.cfg.Server, c.cfg.DialTimeout)
+		return nil, classifyDialErr(err, c.cfg.Server, c.cfg.DialTimeout, c.cfg.Identity.Fingerprint)
 	}
 	if err := ping(ctx, conn); err != nil {
 		_ = conn.CloseWithError(connShutdown, "")
-		return nil, classifyDialErr(err, c.cfg.Server, c.cfg.DialTimeout)
+		return nil, classifyDialErr(err, c.cfg.Server, c.cfg.DialTimeout, c.cfg.Identity.Fingerprint)
 	}
 	return conn, nil
 }
@@ -471,14 +471,16 @@ func ping(ctx context.Context, conn *quic.Conn) error {
 	return ReadStatus(str)
 }
 
-func classifyDialErr(err error, server string, timeout time.Duration) error {
+// classifyDialErr names why a dial failed; self is this client's fingerprint, which a server
+// that does not know the client needs to be told.
+func classifyDialErr(err error, server string, timeout time.Duration, self Fingerprint) error {
 	var te *quic.TransportError
 	var pe *PinError
 	switch {
 	case errors.As(err, &pe):
 		return fmt.Errorf("%w: %s %w", ErrPinMismatch, server, pe)
 	case errors.As(err, &te) && te.Remote && te.ErrorCode.IsCryptoError():
-		return fmt.Errorf("%w: %s refused the handshake (%s); add this client's fingerprint to the server's authorized clients", ErrUnauthorized, server, te.ErrorCode.Message())
+		return fmt.Errorf("%w: %s refused the handshake (%s); add this client's fingerprint, %s, as a line of the server's authorized-clients file", ErrUnauthorized, server, te.ErrorCode.Message(), self)
 	case errors.Is(err, context.DeadlineExceeded), isTimeout(err):
 		return fmt.Errorf("%w: no answer from %s within %s", ErrServerUnreachable, server, timeout)
 	}

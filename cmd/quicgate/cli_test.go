@@ -338,6 +338,7 @@ func TestClientCannotConnect(t *testing.T) {
 	p := newPair(t)
 	srv, addr := p.startServer(t, "127.0.0.1/32")
 	stranger := filepath.Join(p.dir, "stranger")
+	strangerFP := fingerprint(t, stranger)
 	silent, err := net.ListenPacket("udp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -347,7 +348,8 @@ func TestClientCannotConnect(t *testing.T) {
 		name, server, state, pin, want string
 	}{
 		{"wrong pin", addr, filepath.Join(p.dir, "client"), p.clientFP, "does not match the pin"},
-		{"unauthorized client", addr, stranger, p.pin, "rejected this client's identity"},
+		// The client is told its own fingerprint, which is what the server's operator needs.
+		{"unauthorized client", addr, stranger, p.pin, "add this client's fingerprint, " + strangerFP + ", as a line of the server's authorized-clients file"},
 		{"no server", silent.LocalAddr().String(), filepath.Join(p.dir, "client"), p.pin, "server unreachable"},
 	}
 	for _, tt := range tests {
