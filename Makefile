@@ -14,7 +14,7 @@ FUZZTIME ?= 50000x
 all: build
 
 build:
-	$(GO) build -o $(BIN) ./cmd/quicgate
+	$(GO) build -buildvcs=auto -o $(BIN) ./cmd/quicgate
 
 ## run: the demo — server and client on loopback with throwaway identities, fetching through the tunnel.
 run:

@@ -13,6 +13,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"runtime"
 	"strings"
 	"sync"
 	"syscall"
@@ -575,4 +576,18 @@ func tcpServer(t *testing.T, handle func(c net.Conn)) string {
 		}
 	}()
 	return ln.Addr().String()
+}
+
+// version prints one line naming the build, and takes no arguments.
+func TestVersion(t *testing.T) {
+	stdout, stderr, code := runQuick(t, "version")
+	if code != 0 || stderr != "" {
+		t.Fatalf("exit %d, stderr %q", code, stderr)
+	}
+	if !strings.HasPrefix(stdout, "quicgate ") || !strings.Contains(stdout, runtime.Version()) || strings.Count(stdout, "\n") != 1 {
+		t.Fatalf("version printed %q, want one line with the Go version %s", stdout, runtime.Version())
+	}
+	if _, _, code := runQuick(t, "version", "extra"); code != 2 {
+		t.Fatalf("version with an argument: exit %d, want 2", code)
+	}
 }

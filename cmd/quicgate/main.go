@@ -30,6 +30,7 @@ Usage:
                        [--tun NAME --tun-addr CIDR --route CIDR ...]
   quicgate fingerprint --state-dir DIR
   quicgate demo
+  quicgate version
 
 Run 'quicgate COMMAND -h' for a command's flags.
 `
@@ -59,6 +60,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = runFingerprint(args[1:], stdout, stderr)
 	case "demo":
 		err = runDemo(ctx, args[1:], stdout, stderr)
+	case "version", "--version":
+		err = runVersion(args[1:], stdout)
 	case "-h", "--help", "help":
 		fmt.Fprint(stdout, usage)
 		return 0
