@@ -13,6 +13,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"math/big"
 	"os"
@@ -212,8 +213,14 @@ func LoadAuthorizedClients(path string) (AuthorizedClients, error) {
 		return nil, fmt.Errorf("quicmux: authorized clients: %w", err)
 	}
 	defer f.Close()
+	return ParseAuthorizedClients(f, path)
+}
+
+// ParseAuthorizedClients reads the authorized-clients format from r; name is what errors call
+// the input.
+func ParseAuthorizedClients(r io.Reader, name string) (AuthorizedClients, error) {
 	set := AuthorizedClients{}
-	sc := bufio.NewScanner(f)
+	sc := bufio.NewScanner(r)
 	for n := 1; sc.Scan(); n++ {
 		line, _, _ := strings.Cut(sc.Text(), "#")
 		fields := strings.Fields(line)
@@ -222,12 +229,12 @@ func LoadAuthorizedClients(path string) (AuthorizedClients, error) {
 		}
 		fp, err := ParseFingerprint(fields[0])
 		if err != nil {
-			return nil, fmt.Errorf("quicmux: %s:%d: %w", path, n, err)
+			return nil, fmt.Errorf("quicmux: %s:%d: %w", name, n, err)
 		}
 		set[fp] = strings.Join(fields[1:], " ")
 	}
 	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("quicmux: authorized clients: %w", err)
+		return nil, fmt.Errorf("quicmux: %s: %w", name, err)
 	}
 	return set, nil
 }

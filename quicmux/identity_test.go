@@ -85,3 +85,31 @@ func TestLoadAuthorizedClients(t *testing.T) {
 		t.Fatalf("missing file: %v", err)
 	}
 }
+
+// FuzzAuthorizedClients: any input either parses, into fingerprints that print back to what
+// parses to them, or fails with ErrBadFingerprint naming a line.
+func FuzzAuthorizedClients(f *testing.F) {
+	id, err := NewEphemeralIdentity()
+	if err != nil {
+		f.Fatal(err)
+	}
+	fp := id.Fingerprint.String()
+	for _, s := range []string{"", "# none\n", fp + " laptop\n", fp + "\n\n  # c\n" + fp + " again", "SHA256:abc\n", fp[:20], "\x00" + fp} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		set, err := ParseAuthorizedClients(strings.NewReader(s), "fuzz")
+		if err != nil {
+			if !errors.Is(err, ErrBadFingerprint) && !strings.Contains(err.Error(), "token too long") {
+				t.Fatalf("error %v is neither ErrBadFingerprint nor a long line", err)
+			}
+			return
+		}
+		for k := range set {
+			again, err := ParseFingerprint(k.String())
+			if err != nil || again != k {
+				t.Fatalf("fingerprint %s prints to %q, which parses to %v, %v", k, k.String(), again, err)
+			}
+		}
+	})
+}
