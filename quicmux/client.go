@@ -476,7 +476,10 @@ func ping(ctx context.Context, conn *quic.Conn) error {
 func classifyDialErr(err error, server string, timeout time.Duration, self Fingerprint) error {
 	var te *quic.TransportError
 	var pe *PinError
+	var ae *quic.ApplicationError
 	switch {
+	case errors.As(err, &ae) && ae.Remote && ae.ErrorCode == connTooMany:
+		return fmt.Errorf("%w (%s; raise its --max-conns-per-client, or stop other clients using this identity)", ErrTooManyConns, server)
 	case errors.As(err, &pe):
 		return fmt.Errorf("%w: %s %w", ErrPinMismatch, server, pe)
 	case errors.As(err, &te) && te.Remote && te.ErrorCode.IsCryptoError():
@@ -494,6 +497,8 @@ func failureReason(err error) string {
 		return "pin_mismatch"
 	case errors.Is(err, ErrUnauthorized):
 		return "unauthorized"
+	case errors.Is(err, ErrTooManyConns):
+		return "too_many_connections"
 	}
 	return "unreachable"
 }

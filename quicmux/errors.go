@@ -22,6 +22,9 @@ var (
 	ErrServerUnreachable = errors.New("quicmux: server unreachable")
 	// ErrPinMismatch: the server's identity is not the pinned one.
 	ErrPinMismatch = errors.New("quicmux: server fingerprint does not match the pin")
+	// ErrTooManyConns: the server already has as many connections from this client identity
+	// as it allows (ServerConfig.MaxConnsPerClient).
+	ErrTooManyConns = errors.New("quicmux: server refused the connection: too many connections from this client identity")
 	// ErrUnauthorized: the server did not accept this client's identity.
 	ErrUnauthorized = errors.New("quicmux: server rejected this client's identity")
 	// ErrFlowIdle: the flow moved no byte for longer than its idle timeout and was reset.

@@ -105,3 +105,27 @@ func TestAuthorizationOnResumedHandshake(t *testing.T) {
 		t.Fatalf("revoked client, resumed: %v, want ErrUnauthorized", fmt.Sprint(err))
 	}
 }
+
+// One client identity may hold at most MaxConnsPerClient connections: one more is refused
+// with its own error, and gets in once another has closed.
+func TestMaxConnsPerClient(t *testing.T) {
+	tn := newTunnel(t, withServerConfig(func(c *ServerConfig) { c.MaxConnsPerClient = 1 }))
+	second := tn.newClient(tn.clientID, tn.serverID.Fingerprint)
+	ctx, cancel := context.WithTimeout(context.Background(), resetLimit)
+	defer cancel()
+	if err := second.Connect(ctx); !errors.Is(err, ErrTooManyConns) {
+		t.Fatalf("second connection: %v, want ErrTooManyConns", err)
+	}
+	_ = tn.client.Close()
+	ctx, cancel = context.WithTimeout(context.Background(), hangLimit)
+	defer cancel()
+	for {
+		err := second.Connect(ctx)
+		if err == nil {
+			break
+		}
+		if !errors.Is(err, ErrTooManyConns) {
+			t.Fatalf("second connection after the first closed: %v", err)
+		}
+	}
+}

@@ -52,6 +52,10 @@ type ServerConfig struct {
 	// MaxPendingDials bounds destination dials in progress at once, over all clients; a flow
 	// that finds no slot within the dial timeout gets "timed out". Default 1024.
 	MaxPendingDials int
+	// MaxConnsPerClient bounds the connections one client identity may have open at once; a
+	// connection beyond it is closed right after its handshake. Default
+	// DefaultMaxConnsPerClient.
+	MaxConnsPerClient int
 	// FlowIdleTimeout resets a flow that moved no byte either way for this long; 0: never
 	// (the command's default is DefaultFlowIdleTimeout).
 	FlowIdleTimeout time.Duration
@@ -90,6 +94,7 @@ type Server struct {
 	// What is open, for Recheck: connections by client fingerprint, flows by target.
 	liveMu    sync.Mutex
 	liveConns map[*quic.Conn]Fingerprint
+	perClient map[Fingerprint]int
 	liveFlows map[*liveFlow]struct{}
 	dialSlots chan struct{}
 	flowSeq   atomic.Uint64
@@ -126,13 +131,16 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	if cfg.MaxPendingDials <= 0 {
 		cfg.MaxPendingDials = 1024
 	}
+	if cfg.MaxConnsPerClient <= 0 {
+		cfg.MaxConnsPerClient = DefaultMaxConnsPerClient
+	}
 	cfg.Limits = cfg.Limits.withDefaults(true)
 	if err := cfg.Limits.check(); err != nil {
 		return nil, err
 	}
 	cfg.Metrics.setCongestion(cfg.Limits.Congestion)
 	s := &Server{cfg: cfg, log: loggerOrDiscard(cfg.Logger), dialSlots: make(chan struct{}, cfg.MaxPendingDials), hosts: &hostsFile{path: cfg.HostsFile},
-		liveConns: map[*quic.Conn]Fingerprint{}, liveFlows: map[*liveFlow]struct{}{}}
+		liveConns: map[*quic.Conn]Fingerprint{}, perClient: map[Fingerprint]int{}, liveFlows: map[*liveFlow]struct{}{}}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.flows = NewFlowGroup(s.ctx)
 	s.parker, _ = newParker()
@@ -242,11 +250,22 @@ func (s *Server) serveConn(qc *quic.Conn) {
 		fp := FingerprintOf(certs[0])
 		log = log.WithField("fingerprint", fp.String())
 		s.liveMu.Lock()
+		if s.perClient[fp] >= s.cfg.MaxConnsPerClient {
+			s.liveMu.Unlock()
+			log.WithField("max_conns_per_client", s.cfg.MaxConnsPerClient).Warn("client refused: too many connections for this identity")
+			s.cfg.Metrics.handshakeFailed("too_many_connections")
+			_ = qc.CloseWithError(connTooMany, "too many connections for this client identity")
+			return
+		}
+		s.perClient[fp]++
 		s.liveConns[qc] = fp
 		s.liveMu.Unlock()
 		defer func() {
 			s.liveMu.Lock()
 			delete(s.liveConns, qc)
+			if s.perClient[fp]--; s.perClient[fp] <= 0 {
+				delete(s.perClient, fp)
+			}
 			s.liveMu.Unlock()
 		}()
 	}
@@ -396,8 +415,18 @@ type liveFlow struct {
 // ErrPolicyChanged ends a flow whose target the server's policy no longer allows.
 var ErrPolicyChanged = errors.New("quicmux: destination no longer allowed by the server's policy")
 
-// connRevoked closes the connection of a client no longer authorized.
-const connRevoked quic.ApplicationErrorCode = 0x1
+// Connection close codes beyond connShutdown.
+const (
+	// connRevoked closes the connection of a client no longer authorized.
+	connRevoked quic.ApplicationErrorCode = 0x1
+	// connTooMany closes a connection beyond the client's MaxConnsPerClient.
+	connTooMany quic.ApplicationErrorCode = 0x2
+)
+
+// DefaultMaxConnsPerClient is ServerConfig.MaxConnsPerClient's default: a client keeps one
+// connection, and a few more cover a restarted client whose old connection the server has
+// not yet timed out, or one identity shared by a handful of hosts.
+const DefaultMaxConnsPerClient = 8
 
 // Recheck applies the current Authorized and Policy to what is open, after a reload changed
 // them: the connections of clients no longer authorized are closed (their flows reset), and

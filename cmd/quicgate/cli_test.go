@@ -126,6 +126,7 @@ func TestBadFlags(t *testing.T) {
 		{"client bad pin", []string{"client", "--server", "127.0.0.1:1", "--pin", "abc", "-L", "0:127.0.0.1:80"}, "bad fingerprint"},
 		{"negative tcp keepalive", []string{"client", "--server", "127.0.0.1:1", "--pin", pin, "-L", "0:127.0.0.1:80", "--tcp-keepalive", "-1s"}, "cannot be negative"},
 		{"tcp keepalive below a second", []string{"server", "--state-dir", state, "--authorized-clients", auth, "--allow", "127.0.0.1", "--tcp-keepalive", "500ms"}, "want at least 1s"},
+		{"max conns per client below one", []string{"server", "--state-dir", state, "--authorized-clients", auth, "--allow", "127.0.0.1", "--max-conns-per-client", "0"}, "--max-conns-per-client 0: want at least 1"},
 		{"negative flow idle timeout", []string{"server", "--state-dir", state, "--authorized-clients", auth, "--allow", "127.0.0.1", "--flow-idle-timeout", "-5m"}, "cannot be negative"},
 		{"client bad -L", []string{"client", "--server", "127.0.0.1:1", "--pin", pin, "-L", "80:host"}, "bad -L forward"},
 		{"client nothing to forward", []string{"client", "--server", "127.0.0.1:1", "--pin", pin}, "nothing to forward"},

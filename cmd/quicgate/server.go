@@ -22,6 +22,7 @@ type serverFlags struct {
 	allow                      multiFlag
 	dialTimeout, headerTimeout *time.Duration
 	maxHeader, maxDials        *int
+	maxConnsPerClient          *int
 	retry                      *bool
 	common                     *common
 }
@@ -37,6 +38,7 @@ func parseServerFlags(args []string, stderr io.Writer) (*serverFlags, error) {
 	f.headerTimeout = fs.Duration("header-timeout", 10*time.Second, "how long a new stream may take to send its header")
 	f.maxHeader = fs.Int("max-header-bytes", quicmux.MaxHeaderLen, "largest request header accepted (at most 263)")
 	f.maxDials = fs.Int("max-pending-dials", 1024, "destination dials in progress at once, over all clients")
+	f.maxConnsPerClient = fs.Int("max-conns-per-client", quicmux.DefaultMaxConnsPerClient, "connections one client identity may have open at once (a client keeps one)")
 	f.retry = fs.Bool("retry", false, "make clients prove their address with a QUIC Retry first (for servers exposed to the Internet)")
 	f.common = commonFlags(fs, "server", serverProcs(runtime.NumCPU()), "The server serves many connections at once and uses every core, except on hosts of 2 cores or fewer: there one thread, leaving the other core to the kernel's share of the packets, moved 10-25% more (docs/performance.md).")
 	if err := parseWithConfig(fs, args, &f.common.config); err != nil {
@@ -88,6 +90,9 @@ func runServer(ctx context.Context, args []string, stderr io.Writer) error {
 	if *maxDials < 1 {
 		return usageErr("--max-pending-dials %d: want at least 1", *maxDials)
 	}
+	if *f.maxConnsPerClient < 1 {
+		return usageErr("--max-conns-per-client %d: want at least 1", *f.maxConnsPerClient)
+	}
 	if err := positive(map[string]time.Duration{"--dial-timeout": *dialTimeout, "--header-timeout": *headerTimeout}); err != nil {
 		return err
 	}
@@ -103,19 +108,20 @@ func runServer(ctx context.Context, args []string, stderr io.Writer) error {
 	var live atomic.Pointer[access]
 	live.Store(acc)
 	srv, err := quicmux.NewServer(quicmux.ServerConfig{
-		Identity:        id,
-		Authorized:      func(fp quicmux.Fingerprint) bool { _, ok := live.Load().authorized[fp]; return ok },
-		Policy:          livePolicy{&live},
-		DialTimeout:     *dialTimeout,
-		HeaderTimeout:   *headerTimeout,
-		MaxHeaderBytes:  *maxHeader,
-		MaxPendingDials: *maxDials,
-		FlowIdleTimeout: common.flowIdle,
-		TCPKeepAlive:    common.tcpKeepAlive(),
-		Retry:           *retry,
-		Limits:          env.limits,
-		Metrics:         env.obs.metrics,
-		Logger:          log,
+		Identity:          id,
+		Authorized:        func(fp quicmux.Fingerprint) bool { _, ok := live.Load().authorized[fp]; return ok },
+		Policy:            livePolicy{&live},
+		DialTimeout:       *dialTimeout,
+		HeaderTimeout:     *headerTimeout,
+		MaxHeaderBytes:    *maxHeader,
+		MaxPendingDials:   *maxDials,
+		MaxConnsPerClient: *f.maxConnsPerClient,
+		FlowIdleTimeout:   common.flowIdle,
+		TCPKeepAlive:      common.tcpKeepAlive(),
+		Retry:             *retry,
+		Limits:            env.limits,
+		Metrics:           env.obs.metrics,
+		Logger:            log,
 	})
 	if err != nil {
 		return err
