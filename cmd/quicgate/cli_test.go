@@ -126,6 +126,7 @@ func TestBadFlags(t *testing.T) {
 		{"client bad pin", []string{"client", "--server", "127.0.0.1:1", "--pin", "abc", "-L", "0:127.0.0.1:80"}, "bad fingerprint"},
 		{"negative tcp keepalive", []string{"client", "--server", "127.0.0.1:1", "--pin", pin, "-L", "0:127.0.0.1:80", "--tcp-keepalive", "-1s"}, "cannot be negative"},
 		{"tcp keepalive below a second", []string{"server", "--state-dir", state, "--authorized-clients", auth, "--allow", "127.0.0.1", "--tcp-keepalive", "500ms"}, "want at least 1s"},
+		{"bad duration", []string{"server", "--state-dir", state, "--authorized-clients", auth, "--allow", "127.0.0.1", "--dial-timeout", "5x"}, `invalid value "5x" for flag -dial-timeout: want a duration such as 10s, 1m30s or 2h`},
 		{"max conns per client below one", []string{"server", "--state-dir", state, "--authorized-clients", auth, "--allow", "127.0.0.1", "--max-conns-per-client", "0"}, "--max-conns-per-client 0: want at least 1"},
 		{"negative flow idle timeout", []string{"server", "--state-dir", state, "--authorized-clients", auth, "--allow", "127.0.0.1", "--flow-idle-timeout", "-5m"}, "cannot be negative"},
 		{"client bad -L", []string{"client", "--server", "127.0.0.1:1", "--pin", pin, "-L", "80:host"}, "bad -L forward"},
@@ -577,6 +578,16 @@ func tcpServer(t *testing.T, handle func(c net.Conn)) string {
 		}
 	}()
 	return ln.Addr().String()
+}
+
+// A command's -h is asked for: its flags go to stdout, with status 0.
+func TestHelpToStdout(t *testing.T) {
+	for _, cmd := range []string{"server", "client", "fingerprint", "demo"} {
+		stdout, stderr, code := runQuick(t, cmd, "-h")
+		if code != 0 || stderr != "" || !strings.HasPrefix(stdout, "Usage of quicgate "+cmd) {
+			t.Errorf("%s -h: exit %d, stdout %.40q, stderr %q; want the usage on stdout, status 0", cmd, code, stdout, stderr)
+		}
+	}
 }
 
 // version prints one line naming the build, and takes no arguments.

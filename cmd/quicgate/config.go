@@ -74,6 +74,11 @@ func applyConfigData(fs *flag.FlagSet, path string, data []byte, onCLI map[strin
 				return usageErr("%s:%d: %s: want a plain value", path, v.Line, key.Value)
 			}
 			if err := fs.Set(name, v.Value); err != nil {
+				if f := fs.Lookup(name); f != nil {
+					if g, ok := f.Value.(flag.Getter); ok && isDuration(g) {
+						err = fmt.Errorf("%q: want a duration such as 10s, 1m30s or 2h", v.Value)
+					}
+				}
 				return usageErr("%s:%d: %s: %v", path, v.Line, key.Value, err)
 			}
 		}

@@ -34,7 +34,7 @@ func TestApplyConfig(t *testing.T) {
 		{"comment only", "# nothing\n", ""},
 		{"unknown key", "server: x:1\nlisen: y\n", `cfg.yaml:2: unknown setting "lisen"`},
 		{"config in config", "config: other.yaml\n", `cfg.yaml:1: unknown setting "config"`},
-		{"bad duration", "server: x:1\n\ndial-timeout: soon\n", "cfg.yaml:3: dial-timeout"},
+		{"bad duration", "server: x:1\n\ndial-timeout: soon\n", `cfg.yaml:3: dial-timeout: "soon": want a duration such as 10s, 1m30s or 2h`},
 		{"bad bool", "retry: maybe\n", "cfg.yaml:1: retry"},
 		{"duplicate", "server: a:1\nserver: b:2\n", `cfg.yaml:2: "server" is set again (first on line 1)`},
 		{"not a mapping", "- a\n- b\n", "cfg.yaml:1: want a mapping"},

@@ -16,8 +16,10 @@ import (
 	"os"
 	"os/signal"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
+	"time"
 
 	"github.com/sirupsen/logrus"
 )
@@ -47,6 +49,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprint(stderr, usage)
 		return 2
 	}
+	helpOut = stdout
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
@@ -85,6 +88,33 @@ func usageErr(format string, a ...any) error {
 	return fmt.Errorf("%w: %s", errUsage, fmt.Sprintf(format, a...))
 }
 
+// helpOut is where -h prints a command's flags: run's stdout.
+var helpOut io.Writer = os.Stdout
+
+// badValue matches the flag package's error for a value its parser refused.
+var badValue = regexp.MustCompile(`^invalid value "(.*)" for flag -(\S+): parse error$`)
+
+// explainFlagErr replaces the flag package's bare "parse error" for a duration with what a
+// duration looks like.
+func explainFlagErr(fs *flag.FlagSet, err error) error {
+	m := badValue.FindStringSubmatch(err.Error())
+	if m == nil {
+		return err
+	}
+	if f := fs.Lookup(m[2]); f != nil {
+		if g, ok := f.Value.(flag.Getter); ok && isDuration(g) {
+			return fmt.Errorf("invalid value %q for flag -%s: want a duration such as 10s, 1m30s or 2h", m[1], m[2])
+		}
+	}
+	return err
+}
+
+// isDuration reports whether a flag holds a time.Duration.
+func isDuration(g flag.Getter) bool {
+	_, ok := g.Get().(time.Duration)
+	return ok
+}
+
 // newFlagSet returns a flag set that reports its own parse errors as usage errors with one
 // line, rather than printing the whole flag list.
 func newFlagSet(name string, stderr io.Writer) *flag.FlagSet {
@@ -99,12 +129,15 @@ func parseFlags(fs *flag.FlagSet, args []string) error {
 	err := fs.Parse(args)
 	fs.SetOutput(out)
 	if errors.Is(err, flag.ErrHelp) {
-		fmt.Fprintf(out, "Usage of %s:\n", fs.Name())
+		// Asked for, so it goes to stdout (and can be piped to a pager), with status 0.
+		fs.SetOutput(helpOut)
+		fmt.Fprintf(helpOut, "Usage of %s:\n", fs.Name())
 		fs.PrintDefaults()
+		fs.SetOutput(out)
 		return err
 	}
 	if err != nil {
-		return usageErr("%v", err)
+		return usageErr("%v", explainFlagErr(fs, err))
 	}
 	if fs.NArg() > 0 {
 		return usageErr("unexpected argument %q", fs.Arg(0))
