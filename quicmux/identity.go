@@ -112,6 +112,13 @@ func LoadOrCreateIdentity(dir string) (*Identity, error) {
 	return loadIdentity(keyPath, certPath)
 }
 
+// HasIdentity reports whether dir holds an identity's key (LoadOrCreateIdentity would load
+// it rather than create one).
+func HasIdentity(dir string) bool {
+	_, err := os.Stat(filepath.Join(dir, keyFile))
+	return err == nil
+}
+
 // NewEphemeralIdentity makes an identity that lives in memory only (demos and tests).
 func NewEphemeralIdentity() (*Identity, error) {
 	keyPEM, certPEM, err := newIdentityPEM()

@@ -580,6 +580,22 @@ func tcpServer(t *testing.T, handle func(c net.Conn)) string {
 	return ln.Addr().String()
 }
 
+// A state directory without an identity gets a new one, and the log says so, with its
+// fingerprint: a mistyped --state-dir does not pass silently for the identity the peer knows.
+func TestNewIdentityIsLogged(t *testing.T) {
+	p := newPair(t)
+	srv, _ := p.startServer(t, "127.0.0.1/32")
+	if n := srv.count("no identity in the state directory: created a new one, which the other side does not know yet; if you meant an existing identity, check --state-dir"); n != 0 {
+		t.Fatalf("an existing identity was reported as new")
+	}
+	fresh := filepath.Join(p.dir, "typo")
+	_, stderr, code := runQuick(t, "client", "--server", "127.0.0.1:1", "--state-dir", fresh, "--pin", p.pin, "-L", "0:127.0.0.1:80", "--dial-timeout", "1s")
+	if code != 1 || !strings.Contains(stderr, "created a new one") || !strings.Contains(stderr, fingerprint(t, fresh)) {
+		t.Fatalf("exit %d, stderr:\n%s\nwant the new identity's warning with its fingerprint", code, stderr)
+	}
+	srv.stop(t)
+}
+
 // A command's -h is asked for: its flags go to stdout, with status 0.
 func TestHelpToStdout(t *testing.T) {
 	for _, cmd := range []string{"server", "client", "fingerprint", "demo"} {

@@ -237,9 +237,14 @@ func (c *common) setup(side string, stderr io.Writer) (*runEnv, error) {
 	if c.procs > 0 {
 		runtime.GOMAXPROCS(c.procs)
 	}
+	existed := quicmux.HasIdentity(c.stateDir)
 	id, err := quicmux.LoadOrCreateIdentity(c.stateDir)
 	if err != nil {
 		return nil, err
+	}
+	if !existed {
+		// A mistyped --state-dir must not pass for the identity the peer knows.
+		log.WithFields(logrus.Fields{"state_dir": c.stateDir, "fingerprint": id.Fingerprint.String()}).Warn("no identity in the state directory: created a new one, which the other side does not know yet; if you meant an existing identity, check --state-dir")
 	}
 	obs, err := c.observe.start(side, log)
 	if err != nil {

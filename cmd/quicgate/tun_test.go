@@ -289,9 +289,16 @@ func TestTUNWithoutPrivilege(t *testing.T) {
 	}
 	defer os.RemoveAll(dir)
 	_ = os.Chmod(dir, 0o777)
+	nobody := &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	// The identity exists already, so the one line is about the privilege.
+	mk := exec.Command(quicgateBin, "fingerprint", "--state-dir", filepath.Join(dir, "state"))
+	mk.SysProcAttr = nobody
+	if out, err := mk.CombinedOutput(); err != nil {
+		t.Fatalf("fingerprint as nobody: %v\n%s", err, out)
+	}
 	cmd := exec.Command(quicgateBin, "client", "--server", "127.0.0.1:1", "--state-dir", filepath.Join(dir, "state"), "--pin", p.pin,
 		"--tun", "qgpriv0", "--tun-addr", "10.77.0.1/24", "--route", "10.99.0.0/16")
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	cmd.SysProcAttr = nobody
 	out, err := cmd.CombinedOutput()
 	ee, ok := err.(*exec.ExitError)
 	if !ok || ee.ExitCode() != 1 {
