@@ -580,6 +580,24 @@ func tcpServer(t *testing.T, handle func(c net.Conn)) string {
 	return ln.Addr().String()
 }
 
+// A server that does not answer is reported within 2 s, long before the dial timeout ends the
+// wait with its error.
+func TestSlowServerWarning(t *testing.T) {
+	p := newPair(t)
+	silent, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer silent.Close()
+	cli := start(t, "client", "--server", silent.LocalAddr().String(), "--state-dir", filepath.Join(p.dir, "client"), "--pin", p.pin,
+		"-L", "0:127.0.0.1:80", "--dial-timeout", "1m")
+	m := cli.waitFor(t, "no answer from server "+silent.LocalAddr().String()+" yet, still trying")
+	if m["level"] != "warning" {
+		t.Fatalf("logged as %v", m)
+	}
+	cli.stop(t)
+}
+
 // A state directory without an identity gets a new one, and the log says so, with its
 // fingerprint: a mistyped --state-dir does not pass silently for the identity the peer knows.
 func TestNewIdentityIsLogged(t *testing.T) {

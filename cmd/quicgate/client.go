@@ -13,6 +13,10 @@ import (
 	"github.com/quicgate/quicgate/quicmux"
 )
 
+// slowConnect is how long the client waits for its first connection before it says it is
+// still trying.
+const slowConnect = 2 * time.Second
+
 func runClient(ctx context.Context, args []string, stderr io.Writer) error {
 	fs := newFlagSet("client", stderr)
 	server := fs.String("server", "", "server's UDP address, host:port (required)")
@@ -101,7 +105,13 @@ func runClient(ctx context.Context, args []string, stderr io.Writer) error {
 		ingresses = append(ingresses, t)
 	}
 
-	if err := client.Connect(ctx); err != nil {
+	// Waiting for a server that does not answer is not silent for long.
+	slow := time.AfterFunc(slowConnect, func() {
+		log.WithField("dial_timeout", dialTimeout.String()).Warn("no answer from server " + *server + " yet, still trying")
+	})
+	err = client.Connect(ctx)
+	slow.Stop()
+	if err != nil {
 		if ctx.Err() != nil {
 			return nil
 		}
