@@ -15,7 +15,8 @@ import (
 var configAliases = map[string]string{"forward": "L"}
 
 // applyConfig sets fs's flags from a YAML file whose keys are the flag names (a list sets a
-// repeatable flag once per item). Flags given on the command line win over the file. Every
+// repeatable flag once per item). Flags given on the command line win over the file, except
+// repeatable ones, whose items from both count. Every
 // error names the file and line of the bad entry.
 func applyConfig(fs *flag.FlagSet, path string) error {
 	data, err := os.ReadFile(path)
@@ -57,7 +58,9 @@ func applyConfigData(fs *flag.FlagSet, path string, data []byte, onCLI map[strin
 			return usageErr("%s:%d: %q is set again (first on line %d)", path, key.Line, key.Value, line)
 		}
 		seen[name] = key.Line
-		if onCLI[name] {
+		// A value the command line sets wins over the file's; a list the command line adds to
+		// (-L, --allow) takes the file's items too.
+		if _, isList := fs.Lookup(name).Value.(*multiFlag); onCLI[name] && !isList {
 			continue
 		}
 		var values []*yaml.Node

@@ -64,7 +64,8 @@ func TestApplyConfig(t *testing.T) {
 	}
 }
 
-// What the command line sets wins over the file.
+// What the command line sets wins over the file; a repeatable flag takes the items of both
+// (-L on the command line adds to the file's forward list).
 func TestConfigCommandLineWins(t *testing.T) {
 	fs, server, timeout, _, fwd := testFlags()
 	if err := fs.Parse([]string{"--server", "cli:1", "-L", "1:h:2"}); err != nil {
@@ -76,7 +77,7 @@ func TestConfigCommandLineWins(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if *server != "cli:1" || *timeout != 7*time.Second || len(*fwd) != 1 || (*fwd)[0] != "1:h:2" {
+	if *server != "cli:1" || *timeout != 7*time.Second || len(*fwd) != 2 || (*fwd)[0] != "1:h:2" || (*fwd)[1] != "3:h:4" {
 		t.Fatalf("server=%q timeout=%v L=%v", *server, *timeout, *fwd)
 	}
 }
