@@ -110,6 +110,9 @@ func (d *Device) configure(cfg Config) error {
 			a.Flags = unix.IFA_F_NODAD // usable at once: nothing else is on this link
 		}
 		if err := netlink.AddrAdd(link, a); err != nil {
+			if errors.Is(err, unix.EEXIST) {
+				return fmt.Errorf("%w: address %s on %s: the address exists already on this host; choose another --tun-addr", ErrConfig, p, d.name)
+			}
 			return fmt.Errorf("tun: address %s on %s: %w", p, d.name, err)
 		}
 	}
@@ -119,6 +122,9 @@ func (d *Device) configure(cfg Config) error {
 	for _, p := range cfg.Routes {
 		r := &netlink.Route{LinkIndex: d.index, Dst: ipNet(p), Scope: netlink.SCOPE_LINK}
 		if err := netlink.RouteAdd(r); err != nil {
+			if errors.Is(err, unix.EEXIST) {
+				return fmt.Errorf("%w: route %s via %s: a route for %s exists already (another interface, or a quicgate that did not exit cleanly); remove it ('ip route del %s') or choose another --route", ErrConfig, p, d.name, p, p)
+			}
 			return fmt.Errorf("tun: route %s via %s: %w", p, d.name, err)
 		}
 		d.routes = append(d.routes, r)
@@ -155,10 +161,20 @@ func gone(err error) bool {
 	return errors.Is(err, unix.ESRCH) || errors.Is(err, unix.ENOENT) || errors.Is(err, unix.ENODEV) || errors.Is(err, unix.EINVAL)
 }
 
-// permissionOr turns a lack of privilege into ErrPermission with a message naming it.
+// ErrBusy: a TUN device of that name is in use by another process.
+var ErrBusy = errors.New("tun: device busy")
+
+// permissionOr turns a lack of privilege into ErrPermission with a message naming it: EPERM
+// is the missing capability; EACCES is /dev/net/tun's file mode keeping this user out, which
+// no capability mends. A device in use by another process is ErrBusy.
 func permissionOr(err error, name string) error {
-	if errors.Is(err, unix.EPERM) || errors.Is(err, unix.EACCES) {
+	switch {
+	case errors.Is(err, unix.EPERM):
 		return fmt.Errorf("%w: creating TUN device %s needs CAP_NET_ADMIN (run as root, or grant it: setcap cap_net_admin+ep quicgate)", ErrPermission, name)
+	case errors.Is(err, unix.EACCES):
+		return fmt.Errorf("%w: creating TUN device %s: /dev/net/tun is not open to this user (its mode is usually 0666; here it keeps this user out): run as root or make it accessible", ErrPermission, name)
+	case errors.Is(err, unix.EBUSY):
+		return fmt.Errorf("%w: TUN device %s is in use by another process (another quicgate?); choose another --tun name", ErrBusy, name)
 	}
 	return err
 }

@@ -104,6 +104,30 @@ func TestOpenAndClose(t *testing.T) {
 	})
 }
 
+// A device name another process holds is reported as busy, by name.
+func TestOpenBusyDevice(t *testing.T) {
+	privtest.Require(t)
+	privtest.InNewNetns(t, func() {
+		d, err := Open(testCfg)
+		if err != nil {
+			t.Error(err)
+			return
+		}
+		defer d.Close()
+		cfg := testCfg
+		cfg.Addrs, cfg.Routes = nil, []netip.Prefix{netip.MustParsePrefix("10.98.0.0/16")}
+		d2, err := Open(cfg)
+		if err == nil {
+			_ = d2.Close()
+			t.Error("a second Open of the same device succeeded")
+			return
+		}
+		if !errors.Is(err, ErrBusy) || !strings.Contains(err.Error(), "in use by another process") {
+			t.Errorf("second Open: %v, want ErrBusy", err)
+		}
+	})
+}
+
 // A failure half-way (a route that cannot be added) leaves nothing behind.
 func TestOpenFailureLeavesNothing(t *testing.T) {
 	privtest.Require(t)
@@ -118,10 +142,14 @@ func TestOpenFailureLeavesNothing(t *testing.T) {
 			t.Errorf("setup: %v", err)
 			return
 		}
-		if d, err := Open(cfg); err == nil {
+		d, err := Open(cfg)
+		if err == nil {
 			_ = d.Close()
 			t.Error("Open succeeded with a clashing route")
 			return
+		}
+		if !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), "a route for 0.0.0.0/0 exists already") {
+			t.Errorf("clashing route: %v, want ErrConfig saying the route exists", err)
 		}
 		if _, err := netlink.LinkByName(cfg.Name); err == nil {
 			t.Error("the device survived a failed Open")
