@@ -9,12 +9,21 @@ RACE_PKGS ?= ./quicmux/ ./netstack/ ./ingress/
 # deadline to race. 50,000 runs take 5-20 s a target here.
 FUZZTIME ?= 50000x
 
-.PHONY: all build run test check unit race fuzz deps bench bench-quick bench-deps bench-go bench-wan clean
+.PHONY: all build install run test check unit race fuzz deps bench bench-quick bench-deps bench-go bench-wan clean
 
 all: build
 
 build:
 	$(GO) build -buildvcs=auto -o $(BIN) ./cmd/quicgate
+
+## install: the binary to $(DESTDIR)$(PREFIX)/bin (default /usr/local/bin) and the systemd
+## units to $(DESTDIR)$(UNITDIR); docs/operations.md, "Install", has the rest.
+PREFIX  ?= /usr/local
+UNITDIR ?= /etc/systemd/system
+install: build
+	install -D -m 0755 $(BIN) $(DESTDIR)$(PREFIX)/bin/quicgate
+	install -D -m 0644 dist/systemd/quicgate-server.service $(DESTDIR)$(UNITDIR)/quicgate-server.service
+	install -D -m 0644 dist/systemd/quicgate-client.service $(DESTDIR)$(UNITDIR)/quicgate-client.service
 
 ## run: the demo — server and client on loopback with throwaway identities, fetching through the tunnel.
 run:
