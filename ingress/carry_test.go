@@ -1,0 +1,49 @@
+package ingress
+
+import (
+	"context"
+	"testing"
+
+	"github.com/sirupsen/logrus"
+	"github.com/sirupsen/logrus/hooks/test"
+
+	"github.com/quicgate/quicgate/quicmux"
+)
+
+// failingTunnel fails every flow the way the client does when the server refuses it.
+type failingTunnel struct{ err error }
+
+func (f failingTunnel) Carry(_ context.Context, _ quicmux.Flow, done func(quicmux.RelayStats, error)) {
+	done(quicmux.RelayStats{}, f.err)
+}
+
+// Every ingress's failed flow is logged at info with its reason, target and peer (TUN flows
+// were logged only at debug before they shared this path with -L), and a reset at debug.
+func TestFailedFlowIsLogged(t *testing.T) {
+	logger, hook := test.NewNullLogger()
+	logger.SetLevel(logrus.DebugLevel)
+	flows := quicmux.NewFlowGroup(context.Background())
+	target := quicmux.TargetFromAddrPort(flowTarget)
+	refused := &quicmux.StatusError{Status: quicmux.StatusRefused}
+	for _, err := range []error{refused, quicmux.ErrFlowReset} {
+		if !flows.Start() {
+			t.Fatal("flow group refused a flow")
+		}
+		carry(failingTunnel{err}, flows, quicmux.Flow{Target: target}, logrus.NewEntry(logger), "10.99.0.1:40000")
+	}
+	entries := hook.AllEntries()
+	if len(entries) != 2 {
+		t.Fatalf("%d log lines, want 2", len(entries))
+	}
+	failed, reset := entries[0], entries[1]
+	if failed.Level != logrus.InfoLevel || failed.Message != "flow failed" || failed.Data["target"] != target.String() ||
+		failed.Data["peer"] != "10.99.0.1:40000" || failed.Data[logrus.ErrorKey] != refused {
+		t.Fatalf("refused flow logged as %v %q %v", failed.Level, failed.Message, failed.Data)
+	}
+	if reset.Level != logrus.DebugLevel || reset.Data["result"] != "reset" {
+		t.Fatalf("reset flow logged as %v %q %v", reset.Level, reset.Message, reset.Data)
+	}
+	if n := flows.Open(); n != 0 {
+		t.Fatalf("%d flows still counted open", n)
+	}
+}
