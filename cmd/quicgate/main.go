@@ -32,6 +32,7 @@ Usage:
                        [--tun NAME --tun-addr CIDR --route CIDR ...]
   quicgate fingerprint --state-dir DIR
   quicgate demo
+  quicgate status      --metrics ADDR   (of a running server or client started with --metrics ADDR)
   quicgate version
 
 Run 'quicgate COMMAND -h' for a command's flags.
@@ -63,6 +64,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = runFingerprint(args[1:], stdout, stderr)
 	case "demo":
 		err = runDemo(ctx, args[1:], stdout, stderr)
+	case "status":
+		err = runStatus(args[1:], stdout, stderr)
 	case "version", "--version":
 		err = runVersion(args[1:], stdout)
 	case "-h", "--help", "help":

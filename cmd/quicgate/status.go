@@ -1,0 +1,152 @@
+package main
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net/http"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// runStatus asks a running server or client for its state through its --metrics listener
+// and prints it for a person: connections, RTT, congestion control, flows open and how the
+// others ended, dial results and failed handshakes.
+func runStatus(args []string, stdout, stderr io.Writer) error {
+	fs := newFlagSet("status", stderr)
+	addr := fs.String("metrics", "", "the --metrics address of the running quicgate, e.g. 127.0.0.1:9090 (required)")
+	if err := parseFlags(fs, args); err != nil {
+		return err
+	}
+	if *addr == "" {
+		return usageErr("--metrics is required: the address the running quicgate serves its metrics on (its own --metrics)")
+	}
+	url := *addr
+	if !strings.HasPrefix(url, "http://") && !strings.HasPrefix(url, "https://") {
+		url = "http://" + url
+	}
+	hc := &http.Client{Timeout: 5 * time.Second}
+	resp, err := hc.Get(strings.TrimSuffix(url, "/") + "/metrics")
+	if err != nil {
+		return fmt.Errorf("no quicgate metrics at %s: %w (is it running with --metrics %s?)", *addr, err, *addr)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		return fmt.Errorf("%s answered %s, not quicgate's metrics", *addr, resp.Status)
+	}
+	m, err := parseMetrics(resp.Body)
+	if err != nil {
+		return err
+	}
+	if len(m.byName) == 0 || m.side == "" {
+		return fmt.Errorf("%s serves no quicgate metrics", *addr)
+	}
+	printStatus(stdout, *addr, m)
+	return nil
+}
+
+// metricSet is a Prometheus text exposition, as much of it as status reads.
+type metricSet struct {
+	side   string
+	byName map[string][]sample
+}
+
+type sample struct {
+	labels map[string]string
+	value  float64
+}
+
+// parseMetrics reads "name{label="value",...} number" lines and skips comments.
+func parseMetrics(r io.Reader) (*metricSet, error) {
+	m := &metricSet{byName: map[string][]sample{}}
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if line == "" || strings.HasPrefix(line, "#") || !strings.HasPrefix(line, "quicgate_") {
+			continue
+		}
+		head, val, ok := strings.Cut(line, " ")
+		if !ok {
+			continue
+		}
+		v, err := strconv.ParseFloat(strings.Fields(val)[0], 64)
+		if err != nil {
+			continue
+		}
+		name, labels := head, map[string]string{}
+		if i := strings.IndexByte(head, '{'); i >= 0 && strings.HasSuffix(head, "}") {
+			name = head[:i]
+			for _, kv := range strings.Split(head[i+1:len(head)-1], ",") {
+				k, v, ok := strings.Cut(kv, "=")
+				if ok {
+					labels[k] = strings.Trim(v, `"`)
+				}
+			}
+		}
+		if s := labels["side"]; s != "" {
+			m.side = s
+		}
+		m.byName[name] = append(m.byName[name], sample{labels, v})
+	}
+	return m, sc.Err()
+}
+
+// total sums a metric's samples.
+func (m *metricSet) total(name string) float64 {
+	var t float64
+	for _, s := range m.byName[name] {
+		t += s.value
+	}
+	return t
+}
+
+// byLabel lists a metric's non-zero samples as "label n" pairs, sorted.
+func (m *metricSet) byLabel(name, label string) string {
+	var parts []string
+	for _, s := range m.byName[name] {
+		if s.value != 0 {
+			parts = append(parts, fmt.Sprintf("%s %.0f", s.labels[label], s.value))
+		}
+	}
+	if len(parts) == 0 {
+		return "none"
+	}
+	sort.Strings(parts)
+	return strings.Join(parts, ", ")
+}
+
+func printStatus(w io.Writer, addr string, m *metricSet) {
+	cc := "?"
+	for _, s := range m.byName["quicgate_congestion_control_info"] {
+		cc = s.labels["algorithm"]
+	}
+	conns := m.total("quicgate_connections_active")
+	fmt.Fprintf(w, "quicgate %s (metrics at %s)\n", m.side, addr)
+	if conns == 0 {
+		fmt.Fprintf(w, "connections:        none open")
+		if m.side == "client" {
+			fmt.Fprintf(w, " (not connected to the server)")
+		}
+		fmt.Fprintln(w)
+	} else {
+		fmt.Fprintf(w, "connections:        %.0f open, RTT %s (min %s), congestion control %s\n", conns,
+			seconds(m.total("quicgate_quic_rtt_seconds")), seconds(m.total("quicgate_quic_min_rtt_seconds")), cc)
+	}
+	if m.side == "client" {
+		fmt.Fprintf(w, "reconnects:         %.0f\n", m.total("quicgate_reconnects_total"))
+	}
+	fmt.Fprintf(w, "flows open:         %.0f\n", m.total("quicgate_flows_active"))
+	fmt.Fprintf(w, "flows ended:        %s\n", m.byLabel("quicgate_flows_total", "result"))
+	if m.side == "server" {
+		fmt.Fprintf(w, "dial results:       %s\n", m.byLabel("quicgate_dial_results_total", "status"))
+	}
+	fmt.Fprintf(w, "handshake failures: %s\n", m.byLabel("quicgate_handshake_failures_total", "reason"))
+	fmt.Fprintf(w, "bytes:              %s\n", m.byLabel("quicgate_bytes_total", "direction"))
+}
+
+func seconds(s float64) string {
+	return time.Duration(s * float64(time.Second)).Round(10 * time.Microsecond).String()
+}
