@@ -77,6 +77,9 @@ func (rn *readNotifier) fire() {
 	}
 }
 
+// Readable reports whether a Read would return at once: bytes, the app's FIN, an error.
+func (c *TCPConn) Readable() bool { return c.ep.Readiness(readableMask) != 0 }
+
 // NotifyReadable arranges for f to be called once, as soon as a Read would not block: bytes
 // to read, the app's FIN, a reset or another error, or the endpoint closed. If that is so
 // already, f is called before NotifyReadable returns; otherwise it runs on a gVisor goroutine

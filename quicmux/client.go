@@ -196,10 +196,43 @@ func (c *Client) Carry(ctx context.Context, f Flow, done func(RelayStats, error)
 	c.cfg.Metrics.flowStarted()
 	opt := c.cfg.Metrics.relayOptions(c.cfg.FlowIdleTimeout)
 	opt.parker = c.parker
-	StartRelay(ctx, local, remote, opt, func(s RelayStats, err error) {
+	// The flow ends with its connection: a direction that has ended (a half-closed flow)
+	// or waits on the local end would not otherwise notice that the connection is gone.
+	w := &connWatch{}
+	abort := StartRelay(ctx, local, remote, opt, func(s RelayStats, err error) {
+		w.end()
 		c.cfg.Metrics.flowEnded(resultOf(err))
 		done(s, err)
 	})
+	w.watch(remote.(*streamConn).conn, abort)
+}
+
+// connWatch resets a client flow when its QUIC connection ends.
+type connWatch struct {
+	mu    sync.Mutex
+	ended bool
+	stop  func() bool
+}
+
+// watch starts watching conn, unless the flow has ended already.
+func (w *connWatch) watch(conn *quic.Conn, abort func(error)) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	if !w.ended {
+		w.stop = context.AfterFunc(conn.Context(), func() {
+			abort(fmt.Errorf("%w: connection to the server lost", ErrFlowReset))
+		})
+	}
+}
+
+// end stops watching: the flow is over.
+func (w *connWatch) end() {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.ended = true
+	if w.stop != nil {
+		w.stop()
+	}
 }
 
 // connect opens f's stream and, for a local end that waits, its handshake.
@@ -245,7 +278,7 @@ func (c *Client) dial(ctx context.Context, t Target) (*streamConn, error) {
 		defer close(fired)
 		_ = sc.SetReadDeadline(time.Now())
 	})
-	err = sc.readStatus()
+	err = mapStreamErr(sc.readStatus())
 	if !stop() {
 		<-fired // the callback ran or is running: let it finish before the deadline is cleared
 	}
@@ -284,6 +317,7 @@ func (c *Client) open(ctx context.Context, t Target) (*streamConn, error) {
 		return nil, fmt.Errorf("%w: %w", ErrServerUnreachable, err)
 	}
 	sc := newStreamConn(str, qc.LocalAddr(), targetAddr{t})
+	sc.conn = qc
 	sc.pendingStatus = true
 	if _, err := sc.Write(hdr); err != nil {
 		sc.Abort()

@@ -158,3 +158,44 @@ func TestFlowGroupDrain(t *testing.T) {
 		t.Fatalf("Drain of an empty group with a done context = %v, want nil", err)
 	}
 }
+
+// A client flow ends with its connection even when nothing waits on the stream: here the
+// destination has sent its FIN (the stream's direction is over) and the app is quiet, so only
+// the connection's end can tell the relay; the flow is reset, not left open.
+func TestHalfClosedFlowEndsWithConnection(t *testing.T) {
+	tn := newTunnel(t)
+	dst := destination(t, func(c *net.TCPConn) {
+		_, _ = c.Write([]byte("bye"))
+		_ = c.CloseWrite()
+		_, _ = io.Copy(io.Discard, c)
+	})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	app, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer app.Close()
+	local, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	target, _ := ParseTarget(dst)
+	ended := make(chan error, 1)
+	tn.client.Carry(context.Background(), Flow{Target: target, Conn: AsFlowConn(local)}, func(_ RelayStats, err error) { ended <- err })
+	if got, err := io.ReadAll(app); err != nil || string(got) != "bye" {
+		t.Fatalf("app read %q, %v; want the destination's bytes and its FIN", got, err)
+	}
+	_ = tn.server.Close()
+	select {
+	case err := <-ended:
+		if !IsReset(err) {
+			t.Fatalf("flow ended with %v, want a reset", err)
+		}
+	case <-time.After(resetLimit):
+		t.Fatalf("the half-closed flow outlived its connection by %v", resetLimit)
+	}
+}

@@ -5,6 +5,7 @@ package quicmux
 import (
 	"errors"
 	"sync"
+	"sync/atomic"
 	"syscall"
 
 	"golang.org/x/sys/unix"
@@ -45,6 +46,7 @@ const (
 var (
 	errParkerClosed = errors.New("quicmux: parker closed")
 	errParkedTwice  = errors.New("quicmux: socket already parked")
+	errParkRefused  = errors.New("quicmux: park refused")
 )
 
 // newParker starts a parker and its goroutine.
@@ -79,6 +81,7 @@ func newParker() (*parker, error) {
 type parkOp struct {
 	p       *parker
 	f       func()
+	refuse  *atomic.Bool
 	err     error
 	pending bool
 	ev      unix.EpollEvent
@@ -96,14 +99,19 @@ var parkOps = sync.Pool{New: func() any {
 // park calls f once, from the parker's goroutine, when rc's socket is readable (bytes, a FIN,
 // an error or a hang-up) — soon after park returns if it is already. f must not block (it
 // starts a goroutine). A socket is parked at most once at a time.
-func (p *parker) park(rc syscall.RawConn, f func()) error {
+func (p *parker) park(rc syscall.RawConn, f func()) error { return p.parkUnless(rc, f, nil) }
+
+// parkUnless is park, refused (errParkRefused) if refuse is set when the parker takes the
+// socket: checked under the lock unpark takes too, so a caller that sets refuse and then
+// unparks either finds the socket parked or keeps it from being parked.
+func (p *parker) parkUnless(rc syscall.RawConn, f func(), refuse *atomic.Bool) error {
 	o := parkOps.Get().(*parkOp)
-	o.p, o.f = p, f
+	o.p, o.f, o.refuse = p, f, refuse
 	err := rc.Control(o.park)
 	if err == nil {
 		err = o.err
 	}
-	o.p, o.f, o.err = nil, nil, nil
+	o.p, o.f, o.refuse, o.err = nil, nil, nil, nil
 	parkOps.Put(o)
 	return err
 }
@@ -116,6 +124,10 @@ func (o *parkOp) doPark(ufd uintptr) {
 	defer p.mu.Unlock()
 	if p.closed {
 		o.err = errParkerClosed
+		return
+	}
+	if o.refuse != nil && o.refuse.Load() {
+		o.err = errParkRefused
 		return
 	}
 	s := p.socks[fd]

@@ -4,6 +4,7 @@ package quicmux
 
 import (
 	"errors"
+	"sync/atomic"
 	"syscall"
 )
 
@@ -16,6 +17,11 @@ func newParker() (*parker, error) { return nil, errors.ErrUnsupported }
 
 // park is never reached: there is no parker off Linux.
 func (p *parker) park(rc syscall.RawConn, f func()) error { return errors.ErrUnsupported }
+
+// parkUnless is never reached either.
+func (p *parker) parkUnless(rc syscall.RawConn, f func(), refuse *atomic.Bool) error {
+	return errors.ErrUnsupported
+}
 
 // unpark has nothing to cancel.
 func (p *parker) unpark(rc syscall.RawConn) bool { return false }

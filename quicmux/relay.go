@@ -24,6 +24,9 @@ var bufs = sync.Pool{New: func() any { b := make([]byte, bufSize); return &b }}
 // A QUIC stream has it (through quicgate's quic-go fork) and so does a netstack flow.
 type readNotifier interface{ NotifyReadable(f func()) }
 
+// readableChecker says whether a Read would return at once (a QUIC stream, a netstack flow).
+type readableChecker interface{ Readable() bool }
+
 // rawConner is a kernel socket: a relay direction waits for it in Go's netpoller with a
 // small goroutine that holds no buffer.
 type rawConner interface {
@@ -185,7 +188,14 @@ func (d *dir) touch() {
 
 // drain reads a notifying source while it has bytes, then asks to be woken again and exits.
 func (d *dir) drain() {
+	src := d.src.(readNotifier)
 	for {
+		// A wake-up can come late, for bytes an earlier drain already read: then re-arm
+		// rather than wait in Read with a buffer.
+		if r, ok := src.(readableChecker); ok && !r.Readable() {
+			src.NotifyReadable(d.wake)
+			return
+		}
 		bp := bufs.Get().(*[]byte)
 		nr, rerr := d.src.Read(*bp)
 		if nr > 0 {
@@ -209,7 +219,7 @@ func (d *dir) drain() {
 		case nr < bufSize:
 			// Drained for now. If bytes came meanwhile, wake runs at once and a new drain
 			// starts; either way this one is done.
-			d.src.(readNotifier).NotifyReadable(d.wake)
+			src.NotifyReadable(d.wake)
 			return
 		}
 	}
@@ -286,21 +296,11 @@ func (d *dir) run() {
 
 // park hands an idle kernel socket to the parker, which starts run again once it is
 // readable. It reports false if it could not (the relay is being reset, or the parker is
-// closed because the client is shutting down): the caller then waits in the netpoller.
+// closed because the client is shutting down): the caller then waits in the netpoller. The
+// parker checks aborting under the lock fail's unpark takes, so a socket is either found
+// there by fail (which then starts the run that ends the direction) or never parked.
 func (d *dir) park() bool {
-	r := d.r
-	if r.aborting.Load() {
-		return false
-	}
-	if err := r.parker.park(d.rc, d.wake); err != nil {
-		return false
-	}
-	// fail sets aborting before it unparks; whichever of the two unparks first starts the
-	// run that finds the socket aborted.
-	if r.aborting.Load() && r.parker.unpark(d.rc) {
-		go d.run()
-	}
-	return true
+	return d.r.parker.parkUnless(d.rc, d.wake, &d.r.aborting) == nil
 }
 
 // copyBlocking is the plain direction, for a source that can neither notify nor be polled: a

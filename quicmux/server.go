@@ -260,6 +260,11 @@ func (s *Server) serveConn(qc *quic.Conn) {
 		s.perClient[fp]++
 		s.liveConns[qc] = fp
 		s.liveMu.Unlock()
+		// A reload since the handshake's check did not see this connection yet.
+		if !s.cfg.Authorized(fp) {
+			log.Warn("closing the connection of a client no longer authorized")
+			_ = qc.CloseWithError(connRevoked, "client no longer authorized")
+		}
 		defer func() {
 			s.liveMu.Lock()
 			delete(s.liveConns, qc)
@@ -403,6 +408,11 @@ func (s *Server) serveStream(ctx context.Context, qc *quic.Conn, str *quic.Strea
 	s.liveMu.Lock()
 	live.abort = abort
 	s.liveMu.Unlock()
+	// A reload between the dial's check and here found this flow without its abort (or
+	// not at all): judge it again under the rules in force now.
+	if !s.permits(target, at.addr, at.fromHosts) {
+		abort(ErrPolicyChanged)
+	}
 }
 
 // liveFlow is an open flow as Recheck sees it.

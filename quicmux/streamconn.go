@@ -18,6 +18,7 @@ import (
 // any time from any goroutine.
 type streamConn struct {
 	str    *quic.Stream
+	conn   *quic.Conn // the client's connection the stream is on (nil on the server)
 	local  net.Addr
 	remote net.Addr
 
@@ -60,7 +61,7 @@ func (c *streamConn) readStatus() error {
 func (c *streamConn) Read(p []byte) (int, error) {
 	if c.pendingStatus {
 		if err := c.readStatus(); err != nil {
-			return 0, err
+			return 0, mapStreamErr(err)
 		}
 		if !c.str.Readable() {
 			return 0, nil
@@ -113,6 +114,9 @@ func (c *streamConn) Abort() {
 		c.str.CancelRead(codeFlowReset)
 	})
 }
+
+// Readable reports whether a Read would return at once.
+func (c *streamConn) Readable() bool { return c.str.Readable() }
 
 // NotifyReadable calls f once, as soon as a Read would not block (see readNotifier).
 func (c *streamConn) NotifyReadable(f func()) { c.str.NotifyReadable(f) }
