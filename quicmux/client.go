@@ -196,43 +196,11 @@ func (c *Client) Carry(ctx context.Context, f Flow, done func(RelayStats, error)
 	c.cfg.Metrics.flowStarted()
 	opt := c.cfg.Metrics.relayOptions(c.cfg.FlowIdleTimeout)
 	opt.parker = c.parker
-	// The flow ends with its connection: a direction that has ended (a half-closed flow)
-	// or waits on the local end would not otherwise notice that the connection is gone.
-	w := &connWatch{}
-	abort := StartRelay(ctx, local, remote, opt, func(s RelayStats, err error) {
-		w.end()
+	opt.Until = remote.(*streamConn).conn.Context() // the flow ends with its connection
+	StartRelay(ctx, local, remote, opt, func(s RelayStats, err error) {
 		c.cfg.Metrics.flowEnded(resultOf(err))
 		done(s, err)
 	})
-	w.watch(remote.(*streamConn).conn, abort)
-}
-
-// connWatch resets a client flow when its QUIC connection ends.
-type connWatch struct {
-	mu    sync.Mutex
-	ended bool
-	stop  func() bool
-}
-
-// watch starts watching conn, unless the flow has ended already.
-func (w *connWatch) watch(conn *quic.Conn, abort func(error)) {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	if !w.ended {
-		w.stop = context.AfterFunc(conn.Context(), func() {
-			abort(fmt.Errorf("%w: connection to the server lost", ErrFlowReset))
-		})
-	}
-}
-
-// end stops watching: the flow is over.
-func (w *connWatch) end() {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	w.ended = true
-	if w.stop != nil {
-		w.stop()
-	}
 }
 
 // connect opens f's stream and, for a local end that waits, its handshake.

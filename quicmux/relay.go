@@ -46,6 +46,11 @@ type RelayOptions struct {
 	// AtoB and BtoA, if set, are told of every chunk moved, as it moves (live byte counters).
 	AtoB, BtoA func(n int)
 
+	// Until, if set, ends the flow with a reset when it ends, as ctx does: the client's QUIC
+	// connection, whose end a half-closed or quiet flow, with nothing waiting on its stream,
+	// would not otherwise notice.
+	Until context.Context
+
 	// parker, if set, parks idle kernel sockets in one epoll set instead of a goroutine
 	// each (the client's and the server's own).
 	parker *parker
@@ -100,6 +105,10 @@ func StartRelay(ctx context.Context, a, b FlowConn, opt RelayOptions, done func(
 	// ctx ending is a failure like any other: it is recorded (so the flow's result says why)
 	// and both sides are reset.
 	r.stop = context.AfterFunc(ctx, func() { r.fail(context.Cause(ctx)) })
+	if opt.Until != nil {
+		// A lost or closed connection reads as a reset of the flow (mapStreamErr).
+		r.stopUntil = context.AfterFunc(opt.Until, func() { r.fail(mapStreamErr(context.Cause(opt.Until))) })
+	}
 	r.start(&r.atob, a, b, opt.AtoB)
 	r.start(&r.btoa, b, a, opt.BtoA)
 	return r.fail
@@ -113,6 +122,7 @@ type relay struct {
 	activity  *atomic.Int64 // when a byte last moved, if there is an idle timeout
 	idle      *time.Timer
 	stop      func() bool
+	stopUntil func() bool  // nil without RelayOptions.Until
 	pending   atomic.Int32 // directions still running
 	abortOnce sync.Once
 
@@ -171,19 +181,18 @@ func (r *relay) start(d *dir, src, dst FlowConn, count func(int)) {
 	}
 }
 
-// moved accounts for n bytes written to dst.
-func (d *dir) moved(n int) {
-	d.n += int64(n)
-	if d.count != nil && n > 0 {
-		d.count(n)
-	}
-}
-
-// touch marks the flow active, for the idle timeout.
-func (d *dir) touch() {
+// forward writes p, just read from src, to dst: it marks the flow active (for the idle
+// timeout) and counts what was written.
+func (d *dir) forward(p []byte) error {
 	if d.r.activity != nil {
 		d.r.activity.Store(time.Now().UnixNano())
 	}
+	nw, err := d.dst.Write(p)
+	d.n += int64(nw)
+	if d.count != nil && nw > 0 {
+		d.count(nw)
+	}
+	return err
 }
 
 // drain reads a notifying source while it has bytes, then asks to be woken again and exits.
@@ -199,10 +208,7 @@ func (d *dir) drain() {
 		bp := bufs.Get().(*[]byte)
 		nr, rerr := d.src.Read(*bp)
 		if nr > 0 {
-			d.touch()
-			nw, werr := d.dst.Write((*bp)[:nr])
-			d.moved(nw)
-			if werr != nil {
+			if werr := d.forward((*bp)[:nr]); werr != nil {
 				bufs.Put(bp)
 				d.end(werr)
 				return
@@ -284,10 +290,7 @@ func (d *dir) run() {
 			d.end(closeWrite(d.dst))
 			return
 		}
-		d.touch()
-		nw, werr := d.dst.Write((*bp)[:nr])
-		d.moved(nw)
-		if werr != nil {
+		if werr := d.forward((*bp)[:nr]); werr != nil {
 			d.end(werr)
 			return
 		}
@@ -323,10 +326,7 @@ func (d *dir) copyBlocking() {
 		}
 		nr, rerr := d.src.Read(buf)
 		if nr > 0 {
-			d.touch()
-			nw, werr := d.dst.Write(buf[:nr])
-			d.moved(nw)
-			if werr != nil {
+			if werr := d.forward(buf[:nr]); werr != nil {
 				d.end(werr)
 				return
 			}
@@ -372,6 +372,9 @@ func (d *dir) end(err error) {
 	err = r.err
 	r.mu.Unlock()
 	r.stop()
+	if r.stopUntil != nil {
+		r.stopUntil()
+	}
 	if r.idle != nil {
 		r.idle.Stop()
 	}
