@@ -262,8 +262,7 @@ func (s *Server) serveConn(qc *quic.Conn) {
 		s.liveMu.Unlock()
 		// A reload since the handshake's check did not see this connection yet.
 		if !s.cfg.Authorized(fp) {
-			log.Warn("closing the connection of a client no longer authorized")
-			_ = qc.CloseWithError(connRevoked, "client no longer authorized")
+			s.revoke(qc, fp)
 		}
 		defer func() {
 			s.liveMu.Lock()
@@ -410,9 +409,20 @@ func (s *Server) serveStream(ctx context.Context, qc *quic.Conn, str *quic.Strea
 	s.liveMu.Unlock()
 	// A reload between the dial's check and here found this flow without its abort (or
 	// not at all): judge it again under the rules in force now.
-	if !s.permits(target, at.addr, at.fromHosts) {
+	if !s.stillAllowed(live) {
 		abort(ErrPolicyChanged)
 	}
+}
+
+// stillAllowed is the policy's verdict, as it is now, on an open flow.
+func (s *Server) stillAllowed(f *liveFlow) bool {
+	return s.permits(f.target, f.at.addr, f.at.fromHosts)
+}
+
+// revoke closes the connection of a client no longer authorized.
+func (s *Server) revoke(qc *quic.Conn, fp Fingerprint) {
+	s.log.WithFields(logrus.Fields{"peer": qc.RemoteAddr().String(), "fingerprint": fp.String()}).Warn("closing the connection of a client no longer authorized")
+	_ = qc.CloseWithError(connRevoked, "client no longer authorized")
 }
 
 // liveFlow is an open flow as Recheck sees it.
@@ -444,23 +454,22 @@ const DefaultMaxConnsPerClient = 8
 // alone. It returns how many connections it closed and how many flows it reset.
 func (s *Server) Recheck() (conns, flows int) {
 	s.liveMu.Lock()
-	var revoked []*quic.Conn
+	revoked := map[*quic.Conn]Fingerprint{}
 	for qc, fp := range s.liveConns {
 		if !s.cfg.Authorized(fp) {
-			revoked = append(revoked, qc)
-			s.log.WithFields(logrus.Fields{"peer": qc.RemoteAddr().String(), "fingerprint": fp.String()}).Warn("closing the connection of a client no longer authorized")
+			revoked[qc] = fp
 		}
 	}
 	var denied []func(error)
 	for f := range s.liveFlows {
-		if f.abort != nil && !s.permits(f.target, f.at.addr, f.at.fromHosts) {
+		if f.abort != nil && !s.stillAllowed(f) {
 			denied = append(denied, f.abort)
 			s.log.WithFields(logrus.Fields{"target": f.target.String(), "addr": f.at.addr.String()}).Info("resetting a flow the new rules deny")
 		}
 	}
 	s.liveMu.Unlock()
-	for _, qc := range revoked {
-		_ = qc.CloseWithError(connRevoked, "client no longer authorized")
+	for qc, fp := range revoked {
+		s.revoke(qc, fp)
 	}
 	for _, abort := range denied {
 		abort(ErrPolicyChanged)
