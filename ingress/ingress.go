@@ -2,6 +2,7 @@ package ingress
 
 import (
 	"context"
+	"io"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -48,13 +49,9 @@ func (o Options) logger() *logrus.Entry {
 		return o.Logger
 	}
 	lg := logrus.New()
-	lg.SetOutput(discard{})
+	lg.SetOutput(io.Discard)
 	return logrus.NewEntry(lg)
 }
-
-type discard struct{}
-
-func (discard) Write(p []byte) (int, error) { return len(p), nil }
 
 // carry hands one flow, counted in flows by the caller, to the tunnel under the group's
 // context; when it ends, it logs how and marks it done in flows: the one place where every

@@ -1,14 +1,15 @@
 package main
 
 import (
-	"bufio"
 	"fmt"
 	"io"
 	"net/http"
 	"sort"
-	"strconv"
 	"strings"
 	"time"
+
+	"github.com/prometheus/common/expfmt"
+	"github.com/prometheus/common/model"
 )
 
 // runStatus asks a running server or client for its state through its --metrics listener
@@ -58,40 +59,32 @@ type sample struct {
 	value  float64
 }
 
-// parseMetrics reads "name{label="value",...} number" lines and skips comments.
+// parseMetrics reads the quicgate_ metrics of a Prometheus text exposition.
 func parseMetrics(r io.Reader) (*metricSet, error) {
-	m := &metricSet{byName: map[string][]sample{}}
-	sc := bufio.NewScanner(r)
-	sc.Buffer(make([]byte, 64<<10), 1<<20)
-	for sc.Scan() {
-		line := sc.Text()
-		if line == "" || strings.HasPrefix(line, "#") || !strings.HasPrefix(line, "quicgate_") {
-			continue
-		}
-		head, val, ok := strings.Cut(line, " ")
-		if !ok {
-			continue
-		}
-		v, err := strconv.ParseFloat(strings.Fields(val)[0], 64)
-		if err != nil {
-			continue
-		}
-		name, labels := head, map[string]string{}
-		if i := strings.IndexByte(head, '{'); i >= 0 && strings.HasSuffix(head, "}") {
-			name = head[:i]
-			for _, kv := range strings.Split(head[i+1:len(head)-1], ",") {
-				k, v, ok := strings.Cut(kv, "=")
-				if ok {
-					labels[k] = strings.Trim(v, `"`)
-				}
-			}
-		}
-		if s := labels["side"]; s != "" {
-			m.side = s
-		}
-		m.byName[name] = append(m.byName[name], sample{labels, v})
+	parser := expfmt.NewTextParser(model.UTF8Validation)
+	families, err := parser.TextToMetricFamilies(r)
+	if err != nil {
+		return nil, fmt.Errorf("not Prometheus metrics: %w", err)
 	}
-	return m, sc.Err()
+	m := &metricSet{byName: map[string][]sample{}}
+	for name, f := range families {
+		if !strings.HasPrefix(name, "quicgate_") {
+			continue
+		}
+		for _, metric := range f.GetMetric() {
+			labels := map[string]string{}
+			for _, l := range metric.GetLabel() {
+				labels[l.GetName()] = l.GetValue()
+			}
+			if side := labels["side"]; side != "" {
+				m.side = side
+			}
+			// A family is a counter, a gauge or untyped; the others' getters give 0.
+			v := metric.GetCounter().GetValue() + metric.GetGauge().GetValue() + metric.GetUntyped().GetValue()
+			m.byName[name] = append(m.byName[name], sample{labels, v})
+		}
+	}
+	return m, nil
 }
 
 // total sums a metric's samples.
