@@ -34,16 +34,8 @@ func KeepAliveConfig(idle time.Duration) net.KeepAliveConfig {
 	case idle == 0:
 		idle = DefaultTCPKeepAlive
 	}
-	return net.KeepAliveConfig{Enable: true, Idle: idle, Interval: KeepAliveInterval(idle), Count: keepAliveCount}
+	return net.KeepAliveConfig{Enable: true, Idle: idle, Interval: max(idle/keepAliveCount, time.Second), Count: keepAliveCount}
 }
-
-// KeepAliveInterval is the time between probes for a keepalive time.
-func KeepAliveInterval(idle time.Duration) time.Duration {
-	return max(idle/keepAliveCount, time.Second)
-}
-
-// KeepAliveCount is how many unanswered probes end a connection.
-func KeepAliveCount() int { return keepAliveCount }
 
 // keepAliveField is net.Dialer's and net.ListenConfig's KeepAlive for a config: negative
 // turns the stdlib's default keepalive off when ours is off.

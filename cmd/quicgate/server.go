@@ -79,31 +79,30 @@ func runServer(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	listen, authFile, dialTimeout, headerTimeout, maxHeader, maxDials, retry, common := f.listen, f.authFile, f.dialTimeout, f.headerTimeout, f.maxHeader, f.maxDials, f.retry, f.common
 	acc, err := f.loadAccess()
 	if err != nil {
 		return err
 	}
-	if *maxHeader < quicmux.MinTCPHeaderLen || *maxHeader > quicmux.MaxHeaderLen {
-		return usageErr("--max-header-bytes %d: want %d (IPv6 targets) to %d (any host name)", *maxHeader, quicmux.MinTCPHeaderLen, quicmux.MaxHeaderLen)
+	if *f.maxHeader < quicmux.MinTCPHeaderLen || *f.maxHeader > quicmux.MaxHeaderLen {
+		return usageErr("--max-header-bytes %d: want %d (IPv6 targets) to %d (any host name)", *f.maxHeader, quicmux.MinTCPHeaderLen, quicmux.MaxHeaderLen)
 	}
-	if *maxDials < 1 {
-		return usageErr("--max-pending-dials %d: want at least 1", *maxDials)
+	if *f.maxDials < 1 {
+		return usageErr("--max-pending-dials %d: want at least 1", *f.maxDials)
 	}
 	if *f.maxConnsPerClient < 1 {
 		return usageErr("--max-conns-per-client %d: want at least 1", *f.maxConnsPerClient)
 	}
-	if err := positive(map[string]time.Duration{"--dial-timeout": *dialTimeout, "--header-timeout": *headerTimeout}); err != nil {
+	if err := positive(map[string]time.Duration{"--dial-timeout": *f.dialTimeout, "--header-timeout": *f.headerTimeout}); err != nil {
 		return err
 	}
-	env, err := common.setup("server", stderr)
+	env, err := f.common.setup("server", stderr)
 	if err != nil {
 		return err
 	}
 	defer env.obs.close()
 	log, id := env.log, env.id
 	if len(acc.authorized) == 0 {
-		log.WithField("file", *authFile).Warn("no authorized clients: every client will be rejected")
+		log.WithField("file", *f.authFile).Warn("no authorized clients: every client will be rejected")
 	}
 	var live atomic.Pointer[access]
 	live.Store(acc)
@@ -111,14 +110,14 @@ func runServer(ctx context.Context, args []string, stderr io.Writer) error {
 		Identity:          id,
 		Authorized:        func(fp quicmux.Fingerprint) bool { _, ok := live.Load().authorized[fp]; return ok },
 		Policy:            livePolicy{&live},
-		DialTimeout:       *dialTimeout,
-		HeaderTimeout:     *headerTimeout,
-		MaxHeaderBytes:    *maxHeader,
-		MaxPendingDials:   *maxDials,
+		DialTimeout:       *f.dialTimeout,
+		HeaderTimeout:     *f.headerTimeout,
+		MaxHeaderBytes:    *f.maxHeader,
+		MaxPendingDials:   *f.maxDials,
 		MaxConnsPerClient: *f.maxConnsPerClient,
-		FlowIdleTimeout:   common.flowIdle,
-		TCPKeepAlive:      common.tcpKeepAlive(),
-		Retry:             *retry,
+		FlowIdleTimeout:   f.common.flowIdle,
+		TCPKeepAlive:      f.common.tcpKeepAlive(),
+		Retry:             *f.retry,
 		Limits:            env.limits,
 		Metrics:           env.obs.metrics,
 		Logger:            log,
@@ -126,7 +125,7 @@ func runServer(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	addr, err := srv.Listen(*listen)
+	addr, err := srv.Listen(*f.listen)
 	if err != nil {
 		return err
 	}
@@ -141,8 +140,8 @@ func runServer(ctx context.Context, args []string, stderr io.Writer) error {
 		case <-ctx.Done():
 		}
 	}
-	log.WithField("drain_timeout", common.drain.String()).Info("shutting down: draining open flows")
-	dctx, cancel := context.WithTimeout(context.Background(), common.drain)
+	log.WithField("drain_timeout", f.common.drain.String()).Info("shutting down: draining open flows")
+	dctx, cancel := context.WithTimeout(context.Background(), f.common.drain)
 	defer cancel()
 	_ = srv.Shutdown(dctx) // a drain that times out resets the rest: still a clean exit
 	log.Info("stopped")
