@@ -29,7 +29,7 @@ func TestFailedFlowIsLogged(t *testing.T) {
 		if !flows.Start() {
 			t.Fatal("flow group refused a flow")
 		}
-		carry(failingTunnel{err}, flows, quicmux.Flow{Target: target}, logrus.NewEntry(logger), "10.99.0.1:40000")
+		carry(failingTunnel{err}, flows, quicmux.Flow{Target: target, Peer: "10.99.0.1:40000"}, logrus.NewEntry(logger))
 	}
 	entries := hook.AllEntries()
 	if len(entries) != 2 {

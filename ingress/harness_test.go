@@ -237,7 +237,7 @@ func (h *harness) startTUN(opts *netstack.TCPOptions, drainTimeout time.Duration
 	flows := quicmux.NewFlowGroup(context.Background())
 	log := testLogger(t).WithField("side", "ingress")
 	gw, err := netstack.NewTUN(h.tunLink, netstack.Config{
-		Handler: netstack.HandlerFunc(func(req *netstack.TCPRequest) { handleTCP(h.client, flows, req, log) }),
+		Handler: netstack.HandlerFunc(func(req *netstack.TCPRequest) { handleTCP(h.client, flows, req, "tun test", log) }),
 		TCP:     opts,
 		Logger:  log,
 	})

@@ -56,8 +56,8 @@ func (o Options) logger() *logrus.Entry {
 // carry hands one flow, counted in flows by the caller, to the tunnel under the group's
 // context; when it ends, it logs how and marks it done in flows: the one place where every
 // ingress's flows end. It returns once the flow is under way, so an idle flow keeps no
-// goroutine of the ingress. log has the ingress's fields; peer and target are the flow's.
-func carry(t Tunnel, flows *quicmux.FlowGroup, f quicmux.Flow, log *logrus.Entry, peer string) {
+// goroutine of the ingress. log has the ingress's fields; f names its ingress and peer.
+func carry(t Tunnel, flows *quicmux.FlowGroup, f quicmux.Flow, log *logrus.Entry) {
 	ctx := flows.Context()
 	t.Carry(ctx, f, func(stats quicmux.RelayStats, err error) {
 		defer flows.Done()
@@ -69,7 +69,7 @@ func carry(t Tunnel, flows *quicmux.FlowGroup, f quicmux.Flow, log *logrus.Entry
 		if !log.Logger.IsLevelEnabled(level) {
 			return
 		}
-		entry := log.WithFields(logrus.Fields{"peer": peer, "target": f.Target.String(), "bytes_up": stats.AtoB, "bytes_down": stats.BtoA, "result": quicmux.ResultOf(err)})
+		entry := log.WithFields(logrus.Fields{"peer": f.Peer, "target": f.Target.String(), "bytes_up": stats.AtoB, "bytes_down": stats.BtoA, "result": quicmux.ResultOf(err)})
 		if failed {
 			entry.WithError(err).Info("flow failed")
 			return

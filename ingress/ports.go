@@ -108,6 +108,7 @@ func splitForward(s string) ([]string, error) {
 type Port struct {
 	ln    net.Listener
 	fwd   LocalForward
+	name  string // "-L bind:port:host:hostport", with the bound port
 	tun   Tunnel
 	opt   Options
 	log   *logrus.Entry
@@ -124,7 +125,8 @@ func ListenPort(f LocalForward, t Tunnel, opt Options) (*Port, error) {
 		return nil, fmt.Errorf("ingress: -L %s: %w", f, err)
 	}
 	log := opt.logger().WithField("listen", ln.Addr().String())
-	return &Port{ln: ln, fwd: f, tun: t, opt: opt, log: log, flows: quicmux.NewFlowGroup(context.Background())}, nil
+	name := "-L " + LocalForward{Bind: netip.MustParseAddrPort(ln.Addr().String()), Target: f.Target}.String()
+	return &Port{ln: ln, fwd: f, name: name, tun: t, opt: opt, log: log, flows: quicmux.NewFlowGroup(context.Background())}, nil
 }
 
 // Addr is the bound address (with the chosen port when -L asked for port 0).
@@ -170,7 +172,8 @@ func (p *Port) Serve(ctx context.Context) error {
 		}
 		// The flow's own goroutine only while the stream opens: it returns once the flow is
 		// under way.
-		go carry(p.tun, p.flows, quicmux.Flow{Target: p.fwd.Target, Conn: local}, p.log, conn.RemoteAddr().String())
+		f := quicmux.Flow{Target: p.fwd.Target, Conn: local, Ingress: p.name, Peer: conn.RemoteAddr().String()}
+		go carry(p.tun, p.flows, f, p.log)
 	}
 }
 

@@ -26,6 +26,7 @@ type TUNConfig struct {
 // so apps see "connection refused" at once rather than a hang. Flows keep alive
 // (Options.TCPKeepAlive) and are reset (RST) when they fail anywhere along the way.
 type TUN struct {
+	name  string // "tun NAME", the ingress in metrics
 	dev   *tun.Device
 	stack *netstack.Stack
 	tun   Tunnel
@@ -47,7 +48,7 @@ func OpenTUN(cfg TUNConfig, t Tunnel, opt Options) (*TUN, error) {
 	if err != nil {
 		return nil, err
 	}
-	ing := &TUN{dev: dev, tun: t, opt: opt, log: log, flows: quicmux.NewFlowGroup(context.Background())}
+	ing := &TUN{name: "tun " + dev.Name(), dev: dev, tun: t, opt: opt, log: log, flows: quicmux.NewFlowGroup(context.Background())}
 	tcp := netstack.DefaultTCPOptions()
 	tcp.KeepAlive = quicmux.KeepAliveConfig(opt.TCPKeepAlive)
 	st, err := netstack.NewTUN(dev.TUN(), netstack.Config{MTU: cfg.MTU, Handler: ing, Logger: log, TCP: &tcp})
@@ -62,11 +63,11 @@ func OpenTUN(cfg TUNConfig, t Tunnel, opt Options) (*TUN, error) {
 
 // HandleTCP carries one flow the netstack terminated.
 func (ing *TUN) HandleTCP(req *netstack.TCPRequest) {
-	handleTCP(ing.tun, ing.flows, req, ing.log)
+	handleTCP(ing.tun, ing.flows, req, ing.name, ing.log)
 }
 
 // handleTCP hands a netstack flow to the tunnel: the SYN waits for the server's answer.
-func handleTCP(t Tunnel, flows *quicmux.FlowGroup, req *netstack.TCPRequest, log *logrus.Entry) {
+func handleTCP(t Tunnel, flows *quicmux.FlowGroup, req *netstack.TCPRequest, name string, log *logrus.Entry) {
 	if !flows.Start() {
 		req.Reject()
 		return
@@ -80,9 +81,11 @@ func handleTCP(t Tunnel, flows *quicmux.FlowGroup, req *netstack.TCPRequest, log
 			}
 			return c, nil
 		},
-		Reject: req.Reject,
+		Reject:  req.Reject,
+		Ingress: name,
+		Peer:    req.Src().String(),
 	}
-	carry(t, flows, f, log, req.Src().String())
+	carry(t, flows, f, log)
 }
 
 // Serve runs until ctx ends, then drains: new flows are refused, open ones get up to the

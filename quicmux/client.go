@@ -157,6 +157,7 @@ func (c *Client) DialContext(ctx context.Context, network, address string) (net.
 	}
 	conn, err := c.dial(ctx, t)
 	if err != nil {
+		c.flowFailed(ctx, ingressAPI, "", t, err)
 		return nil, &net.OpError{Op: "dial", Net: network, Addr: targetAddr{t}, Err: err}
 	}
 	return conn, nil
@@ -166,6 +167,11 @@ func (c *Client) DialContext(ctx context.Context, network, address string) (net.
 // end, which is either established already or waits for the server's answer.
 type Flow struct {
 	Target Target
+
+	// Ingress names where the flow came in, for metrics and `quicgate status` (for example
+	// "-L 127.0.0.1:8080" or "tun qg0"); default "api". Peer is the app's address, for
+	// the list of recent failures. Both are optional.
+	Ingress, Peer string
 
 	// Conn is a local end that is established already (a -L socket). Its bytes go out right
 	// behind the request, without waiting a round trip for the server's answer; a refusal
@@ -187,20 +193,37 @@ type Flow struct {
 // resets the flow. It is the one way an ingress hands a flow to the tunnel; it returns early
 // so that an idle flow holds no goroutine of its caller (see StartRelay).
 func (c *Client) Carry(ctx context.Context, f Flow, done func(RelayStats, error)) {
+	if f.Ingress == "" {
+		f.Ingress = ingressAPI
+	}
 	local, remote, err := c.connect(ctx, f)
 	if err != nil {
 		c.cfg.Metrics.flowRejected()
+		c.flowFailed(ctx, f.Ingress, f.Peer, f.Target, err)
 		done(RelayStats{}, err)
 		return
 	}
-	c.cfg.Metrics.flowStarted()
+	active := c.cfg.Metrics.flowStarted(f.Ingress)
 	opt := c.cfg.Metrics.relayOptions(c.cfg.FlowIdleTimeout)
 	opt.parker = c.parker
 	opt.Until = remote.(*streamConn).conn.Context() // the flow ends with its connection
 	StartRelay(ctx, local, remote, opt, func(s RelayStats, err error) {
-		c.cfg.Metrics.flowEnded(resultOf(err))
+		c.cfg.Metrics.flowEnded(active, resultOf(err))
+		c.flowFailed(ctx, f.Ingress, f.Peer, f.Target, err)
 		done(s, err)
 	})
+}
+
+// ingressAPI is the ingress of flows from DialContext and of a Flow that names none.
+const ingressAPI = "api"
+
+// flowFailed lists a flow that failed in the recent failures: one that could not start, or
+// broke for a reason other than a reset, an idle timeout or its ingress going away.
+func (c *Client) flowFailed(ctx context.Context, ingress, peer string, t Target, err error) {
+	if r := resultOf(err); r != "error" && r != "rejected" || ctx.Err() != nil {
+		return
+	}
+	c.cfg.Metrics.failed(Failure{Ingress: ingress, Peer: peer, Target: t.String(), Reason: err.Error()})
 }
 
 // connect opens f's stream and, for a local end that waits, its handshake.
@@ -357,6 +380,7 @@ func (c *Client) supervise() {
 			}
 			failures++
 			c.cfg.Metrics.handshakeFailed(failureReason(err))
+			c.cfg.Metrics.failed(Failure{Ingress: "connection", Target: c.cfg.Server, Reason: err.Error()})
 			c.setState(nil, err)
 			entry := c.log.WithError(err).WithField("retry_in", backoff.String())
 			// Before the first connection the caller (Connect, or a flow) reports the error.

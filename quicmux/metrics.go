@@ -15,12 +15,13 @@ import (
 type Metrics struct {
 	side string
 
-	flowsActive       prometheus.Gauge
+	flowsActive       *prometheus.GaugeVec   // ingress
 	flowsTotal        *prometheus.CounterVec // result
 	bytes             *prometheus.CounterVec // direction
 	dialResults       *prometheus.CounterVec // status
 	handshakeFailures *prometheus.CounterVec // reason
 	reconnects        prometheus.Counter
+	failures          failureLog
 
 	mu        sync.Mutex
 	conns     map[*quic.Conn]struct{}
@@ -44,8 +45,9 @@ func NewMetrics(reg prometheus.Registerer, side string) (*Metrics, error) {
 	constLabels := prometheus.Labels{"side": side}
 	m := &Metrics{
 		side: side,
-		flowsActive: prometheus.NewGauge(prometheus.GaugeOpts{
-			Name: "quicgate_flows_active", Help: "Flows open now.", ConstLabels: constLabels}),
+		flowsActive: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "quicgate_flows_active", Help: "Flows open now, by the ingress they came in through (the server's: quic).", ConstLabels: constLabels},
+			[]string{"ingress"}),
 		flowsTotal: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "quicgate_flows_total", Help: "Flows ended, by result (ok, reset, idle, shutdown, error, rejected).", ConstLabels: constLabels},
 			[]string{"result"}),
@@ -91,17 +93,37 @@ func (m *Metrics) setCongestion(cc Congestion) {
 	}
 }
 
-func (m *Metrics) flowStarted() {
+// flowStarted counts a flow open in its ingress's gauge, which it returns for flowEnded.
+func (m *Metrics) flowStarted(ingress string) prometheus.Gauge {
+	if m == nil {
+		return nil
+	}
+	g := m.flowsActive.WithLabelValues(ingress)
+	g.Inc()
+	return g
+}
+
+func (m *Metrics) flowEnded(active prometheus.Gauge, result string) {
 	if m != nil {
-		m.flowsActive.Inc()
+		active.Dec()
+		m.flowsTotal.WithLabelValues(result).Inc()
 	}
 }
 
-func (m *Metrics) flowEnded(result string) {
+// failed records a failure in the list RecentFailures returns.
+func (m *Metrics) failed(f Failure) {
 	if m != nil {
-		m.flowsActive.Dec()
-		m.flowsTotal.WithLabelValues(result).Inc()
+		m.failures.add(f)
 	}
+}
+
+// RecentFailures returns the last failures (flows that could not start or broke, and the
+// client's failed connections to the server), newest first.
+func (m *Metrics) RecentFailures() []Failure {
+	if m == nil {
+		return nil
+	}
+	return m.failures.list()
 }
 
 func (m *Metrics) flowRejected() {

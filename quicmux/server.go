@@ -246,9 +246,11 @@ func (s *Server) acceptConns(ln *quic.Listener) {
 func (s *Server) serveConn(qc *quic.Conn) {
 	defer s.wg.Done()
 	log := s.log.WithField("peer", qc.RemoteAddr().String())
+	peer := qc.RemoteAddr().String() // who the failures of its flows are listed under
 	if certs := qc.ConnectionState().TLS.PeerCertificates; len(certs) > 0 {
 		fp := FingerprintOf(certs[0])
 		log = log.WithField("fingerprint", fp.String())
+		peer = fp.String()
 		s.liveMu.Lock()
 		if s.perClient[fp] >= s.cfg.MaxConnsPerClient {
 			s.liveMu.Unlock()
@@ -293,7 +295,7 @@ func (s *Server) serveConn(qc *quic.Conn) {
 			break
 		}
 		streams.Add(1)
-		go s.serveStream(ctx, qc, str, log, streams.Done)
+		go s.serveStream(ctx, qc, str, log, peer, streams.Done)
 	}
 	streams.Wait() // every stream's flow has ended, not only its goroutine
 	linger(qc)
@@ -302,8 +304,9 @@ func (s *Server) serveConn(qc *quic.Conn) {
 
 // serveStream serves one stream: its request, the destination's dial and the start of its
 // relay. It returns once the flow is under way, so that an idle flow keeps no goroutine;
-// release is called once the stream is done with, when its flow has ended.
-func (s *Server) serveStream(ctx context.Context, qc *quic.Conn, str *quic.Stream, connLog *logrus.Entry, release func()) {
+// release is called once the stream is done with, when its flow has ended. peer names the
+// client in the list of recent failures.
+func (s *Server) serveStream(ctx context.Context, qc *quic.Conn, str *quic.Stream, connLog *logrus.Entry, peer string, release func()) {
 	relaying := false
 	defer func() {
 		if !relaying {
@@ -331,6 +334,7 @@ func (s *Server) serveStream(ctx context.Context, qc *quic.Conn, str *quic.Strea
 			log(logrus.Fields{}).WithError(err).Info("bad request")
 			s.cfg.Metrics.dialResult(StatusBadRequest)
 			s.cfg.Metrics.flowRejected()
+			s.cfg.Metrics.failed(Failure{Ingress: ingressServer, Peer: peer, Reason: err.Error()})
 			s.reject(str, StatusBadRequest, codeBadRequest)
 			return
 		}
@@ -364,6 +368,7 @@ func (s *Server) serveStream(ctx context.Context, qc *quic.Conn, str *quic.Strea
 	if status != StatusOK {
 		log(logrus.Fields{"target": req.Target.String(), "result": status.String()}).Info("flow rejected")
 		s.cfg.Metrics.flowRejected()
+		s.cfg.Metrics.failed(Failure{Ingress: ingressServer, Peer: peer, Target: req.Target.String(), Reason: status.String()})
 		s.reject(str, status, codeFlowReset)
 		return
 	}
@@ -376,7 +381,7 @@ func (s *Server) serveStream(ctx context.Context, qc *quic.Conn, str *quic.Strea
 	if connLog.Logger.IsLevelEnabled(logrus.DebugLevel) {
 		log(logrus.Fields{"target": req.Target.String()}).Debug("flow started")
 	}
-	s.cfg.Metrics.flowStarted()
+	active := s.cfg.Metrics.flowStarted(ingressServer)
 	sc := newStreamConn(str, qc.LocalAddr(), qc.RemoteAddr())
 	relaying = true
 	target := req.Target
@@ -390,7 +395,10 @@ func (s *Server) serveStream(ctx context.Context, qc *quic.Conn, str *quic.Strea
 		s.liveMu.Lock()
 		delete(s.liveFlows, live)
 		s.liveMu.Unlock()
-		s.cfg.Metrics.flowEnded(resultOf(err))
+		s.cfg.Metrics.flowEnded(active, resultOf(err))
+		if resultOf(err) == "error" && ctx.Err() == nil {
+			s.cfg.Metrics.failed(Failure{Ingress: ingressServer, Peer: peer, Target: target.String(), Reason: err.Error()})
+		}
 		if connLog.Logger.IsLevelEnabled(logrus.DebugLevel) {
 			connLog.WithFields(logrus.Fields{
 				"flow":       id,
@@ -413,6 +421,9 @@ func (s *Server) serveStream(ctx context.Context, qc *quic.Conn, str *quic.Strea
 		abort(ErrPolicyChanged)
 	}
 }
+
+// ingressServer is the ingress of the server's flows in its metrics: its QUIC listener.
+const ingressServer = "quic"
 
 // stillAllowed is the policy's verdict, as it is now, on an open flow.
 func (s *Server) stillAllowed(f *liveFlow) bool {
@@ -621,13 +632,16 @@ func statusOf(err error) Status {
 	return StatusUnreachable
 }
 
-// ResultOf names how a flow ended, for logs: ok, idle, reset, shutdown or error.
+// ResultOf names how a flow ended, for logs: ok, rejected, idle, reset, shutdown or error.
 func ResultOf(err error) string { return resultOf(err) }
 
 func resultOf(err error) string {
+	var se *StatusError
 	switch {
 	case err == nil:
 		return "ok"
+	case errors.As(err, &se):
+		return "rejected" // a -L flow whose bytes went out before the server's answer
 	case errors.Is(err, ErrFlowIdle):
 		return "idle"
 	case IsReset(err):

@@ -638,8 +638,9 @@ func TestVersion(t *testing.T) {
 	}
 }
 
-// status reads a running server's --metrics and prints its state for a person; with nothing
-// listening it says so in one line and exits 1.
+// status reads a running server's or client's --metrics and prints its state for a person:
+// the flows open per ingress and the recent failures too. With nothing listening it says so
+// in one line and exits 1.
 func TestStatus(t *testing.T) {
 	dst := tcpServer(t, func(c net.Conn) { _, _ = io.Copy(c, c) })
 	p := newPair(t)
@@ -647,14 +648,50 @@ func TestStatus(t *testing.T) {
 		"--allow", "127.0.0.1/32", "--metrics", "127.0.0.1:0")
 	metrics := strings.TrimPrefix(srv.waitFor(t, "metrics serving")["addr"].(string), "http://")
 	addr := srv.waitFor(t, "server ready")["addr"].(string)
-	cli := start(t, "client", "--server", addr, "--state-dir", filepath.Join(p.dir, "client"), "--pin", p.pin, "-L", "0:"+dst)
+	cli := start(t, "client", "--server", addr, "--state-dir", filepath.Join(p.dir, "client"), "--pin", p.pin,
+		"-L", "0:"+dst, "-L", "0:127.0.0.2:9", "--metrics", "127.0.0.1:0")
+	cliMetrics := strings.TrimPrefix(cli.waitFor(t, "metrics serving")["addr"].(string), "http://")
 	local := cli.waitFor(t, "forwarding")["listen"].(string)
+	denied := cli.waitFor(t, "forwarding")["listen"].(string)
+
+	// A flow the server's policy denies: the app sees a reset, and both ends list it.
+	d, err := net.Dial("tcp", denied)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = d.SetReadDeadline(time.Now().Add(hangLimit))
+	if _, err := d.Read(make([]byte, 1)); err == nil {
+		t.Fatal("a denied flow read data")
+	}
+	_ = d.Close()
+	cli.waitFor(t, "flow failed")
+
 	c, err := net.Dial("tcp", local)
 	if err != nil {
 		t.Fatal(err)
 	}
 	echoOnce(t, c, "status")
+	// The client's status while the flow is open: one flow on the first -L.
+	stdout, stderr, code := runQuick(t, "status", "--metrics", cliMetrics)
+	if code != 0 {
+		t.Fatalf("client status: exit %d, %s", code, stderr)
+	}
+	for _, want := range []string{
+		"quicgate client (metrics at " + cliMetrics + ")",
+		"flows open:         1\n",
+		"flows ended:        rejected 1\n",
+		"  -L " + local + ":" + dst + ": 1\n",
+		"  -L " + denied + ":127.0.0.2:9: 0\n",
+		"recent failures (newest first):\n",
+		" -L " + denied + ":127.0.0.2:9 from 127.0.0.1:",
+		" to 127.0.0.2:9: ",
+	} {
+		if !strings.Contains(stdout, want) {
+			t.Errorf("client status lacks %q:\n%s", want, stdout)
+		}
+	}
 	_ = c.Close()
+
 	// The server counts the flow once both its ends are done; nothing else tells when (its
 	// end is logged at debug only), so status is asked until the count shows.
 	var out string
@@ -668,14 +705,16 @@ func TestStatus(t *testing.T) {
 			break
 		}
 	}
-	for _, want := range []string{"quicgate server (metrics at " + metrics + ")", "connections:        1 open, RTT ", "congestion control bbr", "flows open:         0", "flows ended:        ok 1", "dial results:       ok 1"} {
+	for _, want := range []string{"quicgate server (metrics at " + metrics + ")", "connections:        1 open, RTT ", "congestion control bbr",
+		"flows open:         0", "flows ended:        ok 1, rejected 1", "dial results:       denied 1, ok 1",
+		"recent failures (newest first):\n", "  quic from " + p.clientFP + " to 127.0.0.2:9: denied\n"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("status output lacks %q:\n%s", want, out)
 		}
 	}
 	cli.stop(t)
 	srv.stop(t)
-	_, stderr, code := runQuick(t, "status", "--metrics", metrics)
+	_, stderr, code = runQuick(t, "status", "--metrics", metrics)
 	if code != 1 || !strings.Contains(stderr, "no quicgate metrics at "+metrics) || strings.Count(strings.TrimSpace(stderr), "\n") != 0 {
 		t.Fatalf("status of a stopped server: exit %d, %q", code, stderr)
 	}

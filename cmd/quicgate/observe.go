@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"flag"
 	"fmt"
@@ -25,7 +26,7 @@ type observeFlags struct {
 }
 
 func (o *observeFlags) register(fs *flag.FlagSet) {
-	fs.StringVar(&o.metrics, "metrics", "", "serve Prometheus metrics at http://ADDR/metrics (e.g. 127.0.0.1:9090)")
+	fs.StringVar(&o.metrics, "metrics", "", "serve Prometheus metrics at http://ADDR/metrics and the recent failures at http://ADDR/failures (e.g. 127.0.0.1:9090)")
 	fs.StringVar(&o.pprof, "pprof", "", "serve Go profiles at http://ADDR/debug/pprof/ (e.g. 127.0.0.1:6060)")
 }
 
@@ -49,6 +50,10 @@ func (o *observeFlags) start(side string, log *logrus.Entry) (*observer, error) 
 		obs.metrics = m
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
+		mux.HandleFunc("/failures", func(w http.ResponseWriter, _ *http.Request) {
+			w.Header().Set("Content-Type", "application/json")
+			_ = json.NewEncoder(w).Encode(m.RecentFailures())
+		})
 		if err := obs.serve(o.metrics, mux, "metrics", log); err != nil {
 			return nil, err
 		}

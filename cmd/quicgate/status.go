@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
 	"net/http"
@@ -10,6 +11,8 @@ import (
 
 	"github.com/prometheus/common/expfmt"
 	"github.com/prometheus/common/model"
+
+	"github.com/quicgate/quicgate/quicmux"
 )
 
 // runStatus asks a running server or client for its state through its --metrics listener
@@ -44,7 +47,18 @@ func runStatus(args []string, stdout, stderr io.Writer) error {
 	if len(m.byName) == 0 || m.side == "" {
 		return fmt.Errorf("%s serves no quicgate metrics", *addr)
 	}
-	printStatus(stdout, *addr, m)
+	// The recent failures are JSON beside the metrics; a quicgate too old to serve them
+	// still gets the rest of its status printed.
+	var failures []quicmux.Failure
+	if resp, err := hc.Get(strings.TrimSuffix(url, "/") + "/failures"); err == nil {
+		if resp.StatusCode == http.StatusOK {
+			if err := json.NewDecoder(resp.Body).Decode(&failures); err != nil {
+				failures = nil
+			}
+		}
+		resp.Body.Close()
+	}
+	printStatus(stdout, *addr, m, failures)
 	return nil
 }
 
@@ -111,7 +125,14 @@ func (m *metricSet) byLabel(name, label string) string {
 	return strings.Join(parts, ", ")
 }
 
-func printStatus(w io.Writer, addr string, m *metricSet) {
+// sorted returns a metric's samples ordered by one label's value.
+func (m *metricSet) sorted(name, label string) []sample {
+	out := append([]sample(nil), m.byName[name]...)
+	sort.Slice(out, func(i, j int) bool { return out[i].labels[label] < out[j].labels[label] })
+	return out
+}
+
+func printStatus(w io.Writer, addr string, m *metricSet, failures []quicmux.Failure) {
 	cc := "?"
 	for _, s := range m.byName["quicgate_congestion_control_info"] {
 		cc = s.labels["algorithm"]
@@ -132,12 +153,48 @@ func printStatus(w io.Writer, addr string, m *metricSet) {
 		fmt.Fprintf(w, "reconnects:         %.0f\n", m.total("quicgate_reconnects_total"))
 	}
 	fmt.Fprintf(w, "flows open:         %.0f\n", m.total("quicgate_flows_active"))
+	if m.side == "client" {
+		for _, s := range m.sorted("quicgate_flows_active", "ingress") {
+			fmt.Fprintf(w, "  %-17s %.0f\n", s.labels["ingress"]+":", s.value)
+		}
+	}
 	fmt.Fprintf(w, "flows ended:        %s\n", m.byLabel("quicgate_flows_total", "result"))
 	if m.side == "server" {
 		fmt.Fprintf(w, "dial results:       %s\n", m.byLabel("quicgate_dial_results_total", "status"))
 	}
 	fmt.Fprintf(w, "handshake failures: %s\n", m.byLabel("quicgate_handshake_failures_total", "reason"))
 	fmt.Fprintf(w, "bytes:              %s\n", m.byLabel("quicgate_bytes_total", "direction"))
+	printFailures(w, failures)
+}
+
+// shownFailures is how many of the recent failures status prints.
+const shownFailures = 10
+
+// printFailures lists the newest failures, one line each: when, where the flow came in
+// (with its app or client), where it went, and why.
+func printFailures(w io.Writer, failures []quicmux.Failure) {
+	if len(failures) == 0 {
+		fmt.Fprintln(w, "recent failures:    none")
+		return
+	}
+	fmt.Fprintln(w, "recent failures (newest first):")
+	for _, f := range failures[:min(len(failures), shownFailures)] {
+		line := "  " + f.Time.Local().Format("2006-01-02 15:04:05") + "  " + f.Ingress
+		if f.Peer != "" {
+			line += " from " + f.Peer
+		}
+		if f.Target != "" {
+			line += " to " + f.Target
+		}
+		line += ": " + f.Reason
+		if f.Count > 1 {
+			line += fmt.Sprintf(" (%d times)", f.Count)
+		}
+		fmt.Fprintln(w, line)
+	}
+	if len(failures) > shownFailures {
+		fmt.Fprintf(w, "  … and %d older\n", len(failures)-shownFailures)
+	}
 }
 
 func seconds(s float64) string {
