@@ -3,6 +3,7 @@ package main
 import (
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"path/filepath"
@@ -42,7 +43,9 @@ func TestServerReload(t *testing.T) {
 		}
 	}
 	writeConfig("127.0.0.1/32:"+port(t, keep), "127.0.0.1/32:"+port(t, drop))
-	srv := start(t, "server", "--listen", "127.0.0.1:0", "--state-dir", filepath.Join(p.dir, "server"), "--authorized-clients", p.auth, "--config", config)
+	// Files are not watched here: each reload below is the signal's alone.
+	srv := start(t, "server", "--listen", "127.0.0.1:0", "--state-dir", filepath.Join(p.dir, "server"), "--authorized-clients", p.auth, "--config", config,
+		"--watch-interval", "0")
 	addr := srv.waitFor(t, "server ready")["addr"].(string)
 	cli := start(t, "client", "--server", addr, "--state-dir", filepath.Join(p.dir, "client"), "--pin", p.pin, "-L", "0:"+keep, "-L", "0:"+drop)
 	kept := cli.waitFor(t, "forwarding")["listen"].(string)
@@ -78,6 +81,61 @@ func TestServerReload(t *testing.T) {
 		t.Fatal(err)
 	}
 	hup()
+	if m := srv.waitFor(t, "reloaded"); m["closed_connections"] != 1.0 {
+		t.Fatalf("reload: %v, want 1 connection closed", m)
+	}
+	expectConnReset(t, a)
+	srv.stop(t)
+	cli.stop(t)
+}
+
+// An edit of the authorized-clients or config file reloads them as SIGHUP does, once the file
+// holds still: a broken edit is reported once and keeps the old rules, and a client removed
+// from the file (replaced by a rename, as editors save) loses its connection.
+func TestServerReloadOnFileChange(t *testing.T) {
+	echo := tcpServer(t, func(c net.Conn) {
+		defer c.Close()
+		_, _ = io.Copy(c, c)
+	})
+	p := newPair(t)
+	config := filepath.Join(p.dir, "server.yaml")
+	if err := os.WriteFile(config, []byte("allow: [\"127.0.0.1/32\"]\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	srv := start(t, "server", "--listen", "127.0.0.1:0", "--state-dir", filepath.Join(p.dir, "server"), "--authorized-clients", p.auth,
+		"--config", config, "--watch-interval", "20ms")
+	addr := srv.waitFor(t, "server ready")["addr"].(string)
+	cli := start(t, "client", "--server", addr, "--state-dir", filepath.Join(p.dir, "client"), "--pin", p.pin, "-L", "0:"+echo)
+	a := dialEcho(t, cli.waitFor(t, "forwarding")["listen"].(string))
+
+	if err := os.WriteFile(config, []byte("allow: [\"10.0.0.1/8\"\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if m := srv.waitFor(t, "reload failed: keeping the rules and clients in force"); m["trigger"] != "file changed" {
+		t.Fatalf("reload: %v, want trigger \"file changed\"", m)
+	}
+	echoOnce(t, a, "after a broken edit")
+
+	replace := func(path, content string) {
+		t.Helper()
+		tmp := path + ".new"
+		if err := os.WriteFile(tmp, []byte(content), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, path); err != nil {
+			t.Fatal(err)
+		}
+	}
+	replace(config, "allow: [\"127.0.0.1/32\"]\n")
+	if m := srv.waitFor(t, "reloaded"); m["trigger"] != "file changed" || m["reset_flows"] != 0.0 {
+		t.Fatalf("reload: %v, want trigger \"file changed\" and no flow reset", m)
+	}
+	if n := srv.count("reload failed: keeping the rules and clients in force"); n != 1 {
+		t.Fatalf("the broken edit was reported %d times, want once", n)
+	}
+	echoOnce(t, a, "after a good edit")
+
+	replace(p.auth, "# nobody\n")
 	if m := srv.waitFor(t, "reloaded"); m["closed_connections"] != 1.0 {
 		t.Fatalf("reload: %v, want 1 connection closed", m)
 	}

@@ -24,6 +24,7 @@ type serverFlags struct {
 	maxHeader, maxDials        *int
 	maxConnsPerClient          *int
 	retry                      *bool
+	watch                      *time.Duration
 	common                     *common
 }
 
@@ -32,13 +33,14 @@ func parseServerFlags(args []string, stderr io.Writer) (*serverFlags, error) {
 	fs := newFlagSet("server", stderr)
 	f := &serverFlags{}
 	f.listen = fs.String("listen", "127.0.0.1:4433", "UDP address to listen on")
-	f.authFile = fs.String("authorized-clients", "", "file of client fingerprints to accept, one a line ('#' comments) (required; SIGHUP rereads it)")
-	fs.Var(&f.allow, "allow", "destination the server may dial: CIDR, CIDR:PORT, CIDR:LOW-HIGH or a host name (repeatable; at least one; SIGHUP rereads the config file's)")
+	f.authFile = fs.String("authorized-clients", "", "file of client fingerprints to accept, one a line ('#' comments) (required; reread when it changes, and on SIGHUP)")
+	fs.Var(&f.allow, "allow", "destination the server may dial: CIDR, CIDR:PORT, CIDR:LOW-HIGH or a host name (repeatable; at least one; the config file's are reread when it changes, and on SIGHUP)")
 	f.dialTimeout = fs.Duration("dial-timeout", 10*time.Second, "how long to wait for a destination to answer")
 	f.headerTimeout = fs.Duration("header-timeout", 10*time.Second, "how long a new stream may take to send its header")
 	f.maxHeader = fs.Int("max-header-bytes", quicmux.MaxHeaderLen, "largest request header accepted (at most 263)")
 	f.maxDials = fs.Int("max-pending-dials", 1024, "destination dials in progress at once, over all clients")
 	f.maxConnsPerClient = fs.Int("max-conns-per-client", quicmux.DefaultMaxConnsPerClient, "connections one client identity may have open at once (a client keeps one)")
+	f.watch = fs.Duration("watch-interval", time.Second, "how often to check the authorized-clients and config files for changes, which reload them as SIGHUP does (0: only SIGHUP)")
 	f.retry = fs.Bool("retry", false, "make clients prove their address with a QUIC Retry first (for servers exposed to the Internet)")
 	f.common = commonFlags(fs, "server", serverProcs(runtime.NumCPU()), "The server serves many connections at once and uses every core, except on hosts of 2 cores or fewer: there one thread, leaving the other core to the kernel's share of the packets, moved 10-25% more (docs/performance.md).")
 	if err := parseWithConfig(fs, args, &f.common.config); err != nil {
@@ -95,6 +97,9 @@ func runServer(ctx context.Context, args []string, stderr io.Writer) error {
 	if err := positive(map[string]time.Duration{"--dial-timeout": *f.dialTimeout, "--header-timeout": *f.headerTimeout}); err != nil {
 		return err
 	}
+	if *f.watch < 0 {
+		return usageErr("--watch-interval %s: want a positive duration, or 0 to reload on SIGHUP only", *f.watch)
+	}
 	env, err := f.common.setup("server", stderr)
 	if err != nil {
 		return err
@@ -133,10 +138,21 @@ func runServer(ctx context.Context, args []string, stderr io.Writer) error {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
+	files := watchFiles(f.accessFiles()...)
+	var poll <-chan time.Time
+	if *f.watch > 0 {
+		tick := time.NewTicker(*f.watch)
+		defer tick.Stop()
+		poll = tick.C
+	}
 	for ctx.Err() == nil {
 		select {
 		case <-hup:
-			reload(args, &live, srv, log)
+			reload(args, "SIGHUP", files, &live, srv, log)
+		case <-poll:
+			if files.changed() {
+				reload(args, "file changed", files, &live, srv, log)
+			}
 		case <-ctx.Done():
 		}
 	}
@@ -148,13 +164,21 @@ func runServer(ctx context.Context, args []string, stderr io.Writer) error {
 	return nil
 }
 
-// reload rereads the authorized clients and the allow rules (SIGHUP) and applies them to
-// what is open; a file that does not parse keeps the old ones.
-func reload(args []string, live *atomic.Pointer[access], srv *quicmux.Server, log *logrus.Entry) {
+// accessFiles are the files loadAccess reads: the authorized clients and the config file.
+func (f *serverFlags) accessFiles() []string { return []string{*f.authFile, f.common.config} }
+
+// reload rereads the authorized clients and the allow rules (on SIGHUP, or when files saw
+// them change) and applies them to what is open; a file that does not parse keeps the old
+// ones.
+func reload(args []string, trigger string, files *fileWatch, live *atomic.Pointer[access], srv *quicmux.Server, log *logrus.Entry) {
+	log = log.WithField("trigger", trigger)
 	f, err := parseServerFlags(args, io.Discard)
 	var acc *access
 	if err == nil {
+		files.reloading(f.accessFiles()...) // before they are read
 		acc, err = f.loadAccess()
+	} else {
+		files.reloading(files.paths...)
 	}
 	if err != nil {
 		log.WithError(err).Warn("reload failed: keeping the rules and clients in force")
