@@ -81,7 +81,7 @@ func handleTCP(t Tunnel, flows *quicmux.FlowGroup, req *netstack.TCPRequest, nam
 			}
 			return c, nil
 		},
-		Reject:  req.Reject,
+		Reject:  func(error) { req.Reject() },
 		Ingress: name,
 		Peer:    req.Src().String(),
 	}

@@ -181,9 +181,11 @@ type Flow struct {
 	// Accept and Reject, when Conn is nil, are the local end's handshake, held until the
 	// server has answered (the TUN netstack sends its SYN-ACK only once the destination
 	// is reached, as Tailscale's does). Carry calls exactly one of them: Accept when the
-	// server reached Target, Reject (a RST: "connection refused") when it did not.
+	// server reached Target, Reject (a RST: "connection refused") when it did not, with
+	// why: a *StatusError with the server's status, or the error that kept the flow from
+	// the server (ErrServerUnreachable, a context's error).
 	Accept func() (FlowConn, error)
-	Reject func()
+	Reject func(error)
 }
 
 // Carry takes a flow from an ingress to its target and relays it, with the client's idle
@@ -241,7 +243,7 @@ func (c *Client) connect(ctx context.Context, f Flow) (local, remote FlowConn, e
 	}
 	sc, err := c.dial(ctx, f.Target)
 	if err != nil {
-		f.Reject()
+		f.Reject(err)
 		return nil, nil, err
 	}
 	local, err = f.Accept()
