@@ -30,8 +30,13 @@ func (f LocalForward) String() string { return f.Bind.String() + ":" + f.Target.
 // addresses go in brackets; the bind address defaults to 127.0.0.1, "localhost" means
 // 127.0.0.1 and "*" means all interfaces.
 func ParseLocalForward(spec string) (LocalForward, error) {
+	return parseForward(spec, ErrBadForward)
+}
+
+// parseForward parses the -L and -R form; its errors wrap bad.
+func parseForward(spec string, badForward error) (LocalForward, error) {
 	bad := func(why string) (LocalForward, error) {
-		return LocalForward{}, fmt.Errorf("%w %q: %s (want [bind_address:]port:host:hostport)", ErrBadForward, spec, why)
+		return LocalForward{}, fmt.Errorf("%w %q: %s (want [bind_address:]port:host:hostport)", badForward, spec, why)
 	}
 	fields, err := splitForward(spec)
 	if err != nil {

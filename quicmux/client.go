@@ -51,6 +51,10 @@ type Client struct {
 	// missing: each then waits in a goroutine of its own).
 	parker *parker
 
+	// listeners are the reverse forwards (Listen), which the server's accepted connections
+	// are matched to; under mu.
+	listeners map[*reverseListener]struct{}
+
 	dials atomic.Uint64
 	// kick cuts the supervisor's backoff short when a flow is waiting for a connection, so
 	// that a server back from a restart is found at once rather than after the backoff.
@@ -178,6 +182,12 @@ type Flow struct {
 	// then resets it.
 	Conn FlowConn
 
+	// Remote is an established far end: a connection a reverse forward's listener accepted
+	// (Client.Listen). Carry then opens no stream: the local end is Conn or, if Conn is nil,
+	// what Accept returns (it dials the forward's local target); Reject is not used, and a
+	// local end that cannot be had resets Remote.
+	Remote FlowConn
+
 	// Accept and Reject, when Conn is nil, are the local end's handshake, held until the
 	// server has answered (the TUN netstack sends its SYN-ACK only once the destination
 	// is reached, as Tailscale's does). Carry calls exactly one of them: Accept when the
@@ -208,7 +218,9 @@ func (c *Client) Carry(ctx context.Context, f Flow, done func(RelayStats, error)
 	active := c.cfg.Metrics.flowStarted(f.Ingress)
 	opt := c.cfg.Metrics.relayOptions(c.cfg.FlowIdleTimeout)
 	opt.parker = c.parker
-	opt.Until = remote.(*streamConn).conn.Context() // the flow ends with its connection
+	if sc, ok := remote.(*streamConn); ok && sc.conn != nil {
+		opt.Until = sc.conn.Context() // the flow ends with its connection
+	}
 	StartRelay(ctx, local, remote, opt, func(s RelayStats, err error) {
 		c.cfg.Metrics.flowEnded(active, resultOf(err))
 		c.flowFailed(ctx, f.Ingress, f.Peer, f.Target, err)
@@ -230,6 +242,20 @@ func (c *Client) flowFailed(ctx context.Context, ingress, peer string, t Target,
 
 // connect opens f's stream and, for a local end that waits, its handshake.
 func (c *Client) connect(ctx context.Context, f Flow) (local, remote FlowConn, err error) {
+	if f.Remote != nil {
+		local = f.Conn
+		if local == nil && f.Accept != nil {
+			if local, err = f.Accept(); err != nil {
+				f.Remote.Abort()
+				return nil, nil, err
+			}
+		}
+		if local == nil {
+			f.Remote.Abort()
+			return nil, nil, errors.New("quicmux: a Flow with Remote needs Conn or Accept")
+		}
+		return local, f.Remote, nil
+	}
 	if f.Conn != nil {
 		sc, err := c.open(ctx, f.Target)
 		if err != nil {
@@ -402,6 +428,8 @@ func (c *Client) supervise() {
 			c.cfg.Metrics.reconnected()
 		}
 		c.setState(conn, nil)
+		c.wg.Add(1)
+		go c.acceptStreams(conn) // ends with conn
 		fields := logrus.Fields{"rtt": conn.ConnectionStats().SmoothedRTT.String(), "congestion": string(c.cfg.Limits.Congestion)}
 		if wasUp {
 			c.log.WithFields(fields).Info("reconnected to server")

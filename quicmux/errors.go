@@ -31,6 +31,8 @@ var (
 	ErrFlowIdle = errors.New("quicmux: flow idle timeout")
 	// ErrShuttingDown: the server is draining and takes no new flows.
 	ErrShuttingDown = errors.New("quicmux: server shutting down")
+	// ErrInUse: the address a listen (Client.Listen) asked for is taken on the server.
+	ErrInUse = errors.New("quicmux: address in use on the server")
 	// ErrFlowReset: the other end of the flow reset it.
 	ErrFlowReset = errors.New("quicmux: flow reset by peer")
 )
@@ -56,6 +58,8 @@ func (e *StatusError) Is(target error) bool {
 		return target == ErrBadRequest
 	case StatusShuttingDown:
 		return target == ErrShuttingDown
+	case StatusInUse:
+		return target == ErrInUse || target == syscall.EADDRINUSE
 	}
 	return false
 }

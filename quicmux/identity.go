@@ -16,6 +16,7 @@ import (
 	"io"
 	"io/fs"
 	"math/big"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -210,10 +211,30 @@ func writeExclusive(path string, data []byte, mode os.FileMode) error {
 }
 
 // AuthorizedClients is the set of client fingerprints a server accepts.
-type AuthorizedClients map[Fingerprint]string
+type AuthorizedClients map[Fingerprint]AuthorizedClient
 
-// LoadAuthorizedClients reads a file of one fingerprint a line; anything after the
-// fingerprint (a name) and everything after '#' is a comment. Errors name the line.
+// AuthorizedClient is one line of the authorized-clients file.
+type AuthorizedClient struct {
+	Name string // the rest of the line, a comment
+	// PermitListen are where this client may have the server listen for a reverse forward,
+	// besides what the server's own listen rules allow (permitlisten= options).
+	PermitListen Rules
+}
+
+// PermitsListen reports whether fp's line lets it have the server listen on addr.
+func (a AuthorizedClients) PermitsListen(fp Fingerprint, addr netip.AddrPort) bool {
+	c, ok := a[fp]
+	return ok && c.PermitListen.Allow(TargetFromAddrPort(addr))
+}
+
+// LoadAuthorizedClients reads a file of one fingerprint a line, each optionally followed by
+// options and a name:
+//
+//	SHA256:... permitlisten=127.0.0.1:8080 permitlisten=127.0.0.1:9000-9099 alice's laptop
+//
+// A permitlisten= option (repeatable; its value may be in double quotes, as OpenSSH writes
+// it in authorized_keys) is a listen rule (ParseListenRule). Everything after '#' is a
+// comment. Errors name the line.
 func LoadAuthorizedClients(path string) (AuthorizedClients, error) {
 	f, err := os.Open(path)
 	if err != nil {
@@ -238,7 +259,22 @@ func ParseAuthorizedClients(r io.Reader, name string) (AuthorizedClients, error)
 		if err != nil {
 			return nil, fmt.Errorf("quicmux: %s:%d: %w", name, n, err)
 		}
-		set[fp] = strings.Join(fields[1:], " ")
+		var c AuthorizedClient
+		rest := fields[1:]
+		for len(rest) > 0 {
+			v, ok := strings.CutPrefix(rest[0], "permitlisten=")
+			if !ok {
+				break
+			}
+			r, err := ParseListenRule(strings.Trim(v, `"`))
+			if err != nil {
+				return nil, fmt.Errorf("quicmux: %s:%d: permitlisten: %w", name, n, err)
+			}
+			c.PermitListen = append(c.PermitListen, r)
+			rest = rest[1:]
+		}
+		c.Name = strings.Join(rest, " ")
+		set[fp] = c
 	}
 	if err := sc.Err(); err != nil {
 		return nil, fmt.Errorf("quicmux: %s: %w", name, err)

@@ -2,6 +2,7 @@ package quicmux
 
 import (
 	"errors"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -57,6 +58,40 @@ func TestFingerprintRoundTrip(t *testing.T) {
 	}
 }
 
+// permitlisten= options after a fingerprint say where that client may have the server listen;
+// the rest of the line is its name; a bad option names its line.
+func TestAuthorizedClientsPermitListen(t *testing.T) {
+	a, _ := NewEphemeralIdentity()
+	b, _ := NewEphemeralIdentity()
+	in := a.Fingerprint.String() + ` permitlisten=127.0.0.1:8080 permitlisten="localhost:9000-9009" build box` + "\n" + b.Fingerprint.String() + " bob\n"
+	set, err := ParseAuthorizedClients(strings.NewReader(in), "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if set[a.Fingerprint].Name != "build box" || len(set[a.Fingerprint].PermitListen) != 2 || set[b.Fingerprint].Name != "bob" {
+		t.Fatalf("parsed %+v", set)
+	}
+	for _, tt := range []struct {
+		fp   Fingerprint
+		addr string
+		want bool
+	}{
+		{a.Fingerprint, "127.0.0.1:8080", true},
+		{a.Fingerprint, "127.0.0.1:9005", true},
+		{a.Fingerprint, "127.0.0.1:8081", false},
+		{a.Fingerprint, "0.0.0.0:8080", false},
+		{b.Fingerprint, "127.0.0.1:8080", false},
+	} {
+		if got := set.PermitsListen(tt.fp, netip.MustParseAddrPort(tt.addr)); got != tt.want {
+			t.Errorf("PermitsListen(%s, %s) = %v, want %v", set[tt.fp].Name, tt.addr, got, tt.want)
+		}
+	}
+	_, err = ParseAuthorizedClients(strings.NewReader("# x\n"+a.Fingerprint.String()+" permitlisten=db.internal:80\n"), "test")
+	if !errors.Is(err, ErrBadRule) || !strings.Contains(err.Error(), "test:2: permitlisten") {
+		t.Fatalf("a listen rule with a name: %v, want ErrBadRule naming line 2", err)
+	}
+}
+
 func TestLoadAuthorizedClients(t *testing.T) {
 	a, _ := NewEphemeralIdentity()
 	b, _ := NewEphemeralIdentity()
@@ -69,7 +104,7 @@ func TestLoadAuthorizedClients(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(set) != 2 || set[a.Fingerprint] != "alice" {
+	if len(set) != 2 || set[a.Fingerprint].Name != "alice" {
 		t.Fatalf("got %v", set)
 	}
 	if _, ok := set[b.Fingerprint]; !ok {
@@ -94,14 +129,14 @@ func FuzzAuthorizedClients(f *testing.F) {
 		f.Fatal(err)
 	}
 	fp := id.Fingerprint.String()
-	for _, s := range []string{"", "# none\n", fp + " laptop\n", fp + "\n\n  # c\n" + fp + " again", "SHA256:abc\n", fp[:20], "\x00" + fp} {
+	for _, s := range []string{"", "# none\n", fp + " laptop\n", fp + " permitlisten=127.0.0.1:8080 permitlisten=\"[::1]:9000-9009\" ci\n", fp + " permitlisten=example.com:80\n", fp + "\n\n  # c\n" + fp + " again", "SHA256:abc\n", fp[:20], "\x00" + fp} {
 		f.Add(s)
 	}
 	f.Fuzz(func(t *testing.T, s string) {
 		set, err := ParseAuthorizedClients(strings.NewReader(s), "fuzz")
 		if err != nil {
-			if !errors.Is(err, ErrBadFingerprint) && !strings.Contains(err.Error(), "token too long") {
-				t.Fatalf("error %v is neither ErrBadFingerprint nor a long line", err)
+			if !errors.Is(err, ErrBadFingerprint) && !errors.Is(err, ErrBadRule) && !strings.Contains(err.Error(), "token too long") {
+				t.Fatalf("error %v is neither ErrBadFingerprint, ErrBadRule nor a long line", err)
 			}
 			return
 		}

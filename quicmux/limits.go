@@ -117,10 +117,8 @@ func (l Limits) quicConfig(server bool) *quic.Config {
 		EnableDatagrams: true,
 		Congestion:      l.Congestion.quic(),
 	}
-	if server {
-		c.MaxIncomingStreams = l.MaxStreams
-	} else {
-		c.MaxIncomingStreams = -1 // the server never opens streams
-	}
+	// The server opens streams too, one per connection a reverse forward's listener
+	// accepted; a client without listeners resets them.
+	c.MaxIncomingStreams = l.MaxStreams
 	return c
 }

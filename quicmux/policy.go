@@ -166,6 +166,37 @@ func ParseRule(s string) (Rule, error) {
 	return r, nil
 }
 
+// ParseListenRule parses where a reverse forward may have the server listen (--allow-listen,
+// permitlisten=): an address rule as ParseRule reads it (ADDR[:PORTS], CIDR[:PORTS]);
+// "localhost" is 127.0.0.1. Listening on all interfaces (a bind address of 0.0.0.0 or ::)
+// takes a rule that contains that address: 0.0.0.0:8080, or 0.0.0.0/0:8080.
+func ParseListenRule(s string) (Rule, error) {
+	if rest, ok := strings.CutPrefix(strings.ToLower(s), "localhost"); ok && (rest == "" || rest[0] == ':') {
+		s = "127.0.0.1" + rest
+	}
+	r, err := ParseRule(s)
+	if err != nil {
+		return Rule{}, err
+	}
+	if !r.Prefix.IsValid() {
+		return Rule{}, fmt.Errorf("%w %q: a listen rule takes an IP address or a CIDR prefix, not a name", ErrBadRule, s)
+	}
+	return r, nil
+}
+
+// ParseListenRules parses each listen rule; the error names the first bad one.
+func ParseListenRules(specs []string) (Rules, error) {
+	rs := make(Rules, 0, len(specs))
+	for _, s := range specs {
+		r, err := ParseListenRule(s)
+		if err != nil {
+			return nil, err
+		}
+		rs = append(rs, r)
+	}
+	return rs, nil
+}
+
 func parsePortRange(s string) (lo, hi uint16, err error) {
 	loS, hiS, isRange := strings.Cut(s, "-")
 	if lo, err = parsePort(loS); err != nil || lo == 0 {

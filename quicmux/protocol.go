@@ -35,6 +35,12 @@ const (
 	KindPing Kind = 0
 	// KindTCP carries one TCP flow.
 	KindTCP Kind = 1
+	// KindListen asks the server to listen on an address of its own for a reverse forward;
+	// the stream stays open as long as the listener does.
+	KindListen Kind = 2
+	// KindAccepted opens a stream the server starts (the only kind it does): one connection
+	// its listener accepted, for the client to carry to its local target.
+	KindAccepted Kind = 3
 )
 
 func (k Kind) String() string {
@@ -43,6 +49,10 @@ func (k Kind) String() string {
 		return "ping"
 	case KindTCP:
 		return "tcp"
+	case KindListen:
+		return "listen"
+	case KindAccepted:
+		return "accepted"
 	}
 	return "kind(" + strconv.Itoa(int(k)) + ")"
 }
@@ -106,27 +116,37 @@ func (t Target) IsValid() bool {
 	return t.Port != 0 && (t.Addr.IsValid() != (t.Host != ""))
 }
 
-// Request is the header a client writes at the start of each stream.
+// Request is the header at the start of each stream: written by the client, or by the
+// server for KindAccepted.
 type Request struct {
-	Kind   Kind
-	Target Target // unset for KindPing
+	Kind Kind
+	// Target is where a TCP flow goes, the server's address a listen asks for (an IP
+	// address, not a name), or the address a listener accepted a connection from; unset
+	// for KindPing.
+	Target Target
+	// Listener is, for KindAccepted, the stream ID of the listen request whose listener
+	// accepted the connection.
+	Listener uint64
 }
 
 // AppendRequest appends the encoding of r to b.
 //
-//	version(1) | length(2, big endian, of what follows) | kind(1) | atyp(1) | addr | port(2)
+//	version(1) | length(2, big endian, of what follows) | kind(1) | [listener(8)] | atyp(1) | addr | port(2)
 //
-// addr is 4 bytes (IPv4), 16 bytes (IPv6), or a length byte and that many bytes (domain).
-// A ping carries kind only.
+// addr is 4 bytes (IPv4), 16 bytes (IPv6), or a length byte and that many bytes (domain,
+// for KindTCP only). A ping carries kind only; listener is there for KindAccepted only.
 func AppendRequest(b []byte, r Request) ([]byte, error) {
 	start := len(b)
 	b = append(b, protocolVersion, 0, 0, byte(r.Kind))
 	switch r.Kind {
 	case KindPing:
-	case KindTCP:
+	case KindTCP, KindListen, KindAccepted:
 		t := r.Target
-		if !t.IsValid() {
+		if !t.IsValid() || r.Kind != KindTCP && !t.Addr.IsValid() {
 			return b[:start], fmt.Errorf("%w: %q", ErrBadTarget, t.String())
+		}
+		if r.Kind == KindAccepted {
+			b = binary.BigEndian.AppendUint64(b, r.Listener)
 		}
 		switch {
 		case t.Addr.Is4():
@@ -189,7 +209,12 @@ func parseRequestBody(body []byte) (Request, error) {
 			return Request{}, fmt.Errorf("%w: ping with %d trailing bytes", ErrBadRequest, len(rest))
 		}
 		return req, nil
-	case KindTCP:
+	case KindTCP, KindListen:
+	case KindAccepted:
+		if len(rest) < 8 {
+			return Request{}, fmt.Errorf("%w: no listener", ErrBadRequest)
+		}
+		req.Listener, rest = binary.BigEndian.Uint64(rest), rest[8:]
 	default:
 		return Request{}, fmt.Errorf("%w: unknown kind %d", ErrBadRequest, body[0])
 	}
@@ -212,6 +237,9 @@ func parseRequestBody(body []byte) (Request, error) {
 		t.Addr = netip.AddrFrom16([16]byte(rest[:16])).Unmap()
 		rest = rest[16:]
 	case atypDomain:
+		if req.Kind != KindTCP {
+			return Request{}, fmt.Errorf("%w: a %s request with a host name", ErrBadRequest, req.Kind)
+		}
 		if len(rest) < 1 || int(rest[0])+1+2 != len(rest) {
 			return Request{}, fmt.Errorf("%w: domain length does not match header", ErrBadRequest)
 		}
@@ -252,9 +280,12 @@ const (
 	// StatusShuttingDown: the server is draining and takes no new flows; the client
 	// reconnects (to the restarted server) for the next ones.
 	StatusShuttingDown Status = 6
+	// StatusInUse: a listen's address is taken on the server (by another client's reverse
+	// forward, or any other program).
+	StatusInUse Status = 7
 )
 
-var statusNames = [...]string{"ok", "refused", "unreachable", "denied", "timed out", "bad request", "shutting down"}
+var statusNames = [...]string{"ok", "refused", "unreachable", "denied", "timed out", "bad request", "shutting down", "in use"}
 
 func (s Status) String() string {
 	if int(s) < len(statusNames) {

@@ -56,7 +56,7 @@ func TestRecheckAfterReload(t *testing.T) {
 	// New rules without the second destination: its flow is reset, the first goes on.
 	fewer := all[:1]
 	rules.Store(&fewer)
-	if conns, flows := tn.server.Recheck(); conns != 0 || flows != 1 {
+	if conns, flows, _ := tn.server.Recheck(); conns != 0 || flows != 1 {
 		t.Fatalf("Recheck closed %d connections and reset %d flows, want 0 and 1", conns, flows)
 	}
 	expectReset(t, b, resetLimit)
@@ -65,7 +65,7 @@ func TestRecheckAfterReload(t *testing.T) {
 	// The client is no longer authorized: its connection closes, its flow is reset, and it
 	// cannot reconnect.
 	revoked.Store(true)
-	if conns, _ := tn.server.Recheck(); conns != 1 {
+	if conns, _, _ := tn.server.Recheck(); conns != 1 {
 		t.Fatalf("Recheck closed %d connections, want 1", conns)
 	}
 	expectReset(t, a, resetLimit)

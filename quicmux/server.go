@@ -33,6 +33,9 @@ type ServerConfig struct {
 	Identity   *Identity
 	Authorized func(Fingerprint) bool
 	Policy     Policy
+	// ListenPolicy says where a client may have the server listen for a reverse forward
+	// (Client.Listen, -R); nil: nowhere. Reloads reach it as they reach Authorized.
+	ListenPolicy func(Fingerprint, netip.AddrPort) bool
 
 	// Dialer dials destinations; default: a net.Dialer with TCPKeepAlive. It should return
 	// *net.TCPConn or a FlowConn; any other net.Conn is adapted (AsFlowConn).
@@ -96,6 +99,7 @@ type Server struct {
 	liveConns map[*quic.Conn]Fingerprint
 	perClient map[Fingerprint]int
 	liveFlows map[*liveFlow]struct{}
+	liveLns   map[*liveListener]struct{}
 	dialSlots chan struct{}
 	flowSeq   atomic.Uint64
 }
@@ -140,7 +144,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	}
 	cfg.Metrics.setCongestion(cfg.Limits.Congestion)
 	s := &Server{cfg: cfg, log: loggerOrDiscard(cfg.Logger), dialSlots: make(chan struct{}, cfg.MaxPendingDials), hosts: &hostsFile{path: cfg.HostsFile},
-		liveConns: map[*quic.Conn]Fingerprint{}, perClient: map[Fingerprint]int{}, liveFlows: map[*liveFlow]struct{}{}}
+		liveConns: map[*quic.Conn]Fingerprint{}, perClient: map[Fingerprint]int{}, liveFlows: map[*liveFlow]struct{}{}, liveLns: map[*liveListener]struct{}{}}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.flows = NewFlowGroup(s.ctx)
 	s.parker, _ = newParker()
@@ -246,11 +250,11 @@ func (s *Server) acceptConns(ln *quic.Listener) {
 func (s *Server) serveConn(qc *quic.Conn) {
 	defer s.wg.Done()
 	log := s.log.WithField("peer", qc.RemoteAddr().String())
-	peer := qc.RemoteAddr().String() // who the failures of its flows are listed under
+	cl := &connInfo{qc: qc, name: qc.RemoteAddr().String()}
 	if certs := qc.ConnectionState().TLS.PeerCertificates; len(certs) > 0 {
 		fp := FingerprintOf(certs[0])
 		log = log.WithField("fingerprint", fp.String())
-		peer = fp.String()
+		cl.fp, cl.name = fp, fp.String()
 		s.liveMu.Lock()
 		if s.perClient[fp] >= s.cfg.MaxConnsPerClient {
 			s.liveMu.Unlock()
@@ -276,6 +280,7 @@ func (s *Server) serveConn(qc *quic.Conn) {
 		}()
 	}
 	log.Info("client connected")
+	cl.log = log
 	s.cfg.Metrics.trackConn(qc)
 
 	// The connection's flows, their dials included, live as long as both the connection and
@@ -285,7 +290,6 @@ func (s *Server) serveConn(qc *quic.Conn) {
 	stop := context.AfterFunc(qc.Context(), cancel)
 	defer stop()
 
-	var streams sync.WaitGroup
 	for {
 		str, err := qc.AcceptStream(ctx)
 		if err != nil {
@@ -294,19 +298,29 @@ func (s *Server) serveConn(qc *quic.Conn) {
 			}
 			break
 		}
-		streams.Add(1)
-		go s.serveStream(ctx, qc, str, log, peer, streams.Done)
+		cl.streams.Add(1)
+		go s.serveStream(ctx, cl, str)
 	}
-	streams.Wait() // every stream's flow has ended, not only its goroutine
+	cl.streams.Wait() // every stream's flow has ended, not only its goroutine
 	linger(qc)
 	_ = qc.CloseWithError(connShutdown, "server shutting down")
 }
 
+// connInfo is what a connection's streams share.
+type connInfo struct {
+	qc   *quic.Conn
+	fp   Fingerprint
+	name string // the fingerprint, or the address: who failures are listed under
+	log  *logrus.Entry
+	// streams counts the streams and flows still open, which the connection waits for.
+	streams sync.WaitGroup
+}
+
 // serveStream serves one stream: its request, the destination's dial and the start of its
-// relay. It returns once the flow is under way, so that an idle flow keeps no goroutine;
-// release is called once the stream is done with, when its flow has ended. peer names the
-// client in the list of recent failures.
-func (s *Server) serveStream(ctx context.Context, qc *quic.Conn, str *quic.Stream, connLog *logrus.Entry, peer string, release func()) {
+// relay. It returns once the flow is under way, so that an idle flow keeps no goroutine; the
+// stream is done with in cl.streams when its flow has ended.
+func (s *Server) serveStream(ctx context.Context, cl *connInfo, str *quic.Stream) {
+	qc, connLog, peer, release := cl.qc, cl.log, cl.name, cl.streams.Done
 	relaying := false
 	defer func() {
 		if !relaying {
@@ -345,9 +359,19 @@ func (s *Server) serveStream(ctx context.Context, qc *quic.Conn, str *quic.Strea
 		str.CancelWrite(codeBadRequest)
 		return
 	}
-	if req.Kind == KindPing {
+	switch req.Kind {
+	case KindPing:
 		_, _ = str.Write(AppendStatus(nil, StatusOK))
 		_ = str.Close()
+		return
+	case KindListen:
+		s.serveListen(ctx, cl, str, req.Target)
+		return
+	case KindAccepted: // the server's to send, never a client's
+		log(logrus.Fields{}).Info("bad request: a client sent an accepted-connection header")
+		s.cfg.Metrics.dialResult(StatusBadRequest)
+		s.cfg.Metrics.flowRejected()
+		s.reject(str, StatusBadRequest, codeBadRequest)
 		return
 	}
 
@@ -461,9 +485,10 @@ const DefaultMaxConnsPerClient = 8
 
 // Recheck applies the current Authorized and Policy to what is open, after a reload changed
 // them: the connections of clients no longer authorized are closed (their flows reset), and
-// flows whose destination the policy no longer allows are reset. Everything else is left
-// alone. It returns how many connections it closed and how many flows it reset.
-func (s *Server) Recheck() (conns, flows int) {
+// flows whose destination the policy no longer allows are reset, and reverse forwards'
+// listeners that ListenPolicy no longer allows are closed (their flows go on). Everything
+// else is left alone. It returns how many connections, flows and listeners it ended.
+func (s *Server) Recheck() (conns, flows, listeners int) {
 	s.liveMu.Lock()
 	revoked := map[*quic.Conn]Fingerprint{}
 	for qc, fp := range s.liveConns {
@@ -478,6 +503,12 @@ func (s *Server) Recheck() (conns, flows int) {
 			s.log.WithFields(logrus.Fields{"target": f.target.String(), "addr": f.at.addr.String()}).Info("resetting a flow the new rules deny")
 		}
 	}
+	var lns []*liveListener
+	for l := range s.liveLns {
+		if _, gone := revoked[l.cl.qc]; !gone && !s.listenAllowed(l.cl.fp, l.addr) {
+			lns = append(lns, l)
+		}
+	}
 	s.liveMu.Unlock()
 	for qc, fp := range revoked {
 		s.revoke(qc, fp)
@@ -485,7 +516,11 @@ func (s *Server) Recheck() (conns, flows int) {
 	for _, abort := range denied {
 		abort(ErrPolicyChanged)
 	}
-	return len(revoked), len(denied)
+	for _, l := range lns {
+		l.cl.log.WithField("listen", l.addr.String()).Info("closing a reverse forward's listener the new rules deny")
+		l.stop()
+	}
+	return len(revoked), len(denied), len(lns)
 }
 
 // linger gives the last frames of flows that ended cleanly (a FIN, the final bytes) a few

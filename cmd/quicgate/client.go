@@ -23,6 +23,8 @@ func runClient(ctx context.Context, args []string, stderr io.Writer) error {
 	pinStr := fs.String("pin", "", "the server's fingerprint, as 'quicgate fingerprint' prints it (required)")
 	var forwards multiFlag
 	fs.Var(&forwards, "L", "forward [bind_address:]port:host:hostport through the tunnel, as ssh -L (repeatable)")
+	var reverses multiFlag
+	fs.Var(&reverses, "R", "have the server listen on [bind_address:]port (its side; where its --allow-listen lets this client) and forward to host:hostport from this side, as ssh -R (repeatable)")
 	dialTimeout := fs.Duration("dial-timeout", 10*time.Second, "how long a flow waits for the server")
 	common := commonFlags(fs, "client", 1, "One QUIC connection is driven by one loop, and more threads mostly add wake-ups: on a 2-core host one thread moved about 10% more and spent 15% less CPU per GB (docs/performance.md).")
 	var tf tunFlags
@@ -48,12 +50,20 @@ func runClient(ctx context.Context, args []string, stderr io.Writer) error {
 		}
 		fwds = append(fwds, f)
 	}
+	var revs []ingress.RemoteForward
+	for _, spec := range reverses {
+		f, err := ingress.ParseRemoteForward(spec)
+		if err != nil {
+			return usageErr("-R: %v", err)
+		}
+		revs = append(revs, f)
+	}
 	tunCfg, err := tf.config()
 	if err != nil {
 		return err
 	}
-	if len(fwds) == 0 && tunCfg == nil {
-		return usageErr("nothing to forward: give at least one -L or --tun")
+	if len(fwds) == 0 && len(revs) == 0 && tunCfg == nil {
+		return usageErr("nothing to forward: give at least one -L, -R or --tun")
 	}
 	if err := positive(map[string]time.Duration{"--dial-timeout": *dialTimeout}); err != nil {
 		return err
@@ -119,6 +129,19 @@ func runClient(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	for _, p := range ports {
 		log.WithFields(logrus.Fields{"listen": p.Addr().String(), "target": p.Target().String()}).Info("forwarding")
+	}
+	// The server's listeners for -R, once connected: a refusal (its --allow-listen, a port
+	// in use) fails the start with the reason.
+	for _, f := range revs {
+		r, err := ingress.ListenReverse(ctx, f, client, opt)
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			return err
+		}
+		ingresses = append(ingresses, r)
+		log.WithFields(logrus.Fields{"remote_listen": f.Bind.String(), "target": f.Target.String()}).Info("reverse forwarding")
 	}
 
 	g, gctx := errgroup.WithContext(ctx)

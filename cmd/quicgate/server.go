@@ -4,6 +4,7 @@ import (
 	"context"
 	"flag"
 	"io"
+	"net/netip"
 	"os"
 	"os/signal"
 	"runtime"
@@ -19,7 +20,7 @@ import (
 // serverFlags are the server's own flags.
 type serverFlags struct {
 	listen, authFile           *string
-	allow                      multiFlag
+	allow, allowListen         multiFlag
 	dialTimeout, headerTimeout *time.Duration
 	maxHeader, maxDials        *int
 	maxConnsPerClient          *int
@@ -35,6 +36,7 @@ func parseServerFlags(args []string, stderr io.Writer) (*serverFlags, error) {
 	f.listen = fs.String("listen", "127.0.0.1:4433", "UDP address to listen on")
 	f.authFile = fs.String("authorized-clients", "", "file of client fingerprints to accept, one a line ('#' comments) (required; reread when it changes, and on SIGHUP)")
 	fs.Var(&f.allow, "allow", "destination the server may dial: CIDR, CIDR:PORT, CIDR:LOW-HIGH or a host name (repeatable; at least one; the config file's are reread when it changes, and on SIGHUP)")
+	fs.Var(&f.allowListen, "allow-listen", "where clients may have the server listen for their reverse forwards (-R): ADDR:PORT, ADDR:LOW-HIGH or CIDR:PORTS (repeatable; none by default; permitlisten= in the authorized-clients file allows one client more)")
 	f.dialTimeout = fs.Duration("dial-timeout", 10*time.Second, "how long to wait for a destination to answer")
 	f.headerTimeout = fs.Duration("header-timeout", 10*time.Second, "how long a new stream may take to send its header")
 	f.maxHeader = fs.Int("max-header-bytes", quicmux.MaxHeaderLen, "largest request header accepted (at most 263)")
@@ -53,7 +55,14 @@ func parseServerFlags(args []string, stderr io.Writer) (*serverFlags, error) {
 // SIGHUP reloads.
 type access struct {
 	rules      quicmux.Rules
+	listen     quicmux.Rules // --allow-listen
 	authorized quicmux.AuthorizedClients
+}
+
+// listenAllowed is the server's ListenPolicy: its own listen rules, or the client's
+// permitlisten= options.
+func (a *access) listenAllowed(fp quicmux.Fingerprint, addr netip.AddrPort) bool {
+	return a.listen.Allow(quicmux.TargetFromAddrPort(addr)) || a.authorized.PermitsListen(fp, addr)
 }
 
 // loadAccess reads the allow rules and the authorized clients as the flags and the config
@@ -69,11 +78,15 @@ func (f *serverFlags) loadAccess() (*access, error) {
 	if err != nil {
 		return nil, usageErr("%v", err)
 	}
+	listen, err := quicmux.ParseListenRules(f.allowListen)
+	if err != nil {
+		return nil, usageErr("--allow-listen: %v", err)
+	}
 	authorized, err := quicmux.LoadAuthorizedClients(*f.authFile)
 	if err != nil {
 		return nil, err
 	}
-	return &access{rules: rules, authorized: authorized}, nil
+	return &access{rules: rules, listen: listen, authorized: authorized}, nil
 }
 
 func runServer(ctx context.Context, args []string, stderr io.Writer) error {
@@ -115,6 +128,7 @@ func runServer(ctx context.Context, args []string, stderr io.Writer) error {
 		Identity:          id,
 		Authorized:        func(fp quicmux.Fingerprint) bool { _, ok := live.Load().authorized[fp]; return ok },
 		Policy:            livePolicy{&live},
+		ListenPolicy:      func(fp quicmux.Fingerprint, addr netip.AddrPort) bool { return live.Load().listenAllowed(fp, addr) },
 		DialTimeout:       *f.dialTimeout,
 		HeaderTimeout:     *f.headerTimeout,
 		MaxHeaderBytes:    *f.maxHeader,
@@ -185,8 +199,8 @@ func reload(args []string, trigger string, files *fileWatch, live *atomic.Pointe
 		return
 	}
 	live.Store(acc)
-	conns, flows := srv.Recheck()
-	log.WithFields(logrus.Fields{"rules": len(acc.rules), "clients": len(acc.authorized), "closed_connections": conns, "reset_flows": flows}).Info("reloaded")
+	conns, flows, listeners := srv.Recheck()
+	log.WithFields(logrus.Fields{"rules": len(acc.rules), "clients": len(acc.authorized), "closed_connections": conns, "reset_flows": flows, "closed_listeners": listeners}).Info("reloaded")
 }
 
 // livePolicy is the allow rules in force, which a reload replaces.

@@ -1,0 +1,170 @@
+package quicmux
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/netip"
+	"syscall"
+	"time"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/quicgate/quicgate/third_party/quic-go"
+)
+
+// liveListener is a reverse forward's listener on the server, for Recheck.
+type liveListener struct {
+	cl   *connInfo
+	addr netip.AddrPort
+	stop func() // closes the listener and ends its listen stream
+}
+
+// listenAllowed is ListenPolicy's verdict on a client's listen.
+func (s *Server) listenAllowed(fp Fingerprint, addr netip.AddrPort) bool {
+	return s.cfg.ListenPolicy != nil && s.cfg.ListenPolicy(fp, addr)
+}
+
+// serveListen serves a listen request (a reverse forward): if ListenPolicy allows the
+// client this address, it binds it, answers ok and accepts until the listen's stream ends
+// (the client closed its listener, or the connection ended) or a reload denies it; each
+// connection it accepts becomes a stream the server opens to the client. It returns once
+// the listener is closed; the flows it started go on, counted in cl.streams.
+func (s *Server) serveListen(ctx context.Context, cl *connInfo, str *quic.Stream, t Target) {
+	addr := netip.AddrPortFrom(t.Addr, t.Port)
+	log := cl.log.WithField("listen", addr.String())
+	if !s.listenAllowed(cl.fp, addr) {
+		log.Info("listen denied: not allowed for this client (--allow-listen, permitlisten=)")
+		s.cfg.Metrics.failed(Failure{Ingress: ingressServer, Peer: cl.name, Target: "listen " + addr.String(), Reason: StatusDenied.String()})
+		s.reject(str, StatusDenied, codeFlowReset)
+		return
+	}
+	lc := TCPListenConfig(s.cfg.TCPKeepAlive)
+	ln, err := lc.Listen(ctx, "tcp", addr.String())
+	if err != nil {
+		st := listenStatus(err)
+		log.WithError(err).Info("listen failed")
+		s.cfg.Metrics.failed(Failure{Ingress: ingressServer, Peer: cl.name, Target: "listen " + addr.String(), Reason: err.Error()})
+		s.reject(str, st, codeFlowReset)
+		return
+	}
+	if _, err := str.Write(AppendStatus(nil, StatusOK)); err != nil {
+		_ = ln.Close()
+		str.CancelRead(codeFlowReset)
+		str.CancelWrite(codeFlowReset)
+		return
+	}
+	// The listener lives as long as its stream: the client ends the stream to close it, and
+	// the connection's end ends it too (ctx, the stream's reset).
+	stop := func() {
+		_ = ln.Close()
+		str.CancelRead(codeShutdown)
+		str.CancelWrite(codeShutdown)
+	}
+	live := &liveListener{cl: cl, addr: addr, stop: stop}
+	s.liveMu.Lock()
+	s.liveLns[live] = struct{}{}
+	s.liveMu.Unlock()
+	defer func() {
+		s.liveMu.Lock()
+		delete(s.liveLns, live)
+		s.liveMu.Unlock()
+		stop()
+	}()
+	if !s.listenAllowed(cl.fp, addr) { // a reload between the check and the registration
+		return
+	}
+	unwatch := context.AfterFunc(ctx, stop)
+	defer unwatch()
+	lifeline := make(chan struct{})
+	go func() { // owned: serveListen waits for it below
+		defer close(lifeline)
+		_, _ = str.Read(make([]byte, 1)) // the client sends nothing more: only its end comes
+		_ = ln.Close()
+	}()
+	defer func() { stop(); <-lifeline }()
+	log.Info("listening for the client (reverse forward)")
+	name := "-R " + addr.String()
+	var backoff time.Duration
+	for {
+		conn, err := ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) || ctx.Err() != nil {
+				log.Info("reverse forward closed")
+				return
+			}
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			log.WithError(err).WithField("retry_in", backoff.String()).Warn("accept failed")
+			select {
+			case <-time.After(backoff):
+			case <-lifeline:
+			}
+			continue
+		}
+		backoff = 0
+		local := AsFlowConn(conn)
+		if !s.flows.Start() {
+			local.Abort()
+			continue
+		}
+		cl.streams.Add(1)
+		go s.reverseFlow(ctx, cl, str.StreamID(), local, conn.RemoteAddr(), name)
+	}
+}
+
+// reverseFlow carries one connection a reverse forward's listener accepted: it opens a
+// stream to the client with an accepted header and relays at once (the client resets the
+// stream if it cannot reach its target, and the relay then resets the connection).
+func (s *Server) reverseFlow(ctx context.Context, cl *connInfo, listen quic.StreamID, local FlowConn, from net.Addr, ingress string) {
+	started := false
+	defer func() {
+		if !started {
+			local.Abort()
+			s.flows.Done()
+			cl.streams.Done()
+		}
+	}()
+	peer, _ := netip.ParseAddrPort(from.String())
+	hdr, err := AppendRequest(nil, Request{Kind: KindAccepted, Listener: uint64(listen), Target: TargetFromAddrPort(peer)})
+	if err != nil {
+		return
+	}
+	octx, cancel := context.WithTimeout(ctx, s.cfg.DialTimeout)
+	str, err := cl.qc.OpenStreamSync(octx)
+	cancel()
+	if err != nil {
+		cl.log.WithError(err).WithField("peer_app", from.String()).Info("reverse flow: no stream to the client")
+		return
+	}
+	sc := newStreamConn(str, cl.qc.LocalAddr(), cl.qc.RemoteAddr())
+	if _, err := sc.Write(hdr); err != nil {
+		sc.Abort()
+		return
+	}
+	started = true
+	active := s.cfg.Metrics.flowStarted(ingress)
+	opt := s.cfg.Metrics.relayOptions(s.cfg.FlowIdleTimeout)
+	opt.parker = s.parker
+	StartRelay(ctx, local, sc, opt, func(stats RelayStats, err error) {
+		s.cfg.Metrics.flowEnded(active, resultOf(err))
+		if resultOf(err) == "error" && ctx.Err() == nil {
+			s.cfg.Metrics.failed(Failure{Ingress: ingress, Peer: from.String(), Target: cl.name, Reason: err.Error()})
+		}
+		if cl.log.Logger.IsLevelEnabled(logrus.DebugLevel) {
+			cl.log.WithFields(logrus.Fields{"ingress": ingress, "peer_app": from.String(), "bytes_up": stats.AtoB, "bytes_down": stats.BtoA, "result": resultOf(err)}).Debug("reverse flow ended")
+		}
+		s.flows.Done()
+		cl.streams.Done()
+	})
+}
+
+// listenStatus maps a bind error to the status the client sees.
+func listenStatus(err error) Status {
+	switch {
+	case errors.Is(err, syscall.EADDRINUSE):
+		return StatusInUse
+	case errors.Is(err, syscall.EACCES), errors.Is(err, syscall.EPERM):
+		return StatusDenied
+	}
+	return StatusUnreachable
+}
