@@ -74,6 +74,46 @@ func TestRequestDocumentedBytes(t *testing.T) {
 	if b, _ := AppendRequest(nil, Request{Kind: KindPing}); hex.EncodeToString(b) != "01000100" {
 		t.Errorf("ping: %x", b)
 	}
+	listen := Request{Kind: KindListen, Target: Target{Addr: netip.MustParseAddr("127.0.0.1"), Port: 8080}}
+	if b, _ := AppendRequest(nil, listen); hex.EncodeToString(b) != "0100080201"+"7f000001"+"1f90" {
+		t.Errorf("listen 127.0.0.1:8080: %x", b)
+	}
+}
+
+// Listen and accepted headers round-trip; a listen on a name, an accepted header without its
+// listener, and a name as an accepted connection's source are bad requests.
+func TestReverseHeaders(t *testing.T) {
+	for _, r := range []Request{
+		{Kind: KindListen, Target: Target{Addr: netip.MustParseAddr("::1"), Port: 9000}},
+		{Kind: KindAccepted, Listener: 1<<62 - 1, Target: Target{Addr: netip.MustParseAddr("10.0.0.7"), Port: 51000}},
+	} {
+		b, err := AppendRequest(nil, r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := ReadRequest(bytes.NewReader(b))
+		if err != nil || got != r {
+			t.Fatalf("%+v read back as %+v, %v", r, got, err)
+		}
+	}
+	for _, r := range []Request{
+		{Kind: KindListen, Target: Target{Host: "example.com", Port: 80}},
+		{Kind: KindAccepted, Target: Target{Host: "example.com", Port: 80}},
+	} {
+		if _, err := AppendRequest(nil, r); !errors.Is(err, ErrBadTarget) {
+			t.Errorf("AppendRequest(%+v): %v, want ErrBadTarget", r, err)
+		}
+	}
+	for _, h := range []string{
+		"0100100203" + "0b" + hex.EncodeToString([]byte("example.com")) + "0050", // listen on a name
+		"010002" + "03" + "00",                   // accepted, no listener
+		"01000a03" + "0000000000000001" + "0101", // accepted, no address
+	} {
+		b, _ := hex.DecodeString(h)
+		if _, err := ReadRequest(bytes.NewReader(b)); !errors.Is(err, ErrBadRequest) {
+			t.Errorf("ReadRequest(%s): %v, want ErrBadRequest", h, err)
+		}
+	}
 }
 
 func TestAppendRequestRejects(t *testing.T) {
