@@ -23,6 +23,9 @@ func runClient(ctx context.Context, args []string, stderr io.Writer) error {
 	pinStr := fs.String("pin", "", "the server's fingerprint, as 'quicgate fingerprint' prints it (required)")
 	var forwards multiFlag
 	fs.Var(&forwards, "L", "forward [bind_address:]port:host:hostport through the tunnel, as ssh -L (repeatable)")
+	var dynamics multiFlag
+	fs.Var(&dynamics, "D", "a SOCKS5 and HTTP proxy on [bind_address:]port whose requests go through the tunnel, as ssh -D (repeatable)")
+	proxyAuth := fs.String("proxy-auth", "", "file of user:password lines that -D clients must present (SOCKS5 username/password, HTTP Proxy-Authorization: Basic; both clear text); default: no authentication")
 	var reverses multiFlag
 	fs.Var(&reverses, "R", "have the server listen on [bind_address:]port (its side; where its --allow-listen lets this client) and forward to host:hostport from this side, as ssh -R (repeatable)")
 	dialTimeout := fs.Duration("dial-timeout", 10*time.Second, "how long a flow waits for the server")
@@ -50,6 +53,23 @@ func runClient(ctx context.Context, args []string, stderr io.Writer) error {
 		}
 		fwds = append(fwds, f)
 	}
+	var dyns []ingress.DynamicForward
+	for _, spec := range dynamics {
+		f, err := ingress.ParseDynamicForward(spec)
+		if err != nil {
+			return usageErr("-D: %v", err)
+		}
+		dyns = append(dyns, f)
+	}
+	var proxyCfg ingress.ProxyConfig
+	if *proxyAuth != "" {
+		if len(dyns) == 0 {
+			return usageErr("--proxy-auth without -D: it is the -D proxy's")
+		}
+		if proxyCfg.Users, err = ingress.LoadProxyUsers(*proxyAuth); err != nil {
+			return usageErr("--proxy-auth: %v", err)
+		}
+	}
 	var revs []ingress.RemoteForward
 	for _, spec := range reverses {
 		f, err := ingress.ParseRemoteForward(spec)
@@ -62,8 +82,8 @@ func runClient(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if len(fwds) == 0 && len(revs) == 0 && tunCfg == nil {
-		return usageErr("nothing to forward: give at least one -L, -R or --tun")
+	if len(fwds) == 0 && len(revs) == 0 && len(dyns) == 0 && tunCfg == nil {
+		return usageErr("nothing to forward: give at least one -L, -R, -D or --tun")
 	}
 	if err := positive(map[string]time.Duration{"--dial-timeout": *dialTimeout}); err != nil {
 		return err
@@ -107,6 +127,15 @@ func runClient(ctx context.Context, args []string, stderr io.Writer) error {
 		ports = append(ports, p)
 		ingresses = append(ingresses, p)
 	}
+	var proxies []*ingress.Proxy
+	for _, f := range dyns {
+		p, err := ingress.ListenProxy(f, client, opt, proxyCfg)
+		if err != nil {
+			return err
+		}
+		proxies = append(proxies, p)
+		ingresses = append(ingresses, p)
+	}
 	if tunCfg != nil {
 		t, err := ingress.OpenTUN(*tunCfg, client, opt)
 		if err != nil {
@@ -129,6 +158,9 @@ func runClient(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	for _, p := range ports {
 		log.WithFields(logrus.Fields{"listen": p.Addr().String(), "target": p.Target().String()}).Info("forwarding")
+	}
+	for _, p := range proxies {
+		log.WithFields(logrus.Fields{"listen": p.Addr().String(), "auth": proxyCfg.Users != nil}).Info("proxying (SOCKS5, HTTP)")
 	}
 	// The server's listeners for -R, once connected: a refusal (its --allow-listen, a port
 	// in use) fails the start with the reason.

@@ -12,7 +12,7 @@ import (
 )
 
 // configAliases are friendlier names for flags in a configuration file.
-var configAliases = map[string]string{"forward": "L"}
+var configAliases = map[string]string{"forward": "L", "dynamic": "D"}
 
 // applyConfig sets fs's flags from a YAML file whose keys are the flag names (a list sets a
 // repeatable flag once per item). Flags given on the command line win over the file, except
