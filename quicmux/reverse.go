@@ -212,12 +212,18 @@ func (l *reverseListener) Close() error {
 	l.c.mu.Lock()
 	delete(l.c.listeners, l)
 	l.c.mu.Unlock()
+	l.drain()
+	return nil
+}
+
+// drain resets the connections waiting in the queue.
+func (l *reverseListener) drain() {
 	for {
 		select {
 		case sc := <-l.conns:
 			sc.Abort()
 		default:
-			return nil
+			return
 		}
 	}
 }
@@ -273,6 +279,9 @@ func (c *Client) serveAccepted(conn *quic.Conn, str *quic.Stream) {
 	sc.conn = conn
 	select {
 	case l.conns <- sc:
+		if l.ctx.Err() != nil { // closed meanwhile: Close may have drained the queue already
+			l.drain()
+		}
 	default:
 		c.log.WithField("listen", l.addr.String()).Warn("reverse forward: connections arrive faster than they are accepted; resetting one")
 		reset()
