@@ -9,10 +9,12 @@
 //     sockets with TCP keepalive;
 //   - the TUN ingress (tun.go): a TUN device (package tun) whose TCP flows a gVisor netstack
 //     (package netstack) terminates, each answered only once the server has reached its
-//     destination.
+//     destination;
+//   - -R reverse forwards (reverse.go): a listener the server keeps on its side
+//     (quicmux.Client.Listen), whose connections are carried to a target dialed here.
 //
 // A local end is a quicmux.FlowConn: it can half-close (FIN) and abort (RST), so every flow
 // ends at the app the way it ended at the far side, whichever ingress it came through.
-// cmd/quicgate only parses flags and wires ingresses to a client; SOCKS5, reverse forwards
-// and UDP are meant to plug in here the same way.
+// cmd/quicgate only parses flags and wires ingresses to a client; SOCKS5 and UDP are meant
+// to plug in here the same way.
 package ingress
