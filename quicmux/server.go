@@ -68,8 +68,17 @@ type ServerConfig struct {
 	TCPKeepAlive time.Duration
 	// Retry makes every new client prove its address with a QUIC Retry round trip first, so a
 	// spoofed source cannot make the server do handshake work (for exposed servers).
-	Retry  bool
-	Limits Limits
+	Retry bool
+	// MaxHandshakes bounds the QUIC handshakes in progress at once, from a client's first
+	// Initial until its handshake completes, fails or times out (Limits.HandshakeTimeout); a
+	// new connection beyond it is refused (CONNECTION_REFUSED) before the server keeps any
+	// state for it. Default DefaultMaxHandshakes.
+	MaxHandshakes int
+	// RetryHandshakes: from this many handshakes in progress on, a new client must prove its
+	// address with a Retry round trip first (as with Retry), so that Initials from spoofed
+	// sources hold no state. Default DefaultRetryHandshakes; negative: only with Retry.
+	RetryHandshakes int
+	Limits          Limits
 
 	Metrics *Metrics      // default: none
 	Logger  *logrus.Entry // default: discard
@@ -102,6 +111,7 @@ type Server struct {
 	liveLns   map[*liveListener]struct{}
 	dialSlots chan struct{}
 	flowSeq   atomic.Uint64
+	hs        *handshakes // handshakes in progress (handshakes.go)
 }
 
 // NewServer checks cfg and returns a server that is not yet listening.
@@ -138,6 +148,12 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	if cfg.MaxConnsPerClient <= 0 {
 		cfg.MaxConnsPerClient = DefaultMaxConnsPerClient
 	}
+	if cfg.MaxHandshakes <= 0 {
+		cfg.MaxHandshakes = DefaultMaxHandshakes
+	}
+	if cfg.RetryHandshakes == 0 {
+		cfg.RetryHandshakes = DefaultRetryHandshakes
+	}
 	cfg.Limits = cfg.Limits.withDefaults(true)
 	if err := cfg.Limits.check(); err != nil {
 		return nil, err
@@ -148,6 +164,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.flows = NewFlowGroup(s.ctx)
 	s.parker, _ = newParker()
+	s.hs = newHandshakes(cfg, s.log)
 	return s, nil
 }
 
@@ -171,10 +188,8 @@ func (s *Server) Listen(addr string) (net.Addr, error) {
 		_ = udp.Close()
 		return nil, err
 	}
-	tr := &quic.Transport{Conn: udp, StatelessResetKey: resetKey}
-	if s.cfg.Retry {
-		tr.VerifySourceAddress = func(net.Addr) bool { return true }
-	}
+	tr := &quic.Transport{Conn: udp, StatelessResetKey: resetKey,
+		VerifySourceAddress: s.hs.verifySource, ConnContext: s.hs.connContext}
 	tlsConf := serverTLS(s.cfg.Identity, s.cfg.Authorized, s.log, s.cfg.Metrics.handshakeFailed)
 	ln, err := tr.Listen(tlsConf, s.cfg.Limits.quicConfig(true))
 	if err != nil {
@@ -237,11 +252,13 @@ func (s *Server) Close() error {
 
 func (s *Server) acceptConns(ln *quic.Listener) {
 	defer s.wg.Done()
+	defer s.hs.stopLogging()
 	for {
 		qc, err := ln.Accept(s.ctx)
 		if err != nil {
 			return
 		}
+		s.hs.accepted(qc)
 		s.wg.Add(1)
 		go s.serveConn(qc)
 	}
