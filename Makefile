@@ -9,7 +9,7 @@ RACE_PKGS ?= ./quicmux/ ./netstack/ ./ingress/
 # deadline to race. 50,000 runs take 5-20 s a target here.
 FUZZTIME ?= 50000x
 
-.PHONY: all build install run test check unit race fuzz deps bench bench-quick bench-deps bench-go bench-wan clean
+.PHONY: all build install run test check unit race fuzz deps bench bench-quick bench-deps bench-go bench-wan bench-flood clean
 
 all: build
 
@@ -68,7 +68,7 @@ deps:
 	    fi; \
 	  fi
 
-## bench: quicgate next to direct TCP, raw quic-go, ssh -L and socat (and TUN mode as root);
+## bench: quicgate next to direct TCP, raw quic-go, ssh -L, ssh -D and socat (and TUN mode as root);
 ## markdown on stdout, JSON and a PNG chart in bench/results/. Under 3 minutes.
 bench:
 	$(GO) run ./bench/cmd/qgbench
@@ -85,6 +85,15 @@ WANFLAGS ?=
 bench-wan:
 	@if [ "$$(id -u)" != 0 ]; then echo "bench-wan needs root (it makes network namespaces and TUN devices and sets sysctls)"; exit 1; fi
 	$(GO) run ./bench/cmd/qgwan $(WANFLAGS)
+
+## bench-flood: a quicgate server's RSS under floods (qgflood): Initials from many loopback
+## source addresses, spoofed or answering a Retry, and one client opening streams as fast as
+## it can, with valid requests or silent; a legitimate client connects every second meanwhile.
+## Markdown on stdout; about 2.5 minutes. FLOODFLAGS passes qgflood's flags, e.g.
+## FLOODFLAGS="-floods initials -duration 10s -quicgate /tmp/old-quicgate" (see qgflood -h).
+FLOODFLAGS ?=
+bench-flood:
+	$(GO) run ./bench/cmd/qgflood $(FLOODFLAGS)
 
 # The peers the benchmark compares against (rows are skipped without them).
 bench-deps:

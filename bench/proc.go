@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -75,6 +76,13 @@ func (p *Proc) Tail() string {
 	defer p.mu.Unlock()
 	n := len(p.lines)
 	return strings.Join(p.lines[max(0, n-5):], " | ")
+}
+
+// Lines returns the first 200 lines the process wrote.
+func (p *Proc) Lines() []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return slices.Clone(p.lines)
 }
 
 func (p *Proc) PID() int { return p.cmd.Process.Pid }
