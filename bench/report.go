@@ -147,7 +147,11 @@ func (r *Report) Markdown(w io.Writer) {
 			rel(x.FlowsPerS, func(r *Result) float64 { return r.FlowsPerS }),
 			fmtNum(x.P50us), fmtNum(x.P99us), idle, cpu)
 	}
-	fmt.Fprintf(w, "\nRatios in parentheses are to ssh -L in the same run.\n\n| target | want | got | | Go TCP relay gets |\n|---|---|---|---|---|\n")
+	fmt.Fprintf(w, "\nRatios in parentheses are to ssh -L in the same run.")
+	if d, sshD := r.find("quicgate -D"), r.find("ssh -D"); d != nil && sshD != nil && sshD.Gbps1 > 0 && sshD.FlowsPerS > 0 {
+		fmt.Fprintf(w, " quicgate -D to ssh -D (SOCKS5 CONNECT, a flow per connection): one flow %.2fx, new flows/s %.2fx.", d.Gbps1/sshD.Gbps1, d.FlowsPerS/sshD.FlowsPerS)
+	}
+	fmt.Fprintf(w, "\n\n| target | want | got | | Go TCP relay gets |\n|---|---|---|---|---|\n")
 	for _, t := range r.Targets {
 		got, rel := "–", "–"
 		if t.Status != "n/a" {

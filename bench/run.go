@@ -29,7 +29,7 @@ func DefaultOptions(quick bool) Options {
 
 // AllPaths in report order.
 func AllPaths() []Path {
-	return []Path{directPath{}, &rawQUICPath{}, &goRelayPath{}, &quicgateLPath{}, &tunPath{}, &sshPath{}, &socatPath{}}
+	return []Path{directPath{}, &rawQUICPath{}, &goRelayPath{}, &quicgateLPath{}, &tunPath{}, &quicgateDPath{}, &sshPath{}, &sshDPath{}, &socatPath{}}
 }
 
 // Run measures every path in turn and returns the report (with targets evaluated).
@@ -84,7 +84,11 @@ func runPath(ctx context.Context, env *Env, p Path, opt Options) Result {
 		res.CPUsPerGB = (CPUSeconds(pids) - cpu0) / (float64(moved) / 1e9)
 	}
 	say("1 flow: %.2f Gbit/s", res.Gbps1)
+	_, dynamicOnly := p.(dynamicPath)
 	for _, n := range []int{8, 64} {
+		if dynamicOnly {
+			break
+		}
 		bps, _, err := Bulk(ctx, dial, n, opt.Measure)
 		if err != nil {
 			return fail(fmt.Sprintf("%d flows", n), err)
@@ -100,6 +104,9 @@ func runPath(ctx context.Context, env *Env, p Path, opt Options) Result {
 		return fail("flow rate", err)
 	}
 	say("new flows: %.0f/s", res.FlowsPerS)
+	if dynamicOnly {
+		return res
+	}
 	p50, p99, err := Latency(ctx, dial, opt.Measure/2)
 	if err != nil {
 		return fail("latency", err)

@@ -1,5 +1,5 @@
-// Command qgbench measures quicgate next to direct TCP, raw quic-go, ssh -L and socat on this
-// machine, and writes a markdown table (stdout), JSON and a PNG chart (bench/results/).
+// Command qgbench measures quicgate next to direct TCP, raw quic-go, ssh -L, ssh -D and socat on
+// this machine, and writes a markdown table (stdout), JSON and a PNG chart (bench/results/).
 //
 //	qgbench [-quick] [-out DIR] [-paths "quicgate -L,ssh -L"] [-quicgate BINARY]
 //	qgbench serve --ip IP     (the destination servers, run by qgbench itself)
