@@ -11,10 +11,13 @@
 //     (package netstack) terminates, each answered only once the server has reached its
 //     destination;
 //   - -R reverse forwards (reverse.go): a listener the server keeps on its side
-//     (quicmux.Client.Listen), whose connections are carried to a target dialed here.
+//     (quicmux.Client.Listen), whose connections are carried to a target dialed here;
+//   - -D dynamic forwards (proxy.go, socks.go, httpproxy.go): a SOCKS5 and HTTP proxy on
+//     any net.Listener, each request a flow to the target it names, answered only once the
+//     server has (with the SOCKS5 reply code or HTTP status of its verdict).
 //
 // A local end is a quicmux.FlowConn: it can half-close (FIN) and abort (RST), so every flow
 // ends at the app the way it ended at the far side, whichever ingress it came through.
-// cmd/quicgate only parses flags and wires ingresses to a client; SOCKS5 and UDP are meant
-// to plug in here the same way.
+// cmd/quicgate only parses flags and wires ingresses to a client; UDP is meant to plug in
+// here the same way.
 package ingress
