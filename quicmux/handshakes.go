@@ -34,10 +34,10 @@ import (
 const (
 	// DefaultMaxHandshakes is ServerConfig.MaxHandshakes's default. A handshake whose client
 	// answered the Retry (so the server is no longer bound to three times what it received)
-	// holds about 130 KiB of RSS on the server: some 50 KiB of heap (the fork's 16 KiB packet
-	// buffers, BBR's delivery sampler, TLS and AEAD state), as much again in garbage-collector
-	// headroom, and four goroutines. At the cap that is 34 MiB (docs/performance.md,
-	// "Floods"). A handshake takes one or two round trips, so 256 in progress is over 1,000
+	// holds about 130 KiB of RSS on the server: some 50 KiB of heap (the connection, BBR's
+	// delivery sampler, TLS and AEAD state), as much again in garbage-collector headroom, and
+	// four goroutines. At the cap the server measured 38 MiB over its idle RSS
+	// (docs/performance.md, "Floods"). A handshake takes one or two round trips, so 256 in progress is over 1,000
 	// new connections a second on a 200 ms path: a server restart's reconnecting clients fit,
 	// and a client refused retries with backoff.
 	DefaultMaxHandshakes = 256
