@@ -482,6 +482,7 @@ func TestConfigMetricsAndDrain(t *testing.T) {
 		`quicgate_quic_rtt_seconds{side="server"}`,
 		`quicgate_congestion_control_info{algorithm="cubic",side="server"} 1`,
 		`quicgate_quic_pacing_rate_bits_per_second{side="server"}`,
+		`quicgate_handshakes_in_progress{side="server"} 0`,
 	} {
 		if !strings.Contains(string(body), want) {
 			t.Errorf("metrics lack %q; they have:\n%s", want, grepLines(string(body), "quicgate_"))

@@ -33,6 +33,7 @@ func (o *observeFlags) register(fs *flag.FlagSet) {
 // observer owns the metrics and pprof HTTP servers.
 type observer struct {
 	metrics *quicmux.Metrics
+	reg     *prometheus.Registry // nil without --metrics
 	servers []*http.Server
 	wg      sync.WaitGroup
 }
@@ -47,7 +48,7 @@ func (o *observeFlags) start(side string, log *logrus.Entry) (*observer, error) 
 		if err != nil {
 			return nil, err
 		}
-		obs.metrics = m
+		obs.metrics, obs.reg = m, reg
 		mux := http.NewServeMux()
 		mux.Handle("/metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 		mux.HandleFunc("/failures", func(w http.ResponseWriter, _ *http.Request) {
@@ -71,6 +72,13 @@ func (o *observeFlags) start(side string, log *logrus.Entry) (*observer, error) 
 		}
 	}
 	return obs, nil
+}
+
+// register adds collectors to the metrics (nothing without --metrics).
+func (obs *observer) register(cs ...prometheus.Collector) {
+	if obs.reg != nil {
+		obs.reg.MustRegister(cs...)
+	}
 }
 
 func (obs *observer) serve(addr string, h http.Handler, what string, log *logrus.Entry) error {

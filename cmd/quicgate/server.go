@@ -24,6 +24,7 @@ type serverFlags struct {
 	dialTimeout, headerTimeout *time.Duration
 	maxHeader, maxDials        *int
 	maxConnsPerClient          *int
+	maxHandshakes, retryHs     *int
 	retry                      *bool
 	watch                      *time.Duration
 	common                     *common
@@ -42,6 +43,8 @@ func parseServerFlags(args []string, stderr io.Writer) (*serverFlags, error) {
 	f.maxHeader = fs.Int("max-header-bytes", quicmux.MaxHeaderLen, "largest request header accepted (at most 263)")
 	f.maxDials = fs.Int("max-pending-dials", 1024, "destination dials in progress at once, over all clients")
 	f.maxConnsPerClient = fs.Int("max-conns-per-client", quicmux.DefaultMaxConnsPerClient, "connections one client identity may have open at once (a client keeps one)")
+	f.maxHandshakes = fs.Int("max-handshakes", quicmux.DefaultMaxHandshakes, "QUIC handshakes in progress at once, over all clients; beyond it new connections are refused until one completes or times out")
+	f.retryHs = fs.Int("retry-handshakes", quicmux.DefaultRetryHandshakes, "from this many handshakes in progress on, a new client must prove its address with a QUIC Retry first (so spoofed Initials hold no state); -1: only with --retry")
 	f.watch = fs.Duration("watch-interval", time.Second, "how often to check the authorized-clients and config files for changes, which reload them as SIGHUP does (0: only SIGHUP)")
 	f.retry = fs.Bool("retry", false, "make clients prove their address with a QUIC Retry first (for servers exposed to the Internet)")
 	f.common = commonFlags(fs, "server", serverProcs(runtime.NumCPU()), "The server serves many connections at once and uses every core, except on hosts of 2 cores or fewer: there one thread, leaving the other core to the kernel's share of the packets, moved 10-25% more (docs/performance.md).")
@@ -107,6 +110,12 @@ func runServer(ctx context.Context, args []string, stderr io.Writer) error {
 	if *f.maxConnsPerClient < 1 {
 		return usageErr("--max-conns-per-client %d: want at least 1", *f.maxConnsPerClient)
 	}
+	if *f.maxHandshakes < 1 {
+		return usageErr("--max-handshakes %d: want at least 1", *f.maxHandshakes)
+	}
+	if *f.retryHs == 0 || *f.retryHs < -1 {
+		return usageErr("--retry-handshakes %d: want at least 1, or -1 for a Retry only with --retry", *f.retryHs)
+	}
 	if err := positive(map[string]time.Duration{"--dial-timeout": *f.dialTimeout, "--header-timeout": *f.headerTimeout}); err != nil {
 		return err
 	}
@@ -134,6 +143,8 @@ func runServer(ctx context.Context, args []string, stderr io.Writer) error {
 		MaxHeaderBytes:    *f.maxHeader,
 		MaxPendingDials:   *f.maxDials,
 		MaxConnsPerClient: *f.maxConnsPerClient,
+		MaxHandshakes:     *f.maxHandshakes,
+		RetryHandshakes:   *f.retryHs,
 		FlowIdleTimeout:   f.common.flowIdle,
 		TCPKeepAlive:      f.common.tcpKeepAlive(),
 		Retry:             *f.retry,
@@ -144,6 +155,7 @@ func runServer(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	env.obs.register(srv.HandshakeCollector())
 	addr, err := srv.Listen(*f.listen)
 	if err != nil {
 		return err
