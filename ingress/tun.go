@@ -48,16 +48,26 @@ func OpenTUN(cfg TUNConfig, t Tunnel, opt Options) (*TUN, error) {
 	if err != nil {
 		return nil, err
 	}
-	ing := &TUN{name: "tun " + dev.Name(), dev: dev, tun: t, opt: opt, log: log, flows: quicmux.NewFlowGroup(context.Background())}
+	ing, err := serveDevice(dev, "tun "+dev.Name(), cfg.MTU, t, opt, log)
+	if err != nil {
+		return nil, err
+	}
+	log.WithFields(logrus.Fields{"addrs": cfg.Addrs, "routes": cfg.Routes, "mtu": cfg.MTU}).Info("tun ready")
+	return ing, nil
+}
+
+// serveDevice puts the netstack behind dev and returns the ingress that carries its flows,
+// named name in metrics and logs. It closes dev if it fails.
+func serveDevice(dev *tun.Device, name string, mtu int, t Tunnel, opt Options, log *logrus.Entry) (*TUN, error) {
+	ing := &TUN{name: name, dev: dev, tun: t, opt: opt, log: log, flows: quicmux.NewFlowGroup(context.Background())}
 	tcp := netstack.DefaultTCPOptions()
 	tcp.KeepAlive = quicmux.KeepAliveConfig(opt.TCPKeepAlive)
-	st, err := netstack.NewTUN(dev.TUN(), netstack.Config{MTU: cfg.MTU, Handler: ing, Logger: log, TCP: &tcp})
+	st, err := netstack.NewTUN(dev.TUN(), netstack.Config{MTU: mtu, Handler: ing, Logger: log, TCP: &tcp})
 	if err != nil {
 		_ = dev.Close()
 		return nil, err
 	}
 	ing.stack = st
-	log.WithFields(logrus.Fields{"addrs": cfg.Addrs, "routes": cfg.Routes, "mtu": cfg.MTU}).Info("tun ready")
 	return ing, nil
 }
 

@@ -1,0 +1,87 @@
+package rootless
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+var (
+	// ErrUserNamespaces: this process may not create a user namespace with a network
+	// namespace in it. The error that wraps it names the setting that forbids it and how
+	// to change it.
+	ErrUserNamespaces = errors.New("user namespaces are not available")
+	// ErrTUNAccess: /dev/net/tun cannot be opened by this user (or is missing). The error
+	// that wraps it says why and how to change it.
+	ErrTUNAccess = errors.New("/dev/net/tun is not usable")
+)
+
+// sysctl reads a setting by its dotted name; ok is false where the kernel has no such
+// setting. Tests pass a fake.
+type sysctl func(name string) (value string, ok bool)
+
+// procSysctl reads /proc/sys.
+func procSysctl(name string) (string, bool) {
+	b, err := os.ReadFile("/proc/sys/" + strings.ReplaceAll(name, ".", "/"))
+	if err != nil {
+		return "", false
+	}
+	return strings.TrimSpace(string(b)), true
+}
+
+// namespaceRefusal explains why creating the namespaces failed with err (from clone or the
+// uid map), naming the setting that forbids it. root says whether the caller is root, to
+// whom the unprivileged-only settings do not apply.
+func namespaceRefusal(err error, root bool, get sysctl) error {
+	if v, ok := get("user.max_user_namespaces"); ok && v == "0" {
+		return fmt.Errorf("%w: user.max_user_namespaces is 0 here; allow them (as root): sysctl -w user.max_user_namespaces=15000, and the same line in /etc/sysctl.d/ to keep it", ErrUserNamespaces)
+	}
+	if v, ok := get("user.max_net_namespaces"); ok && v == "0" {
+		return fmt.Errorf("%w: user.max_net_namespaces is 0 here; allow network namespaces (as root): sysctl -w user.max_net_namespaces=15000, and the same line in /etc/sysctl.d/ to keep it", ErrUserNamespaces)
+	}
+	if !root {
+		if v, ok := get("kernel.unprivileged_userns_clone"); ok && v == "0" {
+			return fmt.Errorf("%w: kernel.unprivileged_userns_clone is 0 here, so only root may create them; allow them (as root): sysctl -w kernel.unprivileged_userns_clone=1, and the same line in /etc/sysctl.d/ to keep it", ErrUserNamespaces)
+		}
+		if r := appArmorRefusal(get); r != nil {
+			return r
+		}
+	}
+	if errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.EUSERS) {
+		v, _ := get("user.max_user_namespaces")
+		return fmt.Errorf("%w: the limit on user namespaces is reached (user.max_user_namespaces is %s, counted per user): raise it (as root): sysctl -w user.max_user_namespaces=15000", ErrUserNamespaces, v)
+	}
+	return fmt.Errorf("%w: creating a user and network namespace: %w", ErrUserNamespaces, err)
+}
+
+// appArmorRefusal is the error for Ubuntu's restriction on unprivileged user namespaces,
+// if it is on: the namespace is made, but holds no capability, so the first privileged
+// step in it fails with EPERM.
+func appArmorRefusal(get sysctl) error {
+	if v, ok := get("kernel.apparmor_restrict_unprivileged_userns"); ok && v == "1" {
+		return fmt.Errorf("%w: AppArmor restricts unprivileged user namespaces here (kernel.apparmor_restrict_unprivileged_userns is 1); allow quicgate with an AppArmor profile that grants 'userns,', or (as root) sysctl -w kernel.apparmor_restrict_unprivileged_userns=0", ErrUserNamespaces)
+	}
+	return nil
+}
+
+// tunPath is the TUN clone device.
+const tunPath = "/dev/net/tun"
+
+// tunRefusal explains why the child could not open /dev/net/tun (errno from open).
+func tunRefusal(errno unix.Errno, stat func(string) (fs.FileInfo, error)) error {
+	switch errno {
+	case unix.ENOENT, unix.ENODEV, unix.ENXIO:
+		return fmt.Errorf("%w: there is no TUN device here (%s: %v); load the tun module (as root): modprobe tun", ErrTUNAccess, tunPath, errno)
+	case unix.EACCES, unix.EPERM:
+		mode := "its mode keeps this user out"
+		if fi, err := stat(tunPath); err == nil {
+			mode = fmt.Sprintf("it is mode %04o here", fi.Mode().Perm())
+		}
+		return fmt.Errorf("%w by this user: %s, where most systems make it 0666 (safe: creating a device still needs CAP_NET_ADMIN, which only the command's own namespace gives); allow it (as root): chmod 0666 %s, and a udev rule KERNEL==\"tun\", MODE=\"0666\" to keep it", ErrTUNAccess, mode, tunPath)
+	}
+	return fmt.Errorf("%w: opening %s: %v", ErrTUNAccess, tunPath, errno)
+}
