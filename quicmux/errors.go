@@ -33,6 +33,8 @@ var (
 	ErrShuttingDown = errors.New("quicmux: server shutting down")
 	// ErrInUse: the address a listen (Client.Listen) asked for is taken on the server.
 	ErrInUse = errors.New("quicmux: address in use on the server")
+	// ErrTooManyFlows: this client identity has as many flows open as the server allows it.
+	ErrTooManyFlows = errors.New("quicmux: server refused the flow: too many flows open from this client identity")
 	// ErrFlowReset: the other end of the flow reset it.
 	ErrFlowReset = errors.New("quicmux: flow reset by peer")
 )
@@ -60,6 +62,8 @@ func (e *StatusError) Is(target error) bool {
 		return target == ErrShuttingDown
 	case StatusInUse:
 		return target == ErrInUse || target == syscall.EADDRINUSE
+	case StatusTooManyFlows:
+		return target == ErrTooManyFlows
 	}
 	return false
 }

@@ -283,9 +283,12 @@ const (
 	// StatusInUse: a listen's address is taken on the server (by another client's reverse
 	// forward, or any other program).
 	StatusInUse Status = 7
+	// StatusTooManyFlows: the client identity has as many streams open as the server allows
+	// it (ServerConfig.MaxFlowsPerClient); the stream was not read.
+	StatusTooManyFlows Status = 8
 )
 
-var statusNames = [...]string{"ok", "refused", "unreachable", "denied", "timed out", "bad request", "shutting down", "in use"}
+var statusNames = [...]string{"ok", "refused", "unreachable", "denied", "timed out", "bad request", "shutting down", "in use", "too many flows"}
 
 func (s Status) String() string {
 	if int(s) < len(statusNames) {

@@ -59,6 +59,11 @@ type ServerConfig struct {
 	// connection beyond it is closed right after its handshake. Default
 	// DefaultMaxConnsPerClient.
 	MaxConnsPerClient int
+	// MaxFlowsPerClient bounds the streams one client identity may have open at once over
+	// all its connections: flows, and streams still sending their header. A stream beyond
+	// it is answered StatusTooManyFlows at once. It bounds what one client can make the
+	// server hold (about 14 KiB a stream); default Limits.MaxStreams, one connection's worth.
+	MaxFlowsPerClient int
 	// FlowIdleTimeout resets a flow that moved no byte either way for this long; 0: never
 	// (the command's default is DefaultFlowIdleTimeout).
 	FlowIdleTimeout time.Duration
@@ -107,6 +112,7 @@ type Server struct {
 	liveMu    sync.Mutex
 	liveConns map[*quic.Conn]Fingerprint
 	perClient map[Fingerprint]int
+	flowsOf   map[Fingerprint]int // streams open per client identity (MaxFlowsPerClient)
 	liveFlows map[*liveFlow]struct{}
 	liveLns   map[*liveListener]struct{}
 	dialSlots chan struct{}
@@ -158,9 +164,12 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 	if err := cfg.Limits.check(); err != nil {
 		return nil, err
 	}
+	if cfg.MaxFlowsPerClient <= 0 {
+		cfg.MaxFlowsPerClient = int(cfg.Limits.MaxStreams)
+	}
 	cfg.Metrics.setCongestion(cfg.Limits.Congestion)
 	s := &Server{cfg: cfg, log: loggerOrDiscard(cfg.Logger), dialSlots: make(chan struct{}, cfg.MaxPendingDials), hosts: &hostsFile{path: cfg.HostsFile},
-		liveConns: map[*quic.Conn]Fingerprint{}, perClient: map[Fingerprint]int{}, liveFlows: map[*liveFlow]struct{}{}, liveLns: map[*liveListener]struct{}{}}
+		liveConns: map[*quic.Conn]Fingerprint{}, perClient: map[Fingerprint]int{}, flowsOf: map[Fingerprint]int{}, liveFlows: map[*liveFlow]struct{}{}, liveLns: map[*liveListener]struct{}{}}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.flows = NewFlowGroup(s.ctx)
 	s.parker, _ = newParker()
@@ -316,11 +325,46 @@ func (s *Server) serveConn(qc *quic.Conn) {
 			break
 		}
 		cl.streams.Add(1)
+		if !s.takeFlowSlot(cl.fp) {
+			go s.tooManyFlows(cl, str)
+			continue
+		}
 		go s.serveStream(ctx, cl, str)
 	}
 	cl.streams.Wait() // every stream's flow has ended, not only its goroutine
 	linger(qc)
 	_ = qc.CloseWithError(connShutdown, "server shutting down")
+}
+
+// takeFlowSlot counts a new stream of fp's against MaxFlowsPerClient; false: none left.
+func (s *Server) takeFlowSlot(fp Fingerprint) bool {
+	s.liveMu.Lock()
+	defer s.liveMu.Unlock()
+	if s.flowsOf[fp] >= s.cfg.MaxFlowsPerClient {
+		return false
+	}
+	s.flowsOf[fp]++
+	return true
+}
+
+func (s *Server) releaseFlowSlot(fp Fingerprint) {
+	s.liveMu.Lock()
+	if s.flowsOf[fp]--; s.flowsOf[fp] <= 0 {
+		delete(s.flowsOf, fp)
+	}
+	s.liveMu.Unlock()
+}
+
+// tooManyFlows answers a stream beyond the client's MaxFlowsPerClient without reading it.
+func (s *Server) tooManyFlows(cl *connInfo, str *quic.Stream) {
+	defer cl.streams.Done()
+	s.cfg.Metrics.dialResult(StatusTooManyFlows)
+	s.cfg.Metrics.flowRejected()
+	s.cfg.Metrics.failed(Failure{Ingress: ingressServer, Peer: cl.name, Reason: StatusTooManyFlows.String()})
+	cl.limitLog.Do(func() {
+		cl.log.WithField("max_flows_per_client", s.cfg.MaxFlowsPerClient).Warn("client at its limit of open flows: refusing new ones (logged once a connection)")
+	})
+	s.reject(str, StatusTooManyFlows, codeFlowReset)
 }
 
 // connInfo is what a connection's streams share.
@@ -330,14 +374,19 @@ type connInfo struct {
 	name string // the fingerprint, or the address: who failures are listed under
 	log  *logrus.Entry
 	// streams counts the streams and flows still open, which the connection waits for.
-	streams sync.WaitGroup
+	streams  sync.WaitGroup
+	limitLog sync.Once // the first stream beyond MaxFlowsPerClient
 }
 
 // serveStream serves one stream: its request, the destination's dial and the start of its
 // relay. It returns once the flow is under way, so that an idle flow keeps no goroutine; the
 // stream is done with in cl.streams when its flow has ended.
 func (s *Server) serveStream(ctx context.Context, cl *connInfo, str *quic.Stream) {
-	qc, connLog, peer, release := cl.qc, cl.log, cl.name, cl.streams.Done
+	qc, connLog, peer := cl.qc, cl.log, cl.name
+	release := func() {
+		s.releaseFlowSlot(cl.fp)
+		cl.streams.Done()
+	}
 	relaying := false
 	defer func() {
 		if !relaying {
