@@ -20,6 +20,21 @@ type liveListener struct {
 	stop func() // closes the listener and ends its listen stream
 }
 
+// closeListeners closes every reverse forward's listener and refuses new listens (the
+// drain's start); the flows they accepted go on.
+func (s *Server) closeListeners() {
+	s.liveMu.Lock()
+	s.noListens = true
+	lns := make([]*liveListener, 0, len(s.liveLns))
+	for l := range s.liveLns {
+		lns = append(lns, l)
+	}
+	s.liveMu.Unlock()
+	for _, l := range lns {
+		l.stop()
+	}
+}
+
 // listenAllowed is ListenPolicy's verdict on a client's listen.
 func (s *Server) listenAllowed(fp Fingerprint, addr netip.AddrPort) bool {
 	return s.cfg.ListenPolicy != nil && s.cfg.ListenPolicy(fp, addr)
@@ -37,6 +52,13 @@ func (s *Server) serveListen(ctx context.Context, cl *connInfo, str *quic.Stream
 		log.Info("listen denied: not allowed for this client (--allow-listen, permitlisten=)")
 		s.cfg.Metrics.failed(Failure{Ingress: ingressServer, Peer: cl.name, Target: "listen " + addr.String(), Reason: StatusDenied.String()})
 		s.reject(str, StatusDenied, codeFlowReset)
+		return
+	}
+	s.liveMu.Lock()
+	draining := s.noListens
+	s.liveMu.Unlock()
+	if draining {
+		s.reject(str, StatusShuttingDown, codeShutdown)
 		return
 	}
 	lc := TCPListenConfig(s.cfg.TCPKeepAlive)
@@ -64,6 +86,7 @@ func (s *Server) serveListen(ctx context.Context, cl *connInfo, str *quic.Stream
 	live := &liveListener{cl: cl, addr: addr, stop: stop}
 	s.liveMu.Lock()
 	s.liveLns[live] = struct{}{}
+	draining = s.noListens // a drain that began since the check above did not see this one
 	s.liveMu.Unlock()
 	defer func() {
 		s.liveMu.Lock()
@@ -71,7 +94,7 @@ func (s *Server) serveListen(ctx context.Context, cl *connInfo, str *quic.Stream
 		s.liveMu.Unlock()
 		stop()
 	}()
-	if !s.listenAllowed(cl.fp, addr) { // a reload between the check and the registration
+	if draining || !s.listenAllowed(cl.fp, addr) { // a drain or reload since the checks above
 		return
 	}
 	unwatch := context.AfterFunc(ctx, stop)

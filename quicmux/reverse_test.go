@@ -279,3 +279,39 @@ func checkEchoVia(t *testing.T, app, got net.Conn) {
 		t.Fatalf("app read %q, %v", b, err)
 	}
 }
+
+// The server's drain closes its reverse forwards' listeners at once, and lets a flow they
+// accepted finish.
+func TestReverseListenDrain(t *testing.T) {
+	tn := newTunnel(t, withListenPolicy(listenAnywhere))
+	addr := freePort(t)
+	ln, err := listen(t, tn.client, addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	app, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer app.Close()
+	got := accept(t, ln)
+	drained := make(chan error, 1)
+	go func() {
+		ctx, cancel := context.WithTimeout(context.Background(), hangLimit)
+		defer cancel()
+		drained <- tn.server.Shutdown(ctx)
+	}()
+	waitFor(t, func() bool {
+		c, err := net.Dial("tcp", addr)
+		if err == nil {
+			_ = c.Close()
+		}
+		return errors.Is(err, syscall.ECONNREFUSED)
+	}, "the listener closed by the drain")
+	checkEchoVia(t, app, got) // the accepted flow goes on
+	_ = app.Close()
+	_ = got.Close()
+	if err := await(t, drained, "the drain"); err != nil {
+		t.Fatalf("Shutdown: %v, want nil once the flow ended", err)
+	}
+}

@@ -115,6 +115,7 @@ type Server struct {
 	flowsOf   map[Fingerprint]int // streams open per client identity (MaxFlowsPerClient)
 	liveFlows map[*liveFlow]struct{}
 	liveLns   map[*liveListener]struct{}
+	noListens bool // the drain has begun: no new reverse forward listeners
 	dialSlots chan struct{}
 	flowSeq   atomic.Uint64
 	hs        *handshakes // handshakes in progress (handshakes.go)
@@ -223,6 +224,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	if ln != nil {
 		_ = ln.Close()
 	}
+	s.closeListeners() // reverse forwards take no new connections either
 	stop := context.AfterFunc(ctx, func() {
 		s.log.WithField("flows", s.flows.Open()).Warn("drain timeout: resetting the flows still open")
 	})
