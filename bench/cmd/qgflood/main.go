@@ -114,8 +114,25 @@ func flood(ctx context.Context, qg, dir, echo string, kind bench.FloodKind, opt 
 	if err != nil {
 		return r, err
 	}
-	// The flooding client and the probes are one identity, as a client whose host floods.
+	// The flooding client has the authorized identity; the probes are another authorized
+	// client, whose service the flood must not take away (a flooder's own identity is held
+	// to its limits: --max-conns-per-client, --max-flows-per-client).
 	id, err := quicmux.LoadOrCreateIdentity(filepath.Join(dir, "client"))
+	if err != nil {
+		return r, err
+	}
+	probeID, err := quicmux.LoadOrCreateIdentity(filepath.Join(dir, "probe"))
+	if err != nil {
+		return r, err
+	}
+	f, err := os.OpenFile(auth, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		return r, err
+	}
+	_, err = fmt.Fprintln(f, probeID.Fingerprint.String()+" probe")
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
 	if err != nil {
 		return r, err
 	}
@@ -143,7 +160,7 @@ func flood(ctx context.Context, qg, dir, echo string, kind bench.FloodKind, opt 
 	samples := bench.Sample(srv.PID(), 100*time.Millisecond)
 	defer samples.Stop()
 	// The baseline: the server after one client came and went, idle for a second.
-	if _, err := bench.ProbeOnce(ctx, addr, id, serverPin, echo); err != nil {
+	if _, err := bench.ProbeOnce(ctx, addr, probeID, serverPin, echo); err != nil {
 		return r, fmt.Errorf("probe before the flood: %w", err)
 	}
 	if err := sleep(ctx, time.Second); err != nil {
@@ -154,7 +171,7 @@ func flood(ctx context.Context, qg, dir, echo string, kind bench.FloodKind, opt 
 	fctx, cancel := context.WithTimeout(ctx, opt.duration)
 	defer cancel()
 	probes := make(chan []bench.Probe, 1)
-	go func() { probes <- probeEvery(fctx, addr, id, serverPin, echo) }()
+	go func() { probes <- probeEvery(fctx, addr, probeID, serverPin, echo) }()
 	start := time.Now()
 	var last time.Time // the stream floods' last stream, for their rate
 	switch kind {
