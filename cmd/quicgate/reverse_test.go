@@ -63,8 +63,13 @@ func TestReverseForwardCLI(t *testing.T) {
 		t.Fatalf("curl through -R: %q, %v", out, err)
 	}
 
-	// The same port for a second client (the same identity): in use.
-	_, stderr, code := runQuick(t, client("-R", fmt.Sprintf("%d:%s", port, webAddr))...)
+	// The same port for a second client (an identity of its own, also authorized): in use.
+	second := filepath.Join(p.dir, "second")
+	if err := os.WriteFile(p.auth, []byte(p.clientFP+"\n"+fingerprint(t, second)+" second\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	srv.waitFor(t, "reloaded") // the server rereads the file when it changes
+	_, stderr, code := runQuick(t, "client", "--server", addr, "--state-dir", second, "--pin", p.pin, "-R", fmt.Sprintf("%d:%s", port, webAddr))
 	if code != 1 || !strings.Contains(lastLine(stderr), "-R 127.0.0.1:") || !strings.Contains(lastLine(stderr), "in use") {
 		t.Fatalf("second -R on the same port: exit %d, stderr %q; want 1 and one line saying in use", code, stderr)
 	}
