@@ -60,7 +60,7 @@ func contractCases() []contractCase {
 		{
 			name: "client draining",
 			cfg:  harnessConfig{drainTimeout: drainTimeout},
-			only: []ingressKind{ingressPort, ingressTUN},
+			only: []ingressKind{ingressPort, ingressTUN, ingressProxy},
 			why:  "a DialContext app owns its conns; no ingress drains them",
 			run:  testClientDraining,
 		},
@@ -78,7 +78,7 @@ func contractCases() []contractCase {
 		{
 			name: "client flow idle timeout",
 			cfg:  harnessConfig{clientFlowIdle: idleTimeout},
-			only: []ingressKind{ingressPort, ingressTUN},
+			only: []ingressKind{ingressPort, ingressTUN, ingressProxy},
 			why:  "the client's FlowIdleTimeout applies to the flows it relays; a DialContext conn has no client relay",
 			run:  testFlowIdle,
 		},

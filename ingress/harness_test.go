@@ -45,12 +45,13 @@ var (
 type ingressKind string
 
 const (
-	ingressPort ingressKind = "-L"
-	ingressTUN  ingressKind = "TUN"
-	ingressDial ingressKind = "DialContext"
+	ingressPort  ingressKind = "-L"
+	ingressTUN   ingressKind = "TUN"
+	ingressDial  ingressKind = "DialContext"
+	ingressProxy ingressKind = "-D"
 )
 
-var allIngresses = []ingressKind{ingressPort, ingressTUN, ingressDial}
+var allIngresses = []ingressKind{ingressPort, ingressTUN, ingressDial, ingressProxy}
 
 // harnessConfig is what a case changes in the setup.
 type harnessConfig struct {
@@ -138,6 +139,8 @@ func newHarness(t *testing.T, kind ingressKind, cfg harnessConfig) *harness {
 		h.startPort(cfg.drainTimeout)
 	case ingressTUN:
 		h.startTUN(cfg.tunTCP, cfg.drainTimeout)
+	case ingressProxy:
+		h.startProxy(cfg.drainTimeout)
 	case ingressDial:
 		h.dialApp = func(ctx context.Context) (appConn, error) {
 			c, err := client.DialContext(ctx, "tcp", flowTarget.String())

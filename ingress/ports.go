@@ -50,22 +50,9 @@ func parseForward(spec string, badForward error) (LocalForward, error) {
 	default:
 		return bad(fmt.Sprintf("%d fields", len(fields)))
 	}
-	var addr netip.Addr
-	switch bind {
-	case "", "*":
-		addr = netip.IPv4Unspecified()
-	case "localhost":
-		addr = netip.AddrFrom4([4]byte{127, 0, 0, 1})
-	default:
-		a, err := netip.ParseAddr(bind)
-		if err != nil || a.Zone() != "" {
-			return bad("bind address " + bind + " is not an IP address")
-		}
-		addr = a.Unmap()
-	}
-	port, err := strconv.ParseUint(fields[0], 10, 16)
-	if err != nil || fields[0] == "" || fields[0][0] == '+' {
-		return bad("listen port " + fields[0] + " is not 0-65535")
+	bindAddr, err := parseBind(bind, fields[0])
+	if err != nil {
+		return bad(err.Error())
 	}
 	host := fields[1]
 	if strings.Contains(host, ":") {
@@ -75,7 +62,30 @@ func parseForward(spec string, badForward error) (LocalForward, error) {
 	if err != nil {
 		return bad(err.Error())
 	}
-	return LocalForward{Bind: netip.AddrPortFrom(addr, uint16(port)), Target: t}, nil
+	return LocalForward{Bind: bindAddr, Target: t}, nil
+}
+
+// parseBind reads a forward's local address as ssh does: bind is an IP address, "localhost"
+// (127.0.0.1), or "" or "*" (all interfaces); port is 0-65535.
+func parseBind(bind, port string) (netip.AddrPort, error) {
+	var addr netip.Addr
+	switch bind {
+	case "", "*":
+		addr = netip.IPv4Unspecified()
+	case "localhost":
+		addr = netip.AddrFrom4([4]byte{127, 0, 0, 1})
+	default:
+		a, err := netip.ParseAddr(bind)
+		if err != nil || a.Zone() != "" {
+			return netip.AddrPort{}, errors.New("bind address " + bind + " is not an IP address")
+		}
+		addr = a.Unmap()
+	}
+	p, err := strconv.ParseUint(port, 10, 16)
+	if err != nil || port == "" || port[0] == '+' {
+		return netip.AddrPort{}, errors.New("listen port " + port + " is not 0-65535")
+	}
+	return netip.AddrPortFrom(addr, uint16(p)), nil
 }
 
 // splitForward splits on colons outside brackets and strips the brackets.

@@ -11,7 +11,6 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -51,25 +50,11 @@ func ParseDynamicForward(spec string) (DynamicForward, error) {
 	default:
 		return bad(fmt.Sprintf("%d fields", len(fields)))
 	}
-	// The bind address as ParseLocalForward reads it.
-	var addr netip.Addr
-	switch bind {
-	case "", "*":
-		addr = netip.IPv4Unspecified()
-	case "localhost":
-		addr = netip.AddrFrom4([4]byte{127, 0, 0, 1})
-	default:
-		a, err := netip.ParseAddr(bind)
-		if err != nil || a.Zone() != "" {
-			return bad("bind address " + bind + " is not an IP address")
-		}
-		addr = a.Unmap()
+	addr, err := parseBind(bind, fields[0])
+	if err != nil {
+		return bad(err.Error())
 	}
-	port, err := strconv.ParseUint(fields[0], 10, 16)
-	if err != nil || fields[0] == "" || fields[0][0] == '+' {
-		return bad("listen port " + fields[0] + " is not 0-65535")
-	}
-	return DynamicForward{Bind: netip.AddrPortFrom(addr, uint16(port))}, nil
+	return DynamicForward{Bind: addr}, nil
 }
 
 // ProxyConfig is what a -D proxy asks of its clients.

@@ -15,7 +15,6 @@ import (
 	"net/url"
 	"os"
 	"path/filepath"
-	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -748,42 +747,14 @@ func TestProxyCloseEndsHandshakes(t *testing.T) {
 	}
 }
 
-// --- the flow contract through -D ---
+// --- the flow contract through -D (harness_test.go runs it for every ingress) ---
 
-const ingressProxy ingressKind = "-D"
-
-// newProxyHarness is newHarness for -D: the app reaches flowTarget with a SOCKS5 CONNECT.
-func newProxyHarness(t *testing.T, cfg harnessConfig) *harness {
-	t.Helper()
-	h := &harness{t: t, kind: ingressProxy, dest: newDestination(t)}
-	destAddr := h.dest.addr()
-	dialer := quicmux.TCPDialer(0)
-	var relay func(string) string
-	if cfg.udpRelay {
-		relay = func(serverAddr string) string {
-			h.relay = newUDPRelay(t, serverAddr)
-			return h.relay.addr()
-		}
-	}
-	h.server, h.client = startTunnel(t, quicmux.ServerConfig{
-		Policy: quicmux.Rules{{Prefix: netip.MustParsePrefix("10.99.0.0/16"), PortLo: 1, PortHi: 65535}},
-		Dialer: dialerFunc(func(ctx context.Context, network, address string) (net.Conn, error) {
-			if address != flowTarget.String() {
-				return nil, fmt.Errorf("test dialer: unexpected target %s", address)
-			}
-			return dialer.DialContext(ctx, network, destAddr)
-		}),
-		DialTimeout:     5 * time.Second,
-		FlowIdleTimeout: cfg.serverFlowIdle,
-		Limits:          cfg.serverLimits,
-	}, quicmux.ClientConfig{
-		DialTimeout:     5 * time.Second,
-		FlowIdleTimeout: cfg.clientFlowIdle,
-		Limits:          cfg.clientLimits,
-	}, relay)
-
+// startProxy serves a -D on an ephemeral loopback port; the app reaches flowTarget with a
+// SOCKS5 CONNECT.
+func (h *harness) startProxy(drainTimeout time.Duration) {
+	t := h.t
 	p, err := ListenProxy(DynamicForward{Bind: netip.MustParseAddrPort("127.0.0.1:0")}, h.client,
-		Options{DrainTimeout: cfg.drainTimeout, Logger: testLogger(t).WithField("side", "ingress")}, ProxyConfig{})
+		Options{DrainTimeout: drainTimeout, Logger: testLogger(t).WithField("side", "ingress")}, ProxyConfig{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -811,21 +782,5 @@ func newProxyHarness(t *testing.T, cfg harnessConfig) *harness {
 			return nil, err
 		}
 		return kernelApp{c}, nil
-	}
-	return h
-}
-
-// TestProxyFlowContract runs the flow contract's cases for -L (every one that does not need
-// the TUN) through -D: a flow ends at the app the way it ended at the destination, and the
-// other way round, whichever way that is.
-func TestProxyFlowContract(t *testing.T) {
-	for _, tc := range contractCases() {
-		if tc.only != nil && !slices.Contains(tc.only, ingressPort) {
-			continue
-		}
-		t.Run(tc.name, func(t *testing.T) {
-			t.Parallel()
-			tc.run(t, newProxyHarness(t, tc.cfg))
-		})
 	}
 }

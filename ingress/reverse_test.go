@@ -40,15 +40,7 @@ func TestParseRemoteForward(t *testing.T) {
 }
 
 // freeAddr is a loopback address nothing listens on now.
-func freeAddr(t *testing.T) netip.AddrPort {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return netip.MustParseAddrPort(ln.Addr().String())
-}
+func freeAddr(t *testing.T) netip.AddrPort { return netip.MustParseAddrPort(closedPort(t)) }
 
 // -R end to end: an app on the server's side reaches a destination on the client's side,
 // with half-close and resets as every flow has them; a destination that refuses resets the

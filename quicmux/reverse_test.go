@@ -12,18 +12,6 @@ import (
 	"time"
 )
 
-// freePort returns a loopback port that nothing listens on now.
-func freePort(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	_ = ln.Close()
-	return addr
-}
-
 // withListenPolicy lets the server listen where allow says.
 func withListenPolicy(allow func(Fingerprint, netip.AddrPort) bool) tunnelOption {
 	return withServerConfig(func(c *ServerConfig) { c.ListenPolicy = allow })
@@ -69,7 +57,7 @@ func TestReverseListen(t *testing.T) {
 		asked.Store(&ap)
 		return true
 	}))
-	addr := freePort(t)
+	addr := closedPort(t)
 	ln, err := listen(t, tn.client, addr)
 	if err != nil {
 		t.Fatal(err)
@@ -133,9 +121,9 @@ func TestReverseListen(t *testing.T) {
 // The server listens only where its policy says; a port already taken (here by another
 // connection of the same client) is "in use"; a name is not an address to listen on.
 func TestReverseListenRefused(t *testing.T) {
-	allowed := netip.MustParseAddrPort(freePort(t))
+	allowed := netip.MustParseAddrPort(closedPort(t))
 	tn := newTunnel(t, withListenPolicy(func(_ Fingerprint, ap netip.AddrPort) bool { return ap == allowed }))
-	if _, err := listen(t, tn.client, freePort(t)); !errors.Is(err, ErrDenied) {
+	if _, err := listen(t, tn.client, closedPort(t)); !errors.Is(err, ErrDenied) {
 		t.Fatalf("listen where the policy does not allow: %v, want ErrDenied", err)
 	}
 	if _, err := listen(t, tn.client, allowed.String()); err != nil {
@@ -154,7 +142,7 @@ func TestReverseListenRefused(t *testing.T) {
 // Without a ListenPolicy the server listens nowhere.
 func TestReverseListenOffByDefault(t *testing.T) {
 	tn := newTunnel(t)
-	if _, err := listen(t, tn.client, freePort(t)); !errors.Is(err, ErrDenied) {
+	if _, err := listen(t, tn.client, closedPort(t)); !errors.Is(err, ErrDenied) {
 		t.Fatalf("listen on a server without a listen policy: %v, want ErrDenied", err)
 	}
 }
@@ -164,7 +152,7 @@ func TestReverseListenOffByDefault(t *testing.T) {
 func TestReverseListenAfterReconnect(t *testing.T) {
 	log, events := watchLog(t)
 	tn := newTunnel(t, withListenPolicy(listenAnywhere), withClientConfig(func(c *ClientConfig) { c.Logger = log.WithField("side", "client") }))
-	addr := freePort(t)
+	addr := closedPort(t)
 	ln, err := listen(t, tn.client, addr)
 	if err != nil {
 		t.Fatal(err)
@@ -190,7 +178,7 @@ func TestReverseListenRecheck(t *testing.T) {
 	log, events := watchLog(t)
 	tn := newTunnel(t, withListenPolicy(func(Fingerprint, netip.AddrPort) bool { return allow.Load() }),
 		withClientConfig(func(c *ClientConfig) { c.Logger = log.WithField("side", "client") }))
-	addr := freePort(t)
+	addr := closedPort(t)
 	ln, err := listen(t, tn.client, addr)
 	if err != nil {
 		t.Fatal(err)
@@ -218,7 +206,7 @@ func TestReverseListenRecheck(t *testing.T) {
 // destination that refuses makes the app's connection a reset.
 func TestReverseCarry(t *testing.T) {
 	tn := newTunnel(t, withListenPolicy(listenAnywhere))
-	addr := freePort(t)
+	addr := closedPort(t)
 	ln, err := listen(t, tn.client, addr)
 	if err != nil {
 		t.Fatal(err)
@@ -284,7 +272,7 @@ func checkEchoVia(t *testing.T, app, got net.Conn) {
 // accepted finish.
 func TestReverseListenDrain(t *testing.T) {
 	tn := newTunnel(t, withListenPolicy(listenAnywhere))
-	addr := freePort(t)
+	addr := closedPort(t)
 	ln, err := listen(t, tn.client, addr)
 	if err != nil {
 		t.Fatal(err)
