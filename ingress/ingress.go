@@ -2,7 +2,10 @@ package ingress
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"io"
+	"net"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -84,4 +87,43 @@ func drain(flows *quicmux.FlowGroup, timeout time.Duration) {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	_ = flows.Drain(ctx)
+}
+
+// acceptFlows is the accept loop of an ingress that listens (-L, -D): until ctx ends or ln
+// fails, it starts each accepted connection as a flow in flows and hands it to start, in a
+// goroutine of its own that must see it to flows.Done (through carry); then it closes ln,
+// drains flows and returns. A failed accept (out of descriptors, a connection aborted before
+// it was accepted) waits a little and goes on, as net/http does, rather than drop the
+// ingress. name names the ingress in its error.
+func acceptFlows(ctx context.Context, ln net.Listener, flows *quicmux.FlowGroup, opt Options, log *logrus.Entry, name string, start func(net.Conn)) error {
+	stop := context.AfterFunc(ctx, func() { _ = ln.Close() })
+	defer stop()
+	defer drain(flows, opt.DrainTimeout)
+	var backoff time.Duration
+	for {
+		conn, err := ln.Accept()
+		if err != nil {
+			if ctx.Err() != nil {
+				return nil
+			}
+			if errors.Is(err, net.ErrClosed) {
+				return fmt.Errorf("ingress: %s: %w", name, err)
+			}
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			log.WithError(err).WithField("retry_in", backoff.String()).Warn("accept failed")
+			t := time.NewTimer(backoff)
+			select {
+			case <-t.C:
+			case <-ctx.Done():
+			}
+			t.Stop()
+			continue
+		}
+		backoff = 0
+		if !flows.Start() {
+			quicmux.AsFlowConn(conn).Abort()
+			continue
+		}
+		go start(conn)
+	}
 }

@@ -8,7 +8,6 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
-	"time"
 
 	"github.com/sirupsen/logrus"
 
@@ -154,42 +153,12 @@ func (p *Port) Target() quicmux.Target { return p.fwd.Target }
 // open flows finish for up to the drain timeout, resets the rest, and returns once all are
 // gone.
 func (p *Port) Serve(ctx context.Context) error {
-	stop := context.AfterFunc(ctx, func() { _ = p.ln.Close() })
-	defer stop()
-	defer drain(p.flows, p.opt.DrainTimeout)
-	var backoff time.Duration
-	for {
-		conn, err := p.ln.Accept()
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			if errors.Is(err, net.ErrClosed) {
-				return fmt.Errorf("ingress: -L %s: %w", p.fwd, err)
-			}
-			// Out of descriptors, or a connection aborted before it was accepted: wait a
-			// little and go on, as net/http does, rather than drop every forward.
-			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-			p.log.WithError(err).WithField("retry_in", backoff.String()).Warn("accept failed")
-			t := time.NewTimer(backoff)
-			select {
-			case <-t.C:
-			case <-ctx.Done():
-			}
-			t.Stop()
-			continue
-		}
-		backoff = 0
-		local := quicmux.AsFlowConn(conn)
-		if !p.flows.Start() {
-			local.Abort()
-			continue
-		}
-		// The flow's own goroutine only while the stream opens: it returns once the flow is
-		// under way.
-		f := quicmux.Flow{Target: p.fwd.Target, Conn: local, Ingress: p.name, Peer: conn.RemoteAddr().String()}
-		go carry(p.tun, p.flows, f, p.log)
-	}
+	return acceptFlows(ctx, p.ln, p.flows, p.opt, p.log, p.name, func(conn net.Conn) {
+		// The flow's goroutine lives only while the stream opens: carry returns once the
+		// flow is under way.
+		f := quicmux.Flow{Target: p.fwd.Target, Conn: quicmux.AsFlowConn(conn), Ingress: p.name, Peer: conn.RemoteAddr().String()}
+		carry(p.tun, p.flows, f, p.log)
+	})
 }
 
 // Close stops accepting and resets the open flows at once.

@@ -197,40 +197,10 @@ func (p *Proxy) Addr() net.Addr { return p.ln.Addr() }
 // open flows (and handshakes under way) finish for up to the drain timeout, resets the
 // rest, and returns once all are gone.
 func (p *Proxy) Serve(ctx context.Context) error {
-	stop := context.AfterFunc(ctx, func() { _ = p.ln.Close() })
-	defer stop()
-	defer drain(p.flows, p.opt.DrainTimeout)
-	var backoff time.Duration
-	for {
-		conn, err := p.ln.Accept()
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil
-			}
-			if errors.Is(err, net.ErrClosed) {
-				return fmt.Errorf("ingress: %s: %w", p.name, err)
-			}
-			// As -L: out of descriptors, or a connection aborted before it was accepted.
-			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-			p.log.WithError(err).WithField("retry_in", backoff.String()).Warn("accept failed")
-			t := time.NewTimer(backoff)
-			select {
-			case <-t.C:
-			case <-ctx.Done():
-			}
-			t.Stop()
-			continue
-		}
-		backoff = 0
-		// A connection counts as a flow from its accept: a drain waits for its handshake, and
-		// a reset (Close, the drain timeout) ends the handshake too.
-		if !p.flows.Start() {
-			quicmux.AsFlowConn(conn).Abort()
-			continue
-		}
-		// The goroutine lives for the handshake and until the flow is under way.
-		go p.serveConn(conn)
-	}
+	// A connection counts as a flow from its accept: a drain waits for its handshake, and a
+	// reset (Close, the drain timeout) ends the handshake too. Its goroutine lives for the
+	// handshake and until the flow is under way.
+	return acceptFlows(ctx, p.ln, p.flows, p.opt, p.log, p.name, p.serveConn)
 }
 
 // Close stops accepting and resets the open flows and handshakes at once.
