@@ -206,21 +206,7 @@ func (h *harness) startPort(drainTimeout time.Duration) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	served := make(chan error, 1)
-	go func() { served <- p.Serve(ctx) }()
-	stop := sync.OnceValue(func() error { cancel(); return <-served })
-	h.drainIngress = func() <-chan struct{} {
-		done := make(chan struct{})
-		go func() { defer close(done); _ = stop() }()
-		return done
-	}
-	t.Cleanup(func() {
-		if err := stop(); err != nil {
-			t.Errorf("Serve: %v", err)
-		}
-		_ = p.Close()
-	})
+	h.serve(p)
 	h.dialApp = func(ctx context.Context) (appConn, error) {
 		var d net.Dialer
 		c, err := d.DialContext(ctx, "tcp", p.Addr().String())
@@ -229,6 +215,25 @@ func (h *harness) startPort(drainTimeout time.Duration) {
 		}
 		return kernelApp{c.(*net.TCPConn)}, nil
 	}
+}
+
+// serve runs in's Serve until the drain (drainIngress) or the test's end, and closes it then.
+func (h *harness) serve(in Ingress) {
+	ctx, cancel := context.WithCancel(context.Background())
+	served := make(chan error, 1)
+	go func() { served <- in.Serve(ctx) }()
+	stop := sync.OnceValue(func() error { cancel(); return <-served })
+	h.drainIngress = func() <-chan struct{} {
+		done := make(chan struct{})
+		go func() { defer close(done); _ = stop() }()
+		return done
+	}
+	h.t.Cleanup(func() {
+		if err := stop(); err != nil {
+			h.t.Errorf("Serve: %v", err)
+		}
+		_ = in.Close()
+	})
 }
 
 // startTUN puts the TUN ingress's flow handling (handleTCP) behind a netstack on one end of

@@ -758,21 +758,7 @@ func (h *harness) startProxy(drainTimeout time.Duration) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	served := make(chan error, 1)
-	go func() { served <- p.Serve(ctx) }()
-	stop := sync.OnceValue(func() error { cancel(); return <-served })
-	h.drainIngress = func() <-chan struct{} {
-		done := make(chan struct{})
-		go func() { defer close(done); _ = stop() }()
-		return done
-	}
-	t.Cleanup(func() {
-		if err := stop(); err != nil {
-			t.Errorf("Serve: %v", err)
-		}
-		_ = p.Close()
-	})
+	h.serve(p)
 	h.dialApp = func(ctx context.Context) (appConn, error) {
 		c, _, err := socksDial(ctx, p.Addr().String(), flowTarget.String())
 		if err != nil {
