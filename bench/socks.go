@@ -117,21 +117,11 @@ func (*sshDPath) Name() string { return "ssh -D" }
 func (*sshDPath) DynamicOnly() {}
 
 func (p *sshDPath) Setup(ctx context.Context, env *Env) (DialFunc, error) {
-	port, err := freePort()
+	s, sshd, err := startSSHD(filepath.Join(env.Dir, "sshd"))
 	if err != nil {
 		return nil, err
 	}
-	s, err := PrepareSSH(filepath.Join(env.Dir, "sshd"), "127.0.0.1", port)
-	if err != nil {
-		return nil, err
-	}
-	p.sshd, err = StartProc("sshd", exec.Command(s.ServerArgs()[0], s.ServerArgs()[1:]...))
-	if err != nil {
-		return nil, err
-	}
-	if err := waitTCP(fmt.Sprintf("127.0.0.1:%d", port), 5*time.Second); err != nil {
-		return nil, fmt.Errorf("sshd: %w: %s", err, p.sshd.Tail())
-	}
+	p.sshd = sshd
 	lport, err := freePort()
 	if err != nil {
 		return nil, err

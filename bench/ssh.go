@@ -6,6 +6,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"time"
 )
 
 // SSH is an ssh -L setup ready to start: throwaway host and user keys and an sshd_config in
@@ -73,4 +74,25 @@ func (s *SSH) ClientArgs(host string, forwards ...string) []string {
 		args = append(args, "-L", f)
 	}
 	return append(args, "root@"+host)
+}
+
+// startSSHD prepares an sshd on a free loopback port in dir and starts it.
+func startSSHD(dir string) (*SSH, *Proc, error) {
+	port, err := freePort()
+	if err != nil {
+		return nil, nil, err
+	}
+	s, err := PrepareSSH(dir, "127.0.0.1", port)
+	if err != nil {
+		return nil, nil, err
+	}
+	sshd, err := StartProc("sshd", exec.Command(s.ServerArgs()[0], s.ServerArgs()[1:]...))
+	if err != nil {
+		return nil, nil, err
+	}
+	if err := waitTCP(fmt.Sprintf("127.0.0.1:%d", port), 5*time.Second); err != nil {
+		sshd.Stop()
+		return nil, nil, fmt.Errorf("sshd: %w: %s", err, sshd.Tail())
+	}
+	return s, sshd, nil
 }
