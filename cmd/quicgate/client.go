@@ -3,6 +3,7 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
 	"io"
 	"time"
 
@@ -19,75 +20,120 @@ const slowConnect = 2 * time.Second
 
 func runClient(ctx context.Context, args []string, stderr io.Writer) error {
 	fs := newFlagSet("client", stderr)
-	server := fs.String("server", "", "server's UDP address, host:port (required)")
-	pinStr := fs.String("pin", "", "the server's fingerprint, as 'quicgate fingerprint' prints it (required)")
-	var forwards multiFlag
-	fs.Var(&forwards, "L", "forward [bind_address:]port:host:hostport through the tunnel, as ssh -L (repeatable)")
-	var dynamics multiFlag
-	fs.Var(&dynamics, "D", "a SOCKS5 and HTTP proxy on [bind_address:]port whose requests go through the tunnel, as ssh -D (repeatable)")
-	proxyAuth := fs.String("proxy-auth", "", "file of user:password lines that -D clients must present (SOCKS5 username/password, HTTP Proxy-Authorization: Basic; both clear text); default: no authentication")
-	var reverses multiFlag
-	fs.Var(&reverses, "R", "have the server listen on [bind_address:]port (its side; where its --allow-listen lets this client) and forward to host:hostport from this side, as ssh -R (repeatable)")
-	dialTimeout := fs.Duration("dial-timeout", 10*time.Second, "how long a flow waits for the server")
-	common := commonFlags(fs, "client", 1, "One QUIC connection is driven by one loop, and more threads mostly add wake-ups: on a 2-core host one thread moved about 10% more and spent 15% less CPU per GB (docs/performance.md).")
-	var tf tunFlags
-	tf.register(fs)
-	if err := parseWithConfig(fs, args, &common.config); err != nil {
+	cf := registerClientFlags(fs)
+	if err := parseWithConfig(fs, args, &cf.common.config); err != nil {
 		return err
 	}
-	if *server == "" {
-		return usageErr("--server is required")
-	}
-	if *pinStr == "" {
-		return usageErr("--pin is required: the server's fingerprint ('quicgate fingerprint --state-dir SERVER_DIR' prints it)")
-	}
-	pin, err := quicmux.ParseFingerprint(*pinStr)
-	if err != nil {
-		return usageErr("--pin: %v", err)
-	}
-	var fwds []ingress.LocalForward
-	for _, spec := range forwards {
-		f, err := ingress.ParseLocalForward(spec)
-		if err != nil {
-			return usageErr("-L: %v", err)
-		}
-		fwds = append(fwds, f)
-	}
-	var dyns []ingress.DynamicForward
-	for _, spec := range dynamics {
-		f, err := ingress.ParseDynamicForward(spec)
-		if err != nil {
-			return usageErr("-D: %v", err)
-		}
-		dyns = append(dyns, f)
-	}
-	var proxyCfg ingress.ProxyConfig
-	if *proxyAuth != "" {
-		if len(dyns) == 0 {
-			return usageErr("--proxy-auth without -D: it is the -D proxy's")
-		}
-		if proxyCfg.Users, err = ingress.LoadProxyUsers(*proxyAuth); err != nil {
-			return usageErr("--proxy-auth: %v", err)
-		}
-	}
-	var revs []ingress.RemoteForward
-	for _, spec := range reverses {
-		f, err := ingress.ParseRemoteForward(spec)
-		if err != nil {
-			return usageErr("-R: %v", err)
-		}
-		revs = append(revs, f)
-	}
-	tunCfg, err := tf.config()
+	spec, err := cf.check()
 	if err != nil {
 		return err
 	}
-	if len(fwds) == 0 && len(revs) == 0 && len(dyns) == 0 && tunCfg == nil {
+	if spec.tunCfg, err = cf.tun.config(); err != nil {
+		return err
+	}
+	if len(spec.fwds) == 0 && len(spec.revs) == 0 && len(spec.dyns) == 0 && spec.tunCfg == nil {
 		return usageErr("nothing to forward: give at least one -L, -R, -D or --tun")
 	}
-	if err := positive(map[string]time.Duration{"--dial-timeout": *dialTimeout}); err != nil {
-		return err
+	return serveClient(ctx, spec, stderr, clientHooks{})
+}
+
+// clientFlags are the client's flags, which `client` and `run` both take.
+type clientFlags struct {
+	server, pin, proxyAuth       string
+	forwards, dynamics, reverses multiFlag
+	dialTimeout                  time.Duration
+	common                       *common
+	tun                          tunFlags
+}
+
+func registerClientFlags(fs *flag.FlagSet) *clientFlags {
+	f := &clientFlags{}
+	fs.StringVar(&f.server, "server", "", "server's UDP address, host:port (required)")
+	fs.StringVar(&f.pin, "pin", "", "the server's fingerprint, as 'quicgate fingerprint' prints it (required)")
+	fs.Var(&f.forwards, "L", "forward [bind_address:]port:host:hostport through the tunnel, as ssh -L (repeatable)")
+	fs.Var(&f.dynamics, "D", "a SOCKS5 and HTTP proxy on [bind_address:]port whose requests go through the tunnel, as ssh -D (repeatable)")
+	fs.StringVar(&f.proxyAuth, "proxy-auth", "", "file of user:password lines that -D clients must present (SOCKS5 username/password, HTTP Proxy-Authorization: Basic; both clear text); default: no authentication")
+	fs.Var(&f.reverses, "R", "have the server listen on [bind_address:]port (its side; where its --allow-listen lets this client) and forward to host:hostport from this side, as ssh -R (repeatable)")
+	fs.DurationVar(&f.dialTimeout, "dial-timeout", 10*time.Second, "how long a flow waits for the server")
+	f.common = commonFlags(fs, "client", 1, "One QUIC connection is driven by one loop, and more threads mostly add wake-ups: on a 2-core host one thread moved about 10% more and spent 15% less CPU per GB (docs/performance.md).")
+	f.tun.register(fs)
+	return f
+}
+
+// clientSpec is a client's checked configuration.
+type clientSpec struct {
+	server      string
+	pin         quicmux.Fingerprint
+	fwds        []ingress.LocalForward
+	dyns        []ingress.DynamicForward
+	proxyCfg    ingress.ProxyConfig
+	revs        []ingress.RemoteForward
+	tunCfg      *ingress.TUNConfig
+	dialTimeout time.Duration
+	common      *common
+}
+
+// check validates the parsed flags but the TUN ones, which each command reads its way.
+func (f *clientFlags) check() (*clientSpec, error) {
+	if f.server == "" {
+		return nil, usageErr("--server is required")
 	}
+	if f.pin == "" {
+		return nil, usageErr("--pin is required: the server's fingerprint ('quicgate fingerprint --state-dir SERVER_DIR' prints it)")
+	}
+	pin, err := quicmux.ParseFingerprint(f.pin)
+	if err != nil {
+		return nil, usageErr("--pin: %v", err)
+	}
+	spec := &clientSpec{server: f.server, pin: pin, dialTimeout: f.dialTimeout, common: f.common}
+	for _, s := range f.forwards {
+		fw, err := ingress.ParseLocalForward(s)
+		if err != nil {
+			return nil, usageErr("-L: %v", err)
+		}
+		spec.fwds = append(spec.fwds, fw)
+	}
+	for _, s := range f.dynamics {
+		fw, err := ingress.ParseDynamicForward(s)
+		if err != nil {
+			return nil, usageErr("-D: %v", err)
+		}
+		spec.dyns = append(spec.dyns, fw)
+	}
+	if f.proxyAuth != "" {
+		if len(spec.dyns) == 0 {
+			return nil, usageErr("--proxy-auth without -D: it is the -D proxy's")
+		}
+		if spec.proxyCfg.Users, err = ingress.LoadProxyUsers(f.proxyAuth); err != nil {
+			return nil, usageErr("--proxy-auth: %v", err)
+		}
+	}
+	for _, s := range f.reverses {
+		fw, err := ingress.ParseRemoteForward(s)
+		if err != nil {
+			return nil, usageErr("-R: %v", err)
+		}
+		spec.revs = append(spec.revs, fw)
+	}
+	if err := positive(map[string]time.Duration{"--dial-timeout": f.dialTimeout}); err != nil {
+		return nil, err
+	}
+	return spec, nil
+}
+
+// clientHooks let a command add to the client: `run` serves its namespace's TUN device.
+type clientHooks struct {
+	// ingress, if set, makes one more ingress once the client exists, before it connects.
+	ingress func(client *quicmux.Client, opt ingress.Options, log *logrus.Entry) (ingress.Ingress, error)
+	// connected, if set, runs once the client has connected and every ingress is ready,
+	// before they serve; an error stops the client.
+	connected func(log *logrus.Entry) error
+}
+
+// serveClient runs the client spec describes until ctx ends, then drains.
+func serveClient(ctx context.Context, spec *clientSpec, stderr io.Writer, hooks clientHooks) error {
+	common := spec.common
+	fwds, dyns, revs, tunCfg, proxyCfg := spec.fwds, spec.dyns, spec.revs, spec.tunCfg, spec.proxyCfg
 	env, err := common.setup("client", stderr)
 	if err != nil {
 		return err
@@ -95,10 +141,10 @@ func runClient(ctx context.Context, args []string, stderr io.Writer) error {
 	defer env.obs.close()
 	log := env.log
 	client, err := quicmux.NewClient(quicmux.ClientConfig{
-		Server:          *server,
+		Server:          spec.server,
 		Identity:        env.id,
-		Pin:             pin,
-		DialTimeout:     *dialTimeout,
+		Pin:             spec.pin,
+		DialTimeout:     spec.dialTimeout,
 		FlowIdleTimeout: common.flowIdle,
 		Limits:          env.limits,
 		Metrics:         env.obs.metrics,
@@ -143,10 +189,17 @@ func runClient(ctx context.Context, args []string, stderr io.Writer) error {
 		}
 		ingresses = append(ingresses, t)
 	}
+	if hooks.ingress != nil {
+		in, err := hooks.ingress(client, opt, log)
+		if err != nil {
+			return err
+		}
+		ingresses = append(ingresses, in)
+	}
 
 	// Waiting for a server that does not answer is not silent for long.
 	slow := time.AfterFunc(slowConnect, func() {
-		log.WithField("dial_timeout", dialTimeout.String()).Warn("no answer from server " + *server + " yet, still trying")
+		log.WithField("dial_timeout", spec.dialTimeout.String()).Warn("no answer from server " + spec.server + " yet, still trying")
 	})
 	err = client.Connect(ctx)
 	slow.Stop()
@@ -174,6 +227,11 @@ func runClient(ctx context.Context, args []string, stderr io.Writer) error {
 		}
 		ingresses = append(ingresses, r)
 		log.WithFields(logrus.Fields{"remote_listen": f.Bind.String(), "target": f.Target.String()}).Info("reverse forwarding")
+	}
+	if hooks.connected != nil {
+		if err := hooks.connected(log); err != nil {
+			return err
+		}
 	}
 
 	g, gctx := errgroup.WithContext(ctx)

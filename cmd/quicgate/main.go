@@ -2,6 +2,7 @@
 //
 //	quicgate server --listen ADDR --state-dir DIR --authorized-clients FILE --allow RULE...
 //	quicgate client --server ADDR --state-dir DIR --pin FP -L [bind:]port:host:hostport...
+//	quicgate run --server ADDR --pin FP -- CMD [ARGS...]
 //	quicgate fingerprint --state-dir DIR
 //	quicgate demo
 package main
@@ -27,6 +28,8 @@ import (
 const usage = `quicgate carries TCP flows between two hosts over one QUIC connection.
 
 Usage:
+  quicgate run         --server ADDR --pin FINGERPRINT [client flags] -- CMD [ARGS ...]
+                       (CMD in a namespace of its own, every TCP flow through the tunnel; no root needed)
   quicgate server      --listen ADDR --state-dir DIR --authorized-clients FILE --allow RULE [--allow RULE ...]
   quicgate client      --server ADDR --state-dir DIR --pin FINGERPRINT -L [bind:]port:host:hostport [-L ...]
                        [--tun NAME --tun-addr CIDR --route CIDR ...]
@@ -60,6 +63,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		err = runServer(ctx, args[1:], stderr)
 	case "client":
 		err = runClient(ctx, args[1:], stderr)
+	case "run":
+		err = runRun(ctx, args[1:], stderr)
 	case "fingerprint":
 		err = runFingerprint(args[1:], stdout, stderr)
 	case "demo":
@@ -75,9 +80,15 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "quicgate: unknown command %q\n%s", args[0], usage)
 		return 2
 	}
+	var exit *exitError
 	switch {
 	case err == nil, errors.Is(err, flag.ErrHelp):
 		return 0
+	case errors.As(err, &exit):
+		if exit.err != nil {
+			fmt.Fprintf(stderr, "quicgate %s: %v\n", args[0], exit.err)
+		}
+		return exit.code
 	case errors.Is(err, errUsage):
 		fmt.Fprintf(stderr, "quicgate %s: %v\n", args[0], strings.TrimPrefix(err.Error(), "usage: "))
 		return 2

@@ -1,0 +1,190 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"net/netip"
+	"os"
+	"os/exec"
+	"os/signal"
+	"slices"
+	"syscall"
+	"time"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/quicgate/quicgate/ingress"
+	"github.com/quicgate/quicgate/quicmux"
+	"github.com/quicgate/quicgate/rootless"
+	"github.com/quicgate/quicgate/tun"
+)
+
+// exitError leaves with code, saying err first if there is one: the command's own exit
+// status (nothing to say), or a command that could not be run (127, as a shell does).
+type exitError struct {
+	code int
+	err  error
+}
+
+func (e *exitError) Error() string {
+	if e.err != nil {
+		return e.err.Error()
+	}
+	return fmt.Sprintf("exit status %d", e.code)
+}
+
+// termGrace is how long a command whose tunnel failed gets after SIGTERM before SIGKILL.
+const termGrace = 5 * time.Second
+
+// runRun is `quicgate run [client flags] -- CMD [ARGS...]`: CMD runs in a user and network
+// namespace of its own whose only way out is a TUN device this process serves, as TUN
+// mode does, over the client's QUIC connection from the host's network (package rootless).
+func runRun(ctx context.Context, args []string, stderr io.Writer) error {
+	if rootless.IsChild() {
+		return &exitError{code: rootless.ChildMain()}
+	}
+	flagArgs, command := args, []string(nil)
+	if i := slices.Index(args, "--"); i >= 0 {
+		flagArgs, command = args[:i], args[i+1:]
+	}
+	fs := newFlagSet("run", stderr)
+	cf := registerClientFlags(fs)
+	// The terminal is the command's: quicgate says only what goes wrong unless asked, and
+	// once the command has exited its flows are closing, so the drain is short.
+	setDefault(fs, "log-level", "warn")
+	setDefault(fs, "drain-timeout", "1s")
+	err := parseWithConfig(fs, flagArgs, &cf.common.config)
+	if errors.Is(err, flag.ErrHelp) {
+		return err
+	}
+	if len(command) == 0 {
+		return usageErr("give the command after --: quicgate run [client flags] -- CMD [ARGS...]")
+	}
+	if err != nil {
+		return err
+	}
+	spec, err := cf.check()
+	if err != nil {
+		return err
+	}
+	if cf.tun.name != "" || len(cf.tun.routes) > 0 {
+		return usageErr("--tun and --route are the client's: run makes its own device (%s) inside the command's namespace, with default routes", rootless.DefaultTUN)
+	}
+	if cf.tun.mtu < 1280 || cf.tun.mtu > 65535 {
+		return usageErr("--tun-mtu %d: want 1280 to 65535", cf.tun.mtu)
+	}
+	var addrs []netip.Prefix
+	for _, s := range cf.tun.addrs {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return usageErr("--tun-addr %q: want an address with its prefix length, e.g. 10.77.0.1/24", s)
+		}
+		addrs = append(addrs, p)
+	}
+	path, err := exec.LookPath(command[0])
+	if err != nil {
+		code := 127
+		if !errors.Is(err, exec.ErrNotFound) {
+			code = 126
+		}
+		return &exitError{code: code, err: err}
+	}
+	cwd, err := os.Getwd()
+	if err != nil {
+		return fmt.Errorf("working directory: %w", err)
+	}
+
+	// The client lives as long as the command: runCtx ends when it exits, or when ctx does
+	// (SIGINT, SIGTERM) before it has started. From then on signals are the command's.
+	runCtx, cancelRun := context.WithCancel(context.Background())
+	defer cancelRun()
+	stopEarly := context.AfterFunc(ctx, cancelRun)
+	defer stopEarly()
+	sigs := make(chan os.Signal, 8)
+	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT)
+	defer signal.Stop(sigs)
+
+	var (
+		proc     *rootless.Proc
+		waitDone chan struct{}
+		status   int
+		waitErr  error
+	)
+	hooks := clientHooks{
+		ingress: func(client *quicmux.Client, opt ingress.Options, log *logrus.Entry) (ingress.Ingress, error) {
+			p, err := rootless.Start(runCtx, rootless.Config{
+				Path: path, Args: command, Env: os.Environ(), Dir: cwd,
+				Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr,
+				Self: []string{os.Args[0], "run"},
+				MTU:  cf.tun.mtu, Addrs: addrs, Resolv: rootless.NoResolver,
+				Logger: log,
+			})
+			if err != nil {
+				return nil, err
+			}
+			proc = p
+			dev, err := tun.FromFD(p.TakeTUN(), log)
+			if err != nil {
+				return nil, err
+			}
+			return ingress.AdoptTUN(dev, fmt.Sprintf("run %d", p.PID()), cf.tun.mtu, client, opt)
+		},
+		connected: func(log *logrus.Entry) error {
+			if !stopEarly() {
+				return nil // stopped before the command started; see below
+			}
+			if err := proc.Exec(runCtx); err != nil {
+				return err
+			}
+			log.WithFields(logrus.Fields{"pid": proc.PID(), "command": command[0], "join": fmt.Sprintf("nsenter --preserve-credentials -U -n -m -t %d", proc.PID())}).Info("running the command in its own namespace")
+			waitDone = make(chan struct{})
+			go func() {
+				defer close(waitDone)
+				status, waitErr = proc.Wait(sigs)
+				cancelRun()
+			}()
+			return nil
+		},
+	}
+	err = serveClient(runCtx, spec, stderr, hooks)
+	if proc == nil {
+		return err
+	}
+	if waitDone == nil {
+		proc.Close()
+		if err == nil {
+			err = errors.New("stopped before the command started")
+		}
+		return err
+	}
+	if err != nil {
+		// The tunnel failed under the command: end it, as its network is gone.
+		_ = proc.Signal(syscall.SIGTERM)
+		select {
+		case <-waitDone:
+		case <-time.After(termGrace):
+			_ = proc.Signal(syscall.SIGKILL)
+		}
+	}
+	<-waitDone
+	proc.Close()
+	switch {
+	case err != nil:
+		return err
+	case waitErr != nil:
+		return waitErr
+	case status != 0:
+		return &exitError{code: status}
+	}
+	return nil
+}
+
+// setDefault changes a registered flag's default value (and its value, not yet parsed).
+func setDefault(fs *flag.FlagSet, name, value string) {
+	f := fs.Lookup(name)
+	_ = f.Value.Set(value)
+	f.DefValue = value
+}
