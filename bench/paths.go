@@ -388,6 +388,7 @@ type tunPath struct {
 	dests    *Proc
 	srv, cli *Proc
 	nsA      netns.NsHandle
+	run      bool // rootlessPath: quicgate run in A instead of the client with its TUN
 }
 
 func (*tunPath) Name() string { return "quicgate TUN" }
@@ -439,16 +440,22 @@ func (p *tunPath) Setup(ctx context.Context, env *Env) (DialFunc, error) {
 	if _, err := p.srv.WaitJSON("server ready", 10*time.Second); err != nil {
 		return nil, err
 	}
-	p.cli, err = StartProc("quicgate client in A", exec.Command("ip", "netns", "exec", p.a, env.Quicgate, "client", "--server", "10.201.0.2:4433",
-		"--state-dir", filepath.Join(dir, "client"), "--pin", pin, "--tun", "qgb0", "--tun-addr", "10.78.0.1/24", "--route", "10.98.0.0/16", "--log-format", "json"))
-	if err != nil {
-		return nil, err
-	}
-	if _, err := p.cli.WaitJSON("tun ready", 10*time.Second); err != nil {
-		return nil, err
-	}
-	if p.nsA, err = netns.GetFromName(p.a); err != nil {
-		return nil, err
+	if p.run {
+		if err := p.startRun(env, dir, pin); err != nil {
+			return nil, err
+		}
+	} else {
+		p.cli, err = StartProc("quicgate client in A", exec.Command("ip", "netns", "exec", p.a, env.Quicgate, "client", "--server", "10.201.0.2:4433",
+			"--state-dir", filepath.Join(dir, "client"), "--pin", pin, "--tun", "qgb0", "--tun-addr", "10.78.0.1/24", "--route", "10.98.0.0/16", "--log-format", "json"))
+		if err != nil {
+			return nil, err
+		}
+		if _, err := p.cli.WaitJSON("tun ready", 10*time.Second); err != nil {
+			return nil, err
+		}
+		if p.nsA, err = netns.GetFromName(p.a); err != nil {
+			return nil, err
+		}
 	}
 	targets := map[Dest]string{ToSink: addrs["sink"].(string), ToEcho: addrs["echo"].(string)}
 	return func(ctx context.Context, d Dest) (net.Conn, error) {
