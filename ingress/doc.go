@@ -9,7 +9,8 @@
 //     sockets with TCP keepalive;
 //   - the TUN ingress (tun.go): a TUN device (package tun) whose TCP flows a gVisor netstack
 //     (package netstack) terminates, each answered only once the server has reached its
-//     destination;
+//     destination; AdoptTUN (tunfd.go) serves a device made in another namespace (quicgate
+//     run's, package rootless) the same way;
 //   - -R reverse forwards (reverse.go): a listener the server keeps on its side
 //     (quicmux.Client.Listen), whose connections are carried to a target dialed here;
 //   - -D dynamic forwards (proxy.go, socks.go, httpproxy.go): a SOCKS5 and HTTP proxy on
