@@ -45,8 +45,8 @@ func ChildMain() int {
 	conn := c.(*net.UnixConn)
 	defer conn.Close()
 	// The command dies with quicgate run, whose TUN is its only network. Go's Pdeathsig
-	// does not survive this process's own exec (the kernel clears it on a change of
-	// capabilities), so it is set again here. A parent that died before this finds the
+	// is found cleared after this process's own exec (in the new user namespace, with
+	// ambient capabilities), so it is set again here; this one survives the command's exec. A parent that died before this finds the
 	// socket closed below, and the command never runs.
 	if err := unix.Prctl(unix.PR_SET_PDEATHSIG, uintptr(unix.SIGKILL), 0, 0, 0); err != nil {
 		return 1
