@@ -110,27 +110,39 @@ func (p *goRelayPath) Close()      { p.p.Stop() }
 
 // --- quicgate -L ---
 
+// startQuicgate starts a quicgate server on loopback that may dial loopback, with fresh
+// identities in dir, and a client of it with clientArgs (its ingresses).
+func startQuicgate(env *Env, dir string, clientArgs ...string) (srv, cli *Proc, err error) {
+	pin, auth, err := Identities(env.Quicgate, dir)
+	if err != nil {
+		return nil, nil, err
+	}
+	srv, err = StartProc("quicgate server", exec.Command(env.Quicgate, "server", "--listen", "127.0.0.1:0",
+		"--state-dir", filepath.Join(dir, "server"), "--authorized-clients", auth, "--allow", "127.0.0.1/32", "--log-format", "json", "--log-level", "info"))
+	if err != nil {
+		return nil, nil, err
+	}
+	ready, err := srv.WaitJSON("server ready", 10*time.Second)
+	if err != nil {
+		srv.Stop()
+		return nil, nil, err
+	}
+	args := append([]string{"client", "--server", ready["addr"].(string), "--state-dir", filepath.Join(dir, "client"), "--pin", pin, "--log-format", "json"}, clientArgs...)
+	cli, err = StartProc("quicgate client", exec.Command(env.Quicgate, args...))
+	if err != nil {
+		srv.Stop()
+		return nil, nil, err
+	}
+	return srv, cli, nil
+}
+
 type quicgateLPath struct{ srv, cli *Proc }
 
 func (*quicgateLPath) Name() string { return "quicgate -L" }
 
 func (p *quicgateLPath) Setup(ctx context.Context, env *Env) (DialFunc, error) {
-	dir := filepath.Join(env.Dir, "qg")
-	pin, auth, err := Identities(env.Quicgate, dir)
-	if err != nil {
-		return nil, err
-	}
-	p.srv, err = StartProc("quicgate server", exec.Command(env.Quicgate, "server", "--listen", "127.0.0.1:0",
-		"--state-dir", filepath.Join(dir, "server"), "--authorized-clients", auth, "--allow", "127.0.0.1/32", "--log-format", "json", "--log-level", "info"))
-	if err != nil {
-		return nil, err
-	}
-	ready, err := p.srv.WaitJSON("server ready", 10*time.Second)
-	if err != nil {
-		return nil, err
-	}
-	p.cli, err = StartProc("quicgate client", exec.Command(env.Quicgate, "client", "--server", ready["addr"].(string),
-		"--state-dir", filepath.Join(dir, "client"), "--pin", pin, "-L", "0:"+env.Sink, "-L", "0:"+env.Echo, "--log-format", "json"))
+	var err error
+	p.srv, p.cli, err = startQuicgate(env, filepath.Join(env.Dir, "qg"), "-L", "0:"+env.Sink, "-L", "0:"+env.Echo)
 	if err != nil {
 		return nil, err
 	}

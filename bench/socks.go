@@ -80,22 +80,8 @@ func (*quicgateDPath) Name() string { return "quicgate -D" }
 func (*quicgateDPath) DynamicOnly() {}
 
 func (p *quicgateDPath) Setup(ctx context.Context, env *Env) (DialFunc, error) {
-	dir := filepath.Join(env.Dir, "qgd")
-	pin, auth, err := Identities(env.Quicgate, dir)
-	if err != nil {
-		return nil, err
-	}
-	p.srv, err = StartProc("quicgate server", exec.Command(env.Quicgate, "server", "--listen", "127.0.0.1:0",
-		"--state-dir", filepath.Join(dir, "server"), "--authorized-clients", auth, "--allow", "127.0.0.1/32", "--log-format", "json", "--log-level", "info"))
-	if err != nil {
-		return nil, err
-	}
-	ready, err := p.srv.WaitJSON("server ready", 10*time.Second)
-	if err != nil {
-		return nil, err
-	}
-	p.cli, err = StartProc("quicgate client", exec.Command(env.Quicgate, "client", "--server", ready["addr"].(string),
-		"--state-dir", filepath.Join(dir, "client"), "--pin", pin, "-D", "0", "--log-format", "json"))
+	var err error
+	p.srv, p.cli, err = startQuicgate(env, filepath.Join(env.Dir, "qgd"), "-D", "0")
 	if err != nil {
 		return nil, err
 	}
