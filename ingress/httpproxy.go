@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"net/textproto"
 	"strings"
+	"sync"
 
 	"github.com/quicgate/quicgate/quicmux"
 )
@@ -46,14 +47,15 @@ func writeHTTPStatus(w io.Writer, code int, body string, extra ...string) {
 }
 
 // readHTTPProxy reads an HTTP proxy request: CONNECT host:port, or a plain-HTTP request with
-// an absolute URL, which is rewritten to origin form for the destination (hop-by-hop and
-// Proxy-* headers dropped, "Connection: close": one request per proxy connection). Its body
-// is not read here: it follows the head through the flow as the client sends it.
+// an absolute URL, which goes to the destination in origin form (plainFlow: one request per
+// proxy connection).
 func readHTTPProxy(br *bufio.Reader, w io.Writer, users map[string]string) (*proxyRequest, error) {
 	req, err := http.ReadRequest(br)
 	if err != nil {
 		writeHTTPStatus(w, http.StatusBadRequest, "malformed proxy request")
-		return nil, fmt.Errorf("http: %w", err)
+		// Not err itself: textproto quotes the line it could not parse, which may hold
+		// credentials.
+		return nil, errors.New("http: malformed proxy request")
 	}
 	if users != nil && !checkBasic(req.Header.Get("Proxy-Authorization"), users) {
 		writeHTTPStatus(w, http.StatusProxyAuthRequired, "proxy authentication required", `Proxy-Authenticate: Basic realm="quicgate"`)
@@ -92,19 +94,22 @@ func readHTTPProxy(br *bufio.Reader, w io.Writer, users map[string]string) (*pro
 		writeHTTPStatus(w, http.StatusBadRequest, "bad host in URL")
 		return nil, fmt.Errorf("http: %s %q: %v", req.Method, req.RequestURI, err)
 	}
+	toOrigin(req)
 	return &proxyRequest{
 		proto:  "http",
 		target: t,
-		head:   originRequestHead(req),
+		plain:  req,
 		accept: func(io.Writer, net.Addr) error { return nil }, // the destination answers
 		reject: reject,
 	}, nil
 }
 
-// originRequestHead is req's head as the destination gets it: the request line in origin
-// form, the Host the absolute URL named, the end-to-end headers, "Connection: close".
-func originRequestHead(req *http.Request) []byte {
-	h := req.Header.Clone()
+// toOrigin makes req the request the destination gets: origin form (Request.Write writes
+// the URL's path and the Host), the end-to-end headers only (hop-by-hop ones, those the
+// Connection header names and Proxy-* dropped), a Via, and "Connection: close". Its body's
+// framing is req's own (ContentLength, TransferEncoding), not a header a client could name.
+func toOrigin(req *http.Request) {
+	h := req.Header
 	for _, v := range h.Values("Connection") {
 		for name := range strings.SplitSeq(v, ",") {
 			h.Del(textproto.TrimString(name))
@@ -118,19 +123,109 @@ func originRequestHead(req *http.Request) []byte {
 			delete(h, name)
 		}
 	}
-	// ReadRequest took these out of the header; the body goes on as the client framed it.
-	if len(req.TransferEncoding) > 0 {
-		h.Set("Transfer-Encoding", strings.Join(req.TransferEncoding, ", "))
+	h.Add("Via", fmt.Sprintf("%d.%d quicgate", req.ProtoMajor, req.ProtoMinor))
+	req.Close = true
+	req.RequestURI = ""
+}
+
+// plainFlow is the local end of a plain-HTTP proxy request, which carries that one request
+// and its response, and nothing else:
+//   - toward the destination it reads the request, written in origin form with its body
+//     framed as the client framed it, and then drops whatever else the client sends (a
+//     second request, meant for another origin perhaps, must not reach this one) until the
+//     client's end;
+//   - toward the app it rewrites the response head to say "Connection: close", so that the
+//     client does not send its next request on this connection.
+type plainFlow struct {
+	quicmux.FlowConn
+	req    *io.PipeReader
+	stop   func() // ends the request's writer
+	after  bool   // the request is out: drop what the client sends
+	wrote  bool   // the response head is through
+	header []byte // the response head so far
+}
+
+// newPlainFlow starts writing req (its body read from body) for the destination; local is
+// the client's end.
+func newPlainFlow(local quicmux.FlowConn, req *http.Request, wg *sync.WaitGroup) *plainFlow {
+	pr, pw := io.Pipe()
+	wg.Add(1)
+	go func() { // owned: the relay reads the pipe to its end, or Close stops it
+		defer wg.Done()
+		pw.CloseWithError(req.Write(pw))
+	}()
+	return &plainFlow{FlowConn: local, req: pr, stop: func() { _ = pr.Close() }}
+}
+
+func (c *plainFlow) Read(p []byte) (int, error) {
+	if !c.after {
+		n, err := c.req.Read(p)
+		if err == nil || n > 0 {
+			return n, nil
+		}
+		if !errors.Is(err, io.EOF) {
+			return 0, err
+		}
+		c.after = true
 	}
-	for name := range req.Trailer {
-		h.Add("Trailer", name)
+	var drop [4096]byte
+	for {
+		if _, err := c.FlowConn.Read(drop[:]); err != nil {
+			return 0, err
+		}
 	}
-	h.Set("Connection", "close")
-	var b bytes.Buffer
-	fmt.Fprintf(&b, "%s %s HTTP/%d.%d\r\nHost: %s\r\n", req.Method, req.URL.RequestURI(), req.ProtoMajor, req.ProtoMinor, req.Host)
-	_ = h.Write(&b)
-	b.WriteString("\r\n")
-	return b.Bytes()
+}
+
+// maxResponseHead bounds the response head plainFlow rewrites; a longer one goes through as
+// it is.
+const maxResponseHead = 64 << 10
+
+func (c *plainFlow) Write(p []byte) (int, error) {
+	if c.wrote {
+		return c.FlowConn.Write(p)
+	}
+	c.header = append(c.header, p...)
+	end := bytes.Index(c.header, []byte("\r\n\r\n"))
+	if end < 0 && len(c.header) < maxResponseHead {
+		return len(p), nil
+	}
+	c.wrote = true
+	out := c.header
+	if end >= 0 {
+		out = append(closeHead(c.header[:end+2]), c.header[end+2:]...)
+	}
+	c.header = nil
+	if _, err := c.FlowConn.Write(out); err != nil {
+		return 0, err
+	}
+	return len(p), nil
+}
+
+// closeHead returns a response head (its lines, each ending in CRLF) with the headers that
+// keep a connection open replaced by "Connection: close".
+func closeHead(head []byte) []byte {
+	var out []byte
+	for i, line := range bytes.SplitAfter(head, []byte("\r\n")) {
+		name, _, _ := bytes.Cut(line, []byte(":"))
+		if i > 0 {
+			switch strings.ToLower(string(bytes.TrimSpace(name))) {
+			case "connection", "keep-alive", "proxy-connection":
+				continue
+			}
+		}
+		out = append(out, line...)
+	}
+	return append(out, "Connection: close\r\n"...)
+}
+
+func (c *plainFlow) Close() error {
+	c.stop()
+	return c.FlowConn.Close()
+}
+
+func (c *plainFlow) Abort() {
+	c.stop()
+	c.FlowConn.Abort()
 }
 
 // checkBasic reports whether a Proxy-Authorization value is Basic credentials of a

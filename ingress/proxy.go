@@ -8,7 +8,9 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math"
 	"net"
+	"net/http"
 	"net/netip"
 	"os"
 	"strings"
@@ -119,6 +121,10 @@ func LoadProxyUsers(path string) (map[string]string, error) {
 		return nil, err
 	}
 	defer f.Close()
+	// As ssh with a private key: passwords others may read are not passwords.
+	if fi, err := f.Stat(); err == nil && fi.Mode().Perm()&0o077 != 0 {
+		return nil, fmt.Errorf("%s: mode %#o lets other users read the passwords (chmod 600 %s)", path, fi.Mode().Perm(), path)
+	}
 	users, err := ParseProxyUsers(f)
 	if err != nil {
 		return nil, fmt.Errorf("%s: %w", path, err)
@@ -151,6 +157,9 @@ type Proxy struct {
 	opt   Options
 	log   *logrus.Entry
 	flows *quicmux.FlowGroup
+	// writers are the goroutines that write plain-HTTP requests for their destinations
+	// (plainFlow); each ends with its flow.
+	writers sync.WaitGroup
 
 	closeOnce sync.Once
 	closeErr  error
@@ -200,6 +209,7 @@ func (p *Proxy) Serve(ctx context.Context) error {
 	// A connection counts as a flow from its accept: a drain waits for its handshake, and a
 	// reset (Close, the drain timeout) ends the handshake too. Its goroutine lives for the
 	// handshake and until the flow is under way.
+	defer p.writers.Wait() // after the drain: every flow has ended
 	return acceptFlows(ctx, p.ln, p.flows, p.opt, p.log, p.name, p.serveConn)
 }
 
@@ -211,6 +221,7 @@ func (p *Proxy) Close() error {
 			p.closeErr = nil
 		}
 		p.flows.Close()
+		p.writers.Wait()
 	})
 	return p.closeErr
 }
@@ -222,9 +233,9 @@ var errProxyAuth = errors.New("authentication failed")
 type proxyRequest struct {
 	proto  string // "socks5", "http connect" or "http", for the log
 	target quicmux.Target
-	// head is what the destination gets before the app's own bytes: a plain-HTTP request's
-	// head, rewritten to origin form.
-	head []byte
+	// plain is a plain-HTTP request, in origin form (toOrigin), for the destination;
+	// its body is still to be read from the connection.
+	plain *http.Request
 	// accept writes the reply that opens the flow (local: the proxy's end, SOCKS5's BND);
 	// reject the reply that says why the flow failed.
 	accept func(w io.Writer, local net.Addr) error
@@ -239,8 +250,10 @@ func (p *Proxy) serveConn(conn net.Conn) {
 	// handshake; Carry watches the same context from then on.
 	stop := context.AfterFunc(p.flows.Context(), local.Abort)
 	_ = conn.SetDeadline(time.Now().Add(p.cfg.HandshakeTimeout))
-	br := bufio.NewReader(&limitedReader{r: conn, n: maxHandshakeBytes})
+	limit := &limitedReader{r: conn, n: maxHandshakeBytes}
+	br := bufio.NewReader(limit)
 	req, err := readProxyRequest(br, conn, p.cfg.Users)
+	limit.n = math.MaxInt // the request is read: a plain-HTTP body may be any size
 	if !stop() {
 		p.flows.Done() // reset during the handshake: the conn is aborted already
 		return
@@ -258,9 +271,8 @@ func (p *Proxy) serveConn(conn net.Conn) {
 	// The request is read; the wait for the server is bounded by the tunnel's dial timeout.
 	_ = conn.SetDeadline(time.Time{})
 	var pending []byte
-	if len(req.head) > 0 || br.Buffered() > 0 {
-		buffered, _ := br.Peek(br.Buffered())
-		pending = append(req.head, buffered...)
+	if req.plain == nil && br.Buffered() > 0 {
+		pending, _ = br.Peek(br.Buffered())
 	}
 	f := quicmux.Flow{
 		Target:  req.target,
@@ -270,6 +282,9 @@ func (p *Proxy) serveConn(conn net.Conn) {
 			if err := req.accept(conn, conn.LocalAddr()); err != nil {
 				local.Abort()
 				return nil, err
+			}
+			if req.plain != nil {
+				return newPlainFlow(local, req.plain, &p.writers), nil
 			}
 			if len(pending) == 0 {
 				return local, nil
@@ -335,7 +350,7 @@ func (l *limitedReader) Read(p []byte) (int, error) {
 }
 
 // prefixedFlow is a local end whose first bytes for the destination are pending: what the
-// handshake read past the request, after the rewritten request head of a plain-HTTP request.
+// handshake read past the request (a SOCKS5 or CONNECT client's early bytes).
 // It embeds only the FlowConn interface, so the relay copies through Read instead of reading
 // the socket itself.
 type prefixedFlow struct {

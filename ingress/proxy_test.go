@@ -727,6 +727,81 @@ func TestProxyHTTPPlain(t *testing.T) {
 	expectBytes(t, c, []byte("HTTP/1.1 400 Bad Request\r\n"))
 }
 
+// A client that keeps its proxy connection alive (Go's Transport shares one for every
+// http:// origin) and an origin that ignores "Connection: close": a second request on the
+// connection never reaches the first origin (nor does its Proxy-Authorization), the response
+// tells the client to close, and the second request goes out on a new connection to its own
+// origin.
+func TestProxyHTTPPlainKeepAlive(t *testing.T) {
+	env := newProxyEnv(t, ProxyConfig{Users: map[string]string{"alice": "s3cret"}})
+	origin := func(name string) (port string, seen chan string) {
+		seen = make(chan string, 4)
+		ln, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		// Raw HTTP that keeps every connection open and answers each request it reads.
+		go func() {
+			for {
+				c, err := ln.Accept()
+				if err != nil {
+					return
+				}
+				go func() {
+					defer c.Close()
+					br := bufio.NewReader(c)
+					for {
+						r, err := http.ReadRequest(br)
+						if err != nil {
+							return
+						}
+						_, _ = io.Copy(io.Discard, r.Body)
+						seen <- r.RequestURI + " auth=" + r.Header.Get("Proxy-Authorization")
+						body := name + " " + r.RequestURI
+						fmt.Fprintf(c, "HTTP/1.1 200 OK\r\nContent-Length: %d\r\nConnection: keep-alive\r\nKeep-Alive: timeout=60\r\n\r\n%s", len(body), body)
+					}
+				}()
+			}
+		}()
+		t.Cleanup(func() { _ = ln.Close() })
+		_, port, _ = net.SplitHostPort(ln.Addr().String())
+		return port, seen
+	}
+	portA, seenA := origin("A")
+	portB, seenB := origin("B")
+	proxyURL := &url.URL{Scheme: "http", User: url.UserPassword("alice", "s3cret"), Host: env.proxy.Addr().String()}
+	tr := &http.Transport{Proxy: http.ProxyURL(proxyURL)}
+	defer tr.CloseIdleConnections()
+	hc := &http.Client{Transport: tr, Timeout: 10 * time.Second}
+	get := func(u string) (string, bool) {
+		t.Helper()
+		resp, err := hc.Get(u)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return string(b), resp.Close
+	}
+	if body, closing := get("http://localhost:" + portA + "/first"); body != "A /first" || !closing {
+		t.Fatalf("first response %q (Connection: close %v), want A's with Connection: close", body, closing)
+	}
+	if body, _ := get("http://127.0.0.1:" + portB + "/second"); body != "B /second" {
+		t.Fatalf("second response %q, want B's", body)
+	}
+	if got := <-seenA; got != "/first auth=" {
+		t.Fatalf("origin A saw %q", got)
+	}
+	if got := <-seenB; got != "/second auth=" {
+		t.Fatalf("origin B saw %q", got)
+	}
+	select {
+	case got := <-seenA:
+		t.Fatalf("origin A also saw %q", got)
+	default:
+	}
+}
+
 // TestProxyCloseEndsHandshakes: Close resets a connection still in its handshake at once,
 // and a drain that outlives its timeout too.
 func TestProxyCloseEndsHandshakes(t *testing.T) {
@@ -769,4 +844,23 @@ func (h *harness) startProxy(drainTimeout time.Duration) {
 		}
 		return kernelApp{c}, nil
 	}
+}
+
+// The handshake's deadline ends with the handshake: a flow that then stays idle for longer
+// than the handshake may take goes on.
+func TestProxyHandshakeDeadlineCleared(t *testing.T) {
+	const handshake = 200 * time.Millisecond
+	env := newProxyEnv(t, ProxyConfig{HandshakeTimeout: handshake})
+	dst := newDestination(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, _, err := socksDial(ctx, env.proxy.Addr().String(), dst.addr())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	d := dst.accept(t)
+	time.Sleep(3 * handshake) // the scenario, not a wait for an event: idle past the deadline
+	exchange(t, c, d, "after an idle while")
+	exchange(t, d, c, "both ways")
 }

@@ -218,7 +218,7 @@ func socksAuthenticate(br *bufio.Reader, w io.Writer, users map[string]string) e
 	}
 	if !checkUser(users, user, pass) {
 		_, _ = w.Write([]byte{socksUserPassVersion, 1})
-		return fmt.Errorf("socks5: user %q: %w", user, errProxyAuth)
+		return fmt.Errorf("socks5: %w", errProxyAuth) // not the user: a mistyped password may be in it
 	}
 	_, err = w.Write([]byte{socksUserPassVersion, 0})
 	return err

@@ -17,6 +17,10 @@ func TestDynamicForwardBadFlags(t *testing.T) {
 	dir := t.TempDir()
 	pin := fingerprint(t, filepath.Join(dir, "s"))
 	empty := filepath.Join(dir, "empty")
+	open := filepath.Join(dir, "open")
+	if err := os.WriteFile(open, []byte("alice:s3cret\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	if err := os.WriteFile(empty, []byte("# nobody yet\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
@@ -31,6 +35,7 @@ func TestDynamicForwardBadFlags(t *testing.T) {
 		{"proxy auth without -D", []string{"-L", "0:127.0.0.1:80", "--proxy-auth", empty}, "--proxy-auth without -D"},
 		{"proxy auth file missing", []string{"-D", "0", "--proxy-auth", filepath.Join(dir, "missing")}, "--proxy-auth: open "},
 		{"proxy auth file empty", []string{"-D", "0", "--proxy-auth", empty}, "no user:password line"},
+		{"proxy auth file readable by others", []string{"-D", "0", "--proxy-auth", open}, "lets other users read the passwords (chmod 600 "},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			_, stderr, code := runQuick(t, append(client, tt.args...)...)
