@@ -35,6 +35,20 @@ func IsChild() bool { return os.Getenv(childEnv) == fmt.Sprint(childFD) }
 // with (1 for a failed setup, 126 or 127 for a failed exec, as a shell's); the parent has
 // the reason already, so the caller prints nothing.
 func ChildMain() int {
+	// PR_SET_PDEATHSIG is a property of one thread, not of the process: the kernel keeps
+	// the value of the thread that calls execve, threads the Go runtime starts later have
+	// none, and a goroutine that blocks (the socket reads below) may resume on any thread.
+	// So this goroutine takes a thread of its own first, sets the signal on it, and execs
+	// the command from it; it is never unlocked on the way to a successful exec. (Go's
+	// Pdeathsig, set on this process's first thread before its own exec, is lost in the
+	// same way whenever the exec below runs on another thread: that, rather than a change
+	// of credentials, explains why it was found cleared.)
+	runtime.LockOSThread()
+	// The command dies with quicgate run, whose TUN is its only network. A parent that died
+	// before this finds the socket closed below, and the command never runs.
+	if err := unix.Prctl(unix.PR_SET_PDEATHSIG, uintptr(unix.SIGKILL), 0, 0, 0); err != nil {
+		return 1
+	}
 	f := os.NewFile(childFD, "quicgate-run")
 	c, err := net.FileConn(f) // a close-on-exec duplicate
 	_ = f.Close()
@@ -44,13 +58,6 @@ func ChildMain() int {
 	}
 	conn := c.(*net.UnixConn)
 	defer conn.Close()
-	// The command dies with quicgate run, whose TUN is its only network. Go's Pdeathsig
-	// is found cleared after this process's own exec (in the new user namespace, with
-	// ambient capabilities), so it is set again here; this one survives the command's exec. A parent that died before this finds the
-	// socket closed below, and the command never runs.
-	if err := unix.Prctl(unix.PR_SET_PDEATHSIG, uintptr(unix.SIGKILL), 0, 0, 0); err != nil {
-		return 1
-	}
 	var cfg setup
 	if _, err := receive(conn, &cfg); err != nil {
 		return 1 // the parent is gone, or not quicgate run
@@ -83,14 +90,13 @@ func ChildMain() int {
 	}
 	env := slices.DeleteFunc(os.Environ(), func(kv string) bool { return strings.HasPrefix(kv, childEnv+"=") })
 	// Capabilities are per thread and exec takes the calling thread's: drop the ambient
-	// ones on the thread that execs, so the command, running as the caller's uid, has none.
-	runtime.LockOSThread()
+	// ones on the thread that execs (this one, locked above), so the command, running as the
+	// caller's uid, has none.
 	if err := dropCapabilities(); err != nil {
 		_ = send(conn, failure(stepExec, fmt.Errorf("dropping capabilities: %w", err)), -1)
 		return 1
 	}
 	err = syscall.Exec(cfg.Path, argv, env)
-	runtime.UnlockOSThread()
 	_ = send(conn, failure(stepExec, fmt.Errorf("%s: %w", cfg.Path, err)), -1)
 	runtime.KeepAlive(dev) // the device stays open until exec closes it (O_CLOEXEC)
 	if errors.Is(err, unix.ENOENT) {

@@ -16,6 +16,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sys/unix"
+
 	"github.com/quicgate/quicgate/internal/privtest"
 )
 
@@ -256,12 +258,60 @@ func TestRun(t *testing.T) {
 			if code := b.wait(t); code != 40+int(sig) {
 				t.Fatalf("second run: exit %d", code)
 			}
-			// The command's namespace went with it: its process is gone.
-			if _, err := os.Stat(fmt.Sprintf("/proc/%d", pidA)); err == nil {
-				t.Fatalf("the command (pid %d) outlived quicgate run", pidA)
+		}
+	})
+
+	t.Run("killed with quicgate", func(t *testing.T) {
+		// SIGKILL leaves quicgate no say: the command must die by the parent-death signal
+		// its child set on the thread that execs it. Several runs at once, as the thread a
+		// goroutine resumes on after a blocking read varies.
+		const runs = 4
+		procs := make([]*runProc, runs)
+		for i := range procs {
+			procs[i] = startRun(t, rs.command(false, []string{"--log-level", "info", "--log-format", "json"}, "sh", "-c", "echo ready; exec sleep 1000"))
+		}
+		pidfds := make([]int, runs)
+		for i, p := range procs {
+			pid := p.pid(t)
+			p.waitStdout(t, "ready")
+			fd, err := unix.PidfdOpen(pid, 0)
+			if err != nil {
+				t.Fatalf("pidfd of the command (pid %d): %v", pid, err)
+			}
+			pidfds[i] = fd
+			t.Cleanup(func() {
+				_ = unix.PidfdSendSignal(fd, unix.SIGKILL, nil, 0) // if it survived
+				_ = unix.Close(fd)
+			})
+		}
+		for i, p := range procs {
+			_ = p.cmd.Process.Kill()
+			if !waitPidfd(t, pidfds[i], hangLimit) {
+				t.Fatalf("run %d: the command outlived a killed quicgate run by %v", i, hangLimit)
 			}
 		}
 	})
+}
+
+// waitPidfd waits up to limit for the process behind a pidfd to end, and reports whether
+// it did.
+func waitPidfd(t *testing.T, fd int, limit time.Duration) bool {
+	t.Helper()
+	deadline := time.Now().Add(limit)
+	for {
+		left := time.Until(deadline)
+		if left <= 0 {
+			return false
+		}
+		n, err := unix.Poll([]unix.PollFd{{Fd: int32(fd), Events: unix.POLLIN}}, int(left.Milliseconds())+1)
+		switch {
+		case errors.Is(err, unix.EINTR):
+		case err != nil:
+			t.Fatalf("poll on a pidfd: %v", err)
+		case n > 0:
+			return true
+		}
+	}
 }
 
 // runProc is a `quicgate run` in progress whose stdout (the command's) and JSON log the
