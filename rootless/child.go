@@ -32,7 +32,7 @@ func IsChild() bool { return os.Getenv(childEnv) == fmt.Sprint(childFD) }
 // ChildMain is the child's side, in the new namespaces: it makes what the parent asks for,
 // sends the TUN device's descriptor, waits for the go, and execs the command given after
 // the first "--" in os.Args. It returns only if that fails, with the exit status to exit
-// with (1 for a failed setup, 126 or 127 for a failed exec, as a shell's); the parent has
+// with (1 for a failed setup, ExecStatus's 126 or 127 for a failed exec); the parent has
 // the reason already, so the caller prints nothing.
 func ChildMain() int {
 	// PR_SET_PDEATHSIG is a property of one thread, not of the process: the kernel keeps
@@ -93,16 +93,19 @@ func ChildMain() int {
 	// ones on the thread that execs (this one, locked above), so the command, running as the
 	// caller's uid, has none.
 	if err := dropCapabilities(); err != nil {
-		_ = send(conn, failure(stepExec, fmt.Errorf("dropping capabilities: %w", err)), -1)
+		_ = send(conn, failure(stepCaps, fmt.Errorf("dropping capabilities: %w", err)), -1)
 		return 1
 	}
 	err = syscall.Exec(cfg.Path, argv, env)
-	_ = send(conn, failure(stepExec, fmt.Errorf("%s: %w", cfg.Path, err)), -1)
-	runtime.KeepAlive(dev) // the device stays open until exec closes it (O_CLOEXEC)
-	if errors.Is(err, unix.ENOENT) {
-		return 127
+	if _, serr := os.Stat(cfg.Path); errors.Is(err, unix.ENOENT) && serr == nil {
+		// The file is there: what is missing is the interpreter its #! line names.
+		err = fmt.Errorf("%s: the interpreter its #! line names: %w", cfg.Path, err)
+	} else {
+		err = fmt.Errorf("%s: %w", cfg.Path, err)
 	}
-	return 126
+	_ = send(conn, failure(stepExec, err), -1)
+	runtime.KeepAlive(dev) // the device stays open until exec closes it (O_CLOEXEC)
+	return ExecStatus(err)
 }
 
 // commandArgs returns what follows the first "--" in args.

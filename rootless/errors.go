@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io/fs"
 	"os"
+	"os/exec"
 	"strings"
 
 	"golang.org/x/sys/unix"
@@ -84,4 +85,25 @@ func tunRefusal(errno unix.Errno, stat func(string) (fs.FileInfo, error)) error 
 		return fmt.Errorf("%w by this user: %s, where most systems make it 0666 (safe: creating a device still needs CAP_NET_ADMIN, which only the command's own namespace gives); allow it (as root): chmod 0666 %s, and a udev rule KERNEL==\"tun\", MODE=\"0666\" to keep it", ErrTUNAccess, mode, tunPath)
 	}
 	return fmt.Errorf("%w: opening %s: %v", ErrTUNAccess, tunPath, errno)
+}
+
+// ExecError is a command that could not be run: Status is the exit status a shell gives
+// it (ExecStatus), Err says why.
+type ExecError struct {
+	Status int
+	Err    error
+}
+
+func (e *ExecError) Error() string { return e.Err.Error() }
+func (e *ExecError) Unwrap() error { return e.Err }
+
+// ExecStatus is the exit status for a command that could not be run because of err, from
+// exec.LookPath or execve, as env and shells give it: 127 for one not found (also a script
+// whose #! interpreter is missing: ENOENT), 126 for one found but not runnable (EACCES,
+// ENOEXEC, and the rest).
+func ExecStatus(err error) int {
+	if errors.Is(err, exec.ErrNotFound) || errors.Is(err, unix.ENOENT) {
+		return 127
+	}
+	return 126
 }

@@ -37,6 +37,7 @@ const (
 	stepResolv = "resolv.conf"
 	stepTUN    = "tun"
 	stepOpen   = "open " + tunPath
+	stepCaps   = "capabilities"
 	stepExec   = "exec"
 )
 

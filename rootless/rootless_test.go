@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"net"
 	"os"
+	"os/exec"
 	"strings"
 	"testing"
 	"time"
@@ -125,5 +126,21 @@ func TestCommandArgs(t *testing.T) {
 	}
 	if _, ok := commandArgs([]string{"quicgate", "run", "--"}); ok {
 		t.Fatal("an empty command passed")
+	}
+}
+
+// A command that cannot be run gets env's exit status: 127 not found, 126 not runnable.
+func TestExecStatus(t *testing.T) {
+	for err, want := range map[error]int{
+		&exec.Error{Name: "x", Err: exec.ErrNotFound}:             127,
+		&fs.PathError{Op: "stat", Path: "/x", Err: unix.ENOENT}:   127,
+		&stepError{Step: stepExec, Msg: "x", Errno: unix.ENOENT}:  127,
+		&stepError{Step: stepExec, Msg: "x", Errno: unix.EACCES}:  126,
+		&stepError{Step: stepExec, Msg: "x", Errno: unix.ENOEXEC}: 126,
+		&exec.Error{Name: "x", Err: fs.ErrPermission}:             126,
+	} {
+		if got := ExecStatus(err); got != want {
+			t.Errorf("%v: %d, want %d", err, got, want)
+		}
 	}
 }

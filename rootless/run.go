@@ -255,8 +255,9 @@ func (p *Proc) PID() int { return p.cmd.Process.Pid }
 // Device is the TUN device's name inside the namespace.
 func (p *Proc) Device() string { return p.info.Name }
 
-// Exec lets the command run, and returns once it has replaced the child (or failed to:
-// then Wait reports exit status 126 or 127). ctx bounds the wait for the exec.
+// Exec lets the command run, and returns once it has replaced the child. If the exec
+// failed the error is an *ExecError, with the exit status 127 or 126 (ExecStatus). ctx
+// bounds the wait for the exec.
 func (p *Proc) Exec(ctx context.Context) error {
 	p.mu.Lock()
 	p.execed = true
@@ -278,6 +279,9 @@ func (p *Proc) Exec(ctx context.Context) error {
 		return nil
 	case err != nil:
 		return p.childFailed(ctx, err)
+	case r.Step == stepExec && r.Errno != 0:
+		e := &stepError{Step: r.Step, Msg: r.Error, Errno: unix.Errno(r.Errno)}
+		return &ExecError{Status: ExecStatus(e), Err: e}
 	case r.Error != "":
 		return &stepError{Step: r.Step, Msg: r.Error, Errno: unix.Errno(r.Errno)}
 	}

@@ -23,7 +23,8 @@ import (
 )
 
 // exitError leaves with code, saying err first if there is one: the command's own exit
-// status (nothing to say), or a command that could not be run (127, as a shell does).
+// status (nothing to say), or a command that could not be run (127 or 126, as a shell
+// does: rootless.ExecStatus).
 type exitError struct {
 	code int
 	err  error
@@ -86,11 +87,7 @@ func runRun(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	path, err := exec.LookPath(command[0])
 	if err != nil {
-		code := 127
-		if !errors.Is(err, exec.ErrNotFound) {
-			code = 126
-		}
-		return &exitError{code: code, err: err}
+		return &exitError{code: rootless.ExecStatus(err), err: err}
 	}
 	cwd, err := os.Getwd()
 	if err != nil {
@@ -157,6 +154,9 @@ func runRun(ctx context.Context, args []string, stderr io.Writer) error {
 		proc.Close()
 		if err == nil {
 			err = errors.New("stopped before the command started")
+		}
+		if ee := (*rootless.ExecError)(nil); errors.As(err, &ee) {
+			return &exitError{code: ee.Status, err: err}
 		}
 		return err
 	}

@@ -214,6 +214,25 @@ func TestRun(t *testing.T) {
 		if code != 127 || !strings.Contains(stderr, "no-such-command-here") {
 			t.Fatalf("a missing command: exit %d, %s; want 127, as a shell's", code, stderr)
 		}
+		// Files that exec.LookPath takes (they are executable) but execve refuses, in the
+		// namespace: the exit status is the one env gives, with the reason in one line.
+		for _, tt := range []struct {
+			name, content string
+			code          int
+			want          string
+		}{
+			{"missing-interpreter", "#!/nonexistent/interpreter\n", 127, "missing-interpreter: the interpreter its #! line names: no such file or directory"},
+			{"not-a-program", "\x00\x01\x02\x03 not a program\n", 126, "not-a-program: exec format error"},
+		} {
+			path := filepath.Join(rs.dir, tt.name)
+			if err := os.WriteFile(path, []byte(tt.content), 0o755); err != nil {
+				t.Fatal(err)
+			}
+			_, stderr, code := result(t, rs.command(false, nil, path))
+			if code != tt.code || !strings.Contains(stderr, tt.want) || strings.Count(strings.TrimSpace(stderr), "\n") != 0 {
+				t.Fatalf("%s: exit %d, %q; want %d and one line with %q", tt.name, code, stderr, tt.code, tt.want)
+			}
+		}
 	})
 
 	t.Run("signals and joining", func(t *testing.T) {
