@@ -106,6 +106,7 @@ func runRun(ctx context.Context, args []string, stderr io.Writer) error {
 
 	var (
 		proc     *rootless.Proc
+		runLog   *logrus.Entry
 		waitDone chan struct{}
 		status   int
 		waitErr  error
@@ -137,10 +138,11 @@ func runRun(ctx context.Context, args []string, stderr io.Writer) error {
 				return err
 			}
 			log.WithFields(logrus.Fields{"pid": proc.PID(), "command": command[0], "join": fmt.Sprintf("nsenter --preserve-credentials -U -n -m -t %d", proc.PID())}).Info("running the command in its own namespace")
+			runLog = log
 			waitDone = make(chan struct{})
 			go func() {
-				defer close(waitDone)
 				status, waitErr = proc.Wait(sigs)
+				close(waitDone) // before the client stops, which then knows the command exited first
 				cancelRun()
 			}()
 			return nil
@@ -160,7 +162,13 @@ func runRun(ctx context.Context, args []string, stderr io.Writer) error {
 		}
 		return err
 	}
-	if err != nil {
+	exited := false
+	select {
+	case <-waitDone:
+		exited = true
+	default:
+	}
+	if err != nil && !exited {
 		// The tunnel failed under the command: end it, as its network is gone.
 		_ = proc.Signal(syscall.SIGTERM)
 		select {
@@ -168,12 +176,23 @@ func runRun(ctx context.Context, args []string, stderr io.Writer) error {
 		case <-time.After(termGrace):
 			_ = proc.Signal(syscall.SIGKILL)
 		}
+		<-waitDone
+		proc.Close()
+		return err
 	}
 	<-waitDone
 	proc.Close()
+	return commandResult(status, waitErr, err, runLog)
+}
+
+// commandResult is run's result once the command has exited and then the client has
+// stopped: the command's exit status, whatever the client's drain reported (serveErr),
+// which is only logged, as the command's result is what the caller waits for.
+func commandResult(status int, waitErr, serveErr error, log *logrus.Entry) error {
+	if serveErr != nil {
+		log.WithError(serveErr).Warn("the tunnel's drain failed after the command exited; quicgate exits with the command's status")
+	}
 	switch {
-	case err != nil:
-		return err
 	case waitErr != nil:
 		return waitErr
 	case status != 0:
