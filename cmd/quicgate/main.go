@@ -54,8 +54,13 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	helpOut = stdout
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	defer stop()
+	// SIGINT and SIGTERM stop the commands that run until stopped; run owns its signals.
+	ctx := context.Background()
+	if args[0] != "run" {
+		var stop context.CancelFunc
+		ctx, stop = signal.NotifyContext(ctx, os.Interrupt, syscall.SIGTERM)
+		defer stop()
+	}
 
 	var err error
 	switch args[0] {
@@ -64,7 +69,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	case "client":
 		err = runClient(ctx, args[1:], stderr)
 	case "run":
-		err = runRun(ctx, args[1:], stderr)
+		err = runRun(args[1:], stderr)
 	case "fingerprint":
 		err = runFingerprint(args[1:], stdout, stderr)
 	case "demo":

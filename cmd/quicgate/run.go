@@ -11,6 +11,7 @@ import (
 	"os/exec"
 	"os/signal"
 	"slices"
+	"sync"
 	"syscall"
 	"time"
 
@@ -43,7 +44,8 @@ const termGrace = 5 * time.Second
 // runRun is `quicgate run [client flags] -- CMD [ARGS...]`: CMD runs in a user and network
 // namespace of its own whose only way out is a TUN device this process serves, as TUN
 // mode does, over the client's QUIC connection from the host's network (package rootless).
-func runRun(ctx context.Context, args []string, stderr io.Writer) error {
+// It handles its own signals (runSignals).
+func runRun(args []string, stderr io.Writer) error {
 	if rootless.IsChild() {
 		return &exitError{code: rootless.ChildMain()}
 	}
@@ -94,15 +96,12 @@ func runRun(ctx context.Context, args []string, stderr io.Writer) error {
 		return fmt.Errorf("working directory: %w", err)
 	}
 
-	// The client lives as long as the command: runCtx ends when it exits, or when ctx does
-	// (SIGINT, SIGTERM) before it has started. From then on signals are the command's.
+	// The client lives as long as the command: runCtx ends when it exits, or when a signal
+	// arrives before it has started. From then on signals are the command's.
 	runCtx, cancelRun := context.WithCancel(context.Background())
 	defer cancelRun()
-	stopEarly := context.AfterFunc(ctx, cancelRun)
-	defer stopEarly()
-	sigs := make(chan os.Signal, 8)
-	signal.Notify(sigs, syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT)
-	defer signal.Stop(sigs)
+	sigs := watchSignals(cancelRun)
+	defer sigs.stop()
 
 	var (
 		proc     *rootless.Proc
@@ -131,8 +130,8 @@ func runRun(ctx context.Context, args []string, stderr io.Writer) error {
 			return ingress.AdoptTUN(dev, fmt.Sprintf("run %d", p.PID()), cf.tun.mtu, client, opt)
 		},
 		connected: func(log *logrus.Entry) error {
-			if !stopEarly() {
-				return nil // stopped before the command started; see below
+			if !sigs.commandStarts() {
+				return nil // a signal stopped the setup; see below
 			}
 			if err := proc.Exec(runCtx); err != nil {
 				return err
@@ -141,7 +140,7 @@ func runRun(ctx context.Context, args []string, stderr io.Writer) error {
 			runLog = log
 			waitDone = make(chan struct{})
 			go func() {
-				status, waitErr = proc.Wait(sigs)
+				status, waitErr = proc.Wait(sigs.relay)
 				close(waitDone) // before the client stops, which then knows the command exited first
 				cancelRun()
 			}()
@@ -149,6 +148,13 @@ func runRun(ctx context.Context, args []string, stderr io.Writer) error {
 		},
 	}
 	err = serveClient(runCtx, spec, stderr, hooks)
+	if sig := sigs.stoppedSetup(); sig != 0 {
+		// The command never ran: quicgate ends as a program stopped by sig would.
+		if proc != nil {
+			proc.Close()
+		}
+		return &exitError{code: 128 + int(sig)}
+	}
 	if proc == nil {
 		return err
 	}
@@ -199,6 +205,80 @@ func commandResult(status int, waitErr, serveErr error, log *logrus.Entry) error
 		return &exitError{code: status}
 	}
 	return nil
+}
+
+// relayedSignals are the signals run passes on to the command; before it runs, any of them
+// stops the setup.
+var relayedSignals = []os.Signal{syscall.SIGINT, syscall.SIGTERM, syscall.SIGHUP, syscall.SIGQUIT}
+
+// runSignals owns run's signals. Until the command starts, the first one stops the setup
+// and is remembered (it decides the exit status); after that they go to relay, for
+// Proc.Wait, so a signal that arrived during the setup is never replayed to the command.
+type runSignals struct {
+	in     chan os.Signal
+	relay  chan os.Signal
+	done   chan struct{}
+	cancel context.CancelFunc
+
+	mu      sync.Mutex
+	started bool
+	stopped syscall.Signal // the signal that stopped the setup, 0 if none
+}
+
+// watchSignals starts receiving relayedSignals; cancel stops the setup.
+func watchSignals(cancel context.CancelFunc) *runSignals {
+	s := &runSignals{in: make(chan os.Signal, 8), relay: make(chan os.Signal, 8), done: make(chan struct{}), cancel: cancel}
+	signal.Notify(s.in, relayedSignals...)
+	go s.loop()
+	return s
+}
+
+func (s *runSignals) loop() {
+	for {
+		select {
+		case sig := <-s.in:
+			s.mu.Lock()
+			started := s.started
+			if !started && s.stopped == 0 {
+				s.stopped = sig.(syscall.Signal)
+				s.cancel() // under the lock: commandStarts sees either the signal or nothing
+			}
+			s.mu.Unlock()
+			if started {
+				select {
+				case s.relay <- sig:
+				case <-s.done:
+					return
+				}
+			}
+		case <-s.done:
+			return
+		}
+	}
+}
+
+// commandStarts marks the command as started, unless a signal has stopped the setup.
+func (s *runSignals) commandStarts() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.stopped != 0 {
+		return false
+	}
+	s.started = true
+	return true
+}
+
+// stoppedSetup is the signal that stopped the setup before the command started, or 0.
+func (s *runSignals) stoppedSetup() syscall.Signal {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.stopped
+}
+
+// stop stops receiving signals.
+func (s *runSignals) stop() {
+	signal.Stop(s.in)
+	close(s.done)
 }
 
 // setDefault changes a registered flag's default value (and its value, not yet parsed).

@@ -281,6 +281,25 @@ func TestRun(t *testing.T) {
 		}
 	})
 
+	t.Run("a signal during the setup", func(t *testing.T) {
+		// No server answers: the setup waits for the connection (up to --dial-timeout) with
+		// the namespace made. Any of the relayed signals stops it there, the command never
+		// runs, and quicgate's status is the signal's, as a shell reports it.
+		marker := filepath.Join(rs.dir, "ran")
+		flags := []string{"--server", addrB + ":4434", "--dial-timeout", "2m", "--log-level", "debug", "--log-format", "json"}
+		for _, sig := range []syscall.Signal{syscall.SIGHUP, syscall.SIGQUIT, syscall.SIGINT, syscall.SIGTERM} {
+			p := startRun(t, rs.command(false, flags, "touch", marker))
+			p.waitLog(t, "rootless: namespace ready")
+			_ = p.cmd.Process.Signal(sig)
+			if code := p.wait(t); code != 128+int(sig) {
+				t.Fatalf("%v during the setup: exit %d, want %d", sig, code, 128+int(sig))
+			}
+			if _, err := os.Stat(marker); err == nil {
+				t.Fatalf("%v during the setup: the command ran", sig)
+			}
+		}
+	})
+
 	t.Run("killed with quicgate", func(t *testing.T) {
 		// SIGKILL leaves quicgate no say: the command must die by the parent-death signal
 		// its child set on the thread that execs it. Several runs at once, as the thread a
@@ -447,6 +466,24 @@ func (p *runProc) pid(t *testing.T) int {
 			t.Fatal("quicgate run exited before it ran the command")
 		case <-timeout:
 			t.Fatalf("no 'running the command in its own namespace' line within %v", hangLimit)
+		}
+	}
+}
+
+// waitLog waits for a log line whose message is msg.
+func (p *runProc) waitLog(t *testing.T, msg string) {
+	t.Helper()
+	timeout := time.After(hangLimit)
+	for {
+		select {
+		case m := <-p.logs:
+			if m["msg"] == msg {
+				return
+			}
+		case <-p.exited:
+			t.Fatalf("quicgate run exited before it logged %q", msg)
+		case <-timeout:
+			t.Fatalf("no %q log line within %v", msg, hangLimit)
 		}
 	}
 }
