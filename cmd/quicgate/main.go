@@ -54,7 +54,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 		return 2
 	}
 	helpOut = stdout
-	// SIGINT and SIGTERM stop the commands that run until stopped; run owns its signals.
+	// SIGINT and SIGTERM stop the commands that run until stopped. run owns its signals and
+	// must see which were ignored when it started, before any Notify (watchSignals); so
+	// does its child, which asks for none.
 	ctx := context.Background()
 	if args[0] != "run" {
 		var stop context.CancelFunc

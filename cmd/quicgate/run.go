@@ -225,10 +225,24 @@ type runSignals struct {
 	stopped syscall.Signal // the signal that stopped the setup, 0 if none
 }
 
-// watchSignals starts receiving relayedSignals; cancel stops the setup.
+// watchSignals starts receiving relayedSignals but the ones this process was started with
+// ignored (nohup's SIGHUP, the SIGINT of a shell's background job): those it leaves
+// ignored, neither stopping the setup nor relaying them, so that the child and the command
+// inherit SIG_IGN, as with `nohup env CMD`. Call it before anything in this process asks
+// for those signals (a Notify installs a handler, which the command would get back as
+// SIG_DFL). Go keeps an inherited SIG_IGN only for SIGHUP and SIGINT (os/signal): an
+// ignored SIGTERM or SIGQUIT is not seen here and is relayed. cancel stops the setup.
 func watchSignals(cancel context.CancelFunc) *runSignals {
 	s := &runSignals{in: make(chan os.Signal, 8), relay: make(chan os.Signal, 8), done: make(chan struct{}), cancel: cancel}
-	signal.Notify(s.in, relayedSignals...)
+	var watched []os.Signal
+	for _, sig := range relayedSignals {
+		if !signal.Ignored(sig) {
+			watched = append(watched, sig)
+		}
+	}
+	if len(watched) > 0 { // Notify with none would mean all
+		signal.Notify(s.in, watched...)
+	}
 	go s.loop()
 	return s
 }

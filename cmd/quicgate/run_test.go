@@ -281,6 +281,45 @@ func TestRun(t *testing.T) {
 		}
 	})
 
+	t.Run("ignored signals stay ignored", func(t *testing.T) {
+		// As `nohup` or a shell's background job start it: SIGHUP and SIGINT ignored. The
+		// command inherits them ignored, and a hangup (to quicgate and to the command, as a
+		// terminal's end sends it) ends neither: the command ends when its input does.
+		args := append(append([]string{"sh", "-c", `trap '' HUP INT; exec "$@"`, "sh", quicgateBin}, rs.args...),
+			"--log-level", "info", "--log-format", "json", "--", "sh", "-c", `grep SigIgn /proc/self/status; echo ready; read x; echo done`)
+		cmd := in(rs.tp.a, asNobody(args...)...)
+		cmd.Dir = rs.dir
+		stdin, err := cmd.StdinPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		p := startRun(t, cmd)
+		pid := p.pid(t)
+		p.waitStdout(t, "ready")
+		var ign uint64
+		for _, l := range strings.Split(p.stdout(), "\n") {
+			if v, ok := strings.CutPrefix(l, "SigIgn:"); ok {
+				ign, _ = strconv.ParseUint(strings.TrimSpace(v), 16, 64)
+			}
+		}
+		const hupInt = 1<<(syscall.SIGHUP-1) | 1<<(syscall.SIGINT-1)
+		if ign&hupInt != hupInt {
+			t.Fatalf("the command's ignored signals: %#x, want SIGHUP and SIGINT among them; stdout:\n%s", ign, p.stdout())
+		}
+		// An ignored signal is discarded when it is sent: once kill returns, it is gone.
+		for _, target := range []int{p.cmd.Process.Pid, pid} {
+			for _, sig := range []syscall.Signal{syscall.SIGHUP, syscall.SIGINT} {
+				if err := syscall.Kill(target, sig); err != nil {
+					t.Fatalf("%v to %d: %v", sig, target, err)
+				}
+			}
+		}
+		_ = stdin.Close()
+		if code := p.wait(t); code != 0 || !strings.HasSuffix(p.stdout(), "done") {
+			t.Fatalf("exit %d, want 0 once the command has read its input's end; stdout:\n%s", code, p.stdout())
+		}
+	})
+
 	t.Run("a signal during the setup", func(t *testing.T) {
 		// No server answers: the setup waits for the connection (up to --dial-timeout) with
 		// the namespace made. Any of the relayed signals stops it there, the command never
