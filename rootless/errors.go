@@ -34,29 +34,39 @@ func procSysctl(name string) (string, bool) {
 	return strings.TrimSpace(string(b)), true
 }
 
-// namespaceRefusal explains why creating the namespaces failed with err (from clone or the
-// uid map), naming the setting that forbids it. root says whether the caller is root, to
-// whom the unprivileged-only settings do not apply.
+// namespaceRefusal explains why starting the child in its namespaces failed with err (from
+// clone, the id maps or the exec). It names a setting only where err is what the kernel
+// returns for it: ENOSPC (EUSERS before Linux 4.9) for a zero or reached
+// user.max_user_namespaces or user.max_net_namespaces, EPERM for Debian's switch or
+// AppArmor's restriction; EPERM otherwise and EINVAL (a kernel without user namespaces)
+// still match ErrUserNamespaces; any other error is the real one, as it is. root says
+// whether the caller is root in the initial user namespace, to whom the unprivileged-only
+// settings do not apply.
 func namespaceRefusal(err error, root bool, get sysctl) error {
-	if v, ok := get("user.max_user_namespaces"); ok && v == "0" {
-		return fmt.Errorf("%w: user.max_user_namespaces is 0 here; allow them (as root): sysctl -w user.max_user_namespaces=15000, and the same line in /etc/sysctl.d/ to keep it", ErrUserNamespaces)
-	}
-	if v, ok := get("user.max_net_namespaces"); ok && v == "0" {
-		return fmt.Errorf("%w: user.max_net_namespaces is 0 here; allow network namespaces (as root): sysctl -w user.max_net_namespaces=15000, and the same line in /etc/sysctl.d/ to keep it", ErrUserNamespaces)
-	}
-	if !root {
-		if v, ok := get("kernel.unprivileged_userns_clone"); ok && v == "0" {
-			return fmt.Errorf("%w: kernel.unprivileged_userns_clone is 0 here, so only root may create them; allow them (as root): sysctl -w kernel.unprivileged_userns_clone=1, and the same line in /etc/sysctl.d/ to keep it", ErrUserNamespaces)
+	switch {
+	case errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.EUSERS):
+		if v, ok := get("user.max_user_namespaces"); ok && v == "0" {
+			return fmt.Errorf("%w: user.max_user_namespaces is 0 here; allow them (as root): sysctl -w user.max_user_namespaces=15000, and the same line in /etc/sysctl.d/ to keep it", ErrUserNamespaces)
 		}
-		if r := appArmorRefusal(get); r != nil {
-			return r
+		if v, ok := get("user.max_net_namespaces"); ok && v == "0" {
+			return fmt.Errorf("%w: user.max_net_namespaces is 0 here; allow network namespaces (as root): sysctl -w user.max_net_namespaces=15000, and the same line in /etc/sysctl.d/ to keep it", ErrUserNamespaces)
 		}
-	}
-	if errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.EUSERS) {
 		v, _ := get("user.max_user_namespaces")
 		return fmt.Errorf("%w: the limit on user namespaces is reached (user.max_user_namespaces is %s, counted per user): raise it (as root): sysctl -w user.max_user_namespaces=15000", ErrUserNamespaces, v)
+	case errors.Is(err, unix.EPERM):
+		if !root {
+			if v, ok := get("kernel.unprivileged_userns_clone"); ok && v == "0" {
+				return fmt.Errorf("%w: kernel.unprivileged_userns_clone is 0 here, so only root may create them; allow them (as root): sysctl -w kernel.unprivileged_userns_clone=1, and the same line in /etc/sysctl.d/ to keep it", ErrUserNamespaces)
+			}
+			if r := appArmorRefusal(get); r != nil {
+				return r
+			}
+		}
+		return fmt.Errorf("%w: creating a user and network namespace: %w", ErrUserNamespaces, err)
+	case errors.Is(err, unix.EINVAL):
+		return fmt.Errorf("%w: creating a user and network namespace: %w", ErrUserNamespaces, err)
 	}
-	return fmt.Errorf("%w: creating a user and network namespace: %w", ErrUserNamespaces, err)
+	return fmt.Errorf("rootless: starting the command's namespace: %w", err)
 }
 
 // appArmorRefusal is the error for Ubuntu's restriction on unprivileged user namespaces,

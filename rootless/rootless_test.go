@@ -2,6 +2,7 @@ package rootless
 
 import (
 	"errors"
+	"fmt"
 	"io"
 	"io/fs"
 	"net"
@@ -33,6 +34,10 @@ func TestNamespaceRefusal(t *testing.T) {
 		{"something else", map[string]string{"user.max_user_namespaces": "100"}, false, unix.EINVAL, "creating a user and network namespace: fork/exec /proc/self/exe: invalid argument"},
 		// Root is not held back by the switches for unprivileged users.
 		{"Debian's switch, as root", map[string]string{"kernel.unprivileged_userns_clone": "0"}, true, unix.EINVAL, "creating a user and network namespace"},
+		{"Debian's switch, as root, EPERM", map[string]string{"kernel.unprivileged_userns_clone": "0"}, true, unix.EPERM, "creating a user and network namespace: fork/exec /proc/self/exe: operation not permitted"},
+		// A setting is named only for the errno the kernel gives for it.
+		{"max user namespaces 0, EPERM", map[string]string{"user.max_user_namespaces": "0"}, false, unix.EPERM, "creating a user and network namespace: fork/exec /proc/self/exe: operation not permitted"},
+		{"Debian's switch, ENOSPC", map[string]string{"user.max_user_namespaces": "7", "kernel.unprivileged_userns_clone": "0"}, false, unix.ENOSPC, "the limit on user namespaces is reached (user.max_user_namespaces is 7"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -45,6 +50,47 @@ func TestNamespaceRefusal(t *testing.T) {
 				t.Fatalf("got %q, want one line with %q", err, tt.want)
 			}
 		})
+	}
+}
+
+// An error that is no refusal of namespaces is reported as it is, whatever the settings.
+func TestNamespaceRefusalOther(t *testing.T) {
+	get := func(string) (string, bool) { return "0", true }
+	for _, errno := range []unix.Errno{unix.ENOENT, unix.EACCES, unix.ENOMEM} {
+		err := namespaceRefusal(&fs.PathError{Op: "chdir", Path: "/gone", Err: errno}, false, get)
+		if errors.Is(err, ErrUserNamespaces) || !errors.Is(err, errno) || !strings.Contains(err.Error(), "chdir /gone: "+errno.Error()) || strings.Contains(err.Error(), "sysctl") {
+			t.Errorf("%v: got %q, want the real error and no setting", errno, err)
+		}
+	}
+}
+
+// Root maps the ids of its own namespace to themselves: all of them in the initial one,
+// only those mapped in another (uid 0 of unshare -r); setgroups follows the namespace's.
+func TestSysProcAttrRoot(t *testing.T) {
+	files := func(uidMap, gidMap, setgroups string) func(string) ([]byte, error) {
+		return func(name string) ([]byte, error) {
+			switch name {
+			case "/proc/self/uid_map":
+				return []byte(uidMap), nil
+			case "/proc/self/gid_map":
+				return []byte(gidMap), nil
+			case "/proc/self/setgroups":
+				return []byte(setgroups), nil
+			}
+			return nil, fs.ErrNotExist
+		}
+	}
+	a := sysProcAttr(0, 0, files("         0          0 4294967295\n", "         0          0 4294967295\n", "allow\n"))
+	if fmt.Sprint(a.UidMappings, a.GidMappings) != "[{0 0 4294967295}] [{0 0 4294967295}]" || !a.GidMappingsEnableSetgroups {
+		t.Errorf("initial namespace: %v %v setgroups %v", a.UidMappings, a.GidMappings, a.GidMappingsEnableSetgroups)
+	}
+	a = sysProcAttr(0, 0, files("         0      65534          1\n", "         0      65534          1\n      1000     100000      65536\n", "deny\n"))
+	if fmt.Sprint(a.UidMappings, a.GidMappings) != "[{0 0 1}] [{0 0 1} {1000 1000 65536}]" || a.GidMappingsEnableSetgroups {
+		t.Errorf("unshare -r: %v %v setgroups %v", a.UidMappings, a.GidMappings, a.GidMappingsEnableSetgroups)
+	}
+	a = sysProcAttr(1000, 1000, files("", "", ""))
+	if fmt.Sprint(a.UidMappings, a.GidMappings) != "[{1000 1000 1}] [{1000 1000 1}]" {
+		t.Errorf("a user: %v %v", a.UidMappings, a.GidMappings)
 	}
 }
 

@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"os"
 	"os/exec"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -133,7 +134,7 @@ func Start(ctx context.Context, cfg Config) (*Proc, error) {
 		Env:         append(env[:len(env):len(env)], childEnv+"="+fmt.Sprint(childFD)),
 		Dir:         cfg.Dir,
 		ExtraFiles:  []*os.File{childEnd},
-		SysProcAttr: sysProcAttr(os.Getuid(), os.Getgid()),
+		SysProcAttr: sysProcAttr(os.Getuid(), os.Getgid(), os.ReadFile),
 	}
 	// Set only the ones given: a nil *os.File in an io.Reader is not a nil Reader.
 	if cfg.Stdin != nil {
@@ -147,7 +148,7 @@ func Start(ctx context.Context, cfg Config) (*Proc, error) {
 	}
 	if err := cmd.Start(); err != nil {
 		_ = conn.Close()
-		return nil, namespaceRefusal(err, os.Getuid() == 0, procSysctl)
+		return nil, namespaceRefusal(err, os.Getuid() == 0 && initialUserNamespace(), procSysctl)
 	}
 	_ = childEnd.Close()
 	p := &Proc{cmd: cmd, conn: conn, log: log, tunFD: -1}
@@ -162,11 +163,12 @@ func Start(ctx context.Context, cfg Config) (*Proc, error) {
 }
 
 // sysProcAttr puts the child in new user, network and mount namespaces. The user namespace
-// maps the caller's uid and gid to themselves (root maps every id, so a command run by
-// root sees the files it would see outside), and the child keeps CAP_NET_ADMIN and
+// maps the caller's uid and gid to themselves (root maps every id it has, so a command run
+// by root sees the files it would see outside), and the child keeps CAP_NET_ADMIN and
 // CAP_SYS_ADMIN in it across its exec, which it drops before the command's. The child dies
-// with its parent: without the parent its network is gone.
-func sysProcAttr(uid, gid int) *syscall.SysProcAttr {
+// with its parent: without the parent its network is gone. readFile reads /proc/self's
+// maps (os.ReadFile; tests pass a fake).
+func sysProcAttr(uid, gid int, readFile func(string) ([]byte, error)) *syscall.SysProcAttr {
 	a := &syscall.SysProcAttr{
 		Cloneflags:  unix.CLONE_NEWUSER | unix.CLONE_NEWNET | unix.CLONE_NEWNS,
 		UidMappings: []syscall.SysProcIDMap{{ContainerID: uid, HostID: uid, Size: 1}},
@@ -174,12 +176,45 @@ func sysProcAttr(uid, gid int) *syscall.SysProcAttr {
 		AmbientCaps: []uintptr{unix.CAP_NET_ADMIN, unix.CAP_SYS_ADMIN},
 		Pdeathsig:   syscall.SIGKILL,
 	}
-	if uid == 0 {
-		all := []syscall.SysProcIDMap{{ContainerID: 0, HostID: 0, Size: 1<<32 - 1}}
-		a.UidMappings, a.GidMappings = all, all
-		a.GidMappingsEnableSetgroups = true
+	if uid != 0 {
+		return a
 	}
+	// Root maps the ids its own user namespace has, each to itself: every id in the initial
+	// namespace, only the mapped ones in another (uid 0 of `unshare -r` or a rootless
+	// container), where asking for more fails with EPERM.
+	uids, uerr := readFile("/proc/self/uid_map")
+	gids, gerr := readFile("/proc/self/gid_map")
+	if uerr == nil && gerr == nil {
+		if u, g := identityMaps(string(uids)), identityMaps(string(gids)); len(u) > 0 && len(g) > 0 {
+			a.UidMappings, a.GidMappings = u, g
+		}
+	}
+	// setgroups stays denied in a namespace below one that denies it (writing "allow" fails).
+	sg, err := readFile("/proc/self/setgroups")
+	a.GidMappingsEnableSetgroups = err != nil || strings.TrimSpace(string(sg)) == "allow"
 	return a
+}
+
+// identityMaps turns the extents of a /proc/PID/uid_map or gid_map ("inside outside count"
+// lines) into mappings of the same ids, seen from this namespace, to themselves.
+func identityMaps(content string) []syscall.SysProcIDMap {
+	var maps []syscall.SysProcIDMap
+	for line := range strings.Lines(content) {
+		var inside, outside, count uint64
+		if n, _ := fmt.Sscan(line, &inside, &outside, &count); n != 3 || count == 0 {
+			continue
+		}
+		maps = append(maps, syscall.SysProcIDMap{ContainerID: int(inside), HostID: int(inside), Size: int(count)})
+	}
+	return maps
+}
+
+// initialUserNamespace reports whether this process is in the initial user namespace, whose
+// uid_map maps every id to itself: root there is exempt from the settings that hold back
+// unprivileged users, root in another namespace is not.
+func initialUserNamespace() bool {
+	b, err := os.ReadFile("/proc/self/uid_map")
+	return err == nil && strings.Join(strings.Fields(string(b)), " ") == "0 0 4294967295"
 }
 
 // handshake sends the setup and waits for the device, within setupTimeout and ctx.
@@ -231,7 +266,7 @@ func (p *Proc) refusal(e *stepError) error {
 	if e.Step == stepOpen {
 		return tunRefusal(e.Errno, os.Stat)
 	}
-	if errors.Is(e, unix.EPERM) && os.Getuid() != 0 {
+	if errors.Is(e, unix.EPERM) && !(os.Getuid() == 0 && initialUserNamespace()) {
 		if r := appArmorRefusal(procSysctl); r != nil {
 			return r
 		}

@@ -181,6 +181,19 @@ func TestRun(t *testing.T) {
 		})
 	}
 
+	t.Run("as root of a user namespace", func(t *testing.T) {
+		// uid 0 of `unshare -r` (as a rootless container's root) owns only the ids mapped
+		// there; the command is root as its caller, and its flows go through the tunnel.
+		args := append(append([]string{"unshare", "--user", "--map-root-user", "--", quicgateBin}, rs.args...),
+			"--", "sh", "-c", "id -u; curl --silent --show-error --max-time 50 http://"+dst4+"/")
+		cmd := in(rs.tp.a, asNobody(args...)...)
+		cmd.Dir = rs.dir
+		out, stderr, code := result(t, cmd)
+		if code != 0 || !strings.HasPrefix(out, "0\nhello from the far side") {
+			t.Fatalf("exit %d, %q\nstderr:\n%s", code, out, stderr)
+		}
+	})
+
 	t.Run("the command's view", func(t *testing.T) {
 		// The caller's uid, no capabilities, the caller's environment and directory, a
 		// default route into the device, and the resolv.conf with its note.
