@@ -54,6 +54,8 @@ type Client struct {
 	// listeners are the reverse forwards (Listen), which the server's accepted connections
 	// are matched to; under mu.
 	listeners map[*reverseListener]struct{}
+	// dgrams are the datagram muxes of the connections that carry UDP flows; under mu.
+	dgrams map[*quic.Conn]*datagramMux
 
 	dials atomic.Uint64
 	// kick cuts the supervisor's backoff short when a flow is waiting for a connection, so

@@ -76,6 +76,10 @@ const (
 	codeBadRequest quic.StreamErrorCode = 0x2
 	// codeShutdown: the endpoint is shutting down and aborts the flows still open.
 	codeShutdown quic.StreamErrorCode = 0x3
+	// codePortUnreachable: a UDP flow's destination answered ICMP port unreachable.
+	codePortUnreachable quic.StreamErrorCode = 0x4
+	// codeIdle: a UDP flow ended after its idle timeout.
+	codeIdle quic.StreamErrorCode = 0x5
 
 	// connShutdown closes a connection on purpose.
 	connShutdown quic.ApplicationErrorCode = 0x0

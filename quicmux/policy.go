@@ -14,34 +14,73 @@ var ErrBadRule = errors.New("quicmux: bad allow rule")
 // Policy decides which destinations a server may dial. For a domain target the server asks
 // about the name first; if the name is not allowed as such, it resolves the name and dials
 // only the resolved addresses the policy allows (so a name cannot smuggle in an address).
+// Allow is asked about TCP flows; a Policy that is also a ProtoPolicy is asked about each
+// protocol, and one that is not allows UDP where it allows TCP.
 type Policy interface {
 	Allow(t Target) bool
 }
 
-// Rule allows a destination prefix or host name on a range of ports.
+// ProtoPolicy is a Policy that tells TCP flows from UDP flows. Rules is one.
+type ProtoPolicy interface {
+	Policy
+	AllowProto(p Proto, t Target) bool
+}
+
+// Proto is the transport protocol of a flow, or of a rule (ProtoAny: both).
+type Proto uint8
+
+const (
+	ProtoAny Proto = iota
+	ProtoTCP
+	ProtoUDP
+)
+
+func (p Proto) String() string {
+	switch p {
+	case ProtoTCP:
+		return "tcp"
+	case ProtoUDP:
+		return "udp"
+	}
+	return "any"
+}
+
+// allows reports whether policy allows a flow of protocol p to t.
+func allows(policy Policy, p Proto, t Target) bool {
+	if pp, ok := policy.(ProtoPolicy); ok {
+		return pp.AllowProto(p, t)
+	}
+	return policy.Allow(t)
+}
+
+// Rule allows a destination prefix or host name on a range of ports, for TCP, UDP or both.
 type Rule struct {
 	Prefix netip.Prefix // set for address rules
 	Host   string       // set for name rules: "example.com", or "*.example.com" for its subdomains
 	PortLo uint16
 	PortHi uint16
+	Proto  Proto // ProtoAny: TCP and UDP
 }
 
 // Rules allows a target when any rule does.
 type Rules []Rule
 
-var _ Policy = Rules(nil)
+var _ ProtoPolicy = Rules(nil)
 
-// Allow reports whether a rule matches t.
-func (rs Rules) Allow(t Target) bool {
+// Allow reports whether a rule matches t for TCP.
+func (rs Rules) Allow(t Target) bool { return rs.AllowProto(ProtoTCP, t) }
+
+// AllowProto reports whether a rule matches t for protocol p.
+func (rs Rules) AllowProto(p Proto, t Target) bool {
 	for _, r := range rs {
-		if r.Allow(t) {
+		if (r.Proto == ProtoAny || r.Proto == p) && r.Allow(t) {
 			return true
 		}
 	}
 	return false
 }
 
-// Allow reports whether r matches t.
+// Allow reports whether r matches t, whatever its protocol.
 func (r Rule) Allow(t Target) bool {
 	if t.Port < r.PortLo || t.Port > r.PortHi {
 		return false
@@ -62,10 +101,13 @@ func (r Rule) Allow(t Target) bool {
 // String gives the rule back in the form ParseRule reads.
 func (r Rule) String() string {
 	var s string
+	if r.Proto != ProtoAny {
+		s = r.Proto.String() + ":"
+	}
 	if r.Prefix.IsValid() {
-		s = r.Prefix.String()
+		s += r.Prefix.String()
 	} else {
-		s = r.Host
+		s += r.Host
 	}
 	switch {
 	case r.PortLo == 1 && r.PortHi == 65535:
@@ -96,9 +138,19 @@ func ParseRules(specs []string) (Rules, error) {
 //	CIDR:LOW-HIGH   127.0.0.1/32:8000-8999
 //	ADDR[:PORTS]    127.0.0.1, 127.0.0.1:80, [::1]:80 (a single address)
 //	NAME[:PORTS]    example.com, *.example.com:443
+//
+// A rule allows TCP and UDP flows; a "tcp:" or "udp:" in front allows only that protocol
+// (udp:10.0.0.53:53).
 func ParseRule(s string) (Rule, error) {
+	whole := s
 	bad := func(why string) (Rule, error) {
-		return Rule{}, fmt.Errorf("%w %q: %s", ErrBadRule, s, why)
+		return Rule{}, fmt.Errorf("%w %q: %s", ErrBadRule, whole, why)
+	}
+	proto := ProtoAny
+	if rest, ok := strings.CutPrefix(s, "tcp:"); ok {
+		proto, s = ProtoTCP, rest
+	} else if rest, ok := strings.CutPrefix(s, "udp:"); ok {
+		proto, s = ProtoUDP, rest
 	}
 	addrPart, portPart, hasPorts := s, "", false
 	switch {
@@ -126,7 +178,7 @@ func ParseRule(s string) (Rule, error) {
 			addrPart, portPart, hasPorts = s[:i], s[i+1:], true
 		}
 	}
-	r := Rule{PortLo: 1, PortHi: 65535}
+	r := Rule{PortLo: 1, PortHi: 65535, Proto: proto}
 	if hasPorts {
 		lo, hi, err := parsePortRange(portPart)
 		if err != nil {
@@ -180,6 +232,9 @@ func ParseListenRule(s string) (Rule, error) {
 	}
 	if !r.Prefix.IsValid() {
 		return Rule{}, fmt.Errorf("%w %q: a listen rule takes an IP address or a CIDR prefix, not a name", ErrBadRule, s)
+	}
+	if r.Proto != ProtoAny {
+		return Rule{}, fmt.Errorf("%w %q: a listen rule is for TCP only; it takes no protocol", ErrBadRule, s)
 	}
 	return r, nil
 }

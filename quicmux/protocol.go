@@ -41,6 +41,9 @@ const (
 	// KindAccepted opens a stream the server starts (the only kind it does): one connection
 	// its listener accepted, for the client to carry to its local target.
 	KindAccepted Kind = 3
+	// KindUDP carries one UDP flow: its packets travel as QUIC datagrams, and on the stream
+	// when too large for one (udpflow.go).
+	KindUDP Kind = 4
 )
 
 func (k Kind) String() string {
@@ -53,6 +56,8 @@ func (k Kind) String() string {
 		return "listen"
 	case KindAccepted:
 		return "accepted"
+	case KindUDP:
+		return "udp"
 	}
 	return "kind(" + strconv.Itoa(int(k)) + ")"
 }
@@ -140,9 +145,9 @@ func AppendRequest(b []byte, r Request) ([]byte, error) {
 	b = append(b, protocolVersion, 0, 0, byte(r.Kind))
 	switch r.Kind {
 	case KindPing:
-	case KindTCP, KindListen, KindAccepted:
+	case KindTCP, KindListen, KindAccepted, KindUDP:
 		t := r.Target
-		if !t.IsValid() || r.Kind != KindTCP && !t.Addr.IsValid() {
+		if !t.IsValid() || (r.Kind == KindListen || r.Kind == KindAccepted) && !t.Addr.IsValid() {
 			return b[:start], fmt.Errorf("%w: %q", ErrBadTarget, t.String())
 		}
 		if r.Kind == KindAccepted {
@@ -209,7 +214,7 @@ func parseRequestBody(body []byte) (Request, error) {
 			return Request{}, fmt.Errorf("%w: ping with %d trailing bytes", ErrBadRequest, len(rest))
 		}
 		return req, nil
-	case KindTCP, KindListen:
+	case KindTCP, KindListen, KindUDP:
 	case KindAccepted:
 		if len(rest) < 8 {
 			return Request{}, fmt.Errorf("%w: no listener", ErrBadRequest)
@@ -237,7 +242,7 @@ func parseRequestBody(body []byte) (Request, error) {
 		t.Addr = netip.AddrFrom16([16]byte(rest[:16])).Unmap()
 		rest = rest[16:]
 	case atypDomain:
-		if req.Kind != KindTCP {
+		if req.Kind != KindTCP && req.Kind != KindUDP {
 			return Request{}, fmt.Errorf("%w: a %s request with a host name", ErrBadRequest, req.Kind)
 		}
 		if len(rest) < 1 || int(rest[0])+1+2 != len(rest) {

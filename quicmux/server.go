@@ -67,6 +67,9 @@ type ServerConfig struct {
 	// FlowIdleTimeout resets a flow that moved no byte either way for this long; 0: never
 	// (the command's default is DefaultFlowIdleTimeout).
 	FlowIdleTimeout time.Duration
+	// UDPIdleTimeout ends a UDP flow that carried no packet either way for this long; 0:
+	// DefaultUDPIdleTimeout, and DefaultDNSIdleTimeout for flows to port 53.
+	UDPIdleTimeout time.Duration
 	// TCPKeepAlive is the keepalive time of the default Dialer's sockets (KeepAliveConfig),
 	// so that a flow whose destination host vanished is reset: 0 means DefaultTCPKeepAlive,
 	// negative turns keepalive off.
@@ -278,7 +281,7 @@ func (s *Server) acceptConns(ln *quic.Listener) {
 func (s *Server) serveConn(qc *quic.Conn) {
 	defer s.wg.Done()
 	log := s.log.WithField("peer", qc.RemoteAddr().String())
-	cl := &connInfo{qc: qc, name: qc.RemoteAddr().String()}
+	cl := &connInfo{qc: qc, name: qc.RemoteAddr().String(), dgrams: newDatagramMux()}
 	if certs := qc.ConnectionState().TLS.PeerCertificates; len(certs) > 0 {
 		fp := FingerprintOf(certs[0])
 		log = log.WithField("fingerprint", fp.String())
@@ -318,6 +321,9 @@ func (s *Server) serveConn(qc *quic.Conn) {
 	stop := context.AfterFunc(qc.Context(), cancel)
 	defer stop()
 
+	var dgrams sync.WaitGroup
+	dgrams.Go(func() { cl.dgrams.run(ctx, qc) })
+	defer func() { cancel(); dgrams.Wait() }()
 	for {
 		str, err := qc.AcceptStream(ctx)
 		if err != nil {
@@ -377,6 +383,7 @@ type connInfo struct {
 	log  *logrus.Entry
 	// streams counts the streams and flows still open, which the connection waits for.
 	streams  sync.WaitGroup
+	dgrams   *datagramMux // the connection's UDP flows' datagrams
 	limitLog sync.Once // the first stream beyond MaxFlowsPerClient
 }
 
@@ -435,6 +442,9 @@ func (s *Server) serveStream(ctx context.Context, cl *connInfo, str *quic.Stream
 	case KindListen:
 		s.serveListen(ctx, cl, str, req.Target)
 		return
+	case KindUDP:
+		s.serveUDP(ctx, cl, str, req.Target, log(logrus.Fields{}))
+		return
 	case KindAccepted: // the server's to send, never a client's
 		log(logrus.Fields{}).Info("bad request: a client sent an accepted-connection header")
 		s.cfg.Metrics.dialResult(StatusBadRequest)
@@ -479,7 +489,7 @@ func (s *Server) serveStream(ctx context.Context, cl *connInfo, str *quic.Stream
 	target := req.Target
 	opt := s.cfg.Metrics.relayOptions(s.cfg.FlowIdleTimeout)
 	opt.parker = s.parker
-	live := &liveFlow{target: target, at: at}
+	live := &liveFlow{proto: ProtoTCP, target: target, at: at}
 	s.liveMu.Lock()
 	s.liveFlows[live] = struct{}{}
 	s.liveMu.Unlock()
@@ -519,7 +529,7 @@ const ingressServer = "quic"
 
 // stillAllowed is the policy's verdict, as it is now, on an open flow.
 func (s *Server) stillAllowed(f *liveFlow) bool {
-	return s.permits(f.target, f.at.addr, f.at.fromHosts)
+	return s.permits(f.proto, f.target, f.at.addr, f.at.fromHosts)
 }
 
 // revoke closes the connection of a client no longer authorized.
@@ -530,6 +540,7 @@ func (s *Server) revoke(qc *quic.Conn, fp Fingerprint) {
 
 // liveFlow is an open flow as Recheck sees it.
 type liveFlow struct {
+	proto  Proto
 	target Target
 	at     dialedAddr
 	abort  func(error) // nil for the moment between registration and the relay's start
@@ -629,18 +640,11 @@ func (s *Server) dial(ctx context.Context, t Target) (FlowConn, dialedAddr, Stat
 	}
 	var addrs []netip.Addr
 	fromHosts := false
-	if t.Addr.IsValid() {
-		if !s.permits(t, t.Addr, false) {
-			return nil, dialedAddr{}, StatusDenied
-		}
-		addrs = []netip.Addr{t.Addr}
-	} else {
-		var status Status
-		if addrs, fromHosts, status = s.resolve(ctx, t); status != StatusOK {
-			return nil, dialedAddr{}, status
-		}
+	addrs, fromHosts, status := s.destination(ctx, ProtoTCP, t)
+	if status != StatusOK {
+		return nil, dialedAddr{}, status
 	}
-	status := StatusUnreachable
+	status = StatusUnreachable
 	for _, a := range addrs {
 		c, err := s.cfg.Dialer.DialContext(ctx, "tcp", netip.AddrPortFrom(a, t.Port).String())
 		if err == nil {
@@ -666,7 +670,19 @@ type dialedAddr struct {
 // An address is dialed if an address rule allows it; or, when a name rule allows the name,
 // if it is not guarded, or if it came from the hosts file (the operator's own names, such
 // as localhost).
-func (s *Server) resolve(ctx context.Context, t Target) (addrs []netip.Addr, fromHosts bool, status Status) {
+// destination is the addresses a flow of protocol p to t may go to, in the order to try them
+// (an address target's own, or what its name resolves to), or the status that says why none.
+func (s *Server) destination(ctx context.Context, p Proto, t Target) (addrs []netip.Addr, fromHosts bool, status Status) {
+	if t.Addr.IsValid() {
+		if !s.permits(p, t, t.Addr, false) {
+			return nil, false, StatusDenied
+		}
+		return []netip.Addr{t.Addr}, false, StatusOK
+	}
+	return s.resolve(ctx, p, t)
+}
+
+func (s *Server) resolve(ctx context.Context, p Proto, t Target) (addrs []netip.Addr, fromHosts bool, status Status) {
 	ips := s.hosts.lookup(t.Host)
 	fromHosts = len(ips) > 0
 	if !fromHosts {
@@ -683,9 +699,9 @@ func (s *Server) resolve(ctx context.Context, t Target) (addrs []netip.Addr, fro
 	for _, ip := range ips {
 		ip = ip.Unmap()
 		switch {
-		case s.permits(t, ip, fromHosts):
+		case s.permits(p, t, ip, fromHosts):
 			addrs = append(addrs, ip)
-		case dialable(ip) && s.cfg.Policy.Allow(t):
+		case dialable(ip) && allows(s.cfg.Policy, p, t):
 			refused = append(refused, ip)
 		}
 	}
@@ -700,14 +716,14 @@ func (s *Server) resolve(ctx context.Context, t Target) (addrs []netip.Addr, fro
 
 // permits is the policy's verdict on dialing t at addr: an address rule allows addr; or t is
 // a name a name rule allows, and addr is not guarded or the name came from the hosts file.
-func (s *Server) permits(t Target, addr netip.Addr, fromHosts bool) bool {
+func (s *Server) permits(p Proto, t Target, addr netip.Addr, fromHosts bool) bool {
 	if !dialable(addr) {
 		return false
 	}
-	if s.cfg.Policy.Allow(Target{Addr: addr, Port: t.Port}) {
+	if allows(s.cfg.Policy, p, Target{Addr: addr, Port: t.Port}) {
 		return true
 	}
-	return !t.Addr.IsValid() && s.cfg.Policy.Allow(t) && (fromHosts || !s.guarded(addr))
+	return !t.Addr.IsValid() && allows(s.cfg.Policy, p, t) && (fromHosts || !s.guarded(addr))
 }
 
 // dialable rejects addresses that are no single remote host: the unspecified address (which

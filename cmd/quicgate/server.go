@@ -226,6 +226,10 @@ type livePolicy struct{ acc *atomic.Pointer[access] }
 
 func (p livePolicy) Allow(t quicmux.Target) bool { return p.acc.Load().rules.Allow(t) }
 
+func (p livePolicy) AllowProto(pr quicmux.Proto, t quicmux.Target) bool {
+	return p.acc.Load().rules.AllowProto(pr, t)
+}
+
 // common are the flags that server and client share.
 type common struct {
 	config     string

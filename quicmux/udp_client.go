@@ -1,0 +1,262 @@
+package quicmux
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/quicgate/quicgate/third_party/quic-go"
+)
+
+// udpQueue is how many received packets a UDP flow holds for Read; more are dropped, as a
+// full socket buffer drops them.
+const udpQueue = 256
+
+// UDPFlow is a UDP flow through the tunnel, seen as a connected UDP socket: each Write sends
+// one packet to the flow's target, each Read returns one packet from it (cut to the buffer's
+// size, as a UDP socket does). Packets may be lost or reordered, as UDP's are. When the
+// server reports the target's ICMP port unreachable, Read returns an error matching
+// syscall.ECONNREFUSED; when the flow ends (its idle timeout, the connection), Read returns
+// an error matching IsReset, or io.EOF... never blocking forever.
+type UDPFlow struct {
+	sender *packetSender
+	mux    *datagramMux
+	target Target
+	local  net.Addr
+
+	in   chan []byte
+	done chan struct{} // closed when the flow has ended
+	once sync.Once
+	err  error // why it ended; set before done is closed
+
+	mu           sync.Mutex
+	readDeadline time.Time
+	deadlineSet  chan struct{} // closed and replaced when the read deadline changes
+}
+
+var _ net.Conn = (*UDPFlow)(nil)
+
+// DialUDP opens a UDP flow to address (host:port; a name is resolved by the server) and
+// returns once the server has allowed it and opened its socket. network must be "udp",
+// "udp4" or "udp6".
+func (c *Client) DialUDP(ctx context.Context, network, address string) (*UDPFlow, error) {
+	switch network {
+	case "udp", "udp4", "udp6":
+	default:
+		return nil, &net.OpError{Op: "dial", Net: network, Err: net.UnknownNetworkError(network)}
+	}
+	t, err := ParseTarget(address)
+	if err != nil {
+		return nil, &net.OpError{Op: "dial", Net: network, Err: err}
+	}
+	f, err := c.dialUDP(ctx, t)
+	if err != nil {
+		return nil, &net.OpError{Op: "dial", Net: network, Addr: targetAddr{t}, Err: err}
+	}
+	return f, nil
+}
+
+func (c *Client) dialUDP(ctx context.Context, t Target) (*UDPFlow, error) {
+	hdr, err := AppendRequest(nil, Request{Kind: KindUDP, Target: t})
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.DialTimeout)
+	defer cancel()
+	qc, err := c.waitConn(ctx)
+	if err != nil {
+		return nil, err
+	}
+	str, err := qc.OpenStreamSync(ctx)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %w", ErrServerUnreachable, err)
+	}
+	fail := func(err error) (*UDPFlow, error) {
+		str.CancelRead(codeFlowReset)
+		str.CancelWrite(codeFlowReset)
+		return nil, err
+	}
+	f := &UDPFlow{
+		sender: &packetSender{conn: qc, str: str},
+		mux:    c.datagramsOf(qc),
+		target: t,
+		local:  qc.LocalAddr(),
+		in:     make(chan []byte, udpQueue),
+		done:   make(chan struct{}),
+	}
+	f.deadlineSet = make(chan struct{})
+	// Registered before the request goes out: the first answer may come right behind the
+	// status.
+	f.mux.add(str.StreamID(), f.deliver)
+	if _, err := str.Write(hdr); err != nil {
+		f.mux.remove(str.StreamID())
+		return fail(mapStreamErr(err))
+	}
+	deadline, _ := ctx.Deadline()
+	_ = str.SetReadDeadline(deadline)
+	if err := ReadStatus(str); err != nil {
+		f.mux.remove(str.StreamID())
+		if ctx.Err() != nil && !errors.As(err, new(*StatusError)) {
+			err = fmt.Errorf("%w: no answer within %s", ErrServerUnreachable, c.cfg.DialTimeout)
+		}
+		return fail(mapStreamErr(err))
+	}
+	_ = str.SetReadDeadline(time.Time{})
+	c.wg.Add(1)
+	go func() { // owned by the client, ends with the flow's stream
+		defer c.wg.Done()
+		f.readStream(str)
+	}()
+	return f, nil
+}
+
+// datagramsOf returns conn's datagram mux, starting it with the connection's first UDP flow.
+func (c *Client) datagramsOf(conn *quic.Conn) *datagramMux {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if m := c.dgrams[conn]; m != nil {
+		return m
+	}
+	if c.dgrams == nil {
+		c.dgrams = map[*quic.Conn]*datagramMux{}
+	}
+	m := newDatagramMux()
+	c.dgrams[conn] = m
+	c.wg.Add(1)
+	go func() { // owned by the client; ends with conn
+		defer c.wg.Done()
+		m.run(conn.Context(), conn)
+		c.mu.Lock()
+		delete(c.dgrams, conn)
+		c.mu.Unlock()
+	}()
+	return m
+}
+
+// deliver queues a packet from a datagram; a full queue drops it.
+func (f *UDPFlow) deliver(p []byte) {
+	select {
+	case f.in <- append([]byte(nil), p...):
+	default:
+	}
+}
+
+// readStream takes the packets that come on the stream until it ends, which ends the flow.
+func (f *UDPFlow) readStream(str *quic.Stream) {
+	buf := make([]byte, MaxUDPPacket)
+	for {
+		n, err := readStreamPacket(str, buf)
+		if err != nil {
+			f.end(udpEndError(err))
+			return
+		}
+		select {
+		case f.in <- append([]byte(nil), buf[:n]...):
+		case <-f.done:
+			return
+		}
+	}
+}
+
+// udpEndError is what Read returns once the server ended the flow's stream.
+func udpEndError(err error) error {
+	var se *quic.StreamError
+	if errors.As(err, &se) && se.ErrorCode == codePortUnreachable {
+		return fmt.Errorf("quicmux: UDP destination: %w", syscall.ECONNREFUSED)
+	}
+	if errors.As(err, &se) && se.ErrorCode == codeIdle {
+		return ErrFlowIdle
+	}
+	return mapStreamErr(err)
+}
+
+// end ends the flow with err (once).
+func (f *UDPFlow) end(err error) {
+	f.once.Do(func() {
+		f.err = err
+		close(f.done)
+		f.mux.remove(f.sender.str.StreamID())
+		f.sender.str.CancelRead(codeFlowReset)
+		f.sender.str.CancelWrite(codeFlowReset)
+	})
+}
+
+// Read returns the next packet, cut to len(p).
+func (f *UDPFlow) Read(p []byte) (int, error) {
+	for {
+		f.mu.Lock()
+		deadline, changed := f.readDeadline, f.deadlineSet
+		f.mu.Unlock()
+		var timeout <-chan time.Time
+		if !deadline.IsZero() {
+			d := time.Until(deadline)
+			if d <= 0 {
+				return 0, os.ErrDeadlineExceeded
+			}
+			t := time.NewTimer(d)
+			defer t.Stop()
+			timeout = t.C
+		}
+		select {
+		case b := <-f.in:
+			return copy(p, b), nil
+		case <-f.done:
+			select {
+			case b := <-f.in: // what came before the end
+				return copy(p, b), nil
+			default:
+			}
+			return 0, f.err
+		case <-timeout:
+			return 0, os.ErrDeadlineExceeded
+		case <-changed:
+		}
+	}
+}
+
+// Write sends p as one packet.
+func (f *UDPFlow) Write(p []byte) (int, error) {
+	select {
+	case <-f.done:
+		return 0, f.err
+	default:
+	}
+	if err := f.sender.send(p); err != nil {
+		return 0, mapStreamErr(err)
+	}
+	return len(p), nil
+}
+
+// Close ends the flow; the server closes its socket.
+func (f *UDPFlow) Close() error {
+	f.end(net.ErrClosed)
+	return nil
+}
+
+func (f *UDPFlow) LocalAddr() net.Addr  { return f.local }
+func (f *UDPFlow) RemoteAddr() net.Addr { return targetAddr{f.target} }
+
+func (f *UDPFlow) SetDeadline(t time.Time) error {
+	_ = f.SetWriteDeadline(t)
+	return f.SetReadDeadline(t)
+}
+
+func (f *UDPFlow) SetReadDeadline(t time.Time) error {
+	f.mu.Lock()
+	f.readDeadline = t
+	close(f.deadlineSet)
+	f.deadlineSet = make(chan struct{})
+	f.mu.Unlock()
+	return nil
+}
+
+// SetWriteDeadline bounds a Write of a packet too large for a datagram, which waits for the
+// stream's flow control; other Writes do not block.
+func (f *UDPFlow) SetWriteDeadline(t time.Time) error {
+	return f.sender.str.SetWriteDeadline(t)
+}

@@ -1,0 +1,161 @@
+package quicmux
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"net"
+	"net/netip"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// udpEcho is a UDP echo server on loopback.
+func udpEcho(t *testing.T) string {
+	t.Helper()
+	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	go func() {
+		buf := make([]byte, 65536)
+		for {
+			n, from, err := c.ReadFromUDP(buf)
+			if err != nil {
+				return
+			}
+			_, _ = c.WriteToUDP(buf[:n], from)
+		}
+	}()
+	return c.LocalAddr().String()
+}
+
+// closedUDPPort is a loopback UDP port nothing listens on now.
+func closedUDPPort(t *testing.T) string {
+	t.Helper()
+	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := c.LocalAddr().String()
+	_ = c.Close()
+	return addr
+}
+
+func dialUDP(t *testing.T, c *Client, addr string) (*UDPFlow, error) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), hangLimit)
+	defer cancel()
+	f, err := c.DialUDP(ctx, "udp", addr)
+	if err == nil {
+		t.Cleanup(func() { _ = f.Close() })
+	}
+	return f, err
+}
+
+// echoPacket sends p and expects it back. UDP may lose a packet: it is sent again every
+// 200 ms until the answer comes.
+func echoPacket(t *testing.T, f *UDPFlow, p []byte) {
+	t.Helper()
+	buf := make([]byte, MaxUDPPacket)
+	deadline := time.Now().Add(hangLimit)
+	for time.Now().Before(deadline) {
+		if _, err := f.Write(p); err != nil {
+			t.Fatalf("write: %v", err)
+		}
+		_ = f.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+		n, err := f.Read(buf)
+		if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, syscall.ETIMEDOUT) || isTimeout(err) {
+			continue
+		}
+		if err != nil {
+			t.Fatalf("read: %v", err)
+		}
+		if !bytes.Equal(buf[:n], p) {
+			t.Fatalf("echo of %d bytes came back as %d bytes", len(p), n)
+		}
+		_ = f.SetReadDeadline(time.Time{})
+		return
+	}
+	t.Fatalf("no echo of %d bytes within %v", len(p), hangLimit)
+}
+
+// A UDP flow carries packets both ways: small ones as datagrams, one too large for a
+// datagram on the flow's stream; the client's Close ends it on the server.
+func TestUDPFlowEcho(t *testing.T) {
+	tn := newTunnel(t)
+	f, err := dialUDP(t, tn.client, udpEcho(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	echoPacket(t, f, []byte("hello over a datagram"))
+	big := bytes.Repeat([]byte("0123456789abcdef"), 4000) // 64,000 bytes: no datagram holds it
+	echoPacket(t, f, big)
+	echoPacket(t, f, []byte{})
+	_ = f.Close()
+	if _, err := f.Write([]byte("x")); err == nil {
+		t.Fatal("write after Close succeeded")
+	}
+	waitFor(t, func() bool { return tn.server.flows.Open() == 0 }, "the server's end of the flow")
+}
+
+// A UDP target the policy does not allow is denied; a rule for TCP only does not allow UDP,
+// and one for UDP only does not allow TCP.
+func TestUDPFlowPolicy(t *testing.T) {
+	echo := netip.MustParseAddrPort(udpEcho(t))
+	tn := newTunnel(t, withRules("udp:"+echo.String(), "tcp:127.0.0.2/32"))
+	if _, err := dialUDP(t, tn.client, echo.String()); err != nil {
+		t.Fatalf("an allowed UDP target: %v", err)
+	}
+	if _, err := dialUDP(t, tn.client, "127.0.0.2:53"); !errors.Is(err, ErrDenied) {
+		t.Fatalf("UDP where only TCP is allowed: %v, want ErrDenied", err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), hangLimit)
+	defer cancel()
+	if _, err := tn.client.DialContext(ctx, "tcp", echo.String()); !errors.Is(err, ErrDenied) {
+		t.Fatalf("TCP where only UDP is allowed: %v, want ErrDenied", err)
+	}
+}
+
+// A destination that answers ICMP port unreachable ends the flow, and the app's Read says
+// ECONNREFUSED, as on a connected UDP socket.
+func TestUDPFlowPortUnreachable(t *testing.T) {
+	tn := newTunnel(t)
+	f, err := dialUDP(t, tn.client, closedUDPPort(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	_ = f.SetReadDeadline(time.Now().Add(hangLimit))
+	buf := make([]byte, 16)
+	for {
+		if _, err := f.Write([]byte("anyone?")); err != nil && !errors.Is(err, syscall.ECONNREFUSED) {
+			t.Fatalf("write: %v", err)
+		}
+		_, err := f.Read(buf)
+		if errors.Is(err, syscall.ECONNREFUSED) {
+			return
+		}
+		if err == nil {
+			t.Fatal("a closed port answered")
+		}
+		if !isTimeout(err) {
+			t.Fatalf("read: %v, want ECONNREFUSED", err)
+		}
+	}
+}
+
+// A UDP flow that carries nothing for its idle timeout ends: the app's Read says so.
+func TestUDPFlowIdle(t *testing.T) {
+	tn := newTunnel(t, withServerConfig(func(c *ServerConfig) { c.UDPIdleTimeout = 200 * time.Millisecond }))
+	f, err := dialUDP(t, tn.client, udpEcho(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	echoPacket(t, f, []byte("once"))
+	_ = f.SetReadDeadline(time.Now().Add(hangLimit))
+	if _, err := f.Read(make([]byte, 16)); !errors.Is(err, ErrFlowIdle) {
+		t.Fatalf("read on an idle flow: %v, want ErrFlowIdle", err)
+	}
+}
