@@ -384,7 +384,7 @@ type connInfo struct {
 	// streams counts the streams and flows still open, which the connection waits for.
 	streams  sync.WaitGroup
 	dgrams   *datagramMux // the connection's UDP flows' datagrams
-	limitLog sync.Once // the first stream beyond MaxFlowsPerClient
+	limitLog sync.Once    // the first stream beyond MaxFlowsPerClient
 }
 
 // serveStream serves one stream: its request, the destination's dial and the start of its
