@@ -82,6 +82,7 @@ type Proc struct {
 	execed bool
 	waited bool
 	status int
+	sig    syscall.Signal // the signal that ended the command, 0 if it exited
 	err    error
 }
 
@@ -347,7 +348,7 @@ func (p *Proc) Wait(sigs <-chan os.Signal) (int, error) {
 		case <-done:
 			p.mu.Lock()
 			p.waited = true
-			p.status, p.err = exitStatus(err)
+			p.status, p.sig, p.err = exitStatus(err)
 			status, werr := p.status, p.err
 			p.mu.Unlock()
 			return status, werr
@@ -355,19 +356,28 @@ func (p *Proc) Wait(sigs <-chan os.Signal) (int, error) {
 	}
 }
 
-// exitStatus turns exec.Cmd.Wait's error into a shell's exit status.
-func exitStatus(err error) (int, error) {
+// exitStatus turns exec.Cmd.Wait's error into a shell's exit status, and the signal that
+// ended the command if one did.
+func exitStatus(err error) (int, syscall.Signal, error) {
 	if err == nil {
-		return 0, nil
+		return 0, 0, nil
 	}
 	var ee *exec.ExitError
 	if !errors.As(err, &ee) {
-		return 1, err
+		return 1, 0, err
 	}
 	if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
-		return 128 + int(ws.Signal()), nil
+		return 128 + int(ws.Signal()), ws.Signal(), nil
 	}
-	return ee.ExitCode(), nil
+	return ee.ExitCode(), 0, nil
+}
+
+// ExitSignal is the signal that ended the command, or 0 if it exited (or Wait has not
+// returned).
+func (p *Proc) ExitSignal() syscall.Signal {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.sig
 }
 
 // fromTerminal reports whether sig is a terminal's interrupt or quit that also reached the

@@ -95,6 +95,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 		if exit.err != nil {
 			fmt.Fprintf(stderr, "quicgate %s: %v\n", args[0], exit.err)
 		}
+		if exit.signal != 0 {
+			dieBySignal(exit.signal) // returns only if the signal did not end this process
+		}
 		return exit.code
 	case errors.Is(err, errUsage):
 		fmt.Fprintf(stderr, "quicgate %s: %v\n", args[0], strings.TrimPrefix(err.Error(), "usage: "))

@@ -10,12 +10,15 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"runtime"
 	"slices"
 	"sync"
 	"syscall"
 	"time"
+	"unsafe"
 
 	"github.com/sirupsen/logrus"
+	"golang.org/x/sys/unix"
 
 	"github.com/quicgate/quicgate/ingress"
 	"github.com/quicgate/quicgate/quicmux"
@@ -29,6 +32,9 @@ import (
 type exitError struct {
 	code int
 	err  error
+	// signal, if not 0, is the signal that ended the command (or stopped run before it
+	// started): run ends by it as well (dieBySignal), code being the fallback.
+	signal syscall.Signal
 }
 
 func (e *exitError) Error() string {
@@ -153,7 +159,7 @@ func runRun(args []string, stderr io.Writer) error {
 		if proc != nil {
 			proc.Close()
 		}
-		return &exitError{code: 128 + int(sig)}
+		return &exitError{code: 128 + int(sig), signal: sig}
 	}
 	if proc == nil {
 		return err
@@ -188,13 +194,14 @@ func runRun(args []string, stderr io.Writer) error {
 	}
 	<-waitDone
 	proc.Close()
-	return commandResult(status, waitErr, err, runLog)
+	return commandResult(status, proc.ExitSignal(), waitErr, err, runLog)
 }
 
 // commandResult is run's result once the command has exited and then the client has
-// stopped: the command's exit status, whatever the client's drain reported (serveErr),
-// which is only logged, as the command's result is what the caller waits for.
-func commandResult(status int, waitErr, serveErr error, log *logrus.Entry) error {
+// stopped: the command's exit status (or the signal that ended it), whatever the client's
+// drain reported (serveErr), which is only logged, as the command's result is what the
+// caller waits for.
+func commandResult(status int, sig syscall.Signal, waitErr, serveErr error, log *logrus.Entry) error {
 	if serveErr != nil {
 		log.WithError(serveErr).Warn("the tunnel's drain failed after the command exited; quicgate exits with the command's status")
 	}
@@ -202,9 +209,36 @@ func commandResult(status int, waitErr, serveErr error, log *logrus.Entry) error
 	case waitErr != nil:
 		return waitErr
 	case status != 0:
-		return &exitError{code: status}
+		return &exitError{code: status, signal: sig}
 	}
 	return nil
+}
+
+// dieBySignal ends this process by sig, as sudo does when its command was killed by one,
+// so that the caller sees the signal and not just 128+N: a shell's loop stops on Ctrl-C,
+// and a killed job reads as killed. Call it last, with everything cleaned up. The handler
+// is reset to the default with rt_sigaction itself (the Go runtime ignores some signals it
+// has no use for, and turns SIGQUIT into a stack dump), and RLIMIT_CORE is set to 0 so
+// that no core of quicgate's is dumped for a core-dumping signal: the command's was. It
+// returns if the signal did not end the process; the caller then exits 128+N.
+func dieBySignal(sig syscall.Signal) {
+	runtime.LockOSThread() // the signal is sent to, and unblocked on, this thread
+	_ = unix.Setrlimit(unix.RLIMIT_CORE, &unix.Rlimit{})
+	if sig != syscall.SIGKILL && sig != syscall.SIGSTOP {
+		// An all-zero struct sigaction is SIG_DFL with no flags and an empty mask, whatever
+		// the architecture's layout; 8 bytes is the kernel's sigset_t (MIPS's is 16: there
+		// the call fails and run exits 128+N).
+		var act [8]uint64
+		if _, _, e := unix.RawSyscall6(unix.SYS_RT_SIGACTION, uintptr(sig), uintptr(unsafe.Pointer(&act)), 0, 8, 0, 0); e != 0 {
+			return
+		}
+	}
+	var set unix.Sigset_t
+	bit := uint(sig - 1)
+	width := uint(unsafe.Sizeof(set.Val[0])) * 8
+	set.Val[bit/width] |= 1 << (bit % width)
+	_ = unix.PthreadSigmask(unix.SIG_UNBLOCK, &set, nil)
+	_ = unix.Tgkill(unix.Getpid(), unix.Gettid(), sig)
 }
 
 // relayedSignals are the signals run passes on to the command; before it runs, any of them

@@ -120,7 +120,8 @@ func (rs *runSetup) command(asRoot bool, flags []string, argv ...string) *exec.C
 	return cmd
 }
 
-// result runs cmd to its end (bounded by hangLimit) and returns its output and exit code.
+// result runs cmd to its end (bounded by hangLimit) and returns its output and exit code,
+// 128+N for a process killed by signal N, as a shell reports it (killedBy tells them apart).
 func result(t *testing.T, cmd *exec.Cmd) (stdout, stderr string, code int) {
 	t.Helper()
 	var out, errb strings.Builder
@@ -142,11 +143,29 @@ func result(t *testing.T, cmd *exec.Cmd) (stdout, stderr string, code int) {
 	switch {
 	case err == nil:
 	case errors.As(err, &ee):
-		code = ee.ExitCode()
+		code = shellStatus(ee)
 	default:
 		t.Fatalf("%v: %v", cmd.Args, err)
 	}
 	return out.String(), errb.String(), code
+}
+
+// shellStatus is a process's exit status as a shell reports it: 128+N for signal N.
+func shellStatus(ee *exec.ExitError) int {
+	if ws, ok := ee.Sys().(syscall.WaitStatus); ok && ws.Signaled() {
+		return 128 + int(ws.Signal())
+	}
+	return ee.ExitCode()
+}
+
+// killedBy is the signal that ended a process that has been waited for (0 if it exited),
+// and whether it dumped core.
+func killedBy(cmd *exec.Cmd) (syscall.Signal, bool) {
+	ws, ok := cmd.ProcessState.Sys().(syscall.WaitStatus)
+	if !ok || !ws.Signaled() {
+		return 0, false
+	}
+	return ws.Signal(), ws.CoreDump()
 }
 
 // TestRun: `quicgate run -- CMD` as a user without privileges (nobody) tunnels an
@@ -227,6 +246,14 @@ func TestRun(t *testing.T) {
 		_, stderr, code := result(t, rs.command(false, nil, "no-such-command-here"))
 		if code != 127 || !strings.Contains(stderr, "no-such-command-here") {
 			t.Fatalf("a missing command: exit %d, %s; want 127, as a shell's", code, stderr)
+		}
+		// A command killed by a signal: quicgate ends by the same signal, without a core.
+		for _, sig := range []syscall.Signal{syscall.SIGTERM, syscall.SIGQUIT} {
+			cmd := rs.command(false, nil, "sh", "-c", fmt.Sprintf("ulimit -c 0; kill -%d $$", sig))
+			_, stderr, code := result(t, cmd)
+			if got, core := killedBy(cmd); code != 128+int(sig) || got != sig || core {
+				t.Fatalf("a command killed by %v: exit %d, quicgate ended by %v (core dumped: %v); stderr:\n%s", sig, code, got, core, stderr)
+			}
 		}
 		// Files that exec.LookPath takes (they are executable) but execve refuses, in the
 		// namespace: the exit status is the one env gives, with the reason in one line.
@@ -345,6 +372,10 @@ func TestRun(t *testing.T) {
 			_ = p.cmd.Process.Signal(sig)
 			if code := p.wait(t); code != 128+int(sig) {
 				t.Fatalf("%v during the setup: exit %d, want %d", sig, code, 128+int(sig))
+			}
+			// Killed by it, as a shell's loop must see to stop: not an exit status.
+			if got, core := killedBy(p.cmd); got != sig || core {
+				t.Fatalf("%v during the setup: quicgate ended by %v (core dumped: %v), want %v", sig, got, core, sig)
 			}
 			if _, err := os.Stat(marker); err == nil {
 				t.Fatalf("%v during the setup: the command ran", sig)
@@ -556,7 +587,7 @@ func (p *runProc) wait(t *testing.T) int {
 	}
 	var ee *exec.ExitError
 	if errors.As(p.err, &ee) {
-		return ee.ExitCode()
+		return shellStatus(ee)
 	}
 	if p.err != nil {
 		t.Fatalf("quicgate run: %v", p.err)
@@ -612,16 +643,16 @@ func TestRunCommandResult(t *testing.T) {
 	log := logrus.NewEntry(lg)
 	drainErr := errors.New("ingress: tun: closing the device: bad file descriptor")
 	var exit *exitError
-	if err := commandResult(3, nil, drainErr, log); !errors.As(err, &exit) || exit.code != 3 || exit.err != nil {
+	if err := commandResult(3, 0, nil, drainErr, log); !errors.As(err, &exit) || exit.code != 3 || exit.err != nil {
 		t.Fatalf("status 3 and a drain error: %v, want exit status 3 and nothing to say", err)
 	}
 	if !strings.Contains(logged.String(), "bad file descriptor") {
 		t.Fatalf("the drain's error was not logged: %q", logged.String())
 	}
-	if err := commandResult(0, nil, drainErr, log); err != nil {
+	if err := commandResult(0, 0, nil, drainErr, log); err != nil {
 		t.Fatalf("status 0 and a drain error: %v, want nil", err)
 	}
-	if err := commandResult(0, nil, nil, log); err != nil {
+	if err := commandResult(0, 0, nil, nil, log); err != nil {
 		t.Fatalf("status 0: %v", err)
 	}
 }
