@@ -19,10 +19,11 @@ const udpQueue = 256
 
 // UDPFlow is a UDP flow through the tunnel, seen as a connected UDP socket: each Write sends
 // one packet to the flow's target, each Read returns one packet from it (cut to the buffer's
-// size, as a UDP socket does). Packets may be lost or reordered, as UDP's are. When the
-// server reports the target's ICMP port unreachable, Read returns an error matching
-// syscall.ECONNREFUSED; when the flow ends (its idle timeout, the connection), Read returns
-// an error matching IsReset, or io.EOF... never blocking forever.
+// size, as a UDP socket does). Packets may be lost or reordered, as UDP's are. Once the flow
+// has ended, Read returns the packets still queued and then why it ended: an error matching
+// syscall.ECONNREFUSED when the server's socket got ICMP port unreachable, ErrFlowIdle after
+// the server's idle timeout, net.ErrClosed after Close, or a reset (IsReset) when the
+// connection or the server ended it.
 type UDPFlow struct {
 	sender *packetSender
 	mux    *datagramMux
@@ -192,30 +193,42 @@ func (f *UDPFlow) Read(p []byte) (int, error) {
 		f.mu.Lock()
 		deadline, changed := f.readDeadline, f.deadlineSet
 		f.mu.Unlock()
+		var timer *time.Timer
 		var timeout <-chan time.Time
 		if !deadline.IsZero() {
 			d := time.Until(deadline)
 			if d <= 0 {
 				return 0, os.ErrDeadlineExceeded
 			}
-			t := time.NewTimer(d)
-			defer t.Stop()
-			timeout = t.C
+			timer = time.NewTimer(d)
+			timeout = timer.C
 		}
+		n, again, err := f.readOnce(p, timeout, changed)
+		if timer != nil {
+			timer.Stop()
+		}
+		if !again {
+			return n, err
+		}
+	}
+}
+
+// readOnce waits for a packet, the flow's end, the deadline or a new deadline (again).
+func (f *UDPFlow) readOnce(p []byte, timeout <-chan time.Time, changed <-chan struct{}) (n int, again bool, err error) {
+	select {
+	case b := <-f.in:
+		return copy(p, b), false, nil
+	case <-f.done:
 		select {
-		case b := <-f.in:
-			return copy(p, b), nil
-		case <-f.done:
-			select {
-			case b := <-f.in: // what came before the end
-				return copy(p, b), nil
-			default:
-			}
-			return 0, f.err
-		case <-timeout:
-			return 0, os.ErrDeadlineExceeded
-		case <-changed:
+		case b := <-f.in: // what came before the end
+			return copy(p, b), false, nil
+		default:
 		}
+		return 0, false, f.err
+	case <-timeout:
+		return 0, false, os.ErrDeadlineExceeded
+	case <-changed:
+		return 0, true, nil
 	}
 }
 
