@@ -31,7 +31,6 @@ type setup struct {
 
 // Steps of the child's setup, named in its errors.
 const (
-	stepSocket = "socket"
 	stepLo     = "lo"
 	stepMount  = "mount"
 	stepResolv = "resolv.conf"

@@ -79,7 +79,6 @@ type Proc struct {
 
 	mu     sync.Mutex
 	tunFD  int // -1 once taken
-	execed bool
 	waited bool
 	status int
 	sig    syscall.Signal // the signal that ended the command, 0 if it exited
@@ -295,9 +294,6 @@ func (p *Proc) Device() string { return p.info.Name }
 // failed the error is an *ExecError, with the exit status 127 or 126 (ExecStatus). ctx
 // bounds the wait for the exec.
 func (p *Proc) Exec(ctx context.Context) error {
-	p.mu.Lock()
-	p.execed = true
-	p.mu.Unlock()
 	stop := p.bound(ctx)
 	defer stop()
 	if err := send(p.conn, start{}, -1); err != nil {

@@ -6,7 +6,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net/netip"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -80,18 +79,18 @@ func runRun(args []string, stderr io.Writer) error {
 		return err
 	}
 	if cf.tun.name != "" || len(cf.tun.routes) > 0 {
-		return usageErr("--tun and --route are the client's: run makes its own device (%s) inside the command's namespace, with default routes", rootless.DefaultTUN)
-	}
-	if cf.tun.mtu < 1280 || cf.tun.mtu > 65535 {
-		return usageErr("--tun-mtu %d: want 1280 to 65535", cf.tun.mtu)
-	}
-	var addrs []netip.Prefix
-	for _, s := range cf.tun.addrs {
-		p, err := netip.ParsePrefix(s)
-		if err != nil {
-			return usageErr("--tun-addr %q: want an address with its prefix length, e.g. 10.77.0.1/24", s)
+		// Name what the user gave: the flags, or the settings of a config file.
+		clFS := newFlagSet("run", io.Discard)
+		cl := registerClientFlags(clFS)
+		_ = parseFlags(clFS, flagArgs)
+		if cl.tun.name != "" || len(cl.tun.routes) > 0 {
+			return usageErr("--tun and --route are the client's: run makes its own device (%s) inside the command's namespace, with default routes", rootless.DefaultTUN)
 		}
-		addrs = append(addrs, p)
+		return usageErr("%s sets tun or route, which are the client's: run makes its own device (%s) inside the command's namespace, with default routes; give run a config file without them", cf.common.config, rootless.DefaultTUN)
+	}
+	addrs, err := cf.tun.device()
+	if err != nil {
+		return err
 	}
 	path, err := exec.LookPath(command[0])
 	if err != nil {

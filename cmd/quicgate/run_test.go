@@ -660,6 +660,10 @@ func TestRunCommandResult(t *testing.T) {
 // Mistakes on run's command line: one line, exit status 2.
 func TestRunBadFlags(t *testing.T) {
 	pin := fingerprint(t, filepath.Join(t.TempDir(), "s"))
+	clientConf := filepath.Join(t.TempDir(), "client.yaml")
+	if err := os.WriteFile(clientConf, []byte("tun: qg1\nroute: [10.99.0.0/16]\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
 	for _, tt := range []struct {
 		args []string
 		want string
@@ -670,6 +674,9 @@ func TestRunBadFlags(t *testing.T) {
 		{[]string{"run", "--server", "127.0.0.1:1", "--pin", pin, "--tun", "x", "--", "true"}, "run makes its own device"},
 		{[]string{"run", "--server", "127.0.0.1:1", "--pin", pin, "--tun-addr", "nonsense", "--", "true"}, `--tun-addr "nonsense"`},
 		{[]string{"run", "--server", "127.0.0.1:1", "--pin", pin, "true"}, "give the command after --"},
+		{[]string{"run", "--server", "127.0.0.1:1", "--pin", pin, "--tun-mtu", "100", "--", "true"}, "--tun-mtu 100: want 1280 to 65535"},
+		// A client's config file that sets them: its settings are named, not flags.
+		{[]string{"run", "--server", "127.0.0.1:1", "--pin", pin, "--config", clientConf, "--", "true"}, clientConf + " sets tun or route, which are the client's"},
 	} {
 		_, stderr, code := runQuick(t, tt.args...)
 		if code != 2 || !strings.Contains(stderr, tt.want) || strings.Count(strings.TrimSpace(stderr), "\n") != 0 {

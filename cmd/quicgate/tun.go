@@ -33,20 +33,14 @@ func (t *tunFlags) config() (*ingress.TUNConfig, error) {
 	if len(t.name) > 15 {
 		return nil, usageErr("--tun %q: interface names are at most 15 characters", t.name)
 	}
-	if t.mtu < 1280 || t.mtu > 65535 {
-		return nil, usageErr("--tun-mtu %d: want 1280 to 65535", t.mtu)
+	addrs, err := t.device()
+	if err != nil {
+		return nil, err
 	}
 	if len(t.routes) == 0 {
 		return nil, usageErr("--tun needs at least one --route: the prefixes whose TCP flows go through the tunnel")
 	}
-	c := &ingress.TUNConfig{Name: t.name, MTU: t.mtu}
-	for _, s := range t.addrs {
-		p, err := netip.ParsePrefix(s)
-		if err != nil {
-			return nil, usageErr("--tun-addr %q: want an address with its prefix length, e.g. 10.77.0.1/24", s)
-		}
-		c.Addrs = append(c.Addrs, p)
-	}
+	c := &ingress.TUNConfig{Name: t.name, MTU: t.mtu, Addrs: addrs}
 	for _, s := range t.routes {
 		p, err := netip.ParsePrefix(s)
 		if err != nil {
@@ -58,4 +52,20 @@ func (t *tunFlags) config() (*ingress.TUNConfig, error) {
 		c.Routes = append(c.Routes, p)
 	}
 	return c, nil
+}
+
+// device checks --tun-mtu and parses --tun-addr, which the client's device and run's share.
+func (t *tunFlags) device() ([]netip.Prefix, error) {
+	if t.mtu < 1280 || t.mtu > 65535 {
+		return nil, usageErr("--tun-mtu %d: want 1280 to 65535", t.mtu)
+	}
+	var addrs []netip.Prefix
+	for _, s := range t.addrs {
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			return nil, usageErr("--tun-addr %q: want an address with its prefix length, e.g. 10.77.0.1/24", s)
+		}
+		addrs = append(addrs, p)
+	}
+	return addrs, nil
 }
