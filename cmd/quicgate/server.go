@@ -25,6 +25,7 @@ type serverFlags struct {
 	maxHeader, maxDials        *int
 	maxConnsPerClient          *int
 	maxFlowsPerClient          *int
+	udpIdle                    *time.Duration
 	maxHandshakes, retryHs     *int
 	retry                      *bool
 	watch                      *time.Duration
@@ -45,6 +46,7 @@ func parseServerFlags(args []string, stderr io.Writer) (*serverFlags, error) {
 	f.maxDials = fs.Int("max-pending-dials", 1024, "destination dials in progress at once, over all clients")
 	f.maxConnsPerClient = fs.Int("max-conns-per-client", quicmux.DefaultMaxConnsPerClient, "connections one client identity may have open at once (a client keeps one)")
 	f.maxFlowsPerClient = fs.Int("max-flows-per-client", 0, "streams one client identity may have open at once over all its connections (0: --max-streams); bounds what one client can make the server hold, about 14 KiB a stream")
+	f.udpIdle = fs.Duration("udp-idle-timeout", 0, "end a UDP flow that carried no packet either way for this long (0: 2m, and 15s for DNS, port 53)")
 	f.maxHandshakes = fs.Int("max-handshakes", quicmux.DefaultMaxHandshakes, "QUIC handshakes in progress at once, over all clients; beyond it new connections are refused until one completes or times out")
 	f.retryHs = fs.Int("retry-handshakes", quicmux.DefaultRetryHandshakes, "from this many handshakes in progress on, a new client must prove its address with a QUIC Retry first (so spoofed Initials hold no state); -1: only with --retry")
 	f.watch = fs.Duration("watch-interval", time.Second, "how often to check the authorized-clients and config files for changes, which reload them as SIGHUP does (0: only SIGHUP)")
@@ -115,6 +117,9 @@ func runServer(ctx context.Context, args []string, stderr io.Writer) error {
 	if *f.maxFlowsPerClient < 0 {
 		return usageErr("--max-flows-per-client %d: want at least 1, or 0 for --max-streams", *f.maxFlowsPerClient)
 	}
+	if *f.udpIdle < 0 {
+		return usageErr("--udp-idle-timeout %s: want a positive duration, or 0 for the defaults", *f.udpIdle)
+	}
 	if *f.maxHandshakes < 1 {
 		return usageErr("--max-handshakes %d: want at least 1", *f.maxHandshakes)
 	}
@@ -152,6 +157,7 @@ func runServer(ctx context.Context, args []string, stderr io.Writer) error {
 		MaxHandshakes:     *f.maxHandshakes,
 		RetryHandshakes:   *f.retryHs,
 		FlowIdleTimeout:   f.common.flowIdle,
+		UDPIdleTimeout:    *f.udpIdle,
 		TCPKeepAlive:      f.common.tcpKeepAlive(),
 		Retry:             *f.retry,
 		Limits:            env.limits,
