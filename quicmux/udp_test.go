@@ -159,3 +159,28 @@ func TestUDPFlowIdle(t *testing.T) {
 		t.Fatalf("read on an idle flow: %v, want ErrFlowIdle", err)
 	}
 }
+
+// FuzzParseDatagram: any datagram either fails to parse, or names a flow whose stream ID is
+// a multiple of 4 (a client-opened bidirectional stream) and carries the rest, which
+// appendDatagram gives back as it came.
+func FuzzParseDatagram(f *testing.F) {
+	for _, seed := range [][]byte{{}, {0}, make([]byte, 64), {0x40, 0x01, 'h', 'i'}, {0xc0}, {0x3f, 0xff}, appendDatagram(nil, 1<<40, []byte("x"))} {
+		f.Add(seed)
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		id, p, err := parseDatagram(b)
+		if err != nil {
+			if !errors.Is(err, ErrProtocol) {
+				t.Fatalf("error %v is not ErrProtocol", err)
+			}
+			return
+		}
+		if id%4 != 0 {
+			t.Fatalf("stream ID %d is not a client-opened bidirectional stream's", id)
+		}
+		again, q, err := parseDatagram(appendDatagram(nil, id, p))
+		if err != nil || again != id || !bytes.Equal(q, p) {
+			t.Fatalf("%x parsed as flow %d with %x, which round-trips to %d, %x, %v", b, id, p, again, q, err)
+		}
+	})
+}
