@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -183,4 +184,27 @@ func FuzzParseDatagram(f *testing.F) {
 			t.Fatalf("%x parsed as flow %d with %x, which round-trips to %d, %x, %v", b, id, p, again, q, err)
 		}
 	})
+}
+
+// A reload that no longer allows a UDP flow's target ends the flow (Recheck counts it).
+func TestUDPFlowRecheck(t *testing.T) {
+	echo := netip.MustParseAddrPort(udpEcho(t))
+	rules := Rules{{Prefix: netip.PrefixFrom(echo.Addr(), 32), PortLo: echo.Port(), PortHi: echo.Port()}}
+	var denied atomic.Bool
+	tn := newTunnel(t, withServerConfig(func(c *ServerConfig) {
+		c.Policy = policyFunc(func(tg Target) bool { return !denied.Load() && rules.Allow(tg) })
+	}))
+	f, err := dialUDP(t, tn.client, echo.String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	echoPacket(t, f, []byte("before"))
+	denied.Store(true)
+	if _, flows, _ := tn.server.Recheck(); flows != 1 {
+		t.Fatalf("Recheck reset %d flows, want the UDP flow", flows)
+	}
+	_ = f.SetReadDeadline(time.Now().Add(hangLimit))
+	if _, err := f.Read(make([]byte, 16)); !IsReset(err) {
+		t.Fatalf("read on a flow the new rules deny: %v, want a reset", err)
+	}
 }
