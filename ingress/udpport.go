@@ -1,0 +1,342 @@
+package ingress
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/quicgate/quicgate/quicmux"
+)
+
+// ErrBadUDPForward: a -U specification could not be parsed.
+var ErrBadUDPForward = errors.New("ingress: bad -U forward")
+
+// UDPForward is one -U: a local UDP address and the UDP target its packets go to.
+type UDPForward struct {
+	Bind   netip.AddrPort // port 0 picks a free port
+	Target quicmux.Target
+}
+
+func (f UDPForward) String() string { return f.Bind.String() + ":" + f.Target.String() }
+
+// ParseUDPForward parses "[bind_address:]port:host:hostport" as -L does (ssh -L's syntax):
+// the bind address defaults to 127.0.0.1, "localhost" means 127.0.0.1 and "*" all
+// interfaces; IPv6 addresses go in brackets.
+func ParseUDPForward(spec string) (UDPForward, error) {
+	f, err := parseForward(spec, ErrBadUDPForward)
+	return UDPForward(f), err
+}
+
+// UDPTunnel opens UDP flows: *quicmux.Client is one.
+type UDPTunnel interface {
+	// DialUDP opens a UDP flow to address (host:port, resolved by the server) once the
+	// server has allowed it; the flow is a connected UDP socket's equivalent (see
+	// quicmux.UDPFlow): its Read fails once the flow has ended.
+	DialUDP(ctx context.Context, network, address string) (*quicmux.UDPFlow, error)
+}
+
+var _ UDPTunnel = (*quicmux.Client)(nil)
+
+// UDPPortConfig is what a -U takes besides Options.
+type UDPPortConfig struct {
+	// MaxFlows bounds the source addresses with a flow at once; packets from further
+	// sources are dropped (one warning per burst). 0 means DefaultUDPFlows.
+	MaxFlows int
+}
+
+// DefaultUDPFlows is the default bound on a -U's concurrent source flows: a UDP flow costs
+// a socket on the server and a 64 KiB read buffer here.
+const DefaultUDPFlows = 1024
+
+const (
+	// udpSourceQueue is how many packets from one source wait for its flow: while the
+	// server answers its request (a round trip), or while a packet too large for a datagram
+	// waits for the stream. More are dropped, as a full socket buffer drops them.
+	udpSourceQueue = 32
+	// udpRetryAfter is how long a source whose flow could not be opened (a denied target,
+	// no server) has its packets dropped before one of them tries again: without it, every
+	// packet of a source that keeps sending would be a request to the server and a log line.
+	udpRetryAfter = 2 * time.Second
+	// udpWarnQuiet ends a burst of drops at the source limit: the next drop after this long
+	// without one warns again.
+	udpWarnQuiet = 10 * time.Second
+)
+
+// UDPPort is one -U: a local UDP socket whose packets are forwarded to a UDP target
+// through the tunnel. Each source address (ip:port) gets a UDP flow of its own, as a NAT
+// gives it a mapping: its packets go to its flow, and the flow's packets come back to it
+// from the bound socket. A flow ends when the server ends it (its idle timeout: 2 min, 15 s
+// to port 53), the target answers ICMP port unreachable, or the connection ends; the next
+// packet from that source opens a new one. The app sees none of these ends, as a UDP app
+// behind a NAT does not: only its packets go unanswered.
+type UDPPort struct {
+	sock *net.UDPConn
+	fwd  UDPForward
+	name string // "-U bind:port:host:hostport", with the bound port
+	tun  UDPTunnel
+	opt  Options
+	max  int
+	log  *logrus.Entry
+	// retryAfter is udpRetryAfter (tests shorten or lengthen it before Serve).
+	retryAfter time.Duration
+
+	ctx    context.Context // the flows'; canceled by shutdown
+	cancel context.CancelFunc
+
+	read atomic.Uint64 // packets read from the socket (tests wait for theirs)
+
+	mu       sync.Mutex
+	closed   bool // no new source; set before sock is closed
+	sources  map[netip.AddrPort]*udpSource
+	lastDrop time.Time // the last packet dropped at the source limit
+	wg       sync.WaitGroup
+}
+
+var _ Ingress = (*UDPPort)(nil)
+
+// udpSource is one source address and its flow.
+type udpSource struct {
+	src netip.AddrPort
+	out chan []byte // packets for the flow; Serve never blocks on it
+	// failed is set (under UDPPort.mu) when the flow could not be opened: the source's
+	// packets are dropped until it is removed, udpRetryAfter later.
+	failed bool
+}
+
+// ListenUDPPort binds f's local address.
+func ListenUDPPort(f UDPForward, t UDPTunnel, opt Options, cfg UDPPortConfig) (*UDPPort, error) {
+	sock, err := net.ListenUDP("udp", net.UDPAddrFromAddrPort(f.Bind))
+	if err != nil {
+		return nil, fmt.Errorf("ingress: -U %s: %w", f, err)
+	}
+	_ = sock.SetReadBuffer(1 << 20) // a burst of packets while Serve is descheduled
+	bound := sock.LocalAddr().(*net.UDPAddr).AddrPort()
+	bound = netip.AddrPortFrom(bound.Addr().Unmap(), bound.Port())
+	maxFlows := cfg.MaxFlows
+	if maxFlows <= 0 {
+		maxFlows = DefaultUDPFlows
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	return &UDPPort{
+		sock:       sock,
+		fwd:        f,
+		name:       "-U " + UDPForward{Bind: bound, Target: f.Target}.String(),
+		tun:        t,
+		opt:        opt,
+		max:        maxFlows,
+		retryAfter: udpRetryAfter,
+		log:        opt.logger().WithFields(logrus.Fields{"listen": bound.String(), "proto": "udp"}),
+		ctx:        ctx,
+		cancel:     cancel,
+		sources:    map[netip.AddrPort]*udpSource{},
+	}, nil
+}
+
+// Addr is the bound address (with the chosen port when -U asked for port 0).
+func (u *UDPPort) Addr() net.Addr { return u.sock.LocalAddr() }
+
+// Target is where this port's packets go.
+func (u *UDPPort) Target() quicmux.Target { return u.fwd.Target }
+
+// Flows is the number of source addresses with a flow (or a flow being opened) now.
+func (u *UDPPort) Flows() int {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	return len(u.sources)
+}
+
+// Serve reads the local socket and forwards each packet to its source's flow until ctx
+// ends. Then it closes the socket and every flow at once, and returns once their goroutines
+// have ended: a UDP flow has no end of its own to wait for (a drain timeout would only hold
+// every shutdown up), and an answer still on its way is lost as UDP loses packets.
+func (u *UDPPort) Serve(ctx context.Context) error {
+	stop := context.AfterFunc(ctx, u.shutdown)
+	defer stop()
+	defer u.wg.Wait()
+	buf := make([]byte, 1<<16)
+	for {
+		n, src, err := u.sock.ReadFromUDPAddrPort(buf)
+		if err != nil {
+			u.mu.Lock()
+			closed := u.closed
+			u.mu.Unlock()
+			if closed {
+				return nil
+			}
+			u.shutdown()
+			return fmt.Errorf("ingress: %s: %w", u.name, err)
+		}
+		u.read.Add(1)
+		if n > quicmux.MaxUDPPacket { // only IPv6 carries more
+			continue
+		}
+		u.route(src, bytes.Clone(buf[:n]))
+	}
+}
+
+// route hands p to src's flow, opening one for a new source within the limit.
+func (u *UDPPort) route(src netip.AddrPort, p []byte) {
+	u.mu.Lock()
+	defer u.mu.Unlock()
+	if u.closed {
+		return
+	}
+	s := u.sources[src]
+	if s == nil {
+		if len(u.sources) >= u.max {
+			now := time.Now()
+			if now.Sub(u.lastDrop) >= udpWarnQuiet {
+				u.log.WithFields(logrus.Fields{"max_flows": u.max, "peer": src.String()}).Warn("udp source limit reached: dropping new sources' packets")
+			}
+			u.lastDrop = now
+			return
+		}
+		s = &udpSource{src: src, out: make(chan []byte, udpSourceQueue)}
+		u.sources[src] = s
+		u.wg.Add(1)
+		go u.runSource(s)
+	}
+	if s.failed {
+		return
+	}
+	select {
+	case s.out <- p:
+	default: // the flow is behind: drop, as a full socket buffer does
+	}
+}
+
+// runSource opens s's flow and carries its packets both ways until the flow ends; then it
+// removes s, so that the source's next packet opens a new flow.
+func (u *UDPPort) runSource(s *udpSource) {
+	defer u.wg.Done()
+	defer u.remove(s)
+	f, err := u.tun.DialUDP(u.ctx, "udp", u.fwd.Target.String())
+	if err != nil {
+		u.logEnd(s, err, 0, 0)
+		if u.ctx.Err() != nil {
+			return
+		}
+		u.mu.Lock()
+		s.failed = true
+		u.mu.Unlock()
+		t := time.NewTimer(u.retryAfter)
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-u.ctx.Done():
+		}
+		return
+	}
+	// Closing the flow ends a Write blocked on its stream and the Read below.
+	stop := context.AfterFunc(u.ctx, func() { _ = f.Close() })
+	defer stop()
+	type result struct {
+		n   int64
+		err error
+	}
+	down := make(chan result, 1)
+	go func() { // the flow's packets back to the source; ends with the flow
+		n, err := u.toSource(f, s.src)
+		down <- result{n, err}
+	}()
+	var up int64
+	for {
+		select {
+		case p := <-s.out:
+			// A failed Write means the flow has ended: the Read says why.
+			if _, err := f.Write(p); err == nil {
+				up += int64(len(p))
+			}
+		case r := <-down:
+			_ = f.Close()
+			u.logEnd(s, r.err, up, r.n)
+			return
+		}
+	}
+}
+
+// toSource sends the flow's packets to src from the bound socket until the flow's Read
+// fails, and returns the bytes sent and why it ended.
+func (u *UDPPort) toSource(f *quicmux.UDPFlow, src netip.AddrPort) (int64, error) {
+	buf := make([]byte, quicmux.MaxUDPPacket)
+	var sent int64
+	for {
+		n, err := f.Read(buf)
+		if err != nil {
+			return sent, err
+		}
+		if _, err := u.sock.WriteToUDPAddrPort(buf[:n], src); err == nil {
+			sent += int64(n)
+		}
+	}
+}
+
+// remove drops s from the table.
+func (u *UDPPort) remove(s *udpSource) {
+	u.mu.Lock()
+	if u.sources[s.src] == s {
+		delete(u.sources, s.src)
+	}
+	u.mu.Unlock()
+}
+
+// logEnd logs how s's flow ended: a line for a failure (the server's refusal, the target's
+// port unreachable, a reset), a debug line otherwise (its idle timeout, the shutdown).
+func (u *UDPPort) logEnd(s *udpSource, err error, up, down int64) {
+	result := udpResult(err)
+	failed := u.ctx.Err() == nil && result != "idle" && result != "shutdown"
+	level := logrus.DebugLevel
+	if failed {
+		level = logrus.InfoLevel
+	}
+	if !u.log.Logger.IsLevelEnabled(level) {
+		return
+	}
+	peer := netip.AddrPortFrom(s.src.Addr().Unmap(), s.src.Port())
+	entry := u.log.WithFields(logrus.Fields{"peer": peer.String(), "target": u.fwd.Target.String(), "bytes_up": up, "bytes_down": down, "result": result})
+	if failed {
+		entry.WithError(err).Info("flow failed")
+		return
+	}
+	entry.Debug("flow ended")
+}
+
+// udpResult names how a UDP flow ended, as quicmux.ResultOf does for TCP flows.
+func udpResult(err error) string {
+	var se *quicmux.StatusError
+	switch {
+	case errors.As(err, &se):
+		return se.Status.String()
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return "refused" // ICMP port unreachable at the far side
+	case errors.Is(err, net.ErrClosed):
+		return "shutdown"
+	}
+	return quicmux.ResultOf(err)
+}
+
+// shutdown stops taking packets and ends every flow.
+func (u *UDPPort) shutdown() {
+	u.mu.Lock()
+	u.closed = true
+	u.mu.Unlock()
+	u.cancel()
+	_ = u.sock.Close()
+}
+
+// Close closes the socket and every flow at once, and returns once their goroutines have
+// ended. It is idempotent.
+func (u *UDPPort) Close() error {
+	u.shutdown()
+	u.wg.Wait()
+	return nil
+}
