@@ -31,8 +31,8 @@ func runClient(ctx context.Context, args []string, stderr io.Writer) error {
 	if spec.tunCfg, err = cf.tun.config(); err != nil {
 		return err
 	}
-	if len(spec.fwds) == 0 && len(spec.revs) == 0 && len(spec.dyns) == 0 && spec.tunCfg == nil {
-		return usageErr("nothing to forward: give at least one -L, -R, -D or --tun")
+	if len(spec.fwds) == 0 && len(spec.udps) == 0 && len(spec.revs) == 0 && len(spec.dyns) == 0 && spec.tunCfg == nil {
+		return usageErr("nothing to forward: give at least one -L, -U, -R, -D or --tun")
 	}
 	return serveClient(ctx, spec, stderr, clientHooks{})
 }
@@ -41,6 +41,7 @@ func runClient(ctx context.Context, args []string, stderr io.Writer) error {
 type clientFlags struct {
 	server, pin, proxyAuth       string
 	forwards, dynamics, reverses multiFlag
+	udpForwards                  multiFlag
 	dialTimeout                  time.Duration
 	common                       *common
 	tun                          tunFlags
@@ -51,6 +52,7 @@ func registerClientFlags(fs *flag.FlagSet) *clientFlags {
 	fs.StringVar(&f.server, "server", "", "server's UDP address, host:port (required)")
 	fs.StringVar(&f.pin, "pin", "", "the server's fingerprint, as 'quicgate fingerprint' prints it (required)")
 	fs.Var(&f.forwards, "L", "forward [bind_address:]port:host:hostport through the tunnel, as ssh -L (repeatable)")
+	fs.Var(&f.udpForwards, "U", "forward local UDP port [bind_address:]port to UDP host:hostport through the tunnel, a flow per source address (repeatable)")
 	fs.Var(&f.dynamics, "D", "a SOCKS5 and HTTP proxy on [bind_address:]port whose requests go through the tunnel, as ssh -D (repeatable)")
 	fs.StringVar(&f.proxyAuth, "proxy-auth", "", "file of user:password lines that -D clients must present (SOCKS5 username/password, HTTP Proxy-Authorization: Basic; both clear text); default: no authentication")
 	fs.Var(&f.reverses, "R", "have the server listen on [bind_address:]port (its side; where its --allow-listen lets this client) and forward to host:hostport from this side, as ssh -R (repeatable)")
@@ -65,6 +67,7 @@ type clientSpec struct {
 	server      string
 	pin         quicmux.Fingerprint
 	fwds        []ingress.LocalForward
+	udps        []ingress.UDPForward
 	dyns        []ingress.DynamicForward
 	proxyCfg    ingress.ProxyConfig
 	revs        []ingress.RemoteForward
@@ -92,6 +95,13 @@ func (f *clientFlags) check() (*clientSpec, error) {
 			return nil, usageErr("-L: %v", err)
 		}
 		spec.fwds = append(spec.fwds, fw)
+	}
+	for _, s := range f.udpForwards {
+		fw, err := ingress.ParseUDPForward(s)
+		if err != nil {
+			return nil, usageErr("-U: %v", err)
+		}
+		spec.udps = append(spec.udps, fw)
 	}
 	for _, s := range f.dynamics {
 		fw, err := ingress.ParseDynamicForward(s)
@@ -173,6 +183,15 @@ func serveClient(ctx context.Context, spec *clientSpec, stderr io.Writer, hooks 
 		ports = append(ports, p)
 		ingresses = append(ingresses, p)
 	}
+	var udpPorts []*ingress.UDPPort
+	for _, f := range spec.udps {
+		p, err := ingress.ListenUDPPort(f, client, opt, ingress.UDPPortConfig{})
+		if err != nil {
+			return err
+		}
+		udpPorts = append(udpPorts, p)
+		ingresses = append(ingresses, p)
+	}
 	var proxies []*ingress.Proxy
 	for _, f := range dyns {
 		p, err := ingress.ListenProxy(f, client, opt, proxyCfg)
@@ -211,6 +230,9 @@ func serveClient(ctx context.Context, spec *clientSpec, stderr io.Writer, hooks 
 	}
 	for _, p := range ports {
 		log.WithFields(logrus.Fields{"listen": p.Addr().String(), "target": p.Target().String()}).Info("forwarding")
+	}
+	for _, p := range udpPorts {
+		log.WithFields(logrus.Fields{"listen": p.Addr().String(), "target": p.Target().String()}).Info("forwarding udp")
 	}
 	for _, p := range proxies {
 		log.WithFields(logrus.Fields{"listen": p.Addr().String(), "auth": proxyCfg.Users != nil}).Info("proxying (SOCKS5, HTTP)")
