@@ -1,16 +1,21 @@
-// Package netstack terminates TCP flows in a userspace gVisor stack and hands each one,
-// with its original destination, to a Handler. It never imports the tunnel core
+// Package netstack terminates TCP and UDP flows in a userspace gVisor stack and hands each
+// one, with its original destination, to a Handler (TCP) or a UDPHandler (UDP). It never imports the tunnel core
 // (quicmux): the Handler decides what a flow becomes.
 //
 // What it owns:
 //
-//   - the gVisor stack (one NIC, IPv4 and IPv6, TCP only) and its tuned TCP settings
+//   - the gVisor stack (one NIC, IPv4 and IPv6, TCP and UDP) and its tuned TCP settings
 //     (options.go: SACK, 8 MiB buffers with moderation, RACK off, Reno pinned);
 //   - the batched link endpoint (endpoint.go): a read goroutine and a write goroutine that
 //     move packets between gVisor and a wireguard tun.Device in batches of BatchSize();
 //   - the forwarder (forwarder.go): every SYN that no ListenTCP listener takes becomes a
 //     TCPRequest passed to Handler.HandleTCP in its own goroutine, before the handshake
 //     (dial before accept); Accept sends the SYN-ACK, Reject a RST;
+//   - the UDP forwarder (udp.go): every new 5-tuple becomes a connected UDPConn, created
+//     at once so the first packets wait in it, passed to UDPHandler.HandleUDP in its own
+//     goroutine; replies leave from the original destination, and UDPConn.Refuse answers
+//     with an ICMP port unreachable built here (gVisor offers no API to send one) and
+//     queued on the link. Config.MaxUDPFlows bounds the open flows;
 //   - the tun.Device given to NewTUN: Stack.Close closes it, because a blocking
 //     Device.Read only returns once the device is closed.
 //

@@ -19,6 +19,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/network/ipv6"
 	"gvisor.dev/gvisor/pkg/tcpip/stack"
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
+	"gvisor.dev/gvisor/pkg/tcpip/transport/udp"
 	"gvisor.dev/gvisor/pkg/waiter"
 )
 
@@ -32,6 +33,16 @@ type Config struct {
 	// are answered with a RST (a stack used only through DialTCP/ListenTCP). NewVirtual
 	// refuses a Handler: nothing can reach it.
 	Handler Handler
+
+	// UDPHandler receives the UDP flows: each 5-tuple no endpoint of the stack (DialUDP)
+	// takes. nil means such packets are answered with ICMP port unreachable, as a host
+	// without the port answers. NewVirtual refuses a UDPHandler.
+	UDPHandler UDPHandler
+
+	// MaxUDPFlows bounds the UDP flows open at once (the conns HandleUDP got and did not
+	// close); 0 means DefaultMaxUDPFlows. Beyond it the packets of new 5-tuples are dropped
+	// (counted in Stats.DroppedUDP) until a flow ends.
+	MaxUDPFlows int
 
 	// Logger receives the few lines the stack logs (never one per packet). nil discards.
 	Logger *logrus.Entry
@@ -65,8 +76,9 @@ const nicID tcpip.NICID = 1
 type Stack struct {
 	s      *stack.Stack
 	link   *link
-	dev    tun.Device // nil for NewVirtual
-	fwd    *forwarder // nil without a Handler
+	dev    tun.Device    // nil for NewVirtual
+	fwd    *forwarder    // nil without a Handler
+	udp    *udpForwarder // nil without a UDPHandler
 	log    *logrus.Entry
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -118,7 +130,7 @@ func newStack(dev tun.Device, cfg Config) (*Stack, error) {
 
 	s := stack.New(stack.Options{
 		NetworkProtocols:   []stack.NetworkProtocolFactory{ipv4.NewProtocol, ipv6.NewProtocol},
-		TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol},
+		TransportProtocols: []stack.TransportProtocolFactory{tcp.NewProtocol, udp.NewProtocol},
 		// A virtual stack is both ends of its flows; a TUN stack is never the source of
 		// a packet it receives.
 		HandleLocal: dev == nil,
@@ -177,6 +189,13 @@ func newStack(dev tun.Device, cfg Config) (*Stack, error) {
 		st.fwd = &forwarder{ctx: ctx, handler: cfg.Handler, perSource: cfg.MaxInFlightPerSource, keepalive: opts.KeepAlive, sources: map[netip.Addr]int{}}
 		st.fwd.install(s, opts.rcvWnd(), cfg.MaxInFlight)
 	}
+	if cfg.UDPHandler != nil {
+		if cfg.MaxUDPFlows <= 0 {
+			cfg.MaxUDPFlows = DefaultMaxUDPFlows
+		}
+		st.udp = &udpForwarder{ctx: ctx, handler: cfg.UDPHandler, link: l, max: cfg.MaxUDPFlows}
+		st.udp.install(s)
+	}
 	st.pumps.Go(func() { l.writeLoop(ctx) })
 	if dev != nil {
 		st.pumps.Go(l.readLoop)
@@ -199,6 +218,10 @@ type Stats struct {
 	DroppedPerSource uint64
 	// WriteErrors counts failed device writes (each may lose a batch of packets).
 	WriteErrors uint64
+	// UDPFlows is the number of UDP flows open now; DroppedUDP counts the packets of new
+	// 5-tuples dropped because MaxUDPFlows were open.
+	UDPFlows   int
+	DroppedUDP uint64
 }
 
 // Stats returns the current counters.
@@ -211,6 +234,10 @@ func (s *Stack) Stats() Stats {
 		st.Accepted = s.fwd.accepted.Load()
 		st.Rejected = s.fwd.rejected.Load()
 		st.DroppedPerSource = s.fwd.perSourceDrops.Load()
+	}
+	if s.udp != nil {
+		st.UDPFlows = s.udp.openFlows()
+		st.DroppedUDP = s.udp.drops.Load()
 	}
 	return st
 }
@@ -266,12 +293,15 @@ func (s *Stack) ListenTCP(addr netip.AddrPort) (net.Listener, error) {
 // Close stops the stack; it is idempotent. In order: it cancels every TCPRequest's
 // context, closes the device (NewTUN; this ends the blocking read), waits for the pump
 // goroutines, closes all gVisor endpoints (open conns and listeners return errors) and
-// the link, and waits for every Handler call to return.
+// the link, and waits for every Handler and UDPHandler call to return.
 func (s *Stack) Close() error {
 	s.closeOnce.Do(func() {
 		s.cancel()
 		if s.fwd != nil {
 			s.fwd.close()
+		}
+		if s.udp != nil {
+			s.udp.close()
 		}
 		if s.dev != nil {
 			if err := s.dev.Close(); err != nil {
@@ -290,6 +320,9 @@ func (s *Stack) Close() error {
 		s.s.Wait() // waits for the endpoints, removes the NIC, closes the link endpoint
 		if s.fwd != nil {
 			s.fwd.wait()
+		}
+		if s.udp != nil {
+			s.udp.wait()
 		}
 		s.log.Debug("netstack: stack closed")
 	})

@@ -15,10 +15,13 @@ import (
 // To connect two stacks, or to put a Handler behind a stack, link them with an in-memory
 // device pair instead: a, b := memtun.Pipe(...); NewTUN(a, ...); NewTUN(b, ...).
 //
-// addrs are added to cfg.Addrs; cfg.Handler must be nil.
+// addrs are added to cfg.Addrs; cfg.Handler and cfg.UDPHandler must be nil.
 func NewVirtual(cfg Config, addrs ...netip.Prefix) (*Stack, error) {
 	if cfg.Handler != nil {
 		return nil, errors.New("netstack: a virtual stack has no inbound link for a Handler; use memtun.Pipe and NewTUN")
+	}
+	if cfg.UDPHandler != nil {
+		return nil, errors.New("netstack: a virtual stack has no inbound link for a UDPHandler; use memtun.Pipe and NewTUN")
 	}
 	cfg.Addrs = append(append([]netip.Prefix(nil), cfg.Addrs...), addrs...)
 	if cfg.MTU == 0 {
