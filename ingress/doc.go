@@ -16,6 +16,8 @@
 //   - -D dynamic forwards (proxy.go, socks.go, httpproxy.go): a SOCKS5 and HTTP proxy on
 //     any net.Listener, each request a flow to the target it names, answered only once the
 //     server has (with the SOCKS5 reply code or HTTP status of its verdict).
+//   - -U UDP forwards (udpport.go): a local UDP socket whose source addresses each get a UDP
+//     flow (quicmux.Client.DialUDP) to the forward's target, as a NAT gives each a mapping.
 //
 // A local end is a quicmux.FlowConn: it can half-close (FIN) and abort (RST), so every flow
 // ends at the app the way it ended at the far side, whichever ingress it came through.
