@@ -20,7 +20,8 @@ type TUNConfig struct {
 	Routes []netip.Prefix // what the kernel routes into it
 }
 
-// TUN is the privileged ingress: a TUN device whose TCP flows a gVisor netstack terminates.
+// TUN is the privileged ingress: a TUN device whose TCP and UDP flows a gVisor netstack
+// terminates (UDP: tunudp.go, when the Tunnel is a UDPTunnel).
 // Each flow's original destination becomes its target; the SYN is answered only once the
 // server has reached that destination (dial before accept), and with a RST when it has not,
 // so apps see "connection refused" at once rather than a hang. Flows keep alive
@@ -62,7 +63,11 @@ func serveDevice(dev *tun.Device, name string, mtu int, t Tunnel, opt Options, l
 	ing := &TUN{name: name, dev: dev, tun: t, opt: opt, log: log, flows: quicmux.NewFlowGroup(context.Background())}
 	tcp := netstack.DefaultTCPOptions()
 	tcp.KeepAlive = quicmux.KeepAliveConfig(opt.TCPKeepAlive)
-	st, err := netstack.NewTUN(dev.TUN(), netstack.Config{MTU: mtu, Handler: ing, Logger: log, TCP: &tcp})
+	cfg := netstack.Config{MTU: mtu, Handler: ing, Logger: log, TCP: &tcp}
+	if _, ok := t.(UDPTunnel); ok {
+		cfg.UDPHandler = ing // tunudp.go
+	}
+	st, err := netstack.NewTUN(dev.TUN(), cfg)
 	if err != nil {
 		_ = dev.Close()
 		return nil, err
