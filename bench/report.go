@@ -29,13 +29,14 @@ type Result struct {
 
 // Report is a whole run.
 type Report struct {
-	When     time.Time `json:"when"`
-	Command  string    `json:"command"`
-	Quick    bool      `json:"quick"`
-	Machine  string    `json:"machine"`
-	Results  []Result  `json:"results"`
-	Targets  []Target  `json:"targets"`
-	Duration string    `json:"duration"`
+	When     time.Time   `json:"when"`
+	Command  string      `json:"command"`
+	Quick    bool        `json:"quick"`
+	Machine  string      `json:"machine"`
+	Results  []Result    `json:"results"`
+	Targets  []Target    `json:"targets"`
+	UDP      []UDPResult `json:"udp,omitempty"`
+	Duration string      `json:"duration"`
 }
 
 // Target is one of the issue's goals with its verdict.
@@ -163,6 +164,7 @@ func (r *Report) Markdown(w io.Writer) {
 		fmt.Fprintf(w, "| %s | %s | %s | %s | %s |\n", t.Name, t.Want, got, t.Status, rel)
 	}
 	fmt.Fprintf(w, "\nThe Go TCP relay does -L's TCP work (an accept and a dial a flow, a userspace copy each way) and nothing else; where it misses a target too, no Go tunnel reaches it on this machine.\n")
+	udpMarkdown(w, r.UDP)
 }
 
 func fmtNum(v float64) string {

@@ -42,6 +42,9 @@ func Run(ctx context.Context, env *Env, opt Options) *Report {
 		}
 		rep.Results = append(rep.Results, runPath(ctx, env, p, opt))
 	}
+	if len(opt.Only) == 0 || opt.Only[UDPPathName] {
+		rep.UDP = RunUDP(ctx, env, opt)
+	}
 	rep.Duration = time.Since(start).Round(time.Second).String()
 	rep.Evaluate()
 	return rep
