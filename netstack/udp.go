@@ -25,13 +25,18 @@ import (
 // Config.MaxUDPFlows is 0.
 const DefaultMaxUDPFlows = 4096
 
+// udpReceiveBuffer is the receive buffer of a forwarded flow's endpoint: what the app's
+// packets may fill while the handler sets up the far side or falls behind. gVisor's
+// default (32 KiB) would drop the second packet of a burst of large ones.
+const udpReceiveBuffer = 256 << 10
+
 // UDPHandler receives every UDP flow the stack terminates: one per 5-tuple (app address and
 // port, original destination and port) that has no flow yet.
 type UDPHandler interface {
 	// HandleUDP is called in its own goroutine for each new 5-tuple. conn is connected
 	// already and holds the flow's first packet: what the app sends while the handler sets
-	// up the far side waits in conn's receive buffer (gVisor's default, about 200 KiB; more
-	// is dropped, as a full socket buffer drops it). Packets written to conn reach the app
+	// up the far side waits in conn's receive buffer (256 KiB; more is dropped, as a full
+	// socket buffer drops it). Packets written to conn reach the app
 	// with the original destination as their source.
 	//
 	// The handler owns conn: it ends the flow with conn.Close, or with conn.Refuse to tell
@@ -249,6 +254,7 @@ func (f *udpForwarder) handle(fr *udp.ForwarderRequest) bool {
 		f.wg.Done()
 		return true
 	}
+	ep.SocketOptions().SetReceiveBufferSize(udpReceiveBuffer, true)
 	dstIP, _ := netip.AddrFromSlice(id.LocalAddress.AsSlice())
 	srcIP, _ := netip.AddrFromSlice(id.RemoteAddress.AsSlice())
 	c := &UDPConn{
