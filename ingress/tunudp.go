@@ -47,7 +47,7 @@ func handleUDP(t UDPTunnel, flows *quicmux.FlowGroup, conn *netstack.UDPConn, na
 	stop := context.AfterFunc(conn.Context(), cancel) // the stack closes
 	defer stop()
 
-	flow, err := t.DialUDP(ctx, "udp", conn.Dst().String())
+	flow, err := t.OpenUDP(ctx, quicmux.TargetFromAddrPort(conn.Dst()), name, conn.Src().String())
 	if err != nil {
 		if errors.Is(err, quicmux.ErrDenied) {
 			conn.Refuse()

@@ -40,11 +40,15 @@ type mappedTunnel struct {
 	to map[string]string
 }
 
-func (m mappedTunnel) DialUDP(ctx context.Context, network, address string) (*quicmux.UDPFlow, error) {
-	if a, ok := m.to[address]; ok {
-		address = a
+func (m mappedTunnel) OpenUDP(ctx context.Context, t quicmux.Target, ingress, peer string) (*quicmux.UDPFlow, error) {
+	if a, ok := m.to[t.String()]; ok {
+		mapped, err := quicmux.ParseTarget(a)
+		if err != nil {
+			return nil, err
+		}
+		t = mapped
 	}
-	return m.UDPTunnel.DialUDP(ctx, network, address)
+	return m.UDPTunnel.OpenUDP(ctx, t, ingress, peer)
 }
 
 func newTUNUDPRig(t *testing.T, maxFlows int, serverIdle time.Duration) *tunUDPRig {

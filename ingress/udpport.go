@@ -38,10 +38,11 @@ func ParseUDPForward(spec string) (UDPForward, error) {
 
 // UDPTunnel opens UDP flows: *quicmux.Client is one.
 type UDPTunnel interface {
-	// DialUDP opens a UDP flow to address (host:port, resolved by the server) once the
+	// OpenUDP opens a UDP flow to t (a name is resolved by the server) once the
 	// server has allowed it; the flow is a connected UDP socket's equivalent (see
 	// quicmux.UDPFlow): its Read fails once the flow has ended.
-	DialUDP(ctx context.Context, network, address string) (*quicmux.UDPFlow, error)
+	// ingress and peer name the flow in the metrics and the recent failures.
+	OpenUDP(ctx context.Context, t quicmux.Target, ingress, peer string) (*quicmux.UDPFlow, error)
 }
 
 var _ UDPTunnel = (*quicmux.Client)(nil)
@@ -219,7 +220,7 @@ func (u *UDPPort) route(src netip.AddrPort, p []byte) {
 func (u *UDPPort) runSource(s *udpSource) {
 	defer u.wg.Done()
 	defer u.remove(s)
-	f, err := u.tun.DialUDP(u.ctx, "udp", u.fwd.Target.String())
+	f, err := u.tun.OpenUDP(u.ctx, u.fwd.Target, u.name, s.src.String())
 	if err != nil {
 		u.logEnd(s, err, 0, 0)
 		if u.ctx.Err() != nil {

@@ -30,10 +30,11 @@ type UDPFlow struct {
 	target Target
 	local  net.Addr
 
-	in   chan []byte
-	done chan struct{} // closed when the flow has ended
-	once sync.Once
-	err  error // why it ended; set before done is closed
+	in    chan []byte
+	done  chan struct{} // closed when the flow has ended
+	once  sync.Once
+	err   error       // why it ended; set before done is closed
+	ended func(error) // counts the end in the metrics; set before the flow can end
 
 	mu           sync.Mutex
 	readDeadline time.Time
@@ -55,14 +56,41 @@ func (c *Client) DialUDP(ctx context.Context, network, address string) (*UDPFlow
 	if err != nil {
 		return nil, &net.OpError{Op: "dial", Net: network, Err: err}
 	}
-	f, err := c.dialUDP(ctx, t)
+	f, err := c.OpenUDP(ctx, t, "", "")
 	if err != nil {
 		return nil, &net.OpError{Op: "dial", Net: network, Addr: targetAddr{t}, Err: err}
 	}
 	return f, nil
 }
 
-func (c *Client) dialUDP(ctx context.Context, t Target) (*UDPFlow, error) {
+// OpenUDP is DialUDP for ingresses: t is the flow's target, and ingress and peer name it in
+// the metrics and the list of recent failures, as Flow.Ingress and Flow.Peer do for TCP
+// (ingress default "api").
+func (c *Client) OpenUDP(ctx context.Context, t Target, ingress, peer string) (*UDPFlow, error) {
+	if ingress == "" {
+		ingress = ingressAPI
+	}
+	f, err := c.dialUDP(ctx, t, ingress)
+	if err != nil {
+		c.cfg.Metrics.flowRejected()
+		c.flowFailed(ctx, ingress, peer, t, err)
+		return nil, err
+	}
+	return f, nil
+}
+
+// udpResult names how a UDP flow ended, for the metrics.
+func udpResult(err error) string {
+	switch {
+	case errors.Is(err, net.ErrClosed):
+		return "ok" // the app closed it
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return "reset" // the destination's port unreachable, as a TCP destination's RST
+	}
+	return resultOf(err)
+}
+
+func (c *Client) dialUDP(ctx context.Context, t Target, ingress string) (*UDPFlow, error) {
 	hdr, err := AppendRequest(nil, Request{Kind: KindUDP, Target: t})
 	if err != nil {
 		return nil, err
@@ -108,6 +136,8 @@ func (c *Client) dialUDP(ctx context.Context, t Target) (*UDPFlow, error) {
 		return fail(mapStreamErr(err))
 	}
 	_ = str.SetReadDeadline(time.Time{})
+	active := c.cfg.Metrics.flowStarted(ingress)
+	f.ended = func(err error) { c.cfg.Metrics.flowEnded(active, udpResult(err)) }
 	c.wg.Add(1)
 	go func() { // owned by the client, ends with the flow's stream
 		defer c.wg.Done()
@@ -180,6 +210,9 @@ func udpEndError(err error) error {
 func (f *UDPFlow) end(err error) {
 	f.once.Do(func() {
 		f.err = err
+		if f.ended != nil {
+			f.ended(err)
+		}
 		close(f.done)
 		f.mux.remove(f.sender.str.StreamID())
 		f.sender.str.CancelRead(codeFlowReset)

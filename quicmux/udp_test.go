@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
 )
 
 // udpEcho is a UDP echo server on loopback.
@@ -206,5 +208,34 @@ func TestUDPFlowRecheck(t *testing.T) {
 	_ = f.SetReadDeadline(time.Now().Add(hangLimit))
 	if _, err := f.Read(make([]byte, 16)); !IsReset(err) {
 		t.Fatalf("read on a flow the new rules deny: %v, want a reset", err)
+	}
+}
+
+// UDP flows count in the client's metrics under their ingress, and end there as they end.
+func TestUDPFlowMetrics(t *testing.T) {
+	creg := prometheus.NewRegistry()
+	cm, err := NewMetrics(creg, "client")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tn := newTunnel(t, withClientConfig(func(c *ClientConfig) { c.Metrics = cm }))
+	target, _ := ParseTarget(udpEcho(t))
+	ctx, cancel := context.WithTimeout(context.Background(), hangLimit)
+	defer cancel()
+	f, err := tn.client.OpenUDP(ctx, target, "-U test", "127.0.0.1:5000")
+	if err != nil {
+		t.Fatal(err)
+	}
+	echoPacket(t, f, []byte("counted"))
+	waitMetric(t, creg, "quicgate_flows_active", map[string]string{"ingress": "-U test"}, 1)
+	_ = f.Close()
+	waitMetric(t, creg, "quicgate_flows_active", map[string]string{"ingress": "-U test"}, 0)
+	waitMetric(t, creg, "quicgate_flows_total", map[string]string{"result": "ok"}, 1)
+	denied, _ := ParseTarget("10.255.0.1:53")
+	if _, err := tn.client.OpenUDP(ctx, denied, "-U test", "127.0.0.1:5001"); !errors.Is(err, ErrDenied) {
+		t.Fatalf("a denied UDP target: %v", err)
+	}
+	if got := cm.RecentFailures(); len(got) != 1 || got[0].Ingress != "-U test" || got[0].Target != "10.255.0.1:53" {
+		t.Fatalf("recent failures %+v, want the denied UDP flow", got)
 	}
 }
