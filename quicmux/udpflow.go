@@ -20,8 +20,10 @@ import (
 // large for a datagram travels on the stream instead, after a 2-byte length. Datagrams may
 // be lost, as UDP packets may; those on the stream are not.
 
-// MaxUDPPacket is the largest packet a UDP flow carries: the most a UDP datagram holds.
-const MaxUDPPacket = 65507
+// MaxUDPPacket is the largest packet a UDP flow carries: the most a UDP datagram holds over
+// IPv6 (65,535 less the UDP header; IPv4's is 65,507, and a server's socket refuses more
+// toward an IPv4 target, dropping it). Buffers of this size never cut a packet short.
+const MaxUDPPacket = 65527
 
 const (
 	// DefaultUDPIdleTimeout ends a UDP flow that carried no packet either way for this long
