@@ -26,6 +26,17 @@ type ProtoPolicy interface {
 	AllowProto(p Proto, t Target) bool
 }
 
+// AnyPortPolicy is a Policy that can say whether it allows a destination on some port, for
+// either protocol: what the server asks before it answers a resolve request (KindResolve)
+// with an address, so that a name's addresses are told only to clients that could reach
+// them. A server whose Policy is not one denies every resolve. Rules is one.
+type AnyPortPolicy interface {
+	Policy
+	// AllowAnyPort reports whether a flow of either protocol to t (an address or a name;
+	// its Port is ignored) is allowed on at least one port.
+	AllowAnyPort(t Target) bool
+}
+
 // Proto is the transport protocol of a flow, or of a rule (ProtoAny: both).
 type Proto uint8
 
@@ -65,7 +76,10 @@ type Rule struct {
 // Rules allows a target when any rule does.
 type Rules []Rule
 
-var _ ProtoPolicy = Rules(nil)
+var (
+	_ ProtoPolicy   = Rules(nil)
+	_ AnyPortPolicy = Rules(nil)
+)
 
 // Allow reports whether a rule matches t for TCP.
 func (rs Rules) Allow(t Target) bool { return rs.AllowProto(ProtoTCP, t) }
@@ -74,6 +88,17 @@ func (rs Rules) Allow(t Target) bool { return rs.AllowProto(ProtoTCP, t) }
 func (rs Rules) AllowProto(p Proto, t Target) bool {
 	for _, r := range rs {
 		if (r.Proto == ProtoAny || r.Proto == p) && r.Allow(t) {
+			return true
+		}
+	}
+	return false
+}
+
+// AllowAnyPort reports whether a rule matches t on some port, for TCP or UDP.
+func (rs Rules) AllowAnyPort(t Target) bool {
+	for _, r := range rs {
+		t.Port = r.PortLo
+		if r.Allow(t) {
 			return true
 		}
 	}

@@ -44,6 +44,11 @@ const (
 	// KindUDP carries one UDP flow: its packets travel as QUIC datagrams, and on the stream
 	// when too large for one (udpflow.go).
 	KindUDP Kind = 4
+	// KindResolve asks the server to look a name up as it would for a flow to it: its target
+	// is a domain name and carries no port. After an ok status the server sends the
+	// addresses a flow to that name could reach on some port under its policy
+	// (AppendAddrs), then ends the stream (resolve.go).
+	KindResolve Kind = 5
 )
 
 func (k Kind) String() string {
@@ -58,6 +63,8 @@ func (k Kind) String() string {
 		return "accepted"
 	case KindUDP:
 		return "udp"
+	case KindResolve:
+		return "resolve"
 	}
 	return "kind(" + strconv.Itoa(int(k)) + ")"
 }
@@ -139,12 +146,22 @@ type Request struct {
 //	version(1) | length(2, big endian, of what follows) | kind(1) | [listener(8)] | atyp(1) | addr | port(2)
 //
 // addr is 4 bytes (IPv4), 16 bytes (IPv6), or a length byte and that many bytes (domain,
-// for KindTCP only). A ping carries kind only; listener is there for KindAccepted only.
+// for KindTCP, KindUDP and KindResolve). A ping carries kind only; listener is there for
+// KindAccepted only; a resolve has a domain and no port (its Target.Port is 0).
 func AppendRequest(b []byte, r Request) ([]byte, error) {
 	start := len(b)
 	b = append(b, protocolVersion, 0, 0, byte(r.Kind))
 	switch r.Kind {
 	case KindPing:
+	case KindResolve:
+		if r.Target.Addr.IsValid() || r.Target.Port != 0 {
+			return b[:start], fmt.Errorf("%w: a resolve takes a name and no port: %q", ErrBadTarget, r.Target.String())
+		}
+		if err := checkHostname(r.Target.Host); err != nil {
+			return b[:start], err
+		}
+		b = append(b, atypDomain, byte(len(r.Target.Host)))
+		b = append(b, r.Target.Host...)
 	case KindTCP, KindListen, KindAccepted, KindUDP:
 		t := r.Target
 		if !t.IsValid() || (r.Kind == KindListen || r.Kind == KindAccepted) && !t.Addr.IsValid() {
@@ -213,6 +230,16 @@ func parseRequestBody(body []byte) (Request, error) {
 		if len(rest) != 0 {
 			return Request{}, fmt.Errorf("%w: ping with %d trailing bytes", ErrBadRequest, len(rest))
 		}
+		return req, nil
+	case KindResolve:
+		if len(rest) < 2 || rest[0] != atypDomain || int(rest[1])+2 != len(rest) {
+			return Request{}, fmt.Errorf("%w: a resolve wants a domain name and nothing after it", ErrBadRequest)
+		}
+		host := string(rest[2:])
+		if err := checkHostname(host); err != nil {
+			return Request{}, fmt.Errorf("%w: %w", ErrBadRequest, err)
+		}
+		req.Target.Host = strings.ToLower(host)
 		return req, nil
 	case KindTCP, KindListen, KindUDP:
 	case KindAccepted:

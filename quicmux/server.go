@@ -445,6 +445,9 @@ func (s *Server) serveStream(ctx context.Context, cl *connInfo, str *quic.Stream
 	case KindUDP:
 		s.serveUDP(ctx, cl, str, req.Target, log(logrus.Fields{}))
 		return
+	case KindResolve:
+		s.serveResolve(ctx, cl, str, req.Target.Host, log(logrus.Fields{}))
+		return
 	case KindAccepted: // the server's to send, never a client's
 		log(logrus.Fields{}).Info("bad request: a client sent an accepted-connection header")
 		s.cfg.Metrics.dialResult(StatusBadRequest)

@@ -1,0 +1,215 @@
+package quicmux
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"strings"
+	"time"
+
+	"github.com/sirupsen/logrus"
+
+	"github.com/quicgate/quicgate/third_party/quic-go"
+)
+
+// MaxResolveAddrs bounds the addresses one resolve answer carries; the server keeps the
+// first ones, in the order found.
+const MaxResolveAddrs = 32
+
+// AppendAddrs appends a resolve answer's addresses, which follow its ok status:
+//
+//	count(1) | count × (atyp(1) | addr(4 or 16))
+//
+// It writes at most MaxResolveAddrs of them.
+func AppendAddrs(b []byte, addrs []netip.Addr) []byte {
+	addrs = addrs[:min(len(addrs), MaxResolveAddrs)]
+	b = append(b, byte(len(addrs)))
+	for _, a := range addrs {
+		if a = a.Unmap(); a.Is4() {
+			v := a.As4()
+			b = append(append(b, atypIPv4), v[:]...)
+		} else {
+			v := a.As16()
+			b = append(append(b, atypIPv6), v[:]...)
+		}
+	}
+	return b
+}
+
+// ReadAddrs reads the addresses AppendAddrs wrote. Errors wrap ErrProtocol.
+func ReadAddrs(r io.Reader) ([]netip.Addr, error) {
+	var one [1]byte
+	bad := func(why string) ([]netip.Addr, error) {
+		return nil, fmt.Errorf("%w: resolve answer: %s", ErrProtocol, why)
+	}
+	if _, err := io.ReadFull(r, one[:]); err != nil {
+		return bad("no address count")
+	}
+	n := int(one[0])
+	if n > MaxResolveAddrs {
+		return bad(fmt.Sprintf("%d addresses", n))
+	}
+	addrs := make([]netip.Addr, 0, n)
+	for range n {
+		if _, err := io.ReadFull(r, one[:]); err != nil {
+			return bad("truncated")
+		}
+		switch one[0] {
+		case atypIPv4:
+			var v [4]byte
+			if _, err := io.ReadFull(r, v[:]); err != nil {
+				return bad("truncated")
+			}
+			addrs = append(addrs, netip.AddrFrom4(v))
+		case atypIPv6:
+			var v [16]byte
+			if _, err := io.ReadFull(r, v[:]); err != nil {
+				return bad("truncated")
+			}
+			addrs = append(addrs, netip.AddrFrom16(v).Unmap())
+		default:
+			return bad(fmt.Sprintf("address type %d", one[0]))
+		}
+	}
+	return addrs, nil
+}
+
+// serveResolve answers a resolve request: the name is looked up as for a flow (hosts file
+// first, then the resolver with the name made absolute), and the answer keeps the
+// addresses a flow to the name could reach on some port under the policy (reachable). A
+// name that keeps none is denied; one that does not resolve is unreachable; a lookup that
+// fails otherwise, or not within the dial timeout, has timed out. Each is counted in the
+// dial results and logged at debug: resolves come often, and a denied one is no incident.
+func (s *Server) serveResolve(ctx context.Context, cl *connInfo, str *quic.Stream, name string, log *logrus.Entry) {
+	if !s.flows.Start() {
+		s.cfg.Metrics.dialResult(StatusShuttingDown)
+		s.reject(str, StatusShuttingDown, codeShutdown)
+		return
+	}
+	defer s.flows.Done()
+	addrs, status := s.lookupAllowed(ctx, name)
+	s.cfg.Metrics.dialResult(status)
+	if log.Logger.IsLevelEnabled(logrus.DebugLevel) {
+		log.WithFields(logrus.Fields{"name": name, "result": status.String(), "addrs": addrs}).Debug("resolve")
+	}
+	if status != StatusOK {
+		if status != StatusDenied {
+			s.cfg.Metrics.failed(Failure{Ingress: ingressServer, Peer: cl.name, Target: "resolve " + name, Reason: status.String()})
+		}
+		s.reject(str, status, codeFlowReset)
+		return
+	}
+	_ = str.SetWriteDeadline(time.Now().Add(s.cfg.HeaderTimeout))
+	_, _ = str.Write(AppendAddrs(AppendStatus(nil, StatusOK), addrs))
+	_ = str.Close()
+	str.CancelRead(codeFlowReset) // a resolve has no payload to read
+}
+
+// lookupAllowed resolves name under the dial timeout and a dial slot, and keeps the
+// addresses that reachable allows.
+func (s *Server) lookupAllowed(ctx context.Context, name string) ([]netip.Addr, Status) {
+	policy, ok := s.cfg.Policy.(AnyPortPolicy)
+	if !ok {
+		return nil, StatusDenied
+	}
+	ctx, cancel := context.WithTimeout(ctx, s.cfg.DialTimeout)
+	defer cancel()
+	select {
+	case s.dialSlots <- struct{}{}:
+		defer func() { <-s.dialSlots }()
+	case <-ctx.Done():
+		return nil, StatusTimedOut
+	}
+	ips := s.hosts.lookup(name)
+	fromHosts := len(ips) > 0
+	if !fromHosts {
+		var err error
+		ips, err = s.cfg.Resolver.LookupNetIP(ctx, "ip", strings.TrimSuffix(name, ".")+".")
+		if err != nil {
+			var dnsErr *net.DNSError
+			if ctx.Err() == nil && errors.As(err, &dnsErr) && dnsErr.IsNotFound {
+				return nil, StatusUnreachable
+			}
+			return nil, StatusTimedOut
+		}
+	}
+	var addrs []netip.Addr
+	for _, ip := range ips {
+		if ip = ip.Unmap(); s.reachable(policy, name, ip, fromHosts) {
+			addrs = append(addrs, ip)
+		}
+	}
+	if len(addrs) == 0 {
+		return nil, StatusDenied
+	}
+	return addrs, StatusOK
+}
+
+// reachable is permits for some port and either protocol: an address rule covers addr, or
+// a name rule covers name and addr is not guarded (or came from the hosts file).
+func (s *Server) reachable(policy AnyPortPolicy, name string, addr netip.Addr, fromHosts bool) bool {
+	if !dialable(addr) {
+		return false
+	}
+	if policy.AllowAnyPort(Target{Addr: addr}) {
+		return true
+	}
+	return policy.AllowAnyPort(Target{Host: name}) && (fromHosts || !s.guarded(addr))
+}
+
+// Resolve asks the server for the addresses of name, as it resolves names for flows:
+// the addresses a flow to name could reach on some port under its policy, in the order
+// found (IPv4 and IPv6 mixed). Its errors match ErrDenied (the policy allows none of
+// them), ErrUnreachable (the name does not resolve), ErrTimedOut (the lookup failed or
+// took longer than the server's dial timeout), ErrShuttingDown, ErrTooManyFlows, or
+// ErrServerUnreachable; a bad name matches ErrBadTarget.
+func (c *Client) Resolve(ctx context.Context, name string) ([]netip.Addr, error) {
+	name = strings.ToLower(strings.TrimSuffix(name, "."))
+	hdr, err := AppendRequest(nil, Request{Kind: KindResolve, Target: Target{Host: name}})
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.DialTimeout)
+	defer cancel()
+	qc, err := c.waitConn(ctx)
+	if err != nil {
+		return nil, err
+	}
+	str, err := qc.OpenStreamSync(ctx)
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("%w: no free stream within %s", ErrServerUnreachable, c.cfg.DialTimeout)
+		}
+		return nil, fmt.Errorf("%w: %w", ErrServerUnreachable, err)
+	}
+	fail := func(err error) ([]netip.Addr, error) {
+		str.CancelRead(codeFlowReset)
+		str.CancelWrite(codeFlowReset)
+		return nil, err
+	}
+	if _, err := str.Write(hdr); err != nil {
+		return fail(mapStreamErr(err))
+	}
+	_ = str.Close() // the request is all there is to send
+	// The server answers within its own dial timeout; ours bounds the wait, and ctx ending
+	// stops it at once.
+	deadline, _ := ctx.Deadline()
+	_ = str.SetReadDeadline(deadline)
+	stop := context.AfterFunc(ctx, func() { _ = str.SetReadDeadline(time.Now()) })
+	defer stop()
+	if err := ReadStatus(str); err != nil {
+		if ctx.Err() != nil && !errors.As(err, new(*StatusError)) {
+			return fail(fmt.Errorf("%w: no answer within %s", ErrServerUnreachable, c.cfg.DialTimeout))
+		}
+		return fail(mapStreamErr(err))
+	}
+	addrs, err := ReadAddrs(str)
+	if err != nil {
+		return fail(err)
+	}
+	str.CancelRead(codeFlowReset) // nothing more is read; the server ends its side
+	return addrs, nil
+}
