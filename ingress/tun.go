@@ -2,6 +2,7 @@ package ingress
 
 import (
 	"context"
+	"errors"
 	"net/netip"
 	"sync"
 
@@ -18,6 +19,11 @@ type TUNConfig struct {
 	MTU    int
 	Addrs  []netip.Prefix // the device's own addresses
 	Routes []netip.Prefix // what the kernel routes into it
+	// DNS, if set, is an address routed into the device (not one of its own) at which the
+	// ingress answers DNS queries itself, over UDP and TCP port 53, by resolving their
+	// names at the server (tundns.go); the Tunnel must then be a NameResolver. Other ports
+	// of DNS are closed. Pointing the host's resolver at it is the user's to do.
+	DNS netip.Addr
 }
 
 // TUN is the privileged ingress: a TUN device whose TCP and UDP flows a gVisor netstack
@@ -34,6 +40,10 @@ type TUN struct {
 	opt   Options
 	log   *logrus.Entry
 	flows *quicmux.FlowGroup
+	// dns answers the queries to its address (TUNConfig.DNS); nil: none. Its sockets are
+	// counted in dnsFlows, which ends first on shutdown: they are no flows to drain.
+	dns      *dnsResponder
+	dnsFlows *quicmux.FlowGroup
 
 	closeOnce sync.Once
 	closeErr  error
@@ -49,22 +59,36 @@ func OpenTUN(cfg TUNConfig, t Tunnel, opt Options) (*TUN, error) {
 	if err != nil {
 		return nil, err
 	}
-	ing, err := serveDevice(dev, "tun "+dev.Name(), cfg.MTU, t, opt, log)
+	ing, err := serveDevice(dev, "tun "+dev.Name(), cfg.MTU, cfg.DNS, t, opt, log)
 	if err != nil {
 		return nil, err
 	}
-	log.WithFields(logrus.Fields{"addrs": cfg.Addrs, "routes": cfg.Routes, "mtu": cfg.MTU}).Info("tun ready")
+	fields := logrus.Fields{"addrs": cfg.Addrs, "routes": cfg.Routes, "mtu": cfg.MTU}
+	if cfg.DNS.IsValid() {
+		fields["dns"] = cfg.DNS
+	}
+	log.WithFields(fields).Info("tun ready")
 	return ing, nil
 }
 
 // serveDevice puts the netstack behind dev and returns the ingress that carries its flows,
-// named name in metrics and logs. It closes dev if it fails.
-func serveDevice(dev *tun.Device, name string, mtu int, t Tunnel, opt Options, log *logrus.Entry) (*TUN, error) {
-	ing := &TUN{name: name, dev: dev, tun: t, opt: opt, log: log, flows: quicmux.NewFlowGroup(context.Background())}
+// named name in metrics and logs, answering DNS at dns if it is set. It closes dev if it
+// fails.
+func serveDevice(dev *tun.Device, name string, mtu int, dns netip.Addr, t Tunnel, opt Options, log *logrus.Entry) (*TUN, error) {
+	ing := &TUN{name: name, dev: dev, tun: t, opt: opt, log: log, flows: quicmux.NewFlowGroup(context.Background()),
+		dnsFlows: quicmux.NewFlowGroup(context.Background())}
+	if dns.IsValid() {
+		r, ok := t.(NameResolver)
+		if !ok {
+			_ = dev.Close()
+			return nil, errors.New("ingress: a TUN that answers DNS needs a tunnel that resolves names")
+		}
+		ing.dns = newDNSResponder(dns.Unmap(), r, log)
+	}
 	tcp := netstack.DefaultTCPOptions()
 	tcp.KeepAlive = quicmux.KeepAliveConfig(opt.TCPKeepAlive)
 	cfg := netstack.Config{MTU: mtu, Handler: ing, Logger: log, TCP: &tcp}
-	if _, ok := t.(UDPTunnel); ok {
+	if _, ok := t.(UDPTunnel); ok || ing.dns != nil {
 		cfg.UDPHandler = ing // tunudp.go
 	}
 	st, err := netstack.NewTUN(dev.TUN(), cfg)
@@ -78,6 +102,10 @@ func serveDevice(dev *tun.Device, name string, mtu int, t Tunnel, opt Options, l
 
 // HandleTCP carries one flow the netstack terminated.
 func (ing *TUN) HandleTCP(req *netstack.TCPRequest) {
+	if ing.dns != nil && req.Dst().Addr() == ing.dns.addr {
+		ing.serveDNSTCP(req)
+		return
+	}
 	handleTCP(ing.tun, ing.flows, req, ing.name, ing.log)
 }
 
@@ -107,6 +135,7 @@ func handleTCP(t Tunnel, flows *quicmux.FlowGroup, req *netstack.TCPRequest, nam
 // drain timeout, the rest are reset, and the stack, routes and device are removed.
 func (ing *TUN) Serve(ctx context.Context) error {
 	<-ctx.Done()
+	ing.dnsFlows.Close()
 	drain(ing.flows, ing.opt.DrainTimeout)
 	return ing.Close()
 }
@@ -115,6 +144,7 @@ func (ing *TUN) Serve(ctx context.Context) error {
 // idempotent, so a client that fails to start can defer it.
 func (ing *TUN) Close() error {
 	ing.closeOnce.Do(func() {
+		ing.dnsFlows.Close()
 		ing.flows.Close()
 		ing.closeErr = ing.stack.Close()
 		if err := ing.dev.Close(); ing.closeErr == nil {
@@ -123,4 +153,30 @@ func (ing *TUN) Close() error {
 		ing.log.Info("tun removed")
 	})
 	return ing.closeErr
+}
+
+// serveDNSTCP answers the DNS queries of a TCP connection to the DNS address; a connection
+// to any other port of it is refused.
+func (ing *TUN) serveDNSTCP(req *netstack.TCPRequest) {
+	if req.Dst().Port() != 53 || !ing.dnsFlows.Start() {
+		req.Reject()
+		return
+	}
+	defer ing.dnsFlows.Done()
+	c, err := req.Accept()
+	if err != nil {
+		return
+	}
+	ing.dns.serveTCP(ing.dnsFlows.Context(), c)
+}
+
+// serveDNSUDP answers the DNS queries of a UDP 5-tuple to the DNS address; any other port
+// of it answers port unreachable.
+func (ing *TUN) serveDNSUDP(conn *netstack.UDPConn) {
+	if conn.Dst().Port() != 53 || !ing.dnsFlows.Start() {
+		conn.Refuse()
+		return
+	}
+	defer ing.dnsFlows.Done()
+	ing.dns.serveUDP(ing.dnsFlows.Context(), conn)
 }

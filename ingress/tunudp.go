@@ -16,7 +16,16 @@ import (
 
 // HandleUDP carries one UDP 5-tuple the netstack terminated.
 func (ing *TUN) HandleUDP(conn *netstack.UDPConn) {
-	handleUDP(ing.tun.(UDPTunnel), ing.flows, conn, ing.name, ing.log)
+	if ing.dns != nil && conn.Dst().Addr() == ing.dns.addr {
+		ing.serveDNSUDP(conn)
+		return
+	}
+	ut, ok := ing.tun.(UDPTunnel)
+	if !ok { // the handler is there for DNS alone
+		conn.Refuse()
+		return
+	}
+	handleUDP(ut, ing.flows, conn, ing.name, ing.log)
 }
 
 // A TUN ingress whose Tunnel is also a UDPTunnel (udpport.go; *quicmux.Client is both)

@@ -6,6 +6,7 @@ import (
 	"flag"
 	"fmt"
 	"io"
+	"net/netip"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -132,7 +133,7 @@ func runRun(args []string, stderr io.Writer) error {
 			if err != nil {
 				return nil, err
 			}
-			return ingress.AdoptTUN(dev, fmt.Sprintf("run %d", p.PID()), cf.tun.mtu, client, opt)
+			return ingress.AdoptTUN(dev, fmt.Sprintf("run %d", p.PID()), cf.tun.mtu, netip.Addr{}, client, opt)
 		},
 		connected: func(log *logrus.Entry) error {
 			if !sigs.commandStarts() {
