@@ -30,12 +30,16 @@ var DefaultAddrs = []netip.Prefix{netip.MustParsePrefix("198.18.0.1/32"), netip.
 // DefaultRoutes send everything into the device.
 var DefaultRoutes = []netip.Prefix{netip.MustParsePrefix("0.0.0.0/0"), netip.MustParsePrefix("::/0")}
 
-// NoResolver is the resolv.conf the namespace gets until quicgate carries DNS: comments
-// only, so lookups fail at once (the resolver falls back to the namespace's own loopback,
-// where nothing answers) instead of leaking to the host's resolver, which the namespace
-// cannot reach anyway.
-const NoResolver = "# quicgate run: this namespace has no DNS resolver yet (quicgate carries TCP only).\n" +
-	"# Use IP addresses, or names from /etc/hosts.\n"
+// DefaultDNS is where quicgate run answers the command's DNS queries (the ingress's TUN DNS
+// responder, which resolves names at the server): an address in the benchmarking block
+// beside DefaultAddrs, routed into the device like every other.
+var DefaultDNS = netip.MustParseAddr("198.18.0.53")
+
+// ResolvConf is the resolv.conf that points the namespace's resolver at dns alone, so that
+// no lookup leaks to the host's resolver (which the namespace cannot reach anyway).
+func ResolvConf(dns netip.Addr) string {
+	return "# quicgate run: names are resolved at the server, under its policy.\nnameserver " + dns.String() + "\n"
+}
 
 // setupTimeout bounds each exchange with the child before the command runs.
 const setupTimeout = 30 * time.Second

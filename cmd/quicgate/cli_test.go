@@ -135,6 +135,10 @@ func TestBadFlags(t *testing.T) {
 		{"client bad congestion", []string{"client", "--server", "127.0.0.1:1", "--pin", pin, "-L", "0:127.0.0.1:80", "--congestion", "vegas"}, `--congestion "vegas": want bbr or cubic`},
 		{"server bad congestion", []string{"server", "--state-dir", state, "--authorized-clients", auth, "--allow", "127.0.0.1", "--congestion", "reno"}, "--congestion"},
 		{"client stray argument", []string{"client", "--server", "127.0.0.1:1", "--pin", pin, "extra"}, `unexpected argument "extra"`},
+		{"tun-dns without tun", []string{"client", "--server", "127.0.0.1:1", "--pin", pin, "-L", "0:127.0.0.1:80", "--tun-dns", "10.77.0.53"}, "need --tun"},
+		{"tun-dns not an address", []string{"client", "--server", "127.0.0.1:1", "--pin", pin, "--tun", "qg9", "--tun-addr", "10.77.0.1/24", "--route", "10.99.0.0/16", "--tun-dns", "dns.example"}, `--tun-dns "dns.example": want an IP address`},
+		{"tun-dns outside the tun", []string{"client", "--server", "127.0.0.1:1", "--pin", pin, "--tun", "qg9", "--tun-addr", "10.77.0.1/24", "--route", "10.99.0.0/16", "--tun-dns", "10.78.0.53"}, "--tun-dns 10.78.0.53 is not inside a --tun-addr prefix or a --route"},
+		{"tun-dns the tun's own address", []string{"client", "--server", "127.0.0.1:1", "--pin", pin, "--tun", "qg9", "--tun-addr", "10.77.0.1/24", "--route", "10.99.0.0/16", "--tun-dns", "10.77.0.1"}, "--tun-dns 10.77.0.1 is the interface's own address"},
 		{"demo bad size", []string{"demo", "--size", "0"}, "--size"},
 	}
 	for _, tt := range tests {

@@ -6,7 +6,6 @@ import (
 	"flag"
 	"fmt"
 	"io"
-	"net/netip"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -93,6 +92,18 @@ func runRun(args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
+	// The namespace routes everything into its device: --tun-dns need only not be one of
+	// the device's own addresses.
+	dns := rootless.DefaultDNS
+	if cf.tun.dns != "" {
+		own := addrs
+		if len(own) == 0 {
+			own = rootless.DefaultAddrs
+		}
+		if dns, err = cf.tun.dnsAddr(own, rootless.DefaultRoutes); err != nil {
+			return err
+		}
+	}
 	path, err := exec.LookPath(command[0])
 	if err != nil {
 		return &exitError{code: rootless.ExecStatus(err), err: err}
@@ -122,7 +133,7 @@ func runRun(args []string, stderr io.Writer) error {
 				Path: path, Args: command, Env: os.Environ(), Dir: cwd,
 				Stdin: os.Stdin, Stdout: os.Stdout, Stderr: os.Stderr,
 				Self: []string{os.Args[0], "run"},
-				MTU:  cf.tun.mtu, Addrs: addrs, Resolv: rootless.NoResolver,
+				MTU:  cf.tun.mtu, Addrs: addrs, Resolv: rootless.ResolvConf(dns),
 				Logger: log,
 			})
 			if err != nil {
@@ -133,7 +144,7 @@ func runRun(args []string, stderr io.Writer) error {
 			if err != nil {
 				return nil, err
 			}
-			return ingress.AdoptTUN(dev, fmt.Sprintf("run %d", p.PID()), cf.tun.mtu, netip.Addr{}, client, opt)
+			return ingress.AdoptTUN(dev, fmt.Sprintf("run %d", p.PID()), cf.tun.mtu, dns, client, opt)
 		},
 		connected: func(log *logrus.Entry) error {
 			if !sigs.commandStarts() {

@@ -675,6 +675,7 @@ func TestRunBadFlags(t *testing.T) {
 		{[]string{"run", "--server", "127.0.0.1:1", "--pin", pin, "--tun-addr", "nonsense", "--", "true"}, `--tun-addr "nonsense"`},
 		{[]string{"run", "--server", "127.0.0.1:1", "--pin", pin, "true"}, "give the command after --"},
 		{[]string{"run", "--server", "127.0.0.1:1", "--pin", pin, "--tun-mtu", "100", "--", "true"}, "--tun-mtu 100: want 1280 to 65535"},
+		{[]string{"run", "--server", "127.0.0.1:1", "--pin", pin, "--tun-dns", "198.18.0.1", "--", "true"}, "--tun-dns 198.18.0.1 is the interface's own address"},
 		// A client's config file that sets them: its settings are named, not flags.
 		{[]string{"run", "--server", "127.0.0.1:1", "--pin", pin, "--config", clientConf, "--", "true"}, clientConf + " sets tun or route, which are the client's"},
 	} {

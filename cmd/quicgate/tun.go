@@ -14,19 +14,21 @@ type tunFlags struct {
 	addrs  multiFlag
 	routes multiFlag
 	mtu    int
+	dns    string
 }
 
 func (t *tunFlags) register(fs *flag.FlagSet) {
 	fs.StringVar(&t.name, "tun", "", "create this TUN interface and tunnel the TCP flows routed into it (needs CAP_NET_ADMIN)")
 	fs.Var(&t.addrs, "tun-addr", "address of the TUN interface with its prefix length, e.g. 10.77.0.1/24 (repeatable)")
 	fs.Var(&t.routes, "route", "prefix to route into the TUN interface, e.g. 10.99.0.0/16 (repeatable; at least one with --tun)")
+	fs.StringVar(&t.dns, "tun-dns", "", "answer DNS queries sent to this address (UDP and TCP port 53; inside a --tun-addr prefix or a --route, not the interface's own address) by resolving their names at the server, under its policy; point the host's resolver at it yourself (quicgate never changes it)")
 	fs.IntVar(&t.mtu, "tun-mtu", netstack.RecommendedTUNMTU, "MTU of the TUN interface (1280-65535; the link is virtual and every flow ends in this process, so larger moves bytes cheaper)")
 }
 
 func (t *tunFlags) config() (*ingress.TUNConfig, error) {
 	if t.name == "" {
-		if len(t.addrs) > 0 || len(t.routes) > 0 {
-			return nil, usageErr("--tun-addr and --route need --tun")
+		if len(t.addrs) > 0 || len(t.routes) > 0 || t.dns != "" {
+			return nil, usageErr("--tun-addr, --route and --tun-dns need --tun")
 		}
 		return nil, nil
 	}
@@ -51,7 +53,37 @@ func (t *tunFlags) config() (*ingress.TUNConfig, error) {
 		}
 		c.Routes = append(c.Routes, p)
 	}
+	if c.DNS, err = t.dnsAddr(c.Addrs, c.Routes); err != nil {
+		return nil, err
+	}
 	return c, nil
+}
+
+// dnsAddr parses --tun-dns, which must reach the TUN: inside one of its prefixes or routes,
+// and none of its own addresses (the kernel would keep a packet to one of those).
+func (t *tunFlags) dnsAddr(addrs, routes []netip.Prefix) (netip.Addr, error) {
+	if t.dns == "" {
+		return netip.Addr{}, nil
+	}
+	a, err := netip.ParseAddr(t.dns)
+	if err != nil || a.Zone() != "" {
+		return netip.Addr{}, usageErr("--tun-dns %q: want an IP address, e.g. 10.77.0.53", t.dns)
+	}
+	a = a.Unmap()
+	inside := false
+	for _, p := range addrs {
+		if p.Addr().Unmap() == a {
+			return netip.Addr{}, usageErr("--tun-dns %s is the interface's own address: pick another one in %s", a, p.Masked())
+		}
+		inside = inside || p.Masked().Contains(a)
+	}
+	for _, p := range routes {
+		inside = inside || p.Contains(a)
+	}
+	if !inside {
+		return netip.Addr{}, usageErr("--tun-dns %s is not inside a --tun-addr prefix or a --route, so its queries would not reach the TUN", a)
+	}
+	return a, nil
 }
 
 // device checks --tun-mtu and parses --tun-addr, which the client's device and run's share.
