@@ -106,17 +106,34 @@ func (ing *TUN) HandleTCP(req *netstack.TCPRequest) {
 		ing.serveDNSTCP(req)
 		return
 	}
-	handleTCP(ing.tun, ing.flows, req, ing.name, ing.log)
+	handleTCPTo(ing.tun, ing.flows, req, ing.target(req.Dst()), ing.name, ing.log)
+}
+
+// target is where a flow to dst goes: dst, or the name whose DNS answer gave the app dst
+// (TUNConfig.DNS), so that the server judges the flow by the name's rules as it judged the
+// name's resolve; it resolves the name again to dial it.
+func (ing *TUN) target(dst netip.AddrPort) quicmux.Target {
+	if ing.dns != nil {
+		if name, ok := ing.dns.nameOf(dst.Addr()); ok {
+			return quicmux.Target{Host: name, Port: dst.Port()}
+		}
+	}
+	return quicmux.TargetFromAddrPort(dst)
 }
 
 // handleTCP hands a netstack flow to the tunnel: the SYN waits for the server's answer.
 func handleTCP(t Tunnel, flows *quicmux.FlowGroup, req *netstack.TCPRequest, name string, log *logrus.Entry) {
+	handleTCPTo(t, flows, req, quicmux.TargetFromAddrPort(req.Dst()), name, log)
+}
+
+// handleTCPTo is handleTCP with the flow's target given.
+func handleTCPTo(t Tunnel, flows *quicmux.FlowGroup, req *netstack.TCPRequest, target quicmux.Target, name string, log *logrus.Entry) {
 	if !flows.Start() {
 		req.Reject()
 		return
 	}
 	f := quicmux.Flow{
-		Target: quicmux.TargetFromAddrPort(req.Dst()),
+		Target: target,
 		Accept: func() (quicmux.FlowConn, error) {
 			c, err := req.Accept()
 			if err != nil {

@@ -68,7 +68,18 @@ type dnsResponder struct {
 
 	mu    sync.Mutex
 	cache map[string]*dnsEntry
+	names map[netip.Addr]dnsName // the names answered with each address
 }
+
+// dnsName is the name an address was last given out for, until expires.
+type dnsName struct {
+	name    string
+	expires time.Time
+}
+
+// dnsNameLife is how long a flow to an address answered for a name is sent as a flow to
+// that name: well beyond the TTL, as apps keep answers longer than they are told to.
+const dnsNameLife = 30 * time.Minute
 
 // dnsEntry is a name's resolve: in progress until ready is closed, then valid until
 // expires. Queries for a name being resolved wait for it, so the A and AAAA questions a
@@ -81,7 +92,35 @@ type dnsEntry struct {
 }
 
 func newDNSResponder(addr netip.Addr, r NameResolver, log *logrus.Entry) *dnsResponder {
-	return &dnsResponder{addr: addr, r: r, log: log, cache: map[string]*dnsEntry{}}
+	return &dnsResponder{addr: addr, r: r, log: log, cache: map[string]*dnsEntry{}, names: map[netip.Addr]dnsName{}}
+}
+
+// nameOf is the name an answer gave out addr for, if one did within dnsNameLife.
+func (d *dnsResponder) nameOf(addr netip.Addr) (string, bool) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	n, ok := d.names[addr.Unmap()]
+	if !ok || time.Now().After(n.expires) {
+		return "", false
+	}
+	return n.name, true
+}
+
+// remember notes that addrs were given out for name. Called with d.mu held.
+func (d *dnsResponder) remember(name string, addrs []netip.Addr, now time.Time) {
+	if len(d.names)+len(addrs) > 8*dnsCacheMax {
+		for a, n := range d.names {
+			if now.After(n.expires) {
+				delete(d.names, a)
+			}
+		}
+		if len(d.names)+len(addrs) > 8*dnsCacheMax {
+			clear(d.names)
+		}
+	}
+	for _, a := range addrs {
+		d.names[a] = dnsName{name: name, expires: now.Add(dnsNameLife)}
+	}
 }
 
 // lookup resolves name, from the cache when it can.
@@ -113,13 +152,12 @@ func (d *dnsResponder) lookup(ctx context.Context, name string) ([]netip.Addr, d
 		cancel()
 		e.addrs, e.rcode = addrs, rcodeOf(err)
 		e.expires = time.Now().Add(dnsTTL)
-		if e.rcode == dnsmessage.RCodeServerFailure {
-			d.mu.Lock()
-			if d.cache[name] == e {
-				delete(d.cache, name) // a failure is worth asking again at once
-			}
-			d.mu.Unlock()
+		d.mu.Lock()
+		if e.rcode == dnsmessage.RCodeServerFailure && d.cache[name] == e {
+			delete(d.cache, name) // a failure is worth asking again at once
 		}
+		d.remember(name, addrs, time.Now())
+		d.mu.Unlock()
 		if err != nil && d.log.Logger.IsLevelEnabled(logrus.DebugLevel) {
 			d.log.WithError(err).WithFields(logrus.Fields{"name": name, "rcode": e.rcode.String()}).Debug("dns: resolve failed")
 		}

@@ -37,7 +37,7 @@ func (c *countingResolver) Resolve(ctx context.Context, name string) ([]netip.Ad
 // newTUNDNSRig: an app netstack → in-memory device → a TUN ingress answering DNS at
 // tunDNS, whose resolves go to a real server. The server's hosts file knows
 // far.internal (allowed) and secret.internal (no rule); its resolver knows nothing else.
-func newTUNDNSRig(t *testing.T) (*netstack.Stack, *countingResolver) {
+func newTUNDNSRig(t *testing.T) (*netstack.Stack, *countingResolver, *TUN) {
 	t.Helper()
 	hosts := filepath.Join(t.TempDir(), "hosts")
 	if err := os.WriteFile(hosts, []byte("192.0.2.7 far.internal\n2001:db8::7 far.internal\n192.0.2.8 secret.internal\n"), 0o644); err != nil {
@@ -71,7 +71,7 @@ func newTUNDNSRig(t *testing.T) (*netstack.Stack, *countingResolver) {
 		_ = gw.Close()
 		_ = app.Close()
 	})
-	return app, res
+	return app, res, ing
 }
 
 type resolverFunc func(ctx context.Context, network, host string) ([]netip.Addr, error)
@@ -150,7 +150,7 @@ func askUDP(t *testing.T, app *netstack.Stack, q []byte) []byte {
 // policy: the address family asked for, REFUSED for a name the policy does not reach,
 // NXDOMAIN for one that does not resolve, no data for other types; over UDP and TCP.
 func TestTUNDNS(t *testing.T) {
-	app, res := newTUNDNSRig(t)
+	app, res, ing := newTUNDNSRig(t)
 	tests := []struct {
 		name string
 		typ  dnsmessage.Type
@@ -171,6 +171,14 @@ func TestTUNDNS(t *testing.T) {
 	// far.internal was resolved once, for A and AAAA both: the cache answered the second.
 	if n := res.n.Load(); n != 3 {
 		t.Errorf("%d resolves at the server, want 3", n)
+	}
+
+	// Flows to an address answered for a name go as flows to the name, which the server
+	// judges by its name rules; others keep their address.
+	for dst, want := range map[string]string{"192.0.2.7:80": "far.internal:80", "[2001:db8::7]:443": "far.internal:443", "192.0.2.9:80": "192.0.2.9:80"} {
+		if got := ing.target(netip.MustParseAddrPort(dst)).String(); got != want {
+			t.Errorf("a flow to %s goes to %s, want %s", dst, got, want)
+		}
 	}
 
 	ctx, cancel := context.WithTimeout(context.Background(), tunUDPWait)

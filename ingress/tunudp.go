@@ -25,7 +25,7 @@ func (ing *TUN) HandleUDP(conn *netstack.UDPConn) {
 		conn.Refuse()
 		return
 	}
-	handleUDP(ut, ing.flows, conn, ing.name, ing.log)
+	handleUDPTo(ut, ing.flows, conn, ing.target(conn.Dst()), ing.name, ing.log)
 }
 
 // A TUN ingress whose Tunnel is also a UDPTunnel (udpport.go; *quicmux.Client is both)
@@ -44,19 +44,24 @@ const udpWriteTimeout = 10 * time.Second
 // unreachable reaches the app as ICMP port unreachable (conn.Refuse); any other failure
 // drops the flow's packets, with one log line.
 func handleUDP(t UDPTunnel, flows *quicmux.FlowGroup, conn *netstack.UDPConn, name string, log *logrus.Entry) {
+	handleUDPTo(t, flows, conn, quicmux.TargetFromAddrPort(conn.Dst()), name, log)
+}
+
+// handleUDPTo is handleUDP with the flow's target given.
+func handleUDPTo(t UDPTunnel, flows *quicmux.FlowGroup, conn *netstack.UDPConn, target quicmux.Target, name string, log *logrus.Entry) {
 	if !flows.Start() {
 		conn.Refuse()
 		return
 	}
 	defer flows.Done()
-	log = log.WithFields(logrus.Fields{"peer": conn.Src().String(), "target": conn.Dst().String(), "proto": "udp"})
+	log = log.WithFields(logrus.Fields{"peer": conn.Src().String(), "target": target.String(), "proto": "udp"})
 
 	ctx, cancel := context.WithCancel(flows.Context())
 	defer cancel()
 	stop := context.AfterFunc(conn.Context(), cancel) // the stack closes
 	defer stop()
 
-	flow, err := t.OpenUDP(ctx, quicmux.TargetFromAddrPort(conn.Dst()), name, conn.Src().String())
+	flow, err := t.OpenUDP(ctx, target, name, conn.Src().String())
 	if err != nil {
 		if errors.Is(err, quicmux.ErrDenied) {
 			conn.Refuse()
