@@ -236,6 +236,14 @@ func (p livePolicy) AllowProto(pr quicmux.Proto, t quicmux.Target) bool {
 	return p.acc.Load().rules.AllowProto(pr, t)
 }
 
+// AllowAnyPort lets the server answer resolves (the client's --tun-dns) under the rules in
+// force.
+func (p livePolicy) AllowAnyPort(t quicmux.Target) bool {
+	return p.acc.Load().rules.AllowAnyPort(t)
+}
+
+var _ quicmux.AnyPortPolicy = livePolicy{}
+
 // common are the flags that server and client share.
 type common struct {
 	config     string
