@@ -103,6 +103,7 @@ func newRunSetup(t *testing.T) *runSetup {
 	}
 	pin := fingerprint(t, filepath.Join(dir, "server"))
 	startHTTPIn(t, tp.b, dst4+":80", "["+dst6+"]:80")
+	netnsFile(t, tp.b, "hosts", "127.0.0.1 localhost\n"+dst4+" web.farside.test\n") // for the command's DNS
 	srv := startIn(t, tp.b, "server", "--listen", addrB+":4433", "--state-dir", filepath.Join(dir, "server"),
 		"--authorized-clients", auth, "--allow", "10.99.0.0/16", "--allow", "fd00:99::/64")
 	srv.waitFor(t, "server ready")
@@ -215,7 +216,7 @@ func TestRun(t *testing.T) {
 
 	t.Run("the command's view", func(t *testing.T) {
 		// The caller's uid, no capabilities, the caller's environment and directory, a
-		// default route into the device, and the resolv.conf with its note.
+		// default route into the device, and a resolv.conf naming run's DNS address.
 		script := `id -u; grep CapEff /proc/self/status; echo "$QG_TEST_MARK"; pwd; ip route show default; ip -6 route show default; cat /etc/resolv.conf`
 		cmd := rs.command(false, nil, "sh", "-c", script)
 		cmd.Env = append(os.Environ(), "QG_TEST_MARK=kept")
@@ -223,13 +224,21 @@ func TestRun(t *testing.T) {
 		if code != 0 {
 			t.Fatalf("exit %d: %s", code, stderr)
 		}
-		for _, want := range []string{nobody + "\n", "CapEff:\t0000000000000000", "kept\n", rs.dir + "\n", "default dev qg0", "no DNS resolver yet"} {
+		for _, want := range []string{nobody + "\n", "CapEff:\t0000000000000000", "kept\n", rs.dir + "\n", "default dev qg0", "nameserver 198.18.0.53\n"} {
 			if !strings.Contains(out, want) {
 				t.Fatalf("the command saw:\n%s\nwant %q in it", out, want)
 			}
 		}
 		if strings.Count(out, "default dev qg0") != 2 {
 			t.Fatalf("want IPv4 and IPv6 default routes into qg0:\n%s", out)
+		}
+	})
+
+	t.Run("dns", func(t *testing.T) {
+		// A name only the server's side knows resolves in the namespace, at the server.
+		out, stderr, code := result(t, rs.command(false, nil, "getent", "ahostsv4", "web.farside.test"))
+		if code != 0 || !strings.HasPrefix(out, dst4+" ") {
+			t.Fatalf("getent ahostsv4 web.farside.test: exit %d, %q\nstderr:\n%s", code, out, stderr)
 		}
 	})
 
