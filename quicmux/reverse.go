@@ -51,6 +51,8 @@ var _ net.Listener = (*reverseListener)(nil)
 // (retrying with backoff if the server refuses then, for example because someone else took
 // the port). Close ends it on the server too. Each accepted net.Conn is also a FlowConn
 // (CloseWrite, Abort), and its RemoteAddr is the address the server accepted it from.
+// Connections wait for Accept in a queue of 128 (more are reset); a waiting one is an open
+// flow on the server (its drain waits for it) until Accept takes it or Close resets it.
 func (c *Client) Listen(ctx context.Context, network, addr string) (net.Listener, error) {
 	switch network {
 	case "tcp", "tcp4", "tcp6":
