@@ -149,8 +149,11 @@ func TestLinkRTTAndRate(t *testing.T) {
 		_ = conn.Close()
 	}
 	slices.Sort(rtts)
-	if med := rtts[len(rtts)/2]; med < rtt || med > rtt+3*time.Millisecond {
-		t.Errorf("TCP handshake median %v (all %v), want %v to %v", med, rtts, rtt, rtt+3*time.Millisecond)
+	// At least the configured round trip: the delay is applied. Well under two: it is not
+	// applied twice (each way once). The margin is for a loaded machine (a CI run beside
+	// other tests measured 44.8 ms), not a measure of speed.
+	if med := rtts[len(rtts)/2]; med < rtt || med >= 3*rtt/2 {
+		t.Errorf("TCP handshake median %v (all %v), want %v to %v", med, rtts, rtt, 3*rtt/2)
 	}
 
 	conn, err := dialIn(c, "tcp", ln.Addr().String())
