@@ -38,8 +38,43 @@ func openTUNDevice(t *testing.T) {
 }
 
 // setTUNMode sets /dev/net/tun's mode for the test and restores it at the end.
+// tunModeLock serializes the test processes on this host that change /dev/net/tun's mode
+// (two go test runs at once: one restoring 0600 under the other's run): a process holds an
+// exclusive flock on a lock file while any of its tests has the mode changed.
+var tunModeLock struct {
+	sync.Mutex
+	held int
+	file *os.File
+}
+
+func lockTUNMode(t *testing.T) {
+	t.Helper()
+	tunModeLock.Lock()
+	defer tunModeLock.Unlock()
+	if tunModeLock.held == 0 {
+		f, err := os.OpenFile(filepath.Join(os.TempDir(), "quicgate-test-tun-mode.lock"), os.O_CREATE|os.O_RDWR, 0o600)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX); err != nil { // waits for the other run
+			_ = f.Close()
+			t.Fatal(err)
+		}
+		tunModeLock.file = f
+	}
+	tunModeLock.held++
+	t.Cleanup(func() {
+		tunModeLock.Lock()
+		defer tunModeLock.Unlock()
+		if tunModeLock.held--; tunModeLock.held == 0 {
+			_ = tunModeLock.file.Close() // releases the flock
+		}
+	})
+}
+
 func setTUNMode(t *testing.T, mode os.FileMode) {
 	t.Helper()
+	lockTUNMode(t) // before the mode is read: another run may have it changed
 	fi, err := os.Stat("/dev/net/tun")
 	if err != nil {
 		t.Fatal(err)
