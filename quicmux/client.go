@@ -314,28 +314,37 @@ func (c *Client) dial(ctx context.Context, t Target) (*streamConn, error) {
 	return sc, nil
 }
 
+// openStream waits for the connection to the server and opens a stream on it, both within
+// ctx, which the caller bounds by the dial timeout: the one way every request begins. Its
+// errors are waitConn's, ctx's own when ctx was canceled, or ErrServerUnreachable.
+func (c *Client) openStream(ctx context.Context) (*quic.Conn, *quic.Stream, error) {
+	qc, err := c.waitConn(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	str, err := qc.OpenStreamSync(ctx)
+	switch {
+	case err == nil:
+		return qc, str, nil
+	case errors.Is(ctx.Err(), context.Canceled):
+		return nil, nil, ctx.Err()
+	case ctx.Err() != nil: // matches the deadline too, whichever set it
+		return nil, nil, fmt.Errorf("%w: no free stream in time: %w", ErrServerUnreachable, ctx.Err())
+	}
+	return nil, nil, fmt.Errorf("%w: %w", ErrServerUnreachable, err)
+}
+
 // open opens a stream for t and writes its header; the status is left to the first Read.
 func (c *Client) open(ctx context.Context, t Target) (*streamConn, error) {
 	hdr, err := AppendRequest(nil, Request{Kind: KindTCP, Target: t})
 	if err != nil {
 		return nil, err
 	}
-	parent := ctx
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.DialTimeout)
 	defer cancel()
-	qc, err := c.waitConn(ctx)
+	qc, str, err := c.openStream(ctx)
 	if err != nil {
 		return nil, err
-	}
-	str, err := qc.OpenStreamSync(ctx)
-	if err != nil {
-		if parent.Err() != nil {
-			return nil, parent.Err()
-		}
-		if ctx.Err() != nil {
-			return nil, fmt.Errorf("%w: no free stream within %s", ErrServerUnreachable, c.cfg.DialTimeout)
-		}
-		return nil, fmt.Errorf("%w: %w", ErrServerUnreachable, err)
 	}
 	sc := newStreamConn(str, qc.LocalAddr(), targetAddr{t})
 	sc.conn = qc

@@ -174,16 +174,9 @@ func (c *Client) Resolve(ctx context.Context, name string) ([]netip.Addr, error)
 	}
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.DialTimeout)
 	defer cancel()
-	qc, err := c.waitConn(ctx)
+	_, str, err := c.openStream(ctx)
 	if err != nil {
 		return nil, err
-	}
-	str, err := qc.OpenStreamSync(ctx)
-	if err != nil {
-		if ctx.Err() != nil {
-			return nil, fmt.Errorf("%w: no free stream within %s", ErrServerUnreachable, c.cfg.DialTimeout)
-		}
-		return nil, fmt.Errorf("%w: %w", ErrServerUnreachable, err)
 	}
 	fail := func(err error) ([]netip.Addr, error) {
 		str.CancelRead(codeFlowReset)

@@ -115,13 +115,9 @@ func (l *reverseListener) register(ctx context.Context) (registration, error) {
 	}
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.DialTimeout)
 	defer cancel()
-	qc, err := c.waitConn(ctx)
+	qc, str, err := c.openStream(ctx)
 	if err != nil {
 		return registration{}, err
-	}
-	str, err := qc.OpenStreamSync(ctx)
-	if err != nil {
-		return registration{}, fmt.Errorf("%w: %w", ErrServerUnreachable, err)
 	}
 	reg := registration{conn: qc, str: str}
 	l.mu.Lock()

@@ -97,13 +97,9 @@ func (c *Client) dialUDP(ctx context.Context, t Target, ingress string) (*UDPFlo
 	}
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.DialTimeout)
 	defer cancel()
-	qc, err := c.waitConn(ctx)
+	qc, str, err := c.openStream(ctx)
 	if err != nil {
 		return nil, err
-	}
-	str, err := qc.OpenStreamSync(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrServerUnreachable, err)
 	}
 	fail := func(err error) (*UDPFlow, error) {
 		str.CancelRead(codeFlowReset)
