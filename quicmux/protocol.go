@@ -49,6 +49,11 @@ const (
 	// addresses a flow to that name could reach on some port under its policy
 	// (AppendAddrs), then ends the stream (resolve.go).
 	KindResolve Kind = 5
+	// KindEcho asks the server to send one ICMP echo (ICMPv6 for an IPv6 address) to an
+	// address and say whether it was answered: its target is an IP address and carries no
+	// port. The echo's payload follows the header (AppendEchoPayload); after an ok status
+	// the server sends the round-trip time, then ends the stream (echo.go).
+	KindEcho Kind = 6
 )
 
 func (k Kind) String() string {
@@ -65,6 +70,8 @@ func (k Kind) String() string {
 		return "udp"
 	case KindResolve:
 		return "resolve"
+	case KindEcho:
+		return "echo"
 	}
 	return "kind(" + strconv.Itoa(int(k)) + ")"
 }
@@ -147,7 +154,8 @@ type Request struct {
 //
 // addr is 4 bytes (IPv4), 16 bytes (IPv6), or a length byte and that many bytes (domain,
 // for KindTCP, KindUDP and KindResolve). A ping carries kind only; listener is there for
-// KindAccepted only; a resolve has a domain and no port (its Target.Port is 0).
+// KindAccepted only; a resolve has a domain and no port (its Target.Port is 0), an echo an
+// IP address and no port.
 func AppendRequest(b []byte, r Request) ([]byte, error) {
 	start := len(b)
 	b = append(b, protocolVersion, 0, 0, byte(r.Kind))
@@ -162,6 +170,11 @@ func AppendRequest(b []byte, r Request) ([]byte, error) {
 		}
 		b = append(b, atypDomain, byte(len(r.Target.Host)))
 		b = append(b, r.Target.Host...)
+	case KindEcho:
+		if !r.Target.Addr.IsValid() || r.Target.Addr.Zone() != "" || r.Target.Port != 0 {
+			return b[:start], fmt.Errorf("%w: an echo takes an IP address and no port: %q", ErrBadTarget, r.Target.String())
+		}
+		b = appendAddr(b, r.Target.Addr)
 	case KindTCP, KindListen, KindAccepted, KindUDP:
 		t := r.Target
 		if !t.IsValid() || (r.Kind == KindListen || r.Kind == KindAccepted) && !t.Addr.IsValid() {
@@ -171,14 +184,8 @@ func AppendRequest(b []byte, r Request) ([]byte, error) {
 			b = binary.BigEndian.AppendUint64(b, r.Listener)
 		}
 		switch {
-		case t.Addr.Is4():
-			a := t.Addr.As4()
-			b = append(b, atypIPv4)
-			b = append(b, a[:]...)
-		case t.Addr.Is6():
-			a := t.Addr.As16()
-			b = append(b, atypIPv6)
-			b = append(b, a[:]...)
+		case t.Addr.IsValid():
+			b = appendAddr(b, t.Addr)
 		default:
 			if err := checkHostname(t.Host); err != nil {
 				return b[:start], err
@@ -241,6 +248,16 @@ func parseRequestBody(body []byte) (Request, error) {
 		}
 		req.Target.Host = strings.ToLower(host)
 		return req, nil
+	case KindEcho:
+		switch {
+		case len(rest) == 1+4 && rest[0] == atypIPv4:
+			req.Target.Addr = netip.AddrFrom4([4]byte(rest[1:]))
+		case len(rest) == 1+16 && rest[0] == atypIPv6:
+			req.Target.Addr = netip.AddrFrom16([16]byte(rest[1:])).Unmap()
+		default:
+			return Request{}, fmt.Errorf("%w: an echo wants an IP address and nothing after it", ErrBadRequest)
+		}
+		return req, nil
 	case KindTCP, KindListen, KindUDP:
 	case KindAccepted:
 		if len(rest) < 8 {
@@ -290,6 +307,16 @@ func parseRequestBody(body []byte) (Request, error) {
 	}
 	req.Target = t
 	return req, nil
+}
+
+// appendAddr appends an IP address as atyp(1) | addr(4 or 16).
+func appendAddr(b []byte, a netip.Addr) []byte {
+	if a = a.Unmap(); a.Is4() {
+		v := a.As4()
+		return append(append(b, atypIPv4), v[:]...)
+	}
+	v := a.As16()
+	return append(append(b, atypIPv6), v[:]...)
 }
 
 func truncated(err error) error {

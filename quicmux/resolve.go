@@ -28,13 +28,7 @@ func AppendAddrs(b []byte, addrs []netip.Addr) []byte {
 	addrs = addrs[:min(len(addrs), MaxResolveAddrs)]
 	b = append(b, byte(len(addrs)))
 	for _, a := range addrs {
-		if a = a.Unmap(); a.Is4() {
-			v := a.As4()
-			b = append(append(b, atypIPv4), v[:]...)
-		} else {
-			v := a.As16()
-			b = append(append(b, atypIPv6), v[:]...)
-		}
+		b = appendAddr(b, a)
 	}
 	return b
 }

@@ -90,6 +90,9 @@ type ServerConfig struct {
 
 	Metrics *Metrics      // default: none
 	Logger  *logrus.Entry // default: discard
+
+	// echo replaces sendEcho (tests: a host that allows no ICMP socket).
+	echo func(ctx context.Context, addr netip.Addr, payload []byte) (time.Duration, error)
 }
 
 // Server accepts QUIC connections from authorized clients and serves their flows.
@@ -122,6 +125,10 @@ type Server struct {
 	dialSlots chan struct{}
 	flowSeq   atomic.Uint64
 	hs        *handshakes // handshakes in progress (handshakes.go)
+
+	// echo sends one ICMP echo (echo.go): sendEcho, or a test's fake.
+	echo       func(ctx context.Context, addr netip.Addr, payload []byte) (time.Duration, error)
+	noEchoOnce sync.Once // the line that says ICMP sockets are not allowed is logged once
 }
 
 // NewServer checks cfg and returns a server that is not yet listening.
@@ -172,8 +179,11 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		cfg.MaxFlowsPerClient = int(cfg.Limits.MaxStreams)
 	}
 	cfg.Metrics.setCongestion(cfg.Limits.Congestion)
-	s := &Server{cfg: cfg, log: loggerOrDiscard(cfg.Logger), dialSlots: make(chan struct{}, cfg.MaxPendingDials), hosts: &hostsFile{path: cfg.HostsFile},
+	s := &Server{cfg: cfg, log: loggerOrDiscard(cfg.Logger), dialSlots: make(chan struct{}, cfg.MaxPendingDials), hosts: &hostsFile{path: cfg.HostsFile}, echo: cfg.echo,
 		liveConns: map[*quic.Conn]Fingerprint{}, perClient: map[Fingerprint]int{}, flowsOf: map[Fingerprint]int{}, liveFlows: map[*liveFlow]struct{}{}, liveLns: map[*liveListener]struct{}{}}
+	if s.echo == nil {
+		s.echo = sendEcho
+	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.flows = NewFlowGroup(s.ctx)
 	s.parker, _ = newParker()
@@ -447,6 +457,9 @@ func (s *Server) serveStream(ctx context.Context, cl *connInfo, str *quic.Stream
 		return
 	case KindResolve:
 		s.serveResolve(ctx, cl, str, req.Target.Host, log(logrus.Fields{}))
+		return
+	case KindEcho:
+		s.serveEcho(ctx, cl, str, req.Target.Addr, log(logrus.Fields{}))
 		return
 	case KindAccepted: // the server's to send, never a client's
 		log(logrus.Fields{}).Info("bad request: a client sent an accepted-connection header")

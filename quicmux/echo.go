@@ -1,0 +1,269 @@
+package quicmux
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"syscall"
+	"time"
+
+	"github.com/sirupsen/logrus"
+	"golang.org/x/net/icmp"
+	"golang.org/x/net/ipv4"
+	"golang.org/x/net/ipv6"
+
+	"github.com/quicgate/quicgate/third_party/quic-go"
+)
+
+// MaxEchoPayload bounds the payload of one echo (KindEcho): enough for ping's default 56
+// bytes and for probing a path's MTU up to 4 KiB.
+const MaxEchoPayload = 4096
+
+// EchoTimeout is how long the server waits for the destination's echo reply.
+const EchoTimeout = 2 * time.Second
+
+// AppendEchoPayload appends what follows an echo's header:
+//
+//	length(2, big endian) | payload
+//
+// and the server answers, after an ok status, with the round-trip time:
+//
+//	rtt(4, big endian, microseconds)
+func AppendEchoPayload(b, payload []byte) ([]byte, error) {
+	if len(payload) > MaxEchoPayload {
+		return b, fmt.Errorf("%w: echo payload of %d bytes (at most %d)", ErrBadRequest, len(payload), MaxEchoPayload)
+	}
+	b = binary.BigEndian.AppendUint16(b, uint16(len(payload)))
+	return append(b, payload...), nil
+}
+
+// readEchoPayload reads what AppendEchoPayload wrote. Errors wrap ErrBadRequest.
+func readEchoPayload(r io.Reader) ([]byte, error) {
+	var n [2]byte
+	if _, err := io.ReadFull(r, n[:]); err != nil {
+		return nil, truncated(err)
+	}
+	l := int(binary.BigEndian.Uint16(n[:]))
+	if l > MaxEchoPayload {
+		return nil, fmt.Errorf("%w: echo payload of %d bytes", ErrBadRequest, l)
+	}
+	p := make([]byte, l)
+	if _, err := io.ReadFull(r, p); err != nil {
+		return nil, truncated(err)
+	}
+	return p, nil
+}
+
+// errNoICMPSocket says the server may open neither an unprivileged ICMP socket (its group
+// is outside net.ipv4.ping_group_range) nor a raw one (it lacks CAP_NET_RAW).
+var errNoICMPSocket = errors.New("no ICMP socket allowed")
+
+// serveEcho answers an echo request: the address must be one a flow could reach on some
+// port, for either protocol (an address rule: an echo has no port and no name); the
+// server sends one echo from its own ICMP socket and answers ok with the round-trip time,
+// timed out when no reply came within EchoTimeout, or unreachable when the echo could not
+// be sent. Where the host allows no ICMP socket, one warning says so (once) and every echo
+// is unreachable. Results are counted in the dial results; each echo is logged at debug.
+func (s *Server) serveEcho(ctx context.Context, cl *connInfo, str *quic.Stream, addr netip.Addr, log *logrus.Entry) {
+	if !s.flows.Start() {
+		s.cfg.Metrics.dialResult(StatusShuttingDown)
+		s.reject(str, StatusShuttingDown, codeShutdown)
+		return
+	}
+	defer s.flows.Done()
+	_ = str.SetReadDeadline(time.Now().Add(s.cfg.HeaderTimeout))
+	payload, err := readEchoPayload(str)
+	_ = str.SetReadDeadline(time.Time{})
+	if err != nil {
+		s.cfg.Metrics.dialResult(StatusBadRequest)
+		if errors.Is(err, ErrBadRequest) {
+			log.WithError(err).Info("bad request")
+			s.reject(str, StatusBadRequest, codeBadRequest)
+			return
+		}
+		str.CancelRead(codeBadRequest)
+		str.CancelWrite(codeBadRequest)
+		return
+	}
+	rtt, status := s.echoAllowed(ctx, addr, payload)
+	s.cfg.Metrics.dialResult(status)
+	if log.Logger.IsLevelEnabled(logrus.DebugLevel) {
+		log.WithFields(logrus.Fields{"addr": addr, "result": status.String(), "rtt": rtt}).Debug("echo")
+	}
+	if status != StatusOK {
+		s.reject(str, status, codeFlowReset)
+		return
+	}
+	_ = str.SetWriteDeadline(time.Now().Add(s.cfg.HeaderTimeout))
+	_, _ = str.Write(binary.BigEndian.AppendUint32(AppendStatus(nil, StatusOK), uint32(min(rtt.Microseconds(), 1<<32-1))))
+	_ = str.Close()
+	str.CancelRead(codeFlowReset)
+}
+
+// echoAllowed applies the policy and sends the echo under a dial slot.
+func (s *Server) echoAllowed(ctx context.Context, addr netip.Addr, payload []byte) (time.Duration, Status) {
+	policy, ok := s.cfg.Policy.(AnyPortPolicy)
+	if !ok || !dialable(addr) || !policy.AllowAnyPort(Target{Addr: addr}) {
+		return 0, StatusDenied
+	}
+	ctx, cancel := context.WithTimeout(ctx, EchoTimeout)
+	defer cancel()
+	select {
+	case s.dialSlots <- struct{}{}:
+		defer func() { <-s.dialSlots }()
+	case <-ctx.Done():
+		return 0, StatusTimedOut
+	}
+	rtt, err := s.echo(ctx, addr, payload)
+	switch {
+	case err == nil:
+		return rtt, StatusOK
+	case errors.Is(err, errNoICMPSocket):
+		s.noEchoOnce.Do(func() {
+			s.log.WithError(err).Warn("echo: this server may not open ICMP sockets, so pings through TUNs go unanswered; " +
+				"allow its group in net.ipv4.ping_group_range (e.g. sysctl -w net.ipv4.ping_group_range='0 2147483647') or give it CAP_NET_RAW")
+		})
+		return 0, StatusUnreachable
+	case ctx.Err() != nil || errors.Is(err, os.ErrDeadlineExceeded):
+		return 0, StatusTimedOut
+	}
+	return 0, StatusUnreachable
+}
+
+// sendEcho sends one ICMP echo request to addr from an unprivileged ICMP socket (Linux: the
+// process's group must be in net.ipv4.ping_group_range, which covers IPv6 too), or, where
+// that is not allowed, from a raw socket (CAP_NET_RAW); it waits for the matching reply
+// until ctx ends.
+func sendEcho(ctx context.Context, addr netip.Addr, payload []byte) (time.Duration, error) {
+	addr = addr.Unmap()
+	dgram, raw, laddr, proto := "udp4", "ip4:icmp", "0.0.0.0", 1
+	var reqType, replyType icmp.Type = ipv4.ICMPTypeEcho, ipv4.ICMPTypeEchoReply
+	if addr.Is6() {
+		dgram, raw, laddr, proto = "udp6", "ip6:ipv6-icmp", "::", 58
+		reqType, replyType = ipv6.ICMPTypeEchoRequest, ipv6.ICMPTypeEchoReply
+	}
+	isRaw := false
+	c, err := icmp.ListenPacket(dgram, laddr)
+	if err != nil && (errors.Is(err, syscall.EACCES) || errors.Is(err, syscall.EPERM)) {
+		isRaw = true
+		c, err = icmp.ListenPacket(raw, laddr)
+		if err != nil && (errors.Is(err, syscall.EACCES) || errors.Is(err, syscall.EPERM)) {
+			return 0, fmt.Errorf("%w: %w", errNoICMPSocket, err)
+		}
+	}
+	if err != nil {
+		return 0, err
+	}
+	defer c.Close()
+	var idb [4]byte
+	_, _ = rand.Read(idb[:])
+	id, seq := int(binary.BigEndian.Uint16(idb[:])), int(binary.BigEndian.Uint16(idb[2:]))
+	msg, err := (&icmp.Message{Type: reqType, Body: &icmp.Echo{ID: id, Seq: seq, Data: payload}}).Marshal(nil)
+	if err != nil {
+		return 0, err
+	}
+	var dst net.Addr = &net.UDPAddr{IP: addr.AsSlice()}
+	if isRaw {
+		dst = &net.IPAddr{IP: addr.AsSlice()}
+	}
+	deadline, _ := ctx.Deadline()
+	_ = c.SetDeadline(deadline)
+	stop := context.AfterFunc(ctx, func() { _ = c.SetDeadline(time.Now()) })
+	defer stop()
+	start := time.Now()
+	if _, err := c.WriteTo(msg, dst); err != nil {
+		return 0, err
+	}
+	buf := make([]byte, 1500+MaxEchoPayload)
+	for {
+		n, from, err := c.ReadFrom(buf)
+		if err != nil {
+			return 0, err
+		}
+		m, err := icmp.ParseMessage(proto, buf[:n])
+		if err != nil || m.Type != replyType {
+			continue
+		}
+		e, ok := m.Body.(*icmp.Echo)
+		// A datagram socket's replies are its own (the kernel sets and matches the
+		// identifier); a raw socket sees every reply the host gets.
+		if !ok || e.Seq != seq || isRaw && (e.ID != id || !sameIP(from, addr)) {
+			continue
+		}
+		return time.Since(start), nil
+	}
+}
+
+func sameIP(a net.Addr, want netip.Addr) bool {
+	var ip net.IP
+	switch a := a.(type) {
+	case *net.IPAddr:
+		ip = a.IP
+	case *net.UDPAddr:
+		ip = a.IP
+	default:
+		return false
+	}
+	got, ok := netip.AddrFromSlice(ip)
+	return ok && got.Unmap() == want
+}
+
+// Echo asks the server to send one ICMP echo (ICMPv6 for an IPv6 address) with payload to
+// addr and returns the round-trip time it measured. Its errors match ErrDenied (the
+// server's policy allows addr on no port), ErrTimedOut (no reply within EchoTimeout),
+// ErrUnreachable (the echo could not be sent: no route, or the server may not open ICMP
+// sockets), ErrShuttingDown, ErrTooManyFlows, or ErrServerUnreachable; a payload larger
+// than MaxEchoPayload matches ErrBadRequest.
+func (c *Client) Echo(ctx context.Context, addr netip.Addr, payload []byte) (time.Duration, error) {
+	hdr, err := AppendRequest(nil, Request{Kind: KindEcho, Target: Target{Addr: addr.Unmap()}})
+	if err != nil {
+		return 0, err
+	}
+	if hdr, err = AppendEchoPayload(hdr, payload); err != nil {
+		return 0, err
+	}
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.DialTimeout)
+	defer cancel()
+	qc, err := c.waitConn(ctx)
+	if err != nil {
+		return 0, err
+	}
+	str, err := qc.OpenStreamSync(ctx)
+	if err != nil {
+		if ctx.Err() != nil {
+			return 0, fmt.Errorf("%w: no free stream within %s", ErrServerUnreachable, c.cfg.DialTimeout)
+		}
+		return 0, fmt.Errorf("%w: %w", ErrServerUnreachable, err)
+	}
+	fail := func(err error) (time.Duration, error) {
+		str.CancelRead(codeFlowReset)
+		str.CancelWrite(codeFlowReset)
+		return 0, err
+	}
+	if _, err := str.Write(hdr); err != nil {
+		return fail(mapStreamErr(err))
+	}
+	_ = str.Close()
+	deadline, _ := ctx.Deadline()
+	_ = str.SetReadDeadline(deadline)
+	stop := context.AfterFunc(ctx, func() { _ = str.SetReadDeadline(time.Now()) })
+	defer stop()
+	if err := ReadStatus(str); err != nil {
+		if ctx.Err() != nil && !errors.As(err, new(*StatusError)) {
+			return fail(fmt.Errorf("%w: no answer within %s", ErrServerUnreachable, c.cfg.DialTimeout))
+		}
+		return fail(mapStreamErr(err))
+	}
+	var rtt [4]byte
+	if _, err := io.ReadFull(str, rtt[:]); err != nil {
+		return fail(fmt.Errorf("%w: echo answer without its round-trip time", ErrProtocol))
+	}
+	str.CancelRead(codeFlowReset)
+	return time.Duration(binary.BigEndian.Uint32(rtt[:])) * time.Microsecond, nil
+}
