@@ -30,6 +30,7 @@ type link struct {
 	dev   tun.Device // nil for NewVirtual: outbound packets are discarded
 	batch int
 	log   *logrus.Entry
+	echo  *echoer // nil: echo requests go to gVisor
 
 	writeErrs  atomic.Uint64
 	lastLogged atomic.Int64 // unix nanoseconds of the last write-error log line
@@ -87,6 +88,9 @@ func (l *link) readLoop() {
 // inject hands one IP packet to gVisor; it copies pkt into a pooled buffer.
 func (l *link) inject(pkt []byte) {
 	if len(pkt) == 0 {
+		return
+	}
+	if l.echo != nil && l.echo.intercept(pkt) {
 		return
 	}
 	var proto tcpip.NetworkProtocolNumber

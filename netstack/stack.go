@@ -44,6 +44,16 @@ type Config struct {
 	// (counted in Stats.DroppedUDP) until a flow ends.
 	MaxUDPFlows int
 
+	// EchoHandler answers the ICMP and ICMPv6 echo requests for destinations other than
+	// Addrs (NewTUN only): see EchoHandler. nil leaves them to gVisor, which answers its own
+	// addresses and drops the rest.
+	EchoHandler EchoHandler
+
+	// MaxEchoes bounds the echo requests handed to the EchoHandler and not yet answered;
+	// 0 means DefaultMaxEchoes. Beyond it requests are dropped (Stats.DroppedEchoes): ping
+	// sends the next one a second later.
+	MaxEchoes int
+
 	// Logger receives the few lines the stack logs (never one per packet). nil discards.
 	Logger *logrus.Entry
 
@@ -79,6 +89,7 @@ type Stack struct {
 	dev    tun.Device    // nil for NewVirtual
 	fwd    *forwarder    // nil without a Handler
 	udp    *udpForwarder // nil without a UDPHandler
+	echo   *echoer       // nil without an EchoHandler
 	log    *logrus.Entry
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -196,6 +207,17 @@ func newStack(dev tun.Device, cfg Config) (*Stack, error) {
 		st.udp = &udpForwarder{ctx: ctx, handler: cfg.UDPHandler, link: l, max: cfg.MaxUDPFlows}
 		st.udp.install(s)
 	}
+	if cfg.EchoHandler != nil {
+		if cfg.MaxEchoes <= 0 {
+			cfg.MaxEchoes = DefaultMaxEchoes
+		}
+		own := map[netip.Addr]bool{}
+		for _, p := range cfg.Addrs {
+			own[p.Addr().Unmap()] = true
+		}
+		st.echo = &echoer{ctx: ctx, handler: cfg.EchoHandler, link: l, own: own, slots: make(chan struct{}, cfg.MaxEchoes)}
+		l.echo = st.echo
+	}
 	st.pumps.Go(func() { l.writeLoop(ctx) })
 	if dev != nil {
 		st.pumps.Go(l.readLoop)
@@ -222,6 +244,8 @@ type Stats struct {
 	// 5-tuples dropped because MaxUDPFlows were open.
 	UDPFlows   int
 	DroppedUDP uint64
+	// DroppedEchoes counts the echo requests dropped because MaxEchoes were unanswered.
+	DroppedEchoes uint64
 }
 
 // Stats returns the current counters.
@@ -238,6 +262,9 @@ func (s *Stack) Stats() Stats {
 	if s.udp != nil {
 		st.UDPFlows = s.udp.openFlows()
 		st.DroppedUDP = s.udp.drops.Load()
+	}
+	if s.echo != nil {
+		st.DroppedEchoes = s.echo.drops.Load()
 	}
 	return st
 }
@@ -309,6 +336,9 @@ func (s *Stack) Close() error {
 			}
 		}
 		s.pumps.Wait()
+		if s.echo != nil {
+			s.echo.wg.Wait() // no new ones: the read loop has ended
+		}
 		s.s.Close() // aborts every endpoint: open conns and listeners return errors
 		if s.fwd != nil {
 			s.fwd.drainAccepts(func() {

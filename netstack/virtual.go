@@ -23,6 +23,9 @@ func NewVirtual(cfg Config, addrs ...netip.Prefix) (*Stack, error) {
 	if cfg.UDPHandler != nil {
 		return nil, errors.New("netstack: a virtual stack has no inbound link for a UDPHandler; use memtun.Pipe and NewTUN")
 	}
+	if cfg.EchoHandler != nil {
+		return nil, errors.New("netstack: a virtual stack has no inbound link for an EchoHandler; use memtun.Pipe and NewTUN")
+	}
 	cfg.Addrs = append(append([]netip.Prefix(nil), cfg.Addrs...), addrs...)
 	if cfg.MTU == 0 {
 		cfg.MTU = DefaultVirtualMTU
