@@ -27,7 +27,8 @@ type TUNConfig struct {
 }
 
 // TUN is the privileged ingress: a TUN device whose TCP and UDP flows a gVisor netstack
-// terminates (UDP: tunudp.go, when the Tunnel is a UDPTunnel).
+// terminates (UDP: tunudp.go, when the Tunnel is a UDPTunnel), and whose pings the server
+// answers (tunecho.go, when the Tunnel is an Echoer).
 // Each flow's original destination becomes its target; the SYN is answered only once the
 // server has reached that destination (dial before accept), and with a RST when it has not,
 // so apps see "connection refused" at once rather than a hang. Flows keep alive
@@ -90,6 +91,9 @@ func serveDevice(dev *tun.Device, name string, mtu int, dns netip.Addr, t Tunnel
 	cfg := netstack.Config{MTU: mtu, Handler: ing, Logger: log, TCP: &tcp}
 	if _, ok := t.(UDPTunnel); ok || ing.dns != nil {
 		cfg.UDPHandler = ing // tunudp.go
+	}
+	if _, ok := t.(Echoer); ok || ing.dns != nil {
+		cfg.EchoHandler = ing // tunecho.go
 	}
 	st, err := netstack.NewTUN(dev.TUN(), cfg)
 	if err != nil {
