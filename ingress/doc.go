@@ -10,7 +10,8 @@
 //   - the TUN ingress (tun.go): a TUN device (package tun) whose TCP flows a gVisor netstack
 //     (package netstack) terminates, each answered only once the server has reached its
 //     destination; UDP 5-tuples become UDP flows (tunudp.go); DNS queries to TUNConfig.DNS
-//     are answered by resolving at the server (tundns.go); AdoptTUN (tunfd.go) serves a
+//     are answered by resolving at the server (tundns.go); pings are answered when the
+//     server's echo is (tunecho.go); AdoptTUN (tunfd.go) serves a
 //     device made in another namespace (quicgate run's, package rootless) the same way;
 //   - -R reverse forwards (reverse.go): a listener the server keeps on its side
 //     (quicmux.Client.Listen), whose connections are carried to a target dialed here;

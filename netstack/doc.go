@@ -16,6 +16,10 @@
 //     goroutine; replies leave from the original destination, and UDPConn.Refuse answers
 //     with an ICMP port unreachable built here (gVisor offers no API to send one) and
 //     queued on the link. Config.MaxUDPFlows bounds the open flows;
+//   - echo requests (echo.go): ICMP and ICMPv6 echo requests to hosts other than the
+//     stack's own addresses are taken off the link before gVisor sees them and passed to
+//     EchoHandler.HandleEcho in their own goroutine (Config.MaxEchoes at once); the echo
+//     reply, built here, is queued on the link when the handler says the host answered;
 //   - the tun.Device given to NewTUN: Stack.Close closes it, because a blocking
 //     Device.Read only returns once the device is closed.
 //
