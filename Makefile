@@ -53,12 +53,13 @@ fuzz:
 	  $(GO) test -run '^$$' -fuzz "^$$target\$$" -fuzztime $(FUZZTIME) -timeout 5m $$pkg || exit 1; \
 	done
 
-# What the tests need from the system: curl and iproute2 for the TUN tests in network
+# What the tests need from the system: curl, iproute2 and ping for the TUN tests in network
 # namespaces. Installed only when missing and only as root (CI runs as root).
 deps:
 	@missing=""; \
 	  command -v curl >/dev/null 2>&1 || missing="$$missing curl"; \
 	  command -v ip >/dev/null 2>&1 || missing="$$missing iproute2"; \
+	  command -v ping >/dev/null 2>&1 || missing="$$missing iputils-ping"; \
 	  if [ -n "$$missing" ]; then \
 	    if [ "$$(id -u)" = 0 ]; then \
 	      echo "installing$$missing"; \

@@ -230,16 +230,9 @@ func (c *Client) Echo(ctx context.Context, addr netip.Addr, payload []byte) (tim
 	}
 	ctx, cancel := context.WithTimeout(ctx, c.cfg.DialTimeout)
 	defer cancel()
-	qc, err := c.waitConn(ctx)
+	_, str, err := c.openStream(ctx)
 	if err != nil {
 		return 0, err
-	}
-	str, err := qc.OpenStreamSync(ctx)
-	if err != nil {
-		if ctx.Err() != nil {
-			return 0, fmt.Errorf("%w: no free stream within %s", ErrServerUnreachable, c.cfg.DialTimeout)
-		}
-		return 0, fmt.Errorf("%w: %w", ErrServerUnreachable, err)
 	}
 	fail := func(err error) (time.Duration, error) {
 		str.CancelRead(codeFlowReset)
