@@ -40,7 +40,7 @@ func (t *tunFlags) config() (*ingress.TUNConfig, error) {
 		return nil, err
 	}
 	if len(t.routes) == 0 {
-		return nil, usageErr("--tun needs at least one --route: the prefixes whose TCP flows go through the tunnel")
+		return nil, usageErr("--tun needs at least one --route: the prefixes whose flows go through the tunnel")
 	}
 	c := &ingress.TUNConfig{Name: t.name, MTU: t.mtu, Addrs: addrs}
 	for _, s := range t.routes {
