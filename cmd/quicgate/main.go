@@ -1,4 +1,4 @@
-// Command quicgate carries TCP flows between two hosts over one QUIC connection.
+// Command quicgate carries TCP and UDP flows between two hosts over one QUIC connection.
 //
 //	quicgate server --listen ADDR --state-dir DIR --authorized-clients FILE --allow RULE...
 //	quicgate client --server ADDR --state-dir DIR --pin FP -L [bind:]port:host:hostport...
@@ -25,14 +25,14 @@ import (
 	"github.com/sirupsen/logrus"
 )
 
-const usage = `quicgate carries TCP flows between two hosts over one QUIC connection.
+const usage = `quicgate carries TCP and UDP flows between two hosts over one QUIC connection.
 
 Usage:
   quicgate run         --server ADDR --pin FINGERPRINT [client flags] -- CMD [ARGS ...]
-                       (CMD in a namespace of its own, every TCP flow through the tunnel; no root needed)
+                       (CMD in a namespace of its own, every flow through the tunnel; no root needed)
   quicgate server      --listen ADDR --state-dir DIR --authorized-clients FILE --allow RULE [--allow RULE ...]
-  quicgate client      --server ADDR --state-dir DIR --pin FINGERPRINT -L [bind:]port:host:hostport [-L ...]
-                       [--tun NAME --tun-addr CIDR --route CIDR ...]
+  quicgate client      --server ADDR --state-dir DIR --pin FINGERPRINT [-L|-R|-U [bind:]port:host:hostport ...]
+                       [-D [bind:]port ...] [--tun NAME --tun-addr CIDR --route CIDR ... [--tun-dns IP]]
   quicgate fingerprint --state-dir DIR
   quicgate demo
   quicgate status      --metrics ADDR   (of a running server or client started with --metrics ADDR)

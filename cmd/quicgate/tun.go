@@ -18,7 +18,7 @@ type tunFlags struct {
 }
 
 func (t *tunFlags) register(fs *flag.FlagSet) {
-	fs.StringVar(&t.name, "tun", "", "create this TUN interface and tunnel the TCP flows routed into it (needs CAP_NET_ADMIN)")
+	fs.StringVar(&t.name, "tun", "", "create this TUN interface and tunnel the TCP and UDP flows (and pings) routed into it (needs CAP_NET_ADMIN)")
 	fs.Var(&t.addrs, "tun-addr", "address of the TUN interface with its prefix length, e.g. 10.77.0.1/24 (repeatable)")
 	fs.Var(&t.routes, "route", "prefix to route into the TUN interface, e.g. 10.99.0.0/16 (repeatable; at least one with --tun)")
 	fs.StringVar(&t.dns, "tun-dns", "", "answer DNS queries sent to this address (UDP and TCP port 53; inside a --tun-addr prefix or a --route, not the interface's own address) by resolving their names at the server, under its policy; point the host's resolver at it yourself (quicgate never changes it)")
