@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"io"
 	"math/rand/v2"
 	"net"
 	"sync"
@@ -332,6 +333,44 @@ func (c *Client) openStream(ctx context.Context) (*quic.Conn, *quic.Stream, erro
 		return nil, nil, fmt.Errorf("%w: no free stream in time: %w", ErrServerUnreachable, ctx.Err())
 	}
 	return nil, nil, fmt.Errorf("%w: %w", ErrServerUnreachable, err)
+}
+
+// ask sends a request that is all there is to send (resolve, echo) and reads its answer:
+// the status, then what answer reads after an ok, all within the dial timeout (ctx's, if
+// sooner). A non-ok status is a *StatusError.
+func (c *Client) ask(ctx context.Context, hdr []byte, answer func(io.Reader) error) error {
+	ctx, cancel := context.WithTimeout(ctx, c.cfg.DialTimeout)
+	defer cancel()
+	_, str, err := c.openStream(ctx)
+	if err != nil {
+		return err
+	}
+	fail := func(err error) error {
+		str.CancelRead(codeFlowReset)
+		str.CancelWrite(codeFlowReset)
+		return err
+	}
+	if _, err := str.Write(hdr); err != nil {
+		return fail(mapStreamErr(err))
+	}
+	_ = str.Close() // the request is all there is to send
+	// The server answers within its own dial timeout; ours bounds the wait, and ctx ending
+	// stops it at once.
+	deadline, _ := ctx.Deadline()
+	_ = str.SetReadDeadline(deadline)
+	stop := context.AfterFunc(ctx, func() { _ = str.SetReadDeadline(time.Now()) })
+	defer stop()
+	if err := ReadStatus(str); err != nil {
+		if ctx.Err() != nil && !errors.As(err, new(*StatusError)) {
+			return fail(fmt.Errorf("%w: no answer within %s", ErrServerUnreachable, c.cfg.DialTimeout))
+		}
+		return fail(mapStreamErr(err))
+	}
+	if err := answer(str); err != nil {
+		return fail(err)
+	}
+	str.CancelRead(codeFlowReset) // nothing more is read; the server ends its side
+	return nil
 }
 
 // open opens a stream for t and writes its header; the status is left to the first Read.

@@ -228,35 +228,15 @@ func (c *Client) Echo(ctx context.Context, addr netip.Addr, payload []byte) (tim
 	if hdr, err = AppendEchoPayload(hdr, payload); err != nil {
 		return 0, err
 	}
-	ctx, cancel := context.WithTimeout(ctx, c.cfg.DialTimeout)
-	defer cancel()
-	_, str, err := c.openStream(ctx)
+	var rtt [4]byte
+	err = c.ask(ctx, hdr, func(r io.Reader) error {
+		if _, err := io.ReadFull(r, rtt[:]); err != nil {
+			return fmt.Errorf("%w: echo answer without its round-trip time", ErrProtocol)
+		}
+		return nil
+	})
 	if err != nil {
 		return 0, err
 	}
-	fail := func(err error) (time.Duration, error) {
-		str.CancelRead(codeFlowReset)
-		str.CancelWrite(codeFlowReset)
-		return 0, err
-	}
-	if _, err := str.Write(hdr); err != nil {
-		return fail(mapStreamErr(err))
-	}
-	_ = str.Close()
-	deadline, _ := ctx.Deadline()
-	_ = str.SetReadDeadline(deadline)
-	stop := context.AfterFunc(ctx, func() { _ = str.SetReadDeadline(time.Now()) })
-	defer stop()
-	if err := ReadStatus(str); err != nil {
-		if ctx.Err() != nil && !errors.As(err, new(*StatusError)) {
-			return fail(fmt.Errorf("%w: no answer within %s", ErrServerUnreachable, c.cfg.DialTimeout))
-		}
-		return fail(mapStreamErr(err))
-	}
-	var rtt [4]byte
-	if _, err := io.ReadFull(str, rtt[:]); err != nil {
-		return fail(fmt.Errorf("%w: echo answer without its round-trip time", ErrProtocol))
-	}
-	str.CancelRead(codeFlowReset)
 	return time.Duration(binary.BigEndian.Uint32(rtt[:])) * time.Microsecond, nil
 }

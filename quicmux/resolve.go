@@ -166,37 +166,13 @@ func (c *Client) Resolve(ctx context.Context, name string) ([]netip.Addr, error)
 	if err != nil {
 		return nil, err
 	}
-	ctx, cancel := context.WithTimeout(ctx, c.cfg.DialTimeout)
-	defer cancel()
-	_, str, err := c.openStream(ctx)
+	var addrs []netip.Addr
+	err = c.ask(ctx, hdr, func(r io.Reader) (err error) {
+		addrs, err = ReadAddrs(r)
+		return err
+	})
 	if err != nil {
 		return nil, err
 	}
-	fail := func(err error) ([]netip.Addr, error) {
-		str.CancelRead(codeFlowReset)
-		str.CancelWrite(codeFlowReset)
-		return nil, err
-	}
-	if _, err := str.Write(hdr); err != nil {
-		return fail(mapStreamErr(err))
-	}
-	_ = str.Close() // the request is all there is to send
-	// The server answers within its own dial timeout; ours bounds the wait, and ctx ending
-	// stops it at once.
-	deadline, _ := ctx.Deadline()
-	_ = str.SetReadDeadline(deadline)
-	stop := context.AfterFunc(ctx, func() { _ = str.SetReadDeadline(time.Now()) })
-	defer stop()
-	if err := ReadStatus(str); err != nil {
-		if ctx.Err() != nil && !errors.As(err, new(*StatusError)) {
-			return fail(fmt.Errorf("%w: no answer within %s", ErrServerUnreachable, c.cfg.DialTimeout))
-		}
-		return fail(mapStreamErr(err))
-	}
-	addrs, err := ReadAddrs(str)
-	if err != nil {
-		return fail(err)
-	}
-	str.CancelRead(codeFlowReset) // nothing more is read; the server ends its side
 	return addrs, nil
 }
