@@ -45,7 +45,7 @@ race:
 
 # Each fuzz target for a bounded number of runs (and -timeout in case one hangs); the seed
 # corpora live in testdata/fuzz.
-FUZZ_TARGETS ?= ./quicmux/:FuzzReadRequest ./quicmux/:FuzzParseDatagram ./quicmux/:FuzzParseRule ./quicmux/:FuzzAuthorizedClients ./ingress/:FuzzParseLocalForward ./ingress/:FuzzSOCKSRequest ./ingress/:FuzzHTTPProxyRequest ./cmd/quicgate/:FuzzConfig
+FUZZ_TARGETS ?= ./quicmux/:FuzzReadRequest ./quicmux/:FuzzParseDatagram ./quicmux/:FuzzParseRule ./quicmux/:FuzzAuthorizedClients ./ingress/:FuzzParseLocalForward ./ingress/:FuzzSOCKSRequest ./ingress/:FuzzSOCKSUDP ./ingress/:FuzzHTTPProxyRequest ./cmd/quicgate/:FuzzConfig
 fuzz:
 	@for t in $(FUZZ_TARGETS); do \
 	  pkg=$${t%%:*}; target=$${t##*:}; \

@@ -236,6 +236,8 @@ type proxyRequest struct {
 	// plain is a plain-HTTP request, in origin form (toOrigin), for the destination;
 	// its body is still to be read from the connection.
 	plain *http.Request
+	// associate is a SOCKS5 UDP ASSOCIATE: no target, a UDP relay (serveAssociate).
+	associate bool
 	// accept writes the reply that opens the flow (local: the proxy's end, SOCKS5's BND);
 	// reject the reply that says why the flow failed.
 	accept func(w io.Writer, local net.Addr) error
@@ -270,6 +272,10 @@ func (p *Proxy) serveConn(conn net.Conn) {
 	}
 	// The request is read; the wait for the server is bounded by the tunnel's dial timeout.
 	_ = conn.SetDeadline(time.Time{})
+	if req.associate {
+		p.serveAssociate(conn, local, peer)
+		return
+	}
 	var pending []byte
 	if req.plain == nil && br.Buffered() > 0 {
 		pending, _ = br.Peek(br.Buffered())

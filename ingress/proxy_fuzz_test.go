@@ -159,3 +159,29 @@ func FuzzHTTPProxyRequest(f *testing.F) {
 		}
 	})
 }
+
+// FuzzSOCKSUDP: a SOCKS5 UDP datagram either fails to parse, or splits into a valid target,
+// a header that parses to the same target with an empty payload, and the rest.
+func FuzzSOCKSUDP(f *testing.F) {
+	for _, seed := range [][]byte{
+		{0, 0, 0, 1, 127, 0, 0, 1, 0, 53, 'q'},
+		append([]byte{0, 0, 0, 3, 9}, "localhost\x00\x35payload"...),
+		{0, 0, 0, 4, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 187},
+		{0, 0, 1, 1, 127, 0, 0, 1, 0, 53}, {0, 0, 0, 9}, {},
+	} {
+		f.Add(seed)
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		tgt, header, payload, err := parseSOCKSUDP(b)
+		if err != nil {
+			return
+		}
+		if !tgt.IsValid() || len(header)+len(payload) != len(b) {
+			t.Fatalf("%x: target %v, header %x, payload %x", b, tgt, header, payload)
+		}
+		again, h2, p2, err := parseSOCKSUDP(header)
+		if err != nil || again != tgt || !bytes.Equal(h2, header) || len(p2) != 0 {
+			t.Fatalf("header %x parses to %v %x %x %v, want %v", header, again, h2, p2, err, tgt)
+		}
+	})
+}

@@ -410,9 +410,9 @@ func TestProxyFailureReplies(t *testing.T) {
 	}
 }
 
-// TestProxySOCKS5Unsupported: what SOCKS5 allows but quicgate does not carry (yet) gets its
-// reply code: BIND and UDP ASSOCIATE 0x07, an unknown address type 0x08, and SOCKS4 its own
-// "rejected".
+// TestProxySOCKS5Unsupported: what SOCKS5 allows but quicgate does not carry gets its reply
+// code: BIND 0x07, and UDP ASSOCIATE 0x07 through a tunnel without UDP flows; an unknown
+// address type 0x08, and SOCKS4 its own "rejected".
 func TestProxySOCKS5Unsupported(t *testing.T) {
 	p := serveProxy(t, rejectingTunnel{errors.New("no flow expected")}, ProxyConfig{}, 0)
 	for _, tc := range []struct {
@@ -499,9 +499,9 @@ func TestProxyMalformedHandshake(t *testing.T) {
 		{"HTTP head too long", []byte("GET http://localhost/ HTTP/1.1\r\nX-Long: " + strings.Repeat("a", 70<<10) + "\r\n\r\n"), false, []byte("HTTP/1.1 400 Bad Request\r\n")},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			start := time.Now() // before the connection: the proxy's deadline starts after it
 			c := rawExchange(t, addr, tc.send)
 			defer c.Close()
-			start := time.Now()
 			if tc.halfShut {
 				_ = c.(*net.TCPConn).CloseWrite()
 			}
@@ -863,4 +863,72 @@ func TestProxyHandshakeDeadlineCleared(t *testing.T) {
 	time.Sleep(3 * handshake) // the scenario, not a wait for an event: idle past the deadline
 	exchange(t, c, d, "after an idle while")
 	exchange(t, d, c, "both ways")
+}
+
+// TestProxySOCKS5UDPAssociate: a UDP association relays the client's datagrams, each naming
+// its target (an address, or a name the server resolves), as UDP flows, and the answers come
+// back with the header naming the target as the request did; the control connection's end
+// ends the association.
+func TestProxySOCKS5UDPAssociate(t *testing.T) {
+	env := newProxyEnv(t, ProxyConfig{})
+	echo := netip.MustParseAddrPort(udpEchoServer(t))
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	ctl, reply, err := socksHandshake(ctx, env.proxy.Addr().String(), socksRequest(socksUDPAssociate, "0.0.0.0:0"), "", "")
+	if err != nil {
+		t.Fatalf("UDP ASSOCIATE: %v", err)
+	}
+	if reply[1] != socksSucceeded || reply[3] != socksAtypIPv4 {
+		t.Fatalf("reply % x", reply)
+	}
+	relay := netip.AddrPortFrom(netip.AddrFrom4([4]byte(reply[4:8])), binary.BigEndian.Uint16(reply[8:10]))
+	uc, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer uc.Close()
+
+	// exchange sends payload to target through the relay (again every 200 ms: UDP may drop)
+	// and returns the answer's header and payload.
+	exchange := func(header []byte, payload string) ([]byte, string) {
+		t.Helper()
+		buf := make([]byte, 65536)
+		for deadline := time.Now().Add(time.Minute); time.Now().Before(deadline); {
+			if _, err := uc.WriteToUDPAddrPort(append(append([]byte(nil), header...), payload...), relay); err != nil {
+				t.Fatal(err)
+			}
+			_ = uc.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+			n, from, err := uc.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				continue
+			}
+			if from != relay {
+				t.Fatalf("answer from %v, want the relay %v", from, relay)
+			}
+			return buf[:n-len(payload)], string(buf[n-len(payload) : n])
+		}
+		t.Fatalf("no answer for %q within a minute", payload)
+		return nil, ""
+	}
+	byAddr := append([]byte{0, 0, 0, socksAtypIPv4}, echo.Addr().AsSlice()...)
+	byAddr = binary.BigEndian.AppendUint16(byAddr, echo.Port())
+	if h, p := exchange(byAddr, "to an address"); !bytes.Equal(h, byAddr) || p != "to an address" {
+		t.Fatalf("answer %x %q, want header %x and the payload back", h, p, byAddr)
+	}
+	byName := append([]byte{0, 0, 0, socksAtypDomain, byte(len("localhost"))}, "localhost"...)
+	byName = binary.BigEndian.AppendUint16(byName, echo.Port())
+	if h, p := exchange(byName, "to a name"); !bytes.Equal(h, byName) || p != "to a name" {
+		t.Fatalf("answer %x %q, want header %x and the payload back", h, p, byName)
+	}
+	if got := env.proxy.flows.Open(); got != 1 {
+		t.Fatalf("%d flows open in the proxy, want the association's 1", got)
+	}
+	_ = ctl.Close()
+	deadline := time.Now().Add(time.Minute)
+	for env.proxy.flows.Open() != 0 {
+		if time.Now().After(deadline) {
+			t.Fatal("the association outlived its control connection")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
 }

@@ -14,8 +14,8 @@ import (
 	"github.com/quicgate/quicgate/quicmux"
 )
 
-// SOCKS5 (RFC 1928) and its username/password authentication (RFC 1929), as far as a
-// CONNECT needs them.
+// SOCKS5 (RFC 1928) and its username/password authentication (RFC 1929): CONNECT, and UDP
+// ASSOCIATE (socksudp.go).
 const (
 	socksVersion = 5
 
@@ -70,8 +70,11 @@ func socksReplyCode(err error) byte {
 // address and port).
 func socksReply(code byte, addr net.Addr) []byte {
 	var ap netip.AddrPort
-	if ta, ok := addr.(*net.TCPAddr); ok {
-		ap = ta.AddrPort()
+	switch a := addr.(type) {
+	case *net.TCPAddr:
+		ap = a.AddrPort()
+	case *net.UDPAddr:
+		ap = a.AddrPort()
 	}
 	a := ap.Addr().Unmap()
 	b := []byte{socksVersion, code, 0}
@@ -164,8 +167,9 @@ func readSOCKS(br *bufio.Reader, w io.Writer, users map[string]string) (*proxyRe
 	switch req[1] {
 	case socksConnect:
 	case socksUDPAssociate:
-		// Until quicgate carries UDP flows.
-		return nil, socksError(w, socksCommandNotSupported, "UDP ASSOCIATE is not supported")
+		// DST names where the client will send from, which may be zero: the association
+		// takes the control connection's host instead (socksudp.go).
+		return &proxyRequest{proto: "socks5 udp", associate: true}, nil
 	case socksBind:
 		return nil, socksError(w, socksCommandNotSupported, "BIND is not supported")
 	default:
