@@ -476,20 +476,29 @@ func (p *tunPath) Setup(ctx context.Context, env *Env) (DialFunc, error) {
 }
 
 // dialInNetns creates the socket on a thread inside ns; once made, it works from anywhere.
-func dialInNetns(ctx context.Context, ns netns.NsHandle, addr string) (net.Conn, error) {
+func dialInNetns(ctx context.Context, ns netns.NsHandle, addr string) (c net.Conn, err error) {
+	err = inNetns(ns, func() error {
+		var d net.Dialer
+		c, err = d.DialContext(ctx, "tcp", addr)
+		return err
+	})
+	return c, err
+}
+
+// inNetns runs f on this goroutine's thread moved into ns, then moves the thread back.
+func inNetns(ns netns.NsHandle, f func() error) error {
 	runtime.LockOSThread()
 	defer runtime.UnlockOSThread()
 	orig, err := netns.Get()
 	if err != nil {
-		return nil, err
+		return err
 	}
 	defer orig.Close()
 	if err := netns.Set(ns); err != nil {
-		return nil, err
+		return err
 	}
 	defer func() { _ = netns.Set(orig) }()
-	var d net.Dialer
-	return d.DialContext(ctx, "tcp", addr)
+	return f()
 }
 
 func (p *tunPath) PIDs() []int { return pidsOf(p.srv, p.cli) }

@@ -42,7 +42,7 @@ func Run(ctx context.Context, env *Env, opt Options) *Report {
 		}
 		rep.Results = append(rep.Results, runPath(ctx, env, p, opt))
 	}
-	if len(opt.Only) == 0 || opt.Only[UDPPathName] {
+	if len(opt.Only) == 0 || opt.Only[UDPPathName] || opt.Only[UDPTUNPathName] {
 		rep.UDP = RunUDP(ctx, env, opt)
 	}
 	rep.Duration = time.Since(start).Round(time.Second).String()

@@ -2,25 +2,36 @@ package bench
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"net"
 	"path/filepath"
+	"strings"
 	"sync/atomic"
 	"time"
+
+	"github.com/vishvananda/netns"
 )
 
-// UDPPathName names the UDP rows in -paths.
-const UDPPathName = "quicgate -U"
+// UDPPathName and UDPTUNPathName name the UDP rows in -paths: the first selects direct UDP
+// and quicgate -U, the second direct UDP and quicgate TUN.
+const (
+	UDPPathName    = "quicgate -U"
+	UDPTUNPathName = "quicgate TUN UDP"
+)
 
 // UDPResult is one UDP row: packets of UDPPacketSize sent at an offered rate for a while,
 // one way, and what arrived.
 type UDPResult struct {
-	Path        string  `json:"path"` // "direct UDP" or "quicgate -U"
+	Path        string  `json:"path"` // "direct UDP", "quicgate -U" or "quicgate TUN"
 	OfferedMbps float64 `json:"offered_mbps"`
 	Mbps        float64 `json:"delivered_mbps"`
 	LossPct     float64 `json:"loss_pct"`
-	Error       string  `json:"error,omitempty"`
+	// Seconds is the measured window (the TUN row's is shorter, to keep the run short).
+	Seconds float64 `json:"seconds,omitempty"`
+	Error   string  `json:"error,omitempty"`
+	Skipped string  `json:"skipped,omitempty"`
 }
 
 // UDPPacketSize is the UDP rows' payload: it fits a QUIC datagram on loopback's path, as a
@@ -35,10 +46,15 @@ func udpRates(quick bool) []float64 {
 	return []float64{100, 500, 1000, 2000}
 }
 
+// udpTUNWindow caps the TUN row's measurement: its namespaces and processes already cost a
+// second or two to set up, and a second at each rate is over 10,000 packets at 100 Mbit/s.
+const udpTUNWindow = time.Second
+
 // RunUDP measures UDP one way at a few offered rates, directly and through quicgate -U, to a
-// UDP sink in this process.
+// UDP sink in this process, and through quicgate TUN (as root) to a sink in the TUN path's
+// server namespace.
 func RunUDP(ctx context.Context, env *Env, opt Options) []UDPResult {
-	sink, err := newUDPSink()
+	sink, err := ListenUDPSink("127.0.0.1:0")
 	if err != nil {
 		return []UDPResult{{Path: "direct UDP", Error: err.Error()}}
 	}
@@ -47,53 +63,103 @@ func RunUDP(ctx context.Context, env *Env, opt Options) []UDPResult {
 		fmt.Fprintf(opt.Progress, "[%6.1fs] %-13s %s\n", time.Since(runStart).Seconds(), path, fmt.Sprintf(format, a...))
 	}
 	var out []UDPResult
-	measure := func(path, to string) {
+	measure := func(path string, dial func() (net.Conn, error), sink *UDPSink, window time.Duration) {
 		for _, rate := range udpRates(opt.Quick) {
-			r := UDPResult{Path: path, OfferedMbps: rate}
-			sent, got, err := udpLoad(ctx, to, sink, rate, opt.Measure)
+			r := UDPResult{Path: path, OfferedMbps: rate, Seconds: window.Seconds()}
+			sent, got, err := UDPLoad(ctx, dial, sink, rate, window)
 			if err != nil {
 				r.Error = err.Error()
 				say(path, "%v Mbit/s offered: %v", rate, err)
 			} else {
-				r.Mbps = float64(got) * UDPPacketSize * 8 / opt.Measure.Seconds() / 1e6
-				if sent > 0 {
-					r.LossPct = 100 * float64(sent-got) / float64(sent)
-				}
+				r.Mbps, r.LossPct = UDPFigures(sent, got, window)
 				say(path, "%v Mbit/s offered: %.0f delivered, %.2f%% lost", rate, r.Mbps, r.LossPct)
 			}
 			out = append(out, r)
 		}
 	}
-	measure("direct UDP", sink.addr())
+	all := len(opt.Only) == 0
+	measure("direct UDP", dialUDP(sink.Addr()), sink, opt.Measure)
+	if all || opt.Only[UDPPathName] {
+		out = append(out, udpThroughU(env, sink, opt.Measure, measure)...)
+	}
+	if all || opt.Only[UDPTUNPathName] {
+		out = append(out, udpThroughTUN(ctx, env, opt, measure)...)
+	}
+	return out
+}
 
+type udpMeasure func(path string, dial func() (net.Conn, error), sink *UDPSink, window time.Duration)
+
+func dialUDP(addr string) func() (net.Conn, error) {
+	return func() (net.Conn, error) { return net.Dial("udp", addr) }
+}
+
+// udpThroughU measures quicgate -U on loopback; it returns only a row that failed to set up.
+func udpThroughU(env *Env, sink *UDPSink, window time.Duration, measure udpMeasure) []UDPResult {
 	dir := filepath.Join(env.Dir, "qg-udp")
-	srv, cli, err := startQuicgate(env, dir, "-U", "0:"+sink.addr())
+	srv, cli, err := startQuicgate(env, dir, "-U", "0:"+sink.Addr())
 	if err != nil {
-		return append(out, UDPResult{Path: UDPPathName, Error: err.Error()})
+		return []UDPResult{{Path: UDPPathName, Error: err.Error()}}
 	}
 	defer func() { cli.Stop(); srv.Stop() }()
 	fwd, err := cli.WaitJSON("forwarding udp", 10*time.Second)
 	if err != nil {
-		return append(out, UDPResult{Path: UDPPathName, Error: err.Error()})
+		return []UDPResult{{Path: UDPPathName, Error: err.Error()}}
 	}
-	measure(UDPPathName, fwd["listen"].(string))
-	return out
+	measure(UDPPathName, dialUDP(fwd["listen"].(string)), sink, window)
+	return nil
 }
 
-// udpSink counts the packets it receives.
-type udpSink struct {
+// udpThroughTUN measures quicgate TUN in the TCP TUN row's topology: the sender's socket is
+// made in namespace A, where 10.98.0.0/16 is routed into the TUN, and the sink's in B on
+// 10.98.0.5, behind the quicgate server. It returns only a row that could not set up.
+func udpThroughTUN(ctx context.Context, env *Env, opt Options, measure udpMeasure) []UDPResult {
+	const name = "quicgate TUN"
+	p := &tunPath{}
+	defer p.Close()
+	if _, err := p.Setup(ctx, env); err != nil {
+		if errors.Is(err, ErrSkip) {
+			return []UDPResult{{Path: name, Skipped: strings.TrimPrefix(err.Error(), ErrSkip.Error()+": ")}}
+		}
+		return []UDPResult{{Path: name, Error: err.Error()}}
+	}
+	nsB, err := netns.GetFromName(p.b)
+	if err != nil {
+		return []UDPResult{{Path: name, Error: err.Error()}}
+	}
+	defer nsB.Close()
+	var sink *UDPSink
+	if err := inNetns(nsB, func() (err error) { sink, err = ListenUDPSink("10.98.0.5:0"); return err }); err != nil {
+		return []UDPResult{{Path: name, Error: err.Error()}}
+	}
+	defer sink.Close()
+	dial := func() (c net.Conn, err error) {
+		err = inNetns(p.nsA, func() error { c, err = net.Dial("udp", sink.Addr()); return err })
+		return c, err
+	}
+	measure(name, dial, sink, min(opt.Measure, udpTUNWindow))
+	return nil
+}
+
+// UDPSink counts the packets it receives.
+type UDPSink struct {
 	c    *net.UDPConn
 	got  atomic.Int64
 	done chan struct{}
 }
 
-func newUDPSink() (*udpSink, error) {
-	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+// ListenUDPSink listens on addr (in the calling thread's network namespace) and counts.
+func ListenUDPSink(addr string) (*UDPSink, error) {
+	la, err := net.ResolveUDPAddr("udp", addr)
+	if err != nil {
+		return nil, err
+	}
+	c, err := net.ListenUDP("udp", la)
 	if err != nil {
 		return nil, err
 	}
 	_ = c.SetReadBuffer(4 << 20)
-	s := &udpSink{c: c, done: make(chan struct{})}
+	s := &UDPSink{c: c, done: make(chan struct{})}
 	go func() {
 		defer close(s.done)
 		buf := make([]byte, 1<<16)
@@ -110,19 +176,35 @@ func newUDPSink() (*udpSink, error) {
 	return s, nil
 }
 
-func (s *udpSink) addr() string { return s.c.LocalAddr().String() }
-func (s *udpSink) Close()       { _ = s.c.Close(); <-s.done }
+// Addr is the address the sink listens on.
+func (s *UDPSink) Addr() string { return s.c.LocalAddr().String() }
 
-// udpLoad sends UDPPacketSize packets to addr at rate Mbit/s for dur (paced per
-// millisecond), waits for stragglers, and returns the packets sent and those the sink got.
-// The first packets open the flow: a warm-up of 200 ms at the same rate is not counted.
-func udpLoad(ctx context.Context, addr string, sink *udpSink, rate float64, dur time.Duration) (sent, got int64, err error) {
-	c, err := net.Dial("udp", addr)
+// Close stops the sink and waits for its reader.
+func (s *UDPSink) Close() { _ = s.c.Close(); <-s.done }
+
+// UDPFigures turns a measurement's packet counts into the delivered rate (Mbit/s of payload
+// over window) and the loss (% of the packets sent).
+func UDPFigures(sent, got int64, window time.Duration) (mbps, lossPct float64) {
+	mbps = float64(got) * UDPPacketSize * 8 / window.Seconds() / 1e6
+	if sent > 0 {
+		lossPct = 100 * float64(sent-got) / float64(sent)
+	}
+	return mbps, lossPct
+}
+
+// UDPLoad sends UDPPacketSize packets on a socket from dial (a connected UDP socket) at
+// rate Mbit/s for dur (paced per millisecond), waits for stragglers, and returns the packets
+// sent and those the sink got. The first packets open the flow: a warm-up of 200 ms at the
+// same rate is not counted.
+func UDPLoad(ctx context.Context, dial func() (net.Conn, error), sink *UDPSink, rate float64, dur time.Duration) (sent, got int64, err error) {
+	c, err := dial()
 	if err != nil {
 		return 0, 0, err
 	}
 	defer c.Close()
-	_ = c.(*net.UDPConn).SetWriteBuffer(4 << 20)
+	if uc, ok := c.(*net.UDPConn); ok {
+		_ = uc.SetWriteBuffer(4 << 20)
+	}
 	pps := rate * 1e6 / 8 / UDPPacketSize
 	send := func(d time.Duration) (int64, error) {
 		p := make([]byte, UDPPacketSize)
@@ -160,7 +242,7 @@ func udpLoad(ctx context.Context, addr string, sink *udpSink, rate float64, dur 
 }
 
 // settle waits until the sink has received nothing for 200 ms (packets in queues, up to 2 s).
-func settle(s *udpSink) {
+func settle(s *UDPSink) {
 	last := s.got.Load()
 	for range 10 {
 		time.Sleep(200 * time.Millisecond)
@@ -203,8 +285,12 @@ func udpMarkdown(w io.Writer, rows []UDPResult) {
 	fmt.Fprintln(w)
 	for _, p := range paths {
 		fmt.Fprintf(w, "| %s |", p)
-		if r, ok := byPath[p][0]; ok && r.Error != "" {
-			fmt.Fprintf(w, " error: %s |\n", r.Error)
+		if r, ok := byPath[p][0]; ok && (r.Error != "" || r.Skipped != "") {
+			if r.Skipped != "" {
+				fmt.Fprintf(w, " skipped: %s |\n", r.Skipped)
+			} else {
+				fmt.Fprintf(w, " error: %s |\n", r.Error)
+			}
 			continue
 		}
 		for _, rate := range rates {

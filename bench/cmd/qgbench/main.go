@@ -46,7 +46,7 @@ func run() int {
 	for _, p := range bench.AllPaths() {
 		names = append(names, p.Name())
 	}
-	names = append(names, bench.UDPPathName) // the UDP rows, direct and through -U
+	names = append(names, bench.UDPPathName, bench.UDPTUNPathName) // the UDP rows: direct and through -U, through TUN
 	opt := bench.DefaultOptions(*quick)
 	if *idle > 0 {
 		opt.IdleFlows = *idle
