@@ -78,10 +78,12 @@ bench-quick:
 	$(GO) run ./bench/cmd/qgbench -quick
 
 ## bench-wan: one TCP flow's ways (direct TCP and ssh -L over cubic and over bbr, quicgate -L
-## and TUN) across a userspace-emulated WAN link (rate, one-BDP queue, delay, loss) between two
+## and TUN) and a UDP flow's (direct, quicgate -U and TUN, at 50 and 90 % of the link rate)
+## across a userspace-emulated WAN link (rate, one-BDP queue, delay, loss) between two
 ## network namespaces, on six profiles; markdown on stdout, JSON and a PNG chart in
-## bench/results/ (wan-*). Needs root. About 20 minutes; WANFLAGS passes qgwan's flags, e.g.
-## WANFLAGS="-quick -profiles 100M/40ms/1% -rows ssh-bbr,quicgate-bbr" (see qgwan -h).
+## bench/results/ (wan-*). Needs root. About 23 minutes; WANFLAGS passes qgwan's flags, e.g.
+## WANFLAGS="-quick -profiles 100M/40ms/1% -rows ssh-bbr,quicgate-bbr" or, UDP alone,
+## WANFLAGS="-rows none -udp direct,quicgate" (see qgwan -h).
 WANFLAGS ?=
 bench-wan:
 	@if [ "$$(id -u)" != 0 ]; then echo "bench-wan needs root (it makes network namespaces and TUN devices and sets sysctls)"; exit 1; fi

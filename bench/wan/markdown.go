@@ -29,6 +29,9 @@ func (r *Report) Markdown(w io.Writer) {
 		return fmt.Sprintf(" (%.2fx)", get(c)/get(base))
 	}
 	table := func(title string, cellText func(c, base *Cell) string) {
+		if len(r.Rows) == 0 { // -rows none: the UDP ways alone
+			return
+		}
 		fmt.Fprintf(w, "### %s\n\n| row |", title)
 		for _, p := range r.Profiles {
 			fmt.Fprintf(w, " %s |", p.Name)
@@ -69,6 +72,7 @@ func (r *Report) Markdown(w io.Writer) {
 		}
 		return s
 	})
+	r.udpMarkdown(w)
 	if len(order) > 0 {
 		fmt.Fprintf(w, "Not measured:\n\n")
 		for i, msg := range order {

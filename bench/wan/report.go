@@ -26,6 +26,8 @@ type Report struct {
 	Profiles       []Profile `json:"profiles"`
 	Rows           []Row     `json:"rows"`
 	Cells          []Cell    `json:"cells"`
+	UDPWays        []UDPWay  `json:"udp_ways,omitempty"`
+	UDP            []UDPCell `json:"udp,omitempty"`
 	Targets        []Target  `json:"targets"`
 	Notes          []string  `json:"notes,omitempty"` // what the run found about the host
 	Duration       string    `json:"duration"`
@@ -129,6 +131,7 @@ type Windows struct {
 	Interval    Dur `json:"interactive_interval"`
 	Grace       Dur `json:"reply_grace"`
 	TTFBSamples int `json:"ttfb_samples"`
+	UDP         Dur `json:"udp,omitempty"` // each UDP measurement (after a 200 ms warm-up)
 }
 
 // Dur is a duration that reads and writes as "3s" in JSON.

@@ -5,6 +5,7 @@ import (
 	"math"
 	"strings"
 	"testing"
+	"time"
 )
 
 func testReport() *Report {
@@ -115,6 +116,31 @@ func TestEmulatorBusy(t *testing.T) {
 		tt.e.judge()
 		if tt.e.Busy != tt.busy {
 			t.Errorf("%+v: busy %v, want %v", tt.e, tt.e.Busy, tt.busy)
+		}
+	}
+}
+
+func TestUDPMarkdown(t *testing.T) {
+	r := testReport()
+	r.Windows.UDP = Dur(3 * time.Second)
+	r.UDPWays = AllUDPWays()[:2]
+	r.UDP = []UDPCell{
+		{Way: "direct UDP", Profile: "100M/40ms/0%", Share: 0.5, OfferedMbps: 50, Mbps: 50, LossPct: 0},
+		{Way: "direct UDP", Profile: "100M/40ms/0%", Share: 0.9, OfferedMbps: 90, Mbps: 89.5, LossPct: 0.5},
+		{Way: "quicgate -U (bbr)", Profile: "100M/40ms/1%", Error: "setting up: boom"},
+	}
+	var b bytes.Buffer
+	r.Markdown(&b)
+	md := b.String()
+	for _, want := range []string{
+		"1200-byte packets paced per ms for 3s",
+		"Offered at 90 % of the link rate:",
+		"| way | 100M/40ms/0% | 100M/40ms/1% | 20M/200ms/1% |",
+		"| direct UDP | 89.5 (0.50%) | – | – |",
+		"| quicgate -U (bbr) | – | error: setting up: boom | – |",
+	} {
+		if !strings.Contains(md, want) {
+			t.Errorf("markdown lacks %q:\n%s", want, md)
 		}
 	}
 }

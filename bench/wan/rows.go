@@ -192,6 +192,7 @@ type quicgatePath struct {
 	h        *harness
 	row      Row
 	tun      bool
+	udpTo    string // -U to this address (start returns its local end as the sink)
 	srv, cli *bench.Proc
 }
 
@@ -230,6 +231,8 @@ func (p *quicgatePath) start(ctx context.Context) (string, string, error) {
 		"--state-dir", filepath.Join(dir, "client"), "--pin", pin, "--log-format", "json"}
 	if p.tun {
 		cliArgs = append(cliArgs, "--tun", tunDevice, "--tun-addr", "10.78.0.1/24", "--route", TargetNet)
+	} else if p.udpTo != "" {
+		cliArgs = append(cliArgs, "-U", "0:"+p.udpTo)
 	} else {
 		cliArgs = append(cliArgs, "-L", "0:127.0.0.1:"+h.sinkPort, "-L", "0:127.0.0.1:"+h.echoPort)
 	}
@@ -242,6 +245,14 @@ func (p *quicgatePath) start(ctx context.Context) (string, string, error) {
 			return "", "", flagErr(err, cc)
 		}
 		return net.JoinHostPort(TargetIP, h.sinkPort), net.JoinHostPort(TargetIP, h.echoPort), nil
+	}
+	if p.udpTo != "" {
+		m, err := p.cli.WaitJSON("forwarding udp", 10*time.Second)
+		if err != nil {
+			return "", "", flagErr(err, cc)
+		}
+		a, _ := m["listen"].(string)
+		return a, "", nil
 	}
 	var addrs []string
 	for range 2 {

@@ -23,6 +23,7 @@ type Options struct {
 	Quick    bool
 	Profiles []Profile
 	Rows     []Row
+	UDP      []UDPWay
 	Windows  Windows
 	Seed     uint64
 	Progress io.Writer
@@ -31,14 +32,14 @@ type Options struct {
 // DefaultOptions are a full run (about 30 s a cell: 7 rows x 6 profiles in about 20
 // minutes) or a quick one (for development; figures are rougher).
 func DefaultOptions(quick bool) Options {
-	o := Options{Quick: quick, Profiles: DefaultProfiles(), Rows: AllRows(), Seed: 1, Progress: os.Stderr}
+	o := Options{Quick: quick, Profiles: DefaultProfiles(), Rows: AllRows(), UDP: AllUDPWays(), Seed: 1, Progress: os.Stderr}
 	o.Windows = Windows{Bulk1: Dur(8 * time.Second), Bulk8: Dur(6 * time.Second), Alone: Dur(3 * time.Second),
 		Ramp: Dur(2 * time.Second), Loaded: Dur(5 * time.Second), Interval: Dur(50 * time.Millisecond),
-		Grace: Dur(5 * time.Second), TTFBSamples: 5}
+		Grace: Dur(5 * time.Second), TTFBSamples: 5, UDP: Dur(3 * time.Second)}
 	if quick {
 		o.Windows = Windows{Bulk1: Dur(3 * time.Second), Bulk8: Dur(2 * time.Second), Alone: Dur(time.Second),
 			Ramp: Dur(time.Second), Loaded: Dur(2 * time.Second), Interval: Dur(50 * time.Millisecond),
-			Grace: Dur(2 * time.Second), TTFBSamples: 3}
+			Grace: Dur(2 * time.Second), TTFBSamples: 3, UDP: Dur(2 * time.Second)}
 	}
 	return o
 }
@@ -71,7 +72,7 @@ func (h *harness) identities(dir string) (string, string, error) {
 func Run(ctx context.Context, env Env, opt Options) (rep *Report, err error) {
 	h := &harness{env: env, opt: opt, start: time.Now()}
 	rep = &Report{When: time.Now(), Quick: opt.Quick, Machine: machine(), Direction: Direction, Quicgate: env.QuicgateDesc,
-		CongestionFlag: env.CongestionFlag, Windows: opt.Windows, Profiles: opt.Profiles, Rows: opt.Rows}
+		CongestionFlag: env.CongestionFlag, Windows: opt.Windows, Profiles: opt.Profiles, Rows: opt.Rows, UDPWays: opt.UDP}
 	defer func() {
 		rep.Duration = time.Since(h.start).Round(time.Second).String()
 		rep.Evaluate()
@@ -99,6 +100,15 @@ func Run(ctx context.Context, env Env, opt Options) (rep *Report, err error) {
 	}
 	_, h.sinkPort, _ = net.SplitHostPort(fmt.Sprint(m["sink"]))
 	_, h.echoPort, _ = net.SplitHostPort(fmt.Sprint(m["echo"]))
+	var udpSink *bench.UDPSink // in this process, its socket made in the server namespace
+	var udpPort string
+	if len(opt.UDP) > 0 {
+		if err := wanlink.InNetns(h.topo.Server, func() (err error) { udpSink, err = bench.ListenUDPSink("0.0.0.0:0"); return err }); err != nil {
+			return rep, fmt.Errorf("UDP sink: %w", err)
+		}
+		defer udpSink.Close()
+		_, udpPort, _ = net.SplitHostPort(udpSink.Addr())
+	}
 
 	for _, prof := range opt.Profiles {
 		if ctx.Err() != nil {
@@ -110,6 +120,9 @@ func Run(ctx context.Context, env Env, opt Options) (rep *Report, err error) {
 			for _, row := range opt.Rows {
 				rep.Cells = append(rep.Cells, Cell{Row: row.Name, Profile: prof.Name, Error: "link emulator: " + err.Error()})
 			}
+			for _, way := range opt.UDP {
+				rep.UDP = append(rep.UDP, UDPCell{Way: way.Name, Profile: prof.Name, Error: "link emulator: " + err.Error()})
+			}
 			continue
 		}
 		h.say(prof.Name, "link up: %s", prof.Label())
@@ -118,6 +131,12 @@ func Run(ctx context.Context, env Env, opt Options) (rep *Report, err error) {
 				break
 			}
 			rep.Cells = append(rep.Cells, h.runCell(ctx, row, prof))
+		}
+		for _, way := range opt.UDP {
+			if ctx.Err() != nil {
+				break
+			}
+			rep.UDP = append(rep.UDP, h.runUDP(ctx, way, prof, udpSink, udpPort)...)
 		}
 		if st, err := h.emu.stats(); err == nil {
 			h.say(prof.Name, "link totals: up %d packets (%d lost, %d queue drops, largest %d B, %d over the MTU), down %d packets",

@@ -3,7 +3,7 @@
 // between two network namespaces. It needs root. Markdown on stdout, progress on stderr,
 // JSON and a PNG chart in bench/results/ (wan-<time>.json, wan-latest.json, wan-latest.png).
 //
-//	qgwan [-quick] [-profiles 100M/40ms/1%,...] [-rows ssh-bbr,quicgate-bbr,...] [-out DIR]
+//	qgwan [-quick] [-profiles 100M/40ms/1%,...] [-rows ssh-bbr,quicgate-bbr,...|none] [-udp direct,quicgate,tun|none] [-out DIR]
 //	      [-quicgate BINARY] [-congestion-flag=false] [-seed N]
 //	qgwan link --client-ns NS --server-ns NS --rate R --rtt D --loss P%   (the emulator)
 //	qgwan serve --ip IP        (the metering sink and the echo, in the server namespace)
@@ -50,7 +50,8 @@ func run(args []string) int {
 	quick := fs.Bool("quick", false, "short measurements (about 9 minutes for every row and profile; rougher figures)")
 	out := fs.String("out", "bench/results", "directory for wan-latest.json, a timestamped copy and wan-latest.png")
 	profiles := fs.String("profiles", "", "comma-separated RATE/RTT/LOSS% profiles (default: "+names(wan.DefaultProfiles())+")")
-	rows := fs.String("rows", "", "comma-separated rows by id or name (default: all: "+rowIDs()+")")
+	rows := fs.String("rows", "", "comma-separated rows by id or name, or none (default: all: "+rowIDs()+")")
+	udp := fs.String("udp", "", "comma-separated UDP ways by id or name, or none (default: all: "+udpIDs()+")")
 	qg := fs.String("quicgate", "", "quicgate binary to measure (default: build ./cmd/quicgate)")
 	ccFlag := fs.Bool("congestion-flag", true, "pass --congestion to quicgate (false: its rows run with quicgate's default congestion control)")
 	seed := fs.Uint64("seed", 1, "seed of the emulated loss")
@@ -79,7 +80,9 @@ func run(args []string) int {
 			opt.Profiles = append(opt.Profiles, p)
 		}
 	}
-	if *rows != "" {
+	if *rows == "none" {
+		opt.Rows = nil
+	} else if *rows != "" {
 		opt.Rows = nil
 		for _, s := range strings.Split(*rows, ",") {
 			r, ok := wan.FindRow(strings.TrimSpace(s))
@@ -88,6 +91,21 @@ func run(args []string) int {
 			}
 			opt.Rows = append(opt.Rows, r)
 		}
+	}
+	if *udp == "none" {
+		opt.UDP = nil
+	} else if *udp != "" {
+		opt.UDP = nil
+		for _, s := range strings.Split(*udp, ",") {
+			w, ok := wan.FindUDPWay(strings.TrimSpace(s))
+			if !ok {
+				return usage("-udp: no UDP way %q (the ways: %s)", s, udpIDs())
+			}
+			opt.UDP = append(opt.UDP, w)
+		}
+	}
+	if len(opt.Rows) == 0 && len(opt.UDP) == 0 {
+		return usage("-rows none -udp none: nothing to measure")
 	}
 	if *qg != "" {
 		if st, err := os.Stat(*qg); err != nil || st.IsDir() || st.Mode()&0o111 == 0 {
@@ -142,6 +160,10 @@ func run(args []string) int {
 	jsonPath, err := rep.Save(*out)
 	if err != nil {
 		return fail(err)
+	}
+	if len(rep.Rows) == 0 { // -rows none: the chart draws the TCP rows only
+		fmt.Fprintf(os.Stderr, "wrote %s (no chart: no TCP rows) in %s\n", jsonPath, rep.Duration)
+		return 0
 	}
 	png := filepath.Join(*out, "wan-latest.png")
 	if err := rep.Chart(png); err != nil {
@@ -202,6 +224,14 @@ func rowIDs() string {
 	var s []string
 	for _, r := range wan.AllRows() {
 		s = append(s, r.ID)
+	}
+	return strings.Join(s, ", ")
+}
+
+func udpIDs() string {
+	var s []string
+	for _, w := range wan.AllUDPWays() {
+		s = append(s, w.ID)
 	}
 	return strings.Join(s, ", ")
 }

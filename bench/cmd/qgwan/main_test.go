@@ -48,6 +48,8 @@ func TestBadFlags(t *testing.T) {
 		{"-profiles", "100M/40ms"},
 		{"-profiles", "100M/40ms/1%,fast/1s/0%"},
 		{"-rows", "ssh-bbr,nope"},
+		{"-udp", "direct,nope"},
+		{"-rows", "none", "-udp", "none"},
 		{"-quicgate", "/nonexistent/quicgate"},
 		{"-quick", "stray"},
 		{"-bogus"},
