@@ -66,7 +66,7 @@ func RunUDP(ctx context.Context, env *Env, opt Options) []UDPResult {
 	measure := func(path string, dial func() (net.Conn, error), sink *UDPSink, window time.Duration) {
 		for _, rate := range udpRates(opt.Quick) {
 			r := UDPResult{Path: path, OfferedMbps: rate, Seconds: window.Seconds()}
-			sent, got, err := UDPLoad(ctx, dial, sink, rate, window)
+			sent, got, err := UDPLoad(ctx, dial, sink, rate, window, 200*time.Millisecond)
 			if err != nil {
 				r.Error = err.Error()
 				say(path, "%v Mbit/s offered: %v", rate, err)
@@ -195,8 +195,10 @@ func UDPFigures(sent, got int64, window time.Duration) (mbps, lossPct float64) {
 // UDPLoad sends UDPPacketSize packets on a socket from dial (a connected UDP socket) at
 // rate Mbit/s for dur (paced per millisecond), waits for stragglers, and returns the packets
 // sent and those the sink got. The first packets open the flow: a warm-up of 200 ms at the
-// same rate is not counted.
-func UDPLoad(ctx context.Context, dial func() (net.Conn, error), sink *UDPSink, rate float64, dur time.Duration) (sent, got int64, err error) {
+// same rate is not counted. Before and after the measured window it waits until the sink
+// has had nothing for quiet (200 ms on loopback; a few round trips on a long path, where a
+// tunnel may hold packets for a retransmission timeout).
+func UDPLoad(ctx context.Context, dial func() (net.Conn, error), sink *UDPSink, rate float64, dur, quiet time.Duration) (sent, got int64, err error) {
 	c, err := dial()
 	if err != nil {
 		return 0, 0, err
@@ -232,20 +234,21 @@ func UDPLoad(ctx context.Context, dial func() (net.Conn, error), sink *UDPSink, 
 	if _, err := send(200 * time.Millisecond); err != nil {
 		return 0, 0, err
 	}
-	settle(sink)
+	settle(sink, quiet)
 	before := sink.got.Load()
 	if sent, err = send(dur); err != nil {
 		return 0, 0, err
 	}
-	settle(sink)
+	settle(sink, quiet)
 	return sent, sink.got.Load() - before, nil
 }
 
-// settle waits until the sink has received nothing for 200 ms (packets in queues, up to 2 s).
-func settle(s *UDPSink) {
+// settle waits until the sink has received nothing for quiet (packets in queues; at most
+// ten times quiet).
+func settle(s *UDPSink, quiet time.Duration) {
 	last := s.got.Load()
 	for range 10 {
-		time.Sleep(200 * time.Millisecond)
+		time.Sleep(quiet)
 		now := s.got.Load()
 		if now == last {
 			return

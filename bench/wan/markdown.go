@@ -12,7 +12,7 @@ import (
 // Markdown writes one table per figure (rows x profiles, with ratios to Baseline on the same
 // profile), the emulator's CPU table, the targets and the notes.
 func (r *Report) Markdown(w io.Writer) {
-	fmt.Fprintf(w, "## WAN profile: one TCP flow's ways across an emulated link\n\n")
+	fmt.Fprintf(w, "## WAN profile: TCP and UDP flows' ways across an emulated link\n\n")
 	fmt.Fprintf(w, "The %s. Each profile is the same both ways: the rate counting IP bytes, a tail-drop queue of one bandwidth-delay product, half the round trip as delay each way, the loss on each direction independently, MTU 1500. Ratios in parentheses are to %s on the same profile in this run.\n\n", Direction, Baseline)
 	if r.Quicgate != "" {
 		fmt.Fprintf(w, "quicgate: %s.\n\n", r.Quicgate)
@@ -80,15 +80,17 @@ func (r *Report) Markdown(w io.Writer) {
 		}
 		fmt.Fprintln(w)
 	}
-	fmt.Fprintf(w, "### Targets\n\n| target | want | got | | |\n|---|---|---|---|---|\n")
-	for _, t := range r.Targets {
-		got := "–"
-		if t.Status != "n/a" {
-			got = fmt.Sprintf("%.2fx", t.Got)
+	if len(r.Rows) > 0 { // the targets are all on the TCP rows
+		fmt.Fprintf(w, "### Targets\n\n| target | want | got | | |\n|---|---|---|---|---|\n")
+		for _, t := range r.Targets {
+			got := "–"
+			if t.Status != "n/a" {
+				got = fmt.Sprintf("%.2fx", t.Got)
+			}
+			fmt.Fprintf(w, "| %s | %s | %s | %s | %s |\n", t.Name, t.Want, got, t.Status, t.Detail)
 		}
-		fmt.Fprintf(w, "| %s | %s | %s | %s | %s |\n", t.Name, t.Want, got, t.Status, t.Detail)
+		fmt.Fprintln(w)
 	}
-	fmt.Fprintln(w)
 	for _, n := range r.Notes {
 		fmt.Fprintf(w, "- %s\n", n)
 	}

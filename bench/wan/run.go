@@ -30,7 +30,8 @@ type Options struct {
 }
 
 // DefaultOptions are a full run (about 30 s a cell: 7 rows x 6 profiles in about 20
-// minutes) or a quick one (for development; figures are rougher).
+// minutes, and the 3 UDP ways about 30 s a profile) or a quick one (for development;
+// figures are rougher).
 func DefaultOptions(quick bool) Options {
 	o := Options{Quick: quick, Profiles: DefaultProfiles(), Rows: AllRows(), UDP: AllUDPWays(), Seed: 1, Progress: os.Stderr}
 	o.Windows = Windows{Bulk1: Dur(8 * time.Second), Bulk8: Dur(6 * time.Second), Alone: Dur(3 * time.Second),

@@ -98,7 +98,7 @@ func (h *harness) runUDP(ctx context.Context, way UDPWay, prof Profile, sink *be
 	var out []UDPCell
 	for _, share := range UDPShares {
 		c := UDPCell{Way: way.Name, Profile: prof.Name, Share: share, OfferedMbps: share * float64(prof.Rate) / 1e6}
-		sent, got, err := bench.UDPLoad(ctx, dial, sink, c.OfferedMbps, window)
+		sent, got, err := bench.UDPLoad(ctx, dial, sink, c.OfferedMbps, window, max(200*time.Millisecond, 3*prof.RTT))
 		if err != nil {
 			c.Error = err.Error()
 			h.say(way.Name, "UDP %.0f Mbit/s offered: %v", c.OfferedMbps, err)

@@ -58,7 +58,7 @@ func run(args []string) int {
 	fs.SetOutput(discard{})
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
-			fmt.Fprintln(os.Stderr, "qgwan: one TCP flow's ways across an emulated WAN link (needs root). Flags:")
+			fmt.Fprintln(os.Stderr, "qgwan: TCP and UDP flows' ways across an emulated WAN link (needs root). Flags:")
 			fs.SetOutput(os.Stderr)
 			fs.PrintDefaults()
 			return 0
