@@ -70,7 +70,7 @@ deps:
 	  fi
 
 ## bench: quicgate next to direct TCP, raw quic-go, ssh -L, ssh -D and socat (and TUN mode as root);
-## markdown on stdout, JSON and a PNG chart in bench/results/. About 3.5 minutes.
+## markdown on stdout, JSON and a PNG chart in bench/results/. About 4 minutes.
 bench:
 	$(GO) run ./bench/cmd/qgbench
 
