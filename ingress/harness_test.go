@@ -245,9 +245,11 @@ func (h *harness) startTUN(opts *netstack.TCPOptions, drainTimeout time.Duration
 	flows := quicmux.NewFlowGroup(context.Background())
 	log := testLogger(t).WithField("side", "ingress")
 	gw, err := netstack.NewTUN(h.tunLink, netstack.Config{
-		Handler: netstack.HandlerFunc(func(req *netstack.TCPRequest) { handleTCP(h.client, flows, req, "tun test", log) }),
-		TCP:     opts,
-		Logger:  log,
+		Handler: netstack.HandlerFunc(func(req *netstack.TCPRequest) {
+			handleTCP(h.client, flows, req, quicmux.TargetFromAddrPort(req.Dst()), "tun test", log)
+		}),
+		TCP:    opts,
+		Logger: log,
 	})
 	if err != nil {
 		t.Fatal(err)

@@ -110,7 +110,7 @@ func (ing *TUN) HandleTCP(req *netstack.TCPRequest) {
 		ing.serveDNSTCP(req)
 		return
 	}
-	handleTCPTo(ing.tun, ing.flows, req, ing.target(req.Dst()), ing.name, ing.log)
+	handleTCP(ing.tun, ing.flows, req, ing.target(req.Dst()), ing.name, ing.log)
 }
 
 // target is where a flow to dst goes: dst, or the name whose DNS answer gave the app dst
@@ -125,13 +125,9 @@ func (ing *TUN) target(dst netip.AddrPort) quicmux.Target {
 	return quicmux.TargetFromAddrPort(dst)
 }
 
-// handleTCP hands a netstack flow to the tunnel: the SYN waits for the server's answer.
-func handleTCP(t Tunnel, flows *quicmux.FlowGroup, req *netstack.TCPRequest, name string, log *logrus.Entry) {
-	handleTCPTo(t, flows, req, quicmux.TargetFromAddrPort(req.Dst()), name, log)
-}
-
-// handleTCPTo is handleTCP with the flow's target given.
-func handleTCPTo(t Tunnel, flows *quicmux.FlowGroup, req *netstack.TCPRequest, target quicmux.Target, name string, log *logrus.Entry) {
+// handleTCP hands a netstack flow to the tunnel, to target (TUN.target): the SYN waits for
+// the server's answer.
+func handleTCP(t Tunnel, flows *quicmux.FlowGroup, req *netstack.TCPRequest, target quicmux.Target, name string, log *logrus.Entry) {
 	if !flows.Start() {
 		req.Reject()
 		return

@@ -25,7 +25,7 @@ func (ing *TUN) HandleUDP(conn *netstack.UDPConn) {
 		conn.Refuse()
 		return
 	}
-	handleUDPTo(ut, ing.flows, conn, ing.target(conn.Dst()), ing.name, ing.log)
+	handleUDP(ut, ing.flows, conn, ing.target(conn.Dst()), ing.name, ing.log)
 }
 
 // A TUN ingress whose Tunnel is also a UDPTunnel (udpport.go; *quicmux.Client is both)
@@ -42,13 +42,8 @@ const udpWriteTimeout = 10 * time.Second
 // idle timeout: 2 min, 15 s to port 53; the target's port unreachable), the app's side is
 // closed (the stack closes), or the ingress resets its flows. A denied target or a port
 // unreachable reaches the app as ICMP port unreachable (conn.Refuse); any other failure
-// drops the flow's packets, with one log line.
-func handleUDP(t UDPTunnel, flows *quicmux.FlowGroup, conn *netstack.UDPConn, name string, log *logrus.Entry) {
-	handleUDPTo(t, flows, conn, quicmux.TargetFromAddrPort(conn.Dst()), name, log)
-}
-
-// handleUDPTo is handleUDP with the flow's target given.
-func handleUDPTo(t UDPTunnel, flows *quicmux.FlowGroup, conn *netstack.UDPConn, target quicmux.Target, name string, log *logrus.Entry) {
+// drops the flow's packets, with one log line. target is where the flow goes (TUN.target).
+func handleUDP(t UDPTunnel, flows *quicmux.FlowGroup, conn *netstack.UDPConn, target quicmux.Target, name string, log *logrus.Entry) {
 	if !flows.Start() {
 		conn.Refuse()
 		return

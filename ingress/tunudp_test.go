@@ -69,7 +69,9 @@ func newTUNUDPRig(t *testing.T, maxFlows int, serverIdle time.Duration) *tunUDPR
 	devIngress, devApp := memtun.Pipe(9000, 64, 1024)
 	log := testLogger(t).WithField("side", "ingress")
 	r.gw, err = netstack.NewTUN(devIngress, netstack.Config{
-		UDPHandler:  netstack.UDPHandlerFunc(func(c *netstack.UDPConn) { handleUDP(tunnel, r.flows, c, "tun test", log) }),
+		UDPHandler: netstack.UDPHandlerFunc(func(c *netstack.UDPConn) {
+			handleUDP(tunnel, r.flows, c, quicmux.TargetFromAddrPort(c.Dst()), "tun test", log)
+		}),
 		MaxUDPFlows: maxFlows,
 		Logger:      log,
 	})
