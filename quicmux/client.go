@@ -346,8 +346,7 @@ func (c *Client) ask(ctx context.Context, hdr []byte, answer func(io.Reader) err
 		return err
 	}
 	fail := func(err error) error {
-		str.CancelRead(codeFlowReset)
-		str.CancelWrite(codeFlowReset)
+		abortStream(str, codeFlowReset)
 		return err
 	}
 	if _, err := str.Write(hdr); err != nil {

@@ -87,8 +87,7 @@ func (s *Server) serveEcho(ctx context.Context, cl *connInfo, str *quic.Stream, 
 			s.reject(str, StatusBadRequest, codeBadRequest)
 			return
 		}
-		str.CancelRead(codeBadRequest)
-		str.CancelWrite(codeBadRequest)
+		abortStream(str, codeBadRequest)
 		return
 	}
 	rtt, status := s.echoAllowed(ctx, addr, payload)

@@ -127,8 +127,7 @@ func (l *reverseListener) register(ctx context.Context) (registration, error) {
 		l.mu.Lock()
 		l.reg = registration{}
 		l.mu.Unlock()
-		str.CancelRead(codeFlowReset)
-		str.CancelWrite(codeFlowReset)
+		abortStream(str, codeFlowReset)
 		return registration{}, err
 	}
 	if _, err := str.Write(hdr); err != nil {
@@ -155,14 +154,12 @@ func (l *reverseListener) run(reg registration) {
 	log := l.c.log.WithField("listen", l.addr.String())
 	for {
 		stop := context.AfterFunc(l.ctx, func() {
-			reg.str.CancelRead(codeShutdown)
-			reg.str.CancelWrite(codeShutdown)
+			abortStream(reg.str, codeShutdown)
 		})
 		_, err := reg.str.Read(make([]byte, 1)) // the server sends nothing more: only its end comes
 		stop()
 		if l.ctx.Err() != nil {
-			reg.str.CancelRead(codeShutdown)
-			reg.str.CancelWrite(codeShutdown)
+			abortStream(reg.str, codeShutdown)
 			return
 		}
 		log.WithError(err).Info("reverse forward lost; asking the server again")
@@ -248,8 +245,7 @@ func (c *Client) acceptStreams(conn *quic.Conn) {
 func (c *Client) serveAccepted(conn *quic.Conn, str *quic.Stream) {
 	defer c.wg.Done()
 	reset := func() {
-		str.CancelRead(codeFlowReset)
-		str.CancelWrite(codeFlowReset)
+		abortStream(str, codeFlowReset)
 	}
 	_ = str.SetReadDeadline(time.Now().Add(c.cfg.DialTimeout))
 	req, err := ReadRequest(str)

@@ -72,16 +72,14 @@ func (s *Server) serveListen(ctx context.Context, cl *connInfo, str *quic.Stream
 	}
 	if _, err := str.Write(AppendStatus(nil, StatusOK)); err != nil {
 		_ = ln.Close()
-		str.CancelRead(codeFlowReset)
-		str.CancelWrite(codeFlowReset)
+		abortStream(str, codeFlowReset)
 		return
 	}
 	// The listener lives as long as its stream: the client ends the stream to close it, and
 	// the connection's end ends it too (ctx, the stream's reset).
 	stop := func() {
 		_ = ln.Close()
-		str.CancelRead(codeShutdown)
-		str.CancelWrite(codeShutdown)
+		abortStream(str, codeShutdown)
 	}
 	live := &liveListener{cl: cl, addr: addr, stop: stop}
 	s.liveMu.Lock()

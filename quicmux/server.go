@@ -420,8 +420,7 @@ func (s *Server) serveStream(ctx context.Context, cl *connInfo, str *quic.Stream
 		return connLog.WithFields(fields)
 	}
 	stop := context.AfterFunc(ctx, func() {
-		str.CancelRead(codeShutdown)
-		str.CancelWrite(codeShutdown)
+		abortStream(str, codeShutdown)
 	})
 	defer stop()
 
@@ -440,8 +439,7 @@ func (s *Server) serveStream(ctx context.Context, cl *connInfo, str *quic.Stream
 		if connLog.Logger.IsLevelEnabled(logrus.DebugLevel) {
 			log(logrus.Fields{}).WithError(err).Debug("stream ended before its header")
 		}
-		str.CancelRead(codeBadRequest)
-		str.CancelWrite(codeBadRequest)
+		abortStream(str, codeBadRequest)
 		return
 	}
 	switch req.Kind {
@@ -492,8 +490,7 @@ func (s *Server) serveStream(ctx context.Context, cl *connInfo, str *quic.Stream
 	}
 	if _, err := str.Write(AppendStatus(nil, StatusOK)); err != nil {
 		dst.Abort() // the destination must see a reset, not a clean empty flow
-		str.CancelRead(codeFlowReset)
-		str.CancelWrite(codeFlowReset)
+		abortStream(str, codeFlowReset)
 		return
 	}
 	if connLog.Logger.IsLevelEnabled(logrus.DebugLevel) {

@@ -46,6 +46,13 @@ func newStreamConn(str *quic.Stream, local, remote net.Addr) *streamConn {
 	return &streamConn{str: str, local: local, remote: remote}
 }
 
+// abortStream resets both directions of str with code: STOP_SENDING for what it would
+// still receive, RESET_STREAM for what it sends.
+func abortStream(str *quic.Stream, code quic.StreamErrorCode) {
+	str.CancelRead(code)
+	str.CancelWrite(code)
+}
+
 // readStatus consumes the server's status if it has not been read yet.
 func (c *streamConn) readStatus() error {
 	if !c.pendingStatus {

@@ -102,8 +102,7 @@ func (c *Client) dialUDP(ctx context.Context, t Target, ingress string) (*UDPFlo
 		return nil, err
 	}
 	fail := func(err error) (*UDPFlow, error) {
-		str.CancelRead(codeFlowReset)
-		str.CancelWrite(codeFlowReset)
+		abortStream(str, codeFlowReset)
 		return nil, err
 	}
 	f := &UDPFlow{
@@ -211,8 +210,7 @@ func (f *UDPFlow) end(err error) {
 		}
 		close(f.done)
 		f.mux.remove(f.sender.str.StreamID())
-		f.sender.str.CancelRead(codeFlowReset)
-		f.sender.str.CancelWrite(codeFlowReset)
+		abortStream(f.sender.str, codeFlowReset)
 	})
 }
 

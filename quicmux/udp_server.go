@@ -38,8 +38,7 @@ func (s *Server) serveUDP(ctx context.Context, cl *connInfo, str *quic.Stream, t
 	}
 	if _, err := str.Write(AppendStatus(nil, StatusOK)); err != nil {
 		_ = sock.Close()
-		str.CancelRead(codeFlowReset)
-		str.CancelWrite(codeFlowReset)
+		abortStream(str, codeFlowReset)
 		return
 	}
 	active := s.cfg.Metrics.flowStarted(ingressServer)
@@ -106,8 +105,7 @@ wait:
 		}
 	}
 	_ = f.sock.Close()
-	str.CancelRead(code)
-	str.CancelWrite(code)
+	abortStream(str, code)
 	wg.Wait()
 	result := "ok"
 	switch code {
