@@ -108,7 +108,7 @@ func (s *Server) serveEcho(ctx context.Context, cl *connInfo, str *quic.Stream, 
 // echoAllowed applies the policy and sends the echo under a dial slot.
 func (s *Server) echoAllowed(ctx context.Context, addr netip.Addr, payload []byte) (time.Duration, Status) {
 	policy, ok := s.cfg.Policy.(AnyPortPolicy)
-	if !ok || !dialable(addr) || !policy.AllowAnyPort(Target{Addr: addr}) {
+	if !ok || !s.reaches(policy.AllowAnyPort, Target{Addr: addr}, addr, false) {
 		return 0, StatusDenied
 	}
 	ctx, cancel := context.WithTimeout(ctx, EchoTimeout)

@@ -132,7 +132,8 @@ func (s *Server) lookupAllowed(ctx context.Context, name string) ([]netip.Addr, 
 	}
 	var addrs []netip.Addr
 	for _, ip := range ips {
-		if ip = ip.Unmap(); s.reachable(policy, name, ip, fromHosts) {
+		// On some port, for either protocol: the rules' verdict on any flow to the name.
+		if ip = ip.Unmap(); s.reaches(policy.AllowAnyPort, Target{Host: name}, ip, fromHosts) {
 			addrs = append(addrs, ip)
 		}
 	}
@@ -140,18 +141,6 @@ func (s *Server) lookupAllowed(ctx context.Context, name string) ([]netip.Addr, 
 		return nil, StatusDenied
 	}
 	return addrs, StatusOK
-}
-
-// reachable is permits for some port and either protocol: an address rule covers addr, or
-// a name rule covers name and addr is not guarded (or came from the hosts file).
-func (s *Server) reachable(policy AnyPortPolicy, name string, addr netip.Addr, fromHosts bool) bool {
-	if !dialable(addr) {
-		return false
-	}
-	if policy.AllowAnyPort(Target{Addr: addr}) {
-		return true
-	}
-	return policy.AllowAnyPort(Target{Host: name}) && (fromHosts || !s.guarded(addr))
 }
 
 // Resolve asks the server for the addresses of name, as it resolves names for flows:

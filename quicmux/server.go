@@ -727,16 +727,22 @@ func (s *Server) resolve(ctx context.Context, p Proto, t Target) (addrs []netip.
 	return addrs, fromHosts, StatusOK
 }
 
-// permits is the policy's verdict on dialing t at addr: an address rule allows addr; or t is
-// a name a name rule allows, and addr is not guarded or the name came from the hosts file.
+// permits is the policy's verdict on dialing t at addr with protocol p (reaches).
 func (s *Server) permits(p Proto, t Target, addr netip.Addr, fromHosts bool) bool {
+	return s.reaches(func(x Target) bool { return allows(s.cfg.Policy, p, x) }, t, addr, fromHosts)
+}
+
+// reaches is the one place the rules meet the guard: a flow to t may go to addr if allow
+// allows addr itself (an address rule); or if t is a name allow allows, and addr is not
+// guarded (loopback, link-local, the server's own) or the name came from the hosts file.
+func (s *Server) reaches(allow func(Target) bool, t Target, addr netip.Addr, fromHosts bool) bool {
 	if !dialable(addr) {
 		return false
 	}
-	if allows(s.cfg.Policy, p, Target{Addr: addr, Port: t.Port}) {
+	if allow(Target{Addr: addr, Port: t.Port}) {
 		return true
 	}
-	return !t.Addr.IsValid() && allows(s.cfg.Policy, p, t) && (fromHosts || !s.guarded(addr))
+	return !t.Addr.IsValid() && allow(t) && (fromHosts || !s.guarded(addr))
 }
 
 // dialable rejects addresses that are no single remote host: the unspecified address (which
