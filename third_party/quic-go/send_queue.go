@@ -92,7 +92,9 @@ func (h *sendQueue) Run() error {
 				// 1. Checking for "datagram too large" message from the kernel, as such,
 				// 2. Path MTU discovery,and
 				// 3. Eventual detection of loss PingFrame.
-				if !isSendMsgSizeErr(err) {
+				// quicgate patch: a packet the network cannot carry now is lost, not fatal
+				// (isNetworkSendErr).
+				if !isSendMsgSizeErr(err) && !isNetworkSendErr(err) {
 					return err
 				}
 			}

@@ -3,6 +3,8 @@ package quic
 import (
 	"net"
 	"net/netip"
+	"os"
+	"syscall"
 	"testing"
 	"testing/synctest"
 	"time"
@@ -203,5 +205,43 @@ func TestSendQueueSendProbe(t *testing.T) {
 	})
 	q.SendProbe(getPacketWithContents([]byte("foobar")), addr, packetInfo{
 		addr: localAddr,
+	})
+}
+
+// quicgate patch: a send the network refuses for now (no route, a device gone) loses that
+// packet; the queue goes on with the next one rather than ending the connection.
+func TestSendQueueNetworkErrorIsLoss(t *testing.T) {
+	synctest.Test(t, func(t *testing.T) {
+		mockCtrl := gomock.NewController(t)
+		c := NewMockSendConn(mockCtrl)
+		q := newSendQueue(c)
+
+		written := make(chan struct{})
+		gomock.InOrder(
+			c.EXPECT().Write([]byte("lost"), gomock.Any(), gomock.Any()).Return(&os.SyscallError{Syscall: "sendmsg", Err: syscall.ENETUNREACH}),
+			c.EXPECT().Write([]byte("gone"), gomock.Any(), gomock.Any()).Return(&os.SyscallError{Syscall: "sendmsg", Err: syscall.ENODEV}),
+			c.EXPECT().Write([]byte("sent"), gomock.Any(), gomock.Any()).Do(
+				func([]byte, uint16, protocol.ECN) error { close(written); return nil },
+			),
+		)
+		errChan := make(chan error, 1)
+		go func() { errChan <- q.Run() }()
+		for _, p := range []string{"lost", "gone", "sent"} {
+			q.Send(getPacketWithContents([]byte(p)), 10, protocol.ECNNon)
+		}
+		synctest.Wait()
+		select {
+		case <-written:
+		default:
+			t.Fatal("the packet after the failed sends was not written")
+		}
+		select {
+		case err := <-errChan:
+			t.Fatalf("Run returned %v", err)
+		default:
+		}
+		q.Close()
+		synctest.Wait()
+		require.NoError(t, <-errChan)
 	})
 }
