@@ -153,7 +153,7 @@ func makeNamespace(cfg setup) (*tun.Device, ready) {
 		addrs = slices.DeleteFunc(slices.Clone(addrs), not4)
 		routes = slices.DeleteFunc(slices.Clone(routes), not4)
 	}
-	dev, err := tun.Open(tun.Config{Name: cfg.TUN, MTU: cfg.MTU, Addrs: addrs, Routes: routes})
+	dev, err := tun.Open(tun.Config{Name: cfg.TUN, MTU: cfg.MTU, Addrs: addrs, Routes: routes, Table: tun.MainTable})
 	if err != nil {
 		if errors.Is(err, tun.ErrPermission) {
 			err = fmt.Errorf("%w (%w)", err, unix.EPERM)

@@ -37,6 +37,20 @@ func TestValidate(t *testing.T) {
 		{"route with host bits", Config{Name: "a", MTU: 1500, Routes: []netip.Prefix{p("10.99.0.1/16")}}, "host bits"},
 		{"duplicate route", Config{Name: "a", MTU: 1500, Routes: []netip.Prefix{p("10.99.0.0/16"), p("10.99.0.0/16")}}, "twice"},
 		{"duplicate address", Config{Name: "a", MTU: 1500, Addrs: []netip.Prefix{p("10.0.0.1/24"), p("10.0.0.1/24")}}, "twice"},
+		{"main table", Config{Name: "a", MTU: 1500, Table: MainTable}, ""},
+		{"table 1", Config{Name: "a", MTU: 1500, Table: 1}, ""},
+		{"highest table", Config{Name: "a", MTU: 1500, Table: 32765}, ""},
+		{"default table", Config{Name: "a", MTU: 1500, Table: DefaultTable}, ""},
+		{"negative table", Config{Name: "a", MTU: 1500, Table: -1}, "routing table -1"},
+		{"table after main's rule", Config{Name: "a", MTU: 1500, Table: 32766}, "routing table 32766"},
+		{"table 'default'", Config{Name: "a", MTU: 1500, Table: 253}, "routing table 253"},
+		{"table 'local'", Config{Name: "a", MTU: 1500, Table: 255}, "routing table 255"},
+		{"exclude with the main table", Config{Name: "a", MTU: 1500, Table: MainTable, Exclude: []netip.Prefix{p("10.1.0.0/16")}}, "Exclude needs a routing table"},
+		{"keep connected with the main table", Config{Name: "a", MTU: 1500, Table: MainTable, KeepConnected: true}, "KeepConnected needs a routing table"},
+		{"exclude equal to a route", Config{Name: "a", MTU: 1500, Routes: []netip.Prefix{p("10.0.0.0/8")}, Exclude: []netip.Prefix{p("10.0.0.0/8")}}, "both routed and excluded"},
+		{"exclude with host bits", Config{Name: "a", MTU: 1500, Exclude: []netip.Prefix{p("10.1.0.1/16")}}, "host bits"},
+		{"duplicate exclude", Config{Name: "a", MTU: 1500, Exclude: []netip.Prefix{p("10.1.0.0/16"), p("10.1.0.0/16")}}, "twice"},
+		{"exclude inside a route", Config{Name: "a", MTU: 1500, Routes: []netip.Prefix{p("0.0.0.0/0")}, Exclude: []netip.Prefix{p("10.1.0.0/16")}, KeepConnected: true}, ""},
 	}
 	for _, tt := range tests {
 		err := tt.cfg.Validate()
@@ -52,56 +66,75 @@ func TestValidate(t *testing.T) {
 	}
 }
 
-// Open makes the device with its MTU, addresses and routes, up and batched; Close removes
-// it all, and twice is fine.
+// Open makes the device with its MTU, addresses and routes, up and batched: with a table of
+// its own, routes in that table and one rule per family; with MainTable, routes in the main
+// table, no rule and no mark. Close removes it all, and twice is fine.
 func TestOpenAndClose(t *testing.T) {
 	privtest.Require(t)
-	privtest.InNewNetns(t, func() {
-		d, err := Open(testCfg)
-		if err != nil {
-			t.Error(err)
-			return
+	for _, table := range []int{0, MainTable} {
+		wantTable, wantMark, wantRules := DefaultTable, uint32(DefaultTable), 2
+		if table == MainTable {
+			wantTable, wantMark, wantRules = unix.RT_TABLE_MAIN, 0, 0
 		}
-		defer d.Close()
-		link, err := netlink.LinkByName(testCfg.Name)
-		if err != nil {
-			t.Error(err)
-			return
-		}
-		if link.Attrs().MTU != testCfg.MTU || link.Attrs().Flags&net.FlagUp == 0 {
-			t.Errorf("link %s: mtu %d flags %v", testCfg.Name, link.Attrs().MTU, link.Attrs().Flags)
-		}
-		if n := d.TUN().BatchSize(); n <= 1 {
-			t.Errorf("BatchSize %d: offloads are off", n)
-		}
-		addrs, _ := netlink.AddrList(link, netlink.FAMILY_ALL)
-		for _, want := range testCfg.Addrs {
-			if !hasAddr(addrs, want) {
-				t.Errorf("address %s missing: %v", want, addrs)
+		privtest.InNewNetns(t, func() {
+			cfg := testCfg
+			cfg.Table = table
+			d, err := Open(cfg)
+			if err != nil {
+				t.Error(err)
+				return
 			}
-		}
-		routes, _ := netlink.RouteList(link, netlink.FAMILY_ALL)
-		for _, want := range testCfg.Routes {
-			if !hasRoute(routes, want) {
-				t.Errorf("route %s missing: %v", want, routes)
+			defer d.Close()
+			link, err := netlink.LinkByName(cfg.Name)
+			if err != nil {
+				t.Error(err)
+				return
 			}
-		}
-		if err := d.Close(); err != nil {
-			t.Errorf("Close: %v", err)
-		}
-		if err := d.Close(); err != nil {
-			t.Errorf("second Close: %v", err)
-		}
-		if _, err := netlink.LinkByName(testCfg.Name); err == nil {
-			t.Error("link still there after Close")
-		}
-		all, _ := netlink.RouteList(nil, netlink.FAMILY_ALL)
-		for _, want := range testCfg.Routes {
-			if hasRoute(all, want) {
-				t.Errorf("route %s still there after Close", want)
+			if link.Attrs().MTU != cfg.MTU || link.Attrs().Flags&net.FlagUp == 0 {
+				t.Errorf("link %s: mtu %d flags %v", cfg.Name, link.Attrs().MTU, link.Attrs().Flags)
 			}
-		}
-	})
+			if n := d.TUN().BatchSize(); n <= 1 {
+				t.Errorf("BatchSize %d: offloads are off", n)
+			}
+			if d.Mark() != wantMark {
+				t.Errorf("table %d: Mark %d, want %d", wantTable, d.Mark(), wantMark)
+			}
+			addrs, _ := netlink.AddrList(link, netlink.FAMILY_ALL)
+			for _, want := range cfg.Addrs {
+				if !hasAddr(addrs, want) {
+					t.Errorf("address %s missing: %v", want, addrs)
+				}
+			}
+			routes, _ := netlink.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Table: wantTable, LinkIndex: link.Attrs().Index},
+				netlink.RT_FILTER_TABLE|netlink.RT_FILTER_OIF)
+			for _, want := range cfg.Routes {
+				if !hasRoute(routes, want) {
+					t.Errorf("table %d: route %s missing: %v", wantTable, want, routes)
+				}
+			}
+			if n := len(ourRules(t)); n != wantRules {
+				t.Errorf("table %d: %d rules of priority %d, want %d", wantTable, n, DefaultTable, wantRules)
+			}
+			if err := d.Close(); err != nil {
+				t.Errorf("Close: %v", err)
+			}
+			if err := d.Close(); err != nil {
+				t.Errorf("second Close: %v", err)
+			}
+			if _, err := netlink.LinkByName(cfg.Name); err == nil {
+				t.Error("link still there after Close")
+			}
+			all, _ := netlink.RouteListFiltered(netlink.FAMILY_ALL, &netlink.Route{Table: unix.RT_TABLE_UNSPEC}, netlink.RT_FILTER_TABLE)
+			for _, want := range cfg.Routes {
+				if hasRoute(all, want) {
+					t.Errorf("route %s still there after Close", want)
+				}
+			}
+			if n := len(ourRules(t)); n != 0 {
+				t.Errorf("%d rules left after Close", n)
+			}
+		})
+	}
 }
 
 // A device name another process holds is reported as busy, by name.
@@ -116,6 +149,7 @@ func TestOpenBusyDevice(t *testing.T) {
 		defer d.Close()
 		cfg := testCfg
 		cfg.Addrs, cfg.Routes = nil, []netip.Prefix{netip.MustParsePrefix("10.98.0.0/16")}
+		cfg.Table = 100 // not the first device's table, whose lock would fail first
 		d2, err := Open(cfg)
 		if err == nil {
 			_ = d2.Close()
@@ -125,14 +159,23 @@ func TestOpenBusyDevice(t *testing.T) {
 		if !errors.Is(err, ErrBusy) || !strings.Contains(err.Error(), "in use by another process") {
 			t.Errorf("second Open: %v, want ErrBusy", err)
 		}
+		// The failed Open released table 100's lock and left nothing in it.
+		d3, err := Open(Config{Name: "qgtest1", MTU: 1500, Routes: cfg.Routes, Table: 100})
+		if err != nil {
+			t.Errorf("Open after a failed Open with the same table: %v", err)
+			return
+		}
+		_ = d3.Close()
 	})
 }
 
-// A failure half-way (a route that cannot be added) leaves nothing behind.
+// A failure half-way (a route that cannot be added) leaves nothing behind. A clash needs
+// MainTable: in a table of its own, quicgate's routes clash with nothing.
 func TestOpenFailureLeavesNothing(t *testing.T) {
 	privtest.Require(t)
 	privtest.InNewNetns(t, func() {
 		cfg := testCfg
+		cfg.Table = MainTable
 		cfg.Routes = []netip.Prefix{netip.MustParsePrefix("10.99.0.0/16"), netip.MustParsePrefix("0.0.0.0/0")}
 		// A default route already present makes the second RouteAdd fail with EEXIST.
 		lo, _ := netlink.LinkByName("lo")
@@ -148,8 +191,11 @@ func TestOpenFailureLeavesNothing(t *testing.T) {
 			t.Error("Open succeeded with a clashing route")
 			return
 		}
-		if !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), "a route for 0.0.0.0/0 exists already") {
+		if !errors.Is(err, ErrConfig) || !strings.Contains(err.Error(), "a route for 0.0.0.0/0 exists already in this namespace") {
 			t.Errorf("clashing route: %v, want ErrConfig saying the route exists", err)
+		}
+		if strings.Contains(err.Error(), "ip route del") {
+			t.Errorf("clashing route: %v advises deleting a route", err)
 		}
 		if _, err := netlink.LinkByName(cfg.Name); err == nil {
 			t.Error("the device survived a failed Open")
@@ -162,7 +208,7 @@ func TestOpenFailureLeavesNothing(t *testing.T) {
 }
 
 // A datagram sent to an address in a routed prefix comes out of the device, batched reads
-// and the virtio header offset included.
+// and the virtio header offset included; one sent with the device's mark does not.
 func TestPacketsReachTheDevice(t *testing.T) {
 	privtest.Require(t)
 	privtest.InNewNetns(t, func() {
@@ -172,6 +218,14 @@ func TestPacketsReachTheDevice(t *testing.T) {
 			return
 		}
 		defer d.Close()
+		// A socket carrying the device's mark skips its table: here, with no other route,
+		// it has none at all.
+		if mc, err := markedDialer(d.Mark()).Dial("udp", "10.99.0.5:9999"); !errors.Is(err, unix.ENETUNREACH) {
+			if mc != nil {
+				_ = mc.Close()
+			}
+			t.Errorf("a socket with mark %d: %v, want ENETUNREACH: it would loop into the device", d.Mark(), err)
+		}
 		c, err := net.Dial("udp", "10.99.0.5:9999")
 		if err != nil {
 			t.Error(err)

@@ -8,4 +8,8 @@ var (
 	ErrPermission = errors.New("tun: permission denied")
 	// ErrConfig: the configuration is not valid.
 	ErrConfig = errors.New("tun: bad configuration")
+	// ErrBusy: something Open needs is in use by another process: a TUN device of that
+	// name, or the routing table (Config.Table) in this network namespace. The error that
+	// wraps it names which.
+	ErrBusy = errors.New("tun: busy")
 )
