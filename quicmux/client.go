@@ -8,12 +8,15 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
 
-	"github.com/quicgate/quicgate/third_party/quic-go"
 	"github.com/sirupsen/logrus"
+
+	"github.com/quicgate/quicgate/netpath"
+	"github.com/quicgate/quicgate/third_party/quic-go"
 )
 
 // ClientConfig configures a Client. Server, Identity and Pin are required.
@@ -31,15 +34,36 @@ type ClientConfig struct {
 	Limits          Limits
 	Metrics         *Metrics      // default: none
 	Logger          *logrus.Entry // default: discard
+
+	// Mark, if not 0, is the firewall mark (Linux SO_MARK, which needs CAP_NET_ADMIN) on
+	// every UDP socket the client opens toward the server and on its lookups of the
+	// server's name: a full tunnel's policy routing (package tun, tun.Device.Mark) sends
+	// marked packets by the host's own routes instead of into the tunnel.
+	Mark uint32
+	// Dialing, if set, is told the server's address before each connection attempt (from
+	// the client's supervisor goroutine; it must not block): a full tunnel keeps that
+	// address off its routes (tun.Device.Bypass).
+	Dialing func(server netip.AddrPort)
 }
 
 // Client keeps one QUIC connection to the server and opens a stream on it per flow. A
-// supervisor goroutine dials the connection, and re-dials it with backoff when it is lost.
+// supervisor goroutine dials the connection, watches that the server still answers
+// (liveness.go), and re-dials it with backoff, from a new UDP socket, when it is lost.
 type Client struct {
 	cfg     ClientConfig
 	log     *logrus.Entry
 	tlsConf *tls.Config
-	tr      *quic.Transport
+
+	// netWatch signals changes of the host's links, addresses and routes (nil where it
+	// could not be had); the supervisor alone reads it.
+	netWatch *netpath.Watcher
+	// lastServer is the server's address the last lookup of its name gave, for when a
+	// lookup fails (a full tunnel's DNS may go through the tunnel itself); the
+	// supervisor alone uses it.
+	lastServer netip.AddrPort
+	// lastRTT is the smoothed round trip of the last connection (0 before the first one);
+	// the supervisor alone uses it.
+	lastRTT time.Duration
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -73,8 +97,14 @@ type connState struct {
 }
 
 const (
+	// The supervisor redials with a backoff from minBackoff doubling to maxBackoff (plus up
+	// to half again of jitter), cut short when a flow waits: a server back from an outage
+	// is found within about that.
 	minBackoff = 100 * time.Millisecond
-	maxBackoff = 5 * time.Second
+	maxBackoff = 2 * time.Second
+	// minRedial bounds a redial's handshake from below once the path's round trip is
+	// known (attemptTimeout).
+	minRedial = 2 * time.Second
 )
 
 // NewClient starts a client's supervisor, which dials the server at once.
@@ -96,18 +126,15 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 		return nil, err
 	}
 	cfg.Metrics.setCongestion(cfg.Limits.Congestion)
-	udp, err := listenUDP(":0")
-	if err != nil {
-		return nil, err
-	}
 	c := &Client{
 		cfg:     cfg,
 		log:     loggerOrDiscard(cfg.Logger).WithField("server", cfg.Server),
 		tlsConf: clientTLS(cfg.Identity, cfg.Pin),
-		tr:      &quic.Transport{Conn: udp},
 		state:   &connState{changed: make(chan struct{})},
 		kick:    make(chan struct{}, 1),
 	}
+	// Without it, a new route or address is noticed only when the server goes silent.
+	c.netWatch, _ = netpath.NewWatcher()
 	c.parker, _ = newParker()
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	c.wg.Add(1)
@@ -119,13 +146,12 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 // supervisor. It is idempotent.
 func (c *Client) Close() error {
 	c.cancel()
-	c.wg.Wait()
+	c.wg.Wait() // the supervisor closed the connection and its sockets
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.tr != nil {
-		_ = c.tr.Close()
-		_ = c.tr.Conn.Close() // the transport leaves a socket it was given open
-		c.tr = nil
+	if c.netWatch != nil {
+		c.netWatch.Close()
+		c.netWatch = nil
 	}
 	if c.parker != nil {
 		// Flows still open are being reset (their connection is gone); a socket the parker
@@ -300,7 +326,7 @@ func (c *Client) dial(ctx context.Context, t Target) (*streamConn, error) {
 		defer close(fired)
 		_ = sc.SetReadDeadline(time.Now())
 	})
-	err = mapStreamErr(sc.readStatus())
+	err = noAnswer(sc.readStatus())
 	if !stop() {
 		<-fired // the callback ran or is running: let it finish before the deadline is cleared
 	}
@@ -363,7 +389,7 @@ func (c *Client) ask(ctx context.Context, hdr []byte, answer func(io.Reader) err
 		if ctx.Err() != nil && !errors.As(err, new(*StatusError)) {
 			return fail(fmt.Errorf("%w: no answer within %s", ErrServerUnreachable, c.cfg.DialTimeout))
 		}
-		return fail(mapStreamErr(err))
+		return fail(noAnswer(err))
 	}
 	if err := answer(str); err != nil {
 		return fail(err)
@@ -448,9 +474,9 @@ func (c *Client) setState(conn *quic.Conn, lastErr error) {
 func (c *Client) supervise() {
 	defer c.wg.Done()
 	backoff := minBackoff
-	wasUp, failures := false, 0
+	wasUp, silent, failures := false, false, 0
 	for c.ctx.Err() == nil {
-		conn, err := c.dialServer()
+		sess, err := c.dialServer()
 		if err != nil {
 			if c.ctx.Err() != nil {
 				break
@@ -460,8 +486,9 @@ func (c *Client) supervise() {
 			c.cfg.Metrics.failed(Failure{Ingress: "connection", Target: c.cfg.Server, Reason: err.Error()})
 			c.setState(nil, err)
 			entry := c.log.WithError(err).WithField("retry_in", backoff.String())
-			// Before the first connection the caller (Connect, or a flow) reports the error.
-			if failures == 1 && wasUp {
+			// Before the first connection the caller (Connect, or a flow) reports the error;
+			// after a server fell silent, that was the one line (liveness.go).
+			if failures == 1 && wasUp && !silent {
 				entry.Warn("cannot connect to server")
 			} else {
 				entry.Debug("cannot connect to server")
@@ -472,51 +499,25 @@ func (c *Client) supervise() {
 		}
 		backoff, failures = minBackoff, 0
 		c.dials.Add(1)
-		c.cfg.Metrics.trackConn(conn)
+		c.cfg.Metrics.trackConn(sess.conn)
 		if wasUp {
 			c.cfg.Metrics.reconnected()
 		}
-		c.setState(conn, nil)
+		c.setState(sess.conn, nil)
 		c.wg.Add(1)
-		go c.acceptStreams(conn) // ends with conn
-		fields := logrus.Fields{"rtt": conn.ConnectionStats().SmoothedRTT.String(), "congestion": string(c.cfg.Limits.Congestion)}
+		go c.acceptStreams(sess.conn) // ends with conn
+		fields := logrus.Fields{"rtt": sess.conn.ConnectionStats().SmoothedRTT.String(), "congestion": string(c.cfg.Limits.Congestion),
+			"local": sess.conn.LocalAddr().String()}
 		if wasUp {
 			c.log.WithFields(fields).Info("reconnected to server")
 		} else {
 			c.log.WithFields(fields).Info("connected to server")
 		}
 		wasUp = true
-		c.watch(conn)
+		c.lastRTT = sess.conn.ConnectionStats().SmoothedRTT
+		silent = c.watch(sess)
 	}
 	c.setState(nil, ErrClosed)
-}
-
-// probeSize is the size of the liveness probe: larger than quic-go's 42-byte floor for
-// answering with a stateless reset, which a bare keepalive PING is not.
-const probeSize = 64
-
-// watch waits until conn is lost or the client closes. Every keepalive period it sends a
-// probe datagram: a server that was killed and restarted with the same identity answers it
-// with a stateless reset, so the loss is found within a period, the open flows are reset
-// and the client reconnects.
-func (c *Client) watch(conn *quic.Conn) {
-	probe := time.NewTicker(c.cfg.Limits.KeepAlive)
-	defer probe.Stop()
-	payload := make([]byte, probeSize)
-	for {
-		select {
-		case <-probe.C:
-			_ = conn.SendDatagram(payload)
-		case <-conn.Context().Done():
-			c.log.WithError(context.Cause(conn.Context())).Warn("connection to server lost; reconnecting")
-			c.setState(nil, fmt.Errorf("%w: connection lost", ErrServerUnreachable))
-			return
-		case <-c.ctx.Done():
-			linger(conn)
-			_ = conn.CloseWithError(connShutdown, "client shutting down")
-			return
-		}
-	}
 }
 
 // sleep waits out a backoff, cut short (but never below minBackoff) when a flow is waiting.
@@ -540,24 +541,55 @@ func (c *Client) sleep(d time.Duration) {
 	}
 }
 
-// dialServer makes one connection attempt and proves it with a ping, which fails if the server
-// rejected this client's certificate after the handshake.
-func (c *Client) dialServer() (*quic.Conn, error) {
-	ctx, cancel := context.WithTimeout(c.ctx, c.cfg.DialTimeout)
+// dialServer makes one connection attempt, from a new UDP socket (so that a load balancer
+// that hashes addresses may pick a live server), and proves it with a ping, which fails if
+// the server rejected this client's certificate after the handshake.
+func (c *Client) dialServer() (*session, error) {
+	timeout := c.attemptTimeout()
+	ctx, cancel := context.WithTimeout(c.ctx, timeout)
 	defer cancel()
-	raddr, err := net.ResolveUDPAddr("udp", c.cfg.Server)
+	raddr, err := c.resolveServer(ctx)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %w", ErrServerUnreachable, err)
 	}
-	conn, err := c.tr.Dial(ctx, raddr, c.tlsConf, c.cfg.Limits.quicConfig(false))
-	if err != nil {
-		return nil, classifyDialErr(err, c.cfg.Server, c.cfg.DialTimeout, c.cfg.Identity.Fingerprint)
+	// A host with no route to the server says so at once (a socket's connect looks the
+	// route up), where the handshake would only time out: its packets are lost, not
+	// fatal, once a connection is up (third_party/quic-go, isNetworkSendErr).
+	if err := c.routeCheck(ctx, raddr); err != nil {
+		return nil, classifyDialErr(err, c.cfg.Server, timeout, c.cfg.Identity.Fingerprint)
 	}
+	if c.cfg.Dialing != nil {
+		c.cfg.Dialing(raddr)
+	}
+	tr, err := c.newSocket("")
+	if err != nil {
+		return nil, err
+	}
+	sess := &session{sockets: []*quic.Transport{tr}}
+	conn, err := tr.Dial(ctx, net.UDPAddrFromAddrPort(raddr), c.tlsConf, c.cfg.Limits.quicConfig(false))
+	if err != nil {
+		sess.close()
+		return nil, classifyDialErr(err, c.cfg.Server, timeout, c.cfg.Identity.Fingerprint)
+	}
+	sess.conn = conn
 	if err := ping(ctx, conn); err != nil {
 		_ = conn.CloseWithError(connShutdown, "")
-		return nil, classifyDialErr(err, c.cfg.Server, c.cfg.DialTimeout, c.cfg.Identity.Fingerprint)
+		sess.close()
+		return nil, classifyDialErr(err, c.cfg.Server, timeout, c.cfg.Identity.Fingerprint)
 	}
-	return conn, nil
+	return sess, nil
+}
+
+// attemptTimeout bounds one connection attempt: the dial timeout for the first, and once
+// the path's round trip is known, eight of them but at least minRedial (and at most the
+// dial timeout): quic-go backs off its Initial's retransmissions, so an attempt that went on
+// for the whole dial timeout could leave a server back from an outage unheard for seconds;
+// a new attempt sends at once.
+func (c *Client) attemptTimeout() time.Duration {
+	if c.lastRTT == 0 {
+		return c.cfg.DialTimeout
+	}
+	return min(c.cfg.DialTimeout, max(minRedial, 8*c.lastRTT))
 }
 
 func ping(ctx context.Context, conn *quic.Conn) error {

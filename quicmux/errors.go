@@ -83,4 +83,7 @@ const (
 
 	// connShutdown closes a connection on purpose.
 	connShutdown quic.ApplicationErrorCode = 0x0
+	// connSilent: the client gave the connection up because the server fell silent
+	// (liveness.go); the server, if it hears it at all, closes its side.
+	connSilent quic.ApplicationErrorCode = 0x3
 )

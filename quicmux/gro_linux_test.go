@@ -46,7 +46,7 @@ func quicMessages(n, size int) []ipv4.Message {
 }
 
 func TestGROSplitsTrainsIntoPackets(t *testing.T) {
-	pc, err := listenUDP("127.0.0.1:0")
+	pc, err := listenUDP("127.0.0.1:0", nil)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -121,7 +121,7 @@ func TestGROSplitsTrainsIntoPackets(t *testing.T) {
 }
 
 func TestGROMarksPacketsCutByASmallBuffer(t *testing.T) {
-	pc, err := listenUDP("127.0.0.1:0")
+	pc, err := listenUDP("127.0.0.1:0", nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -140,3 +140,21 @@ func (p *impairProxy) fromServer(back *net.UDPConn) {
 		})
 	}
 }
+
+// setLoss changes the probability of dropping a datagram, each way: 1 makes the path a
+// black hole, as a server host that died or a link that stopped carrying packets.
+func (p *impairProxy) setLoss(loss float64) {
+	p.mu.Lock()
+	p.loss = loss
+	p.mu.Unlock()
+}
+
+// clientAddr is the address the client's packets last came from.
+func (p *impairProxy) clientAddr() string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.client == nil {
+		return ""
+	}
+	return p.client.String()
+}

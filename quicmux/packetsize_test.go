@@ -40,7 +40,7 @@ func TestPacketsGrowPastEthernetSizeOnLoopback(t *testing.T) {
 		t.Fatal(err)
 	}
 	limits := Limits{}.withDefaults(true)
-	udp, err := listenUDP("127.0.0.1:0")
+	udp, err := listenUDP("127.0.0.1:0", nil)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -202,7 +202,7 @@ func (s *Server) Listen(addr string) (net.Addr, error) {
 	if s.ln != nil {
 		return nil, errors.New("quicmux: server is already listening")
 	}
-	udp, err := listenUDP(addr)
+	udp, err := listenUDP(addr, nil)
 	if err != nil {
 		return nil, err
 	}

@@ -1,6 +1,7 @@
 package quicmux
 
 import (
+	"context"
 	"fmt"
 	"net"
 	"os"
@@ -10,18 +11,18 @@ import (
 // udpBufferSize is what quic-go asks of a UDP socket's buffers for fast transfers.
 const udpBufferSize = 7 << 20
 
-// listenUDP opens the UDP socket for QUIC and sizes its buffers. Root gets the size it asks
-// for through SO_RCVBUFFORCE/SO_SNDBUFFORCE, past net.core.rmem_max; others get up to the
-// sysctl limits, and quic-go's own attempt then reports what it could not do.
-func listenUDP(addr string) (net.PacketConn, error) {
-	ua, err := net.ResolveUDPAddr("udp", addr)
-	if err != nil {
-		return nil, fmt.Errorf("quicmux: listen address %q: %w", addr, err)
-	}
-	conn, err := net.ListenUDP("udp", ua)
+// listenUDP opens the UDP socket for QUIC and sizes its buffers; control, if not nil, sets
+// socket options before the bind (netpath.Control: a firewall mark, an interface). Root
+// gets the size it asks for through SO_RCVBUFFORCE/SO_SNDBUFFORCE, past net.core.rmem_max;
+// others get up to the sysctl limits, and quic-go's own attempt then reports what it could
+// not do.
+func listenUDP(addr string, control func(network, address string, c syscall.RawConn) error) (net.PacketConn, error) {
+	lc := net.ListenConfig{Control: control}
+	pc, err := lc.ListenPacket(context.Background(), "udp", addr)
 	if err != nil {
 		return nil, fmt.Errorf("quicmux: %w", err)
 	}
+	conn := pc.(*net.UDPConn)
 	forceBuffers(conn)
 	return withGRO(conn), nil
 }

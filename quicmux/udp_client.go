@@ -128,7 +128,7 @@ func (c *Client) dialUDP(ctx context.Context, t Target, ingress string) (*UDPFlo
 		if ctx.Err() != nil && !errors.As(err, new(*StatusError)) {
 			err = fmt.Errorf("%w: no answer within %s", ErrServerUnreachable, c.cfg.DialTimeout)
 		}
-		return fail(mapStreamErr(err))
+		return fail(noAnswer(err))
 	}
 	_ = str.SetReadDeadline(time.Time{})
 	active := c.cfg.Metrics.flowStarted(ingress)

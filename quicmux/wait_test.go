@@ -108,3 +108,10 @@ func (ev *logEvents) wait(t testing.TB, msg string, n int) {
 		}
 	}
 }
+
+// count is how many times msg has been logged so far.
+func (ev *logEvents) count(msg string) int {
+	ev.mu.Lock()
+	defer ev.mu.Unlock()
+	return ev.seen[msg]
+}
