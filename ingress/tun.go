@@ -18,7 +18,15 @@ type TUNConfig struct {
 	Name   string
 	MTU    int
 	Addrs  []netip.Prefix // the device's own addresses
-	Routes []netip.Prefix // what the kernel routes into it
+	Routes []netip.Prefix // what the kernel routes into it (0.0.0.0/0 and ::/0 too)
+	// Table, Exclude and KeepConnected are the policy routing that holds Routes (package
+	// tun, tun.Config): Table is the routing table, rule priority and firewall mark (0:
+	// tun.DefaultTable); the Tunnel's own sockets must carry the mark (quicmux.ClientConfig.Mark)
+	// to stay out of the device. Exclude keeps prefixes off it; KeepConnected the host's
+	// directly connected subnets.
+	Table         int
+	Exclude       []netip.Prefix
+	KeepConnected bool
 	// DNS, if set, is an address routed into the device (not one of its own) at which the
 	// ingress answers DNS queries itself, over UDP and TCP port 53, by resolving their
 	// names at the server (tundns.go); the Tunnel must then be a NameResolver. Other ports
@@ -56,7 +64,8 @@ var _ Ingress = (*TUN)(nil)
 // behind it.
 func OpenTUN(cfg TUNConfig, t Tunnel, opt Options) (*TUN, error) {
 	log := opt.logger().WithField("tun", cfg.Name)
-	dev, err := tun.Open(tun.Config{Name: cfg.Name, MTU: cfg.MTU, Addrs: cfg.Addrs, Routes: cfg.Routes, Logger: log})
+	dev, err := tun.Open(tun.Config{Name: cfg.Name, MTU: cfg.MTU, Addrs: cfg.Addrs, Routes: cfg.Routes, Logger: log,
+		Table: cfg.Table, Exclude: cfg.Exclude, KeepConnected: cfg.KeepConnected})
 	if err != nil {
 		return nil, err
 	}
@@ -64,7 +73,10 @@ func OpenTUN(cfg TUNConfig, t Tunnel, opt Options) (*TUN, error) {
 	if err != nil {
 		return nil, err
 	}
-	fields := logrus.Fields{"addrs": cfg.Addrs, "routes": cfg.Routes, "mtu": cfg.MTU}
+	fields := logrus.Fields{"addrs": cfg.Addrs, "routes": cfg.Routes, "mtu": cfg.MTU, "table": dev.Mark()}
+	if len(cfg.Exclude) > 0 {
+		fields["exclude"] = cfg.Exclude
+	}
 	if cfg.DNS.IsValid() {
 		fields["dns"] = cfg.DNS
 	}
@@ -103,6 +115,10 @@ func serveDevice(dev *tun.Device, name string, mtu int, dns netip.Addr, t Tunnel
 	ing.stack = st
 	return ing, nil
 }
+
+// Bypass keeps addrs, where the tunnel's server is dialed, off the device (tun.Device.Bypass):
+// the client tells it each address before it dials (quicmux.ClientConfig.Dialing).
+func (ing *TUN) Bypass(addrs ...netip.Addr) error { return ing.dev.Bypass(addrs...) }
 
 // HandleTCP carries one flow the netstack terminated.
 func (ing *TUN) HandleTCP(req *netstack.TCPRequest) {

@@ -41,6 +41,9 @@ func TestMain(m *testing.M) {
 	if addrs := os.Getenv("QUICGATE_TEST_HTTP"); addrs != "" {
 		os.Exit(serveTestHTTP(strings.Split(addrs, ",")))
 	}
+	if url := os.Getenv("QUICGATE_TEST_FETCH"); url != "" {
+		os.Exit(fetchForTest(url))
+	}
 	dir, err := os.MkdirTemp("", "quicgate-cli")
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
@@ -223,6 +226,13 @@ func (p *process) count(msg string) int {
 		}
 	}
 	return n
+}
+
+// logLines returns the log lines so far.
+func (p *process) logLines() []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return append([]string(nil), p.log...)
 }
 
 // waitFor returns the first log line whose msg is msg.

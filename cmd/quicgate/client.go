@@ -5,6 +5,8 @@ import (
 	"errors"
 	"flag"
 	"io"
+	"net/netip"
+	"sync"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -131,6 +133,49 @@ func (f *clientFlags) check() (*clientSpec, error) {
 	return spec, nil
 }
 
+// mark is the firewall mark of the client's sockets: a TUN's routes are policy routing in
+// their own table, which the mark (the table's number) keeps the tunnel's own packets out of.
+func (s *clientSpec) mark() uint32 {
+	if s.tunCfg == nil || len(s.tunCfg.Routes) == 0 {
+		return 0
+	}
+	return uint32(s.tunCfg.Table)
+}
+
+// serverBypass keeps the address the client dials the server at off the TUN's routes
+// (ingress.TUN.Bypass): the client may dial before the TUN exists, and again at another
+// address when the server's name resolves anew.
+type serverBypass struct {
+	log  *logrus.Entry
+	mu   sync.Mutex
+	addr netip.Addr
+	tun  *ingress.TUN
+}
+
+func (b *serverBypass) dialing(server netip.AddrPort) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.addr = server.Addr()
+	b.apply()
+}
+
+func (b *serverBypass) setTUN(t *ingress.TUN) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.tun = t
+	b.apply()
+}
+
+// apply runs under mu.
+func (b *serverBypass) apply() {
+	if b.tun == nil || !b.addr.IsValid() {
+		return
+	}
+	if err := b.tun.Bypass(b.addr); err != nil {
+		b.log.WithError(err).Warn("cannot keep the server's address off the tunnel's routes")
+	}
+}
+
 // clientHooks let a command add to the client: `run` serves its namespace's TUN device.
 type clientHooks struct {
 	// ingress, if set, makes one more ingress once the client exists, before it connects.
@@ -150,6 +195,7 @@ func serveClient(ctx context.Context, spec *clientSpec, stderr io.Writer, hooks 
 	}
 	defer env.obs.close()
 	log := env.log
+	bypass := &serverBypass{log: log}
 	client, err := quicmux.NewClient(quicmux.ClientConfig{
 		Server:          spec.server,
 		Identity:        env.id,
@@ -159,6 +205,8 @@ func serveClient(ctx context.Context, spec *clientSpec, stderr io.Writer, hooks 
 		Limits:          env.limits,
 		Metrics:         env.obs.metrics,
 		Logger:          log,
+		Mark:            spec.mark(),
+		Dialing:         bypass.dialing,
 	})
 	if err != nil {
 		return err
@@ -207,6 +255,7 @@ func serveClient(ctx context.Context, spec *clientSpec, stderr io.Writer, hooks 
 			return err
 		}
 		ingresses = append(ingresses, t)
+		bypass.setTUN(t)
 	}
 	if hooks.ingress != nil {
 		in, err := hooks.ingress(client, opt, log)

@@ -32,7 +32,8 @@ Usage:
                        (CMD in a namespace of its own, every flow through the tunnel; no root needed)
   quicgate server      --listen ADDR --state-dir DIR --authorized-clients FILE --allow RULE [--allow RULE ...]
   quicgate client      --server ADDR --state-dir DIR --pin FINGERPRINT [-L|-R|-U [bind:]port:host:hostport ...]
-                       [-D [bind:]port ...] [--tun NAME --tun-addr CIDR --route CIDR ... [--tun-dns IP]]
+                       [-D [bind:]port ...] [--tun NAME --tun-addr CIDR --route CIDR|default ...
+                       [--exclude CIDR ...] [--tun-dns IP]]
   quicgate fingerprint --state-dir DIR
   quicgate demo
   quicgate status      --metrics ADDR   (of a running server or client started with --metrics ADDR)

@@ -78,13 +78,13 @@ func runRun(args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	if cf.tun.name != "" || len(cf.tun.routes) > 0 {
+	if cf.tun.hostRouting() {
 		// Name what the user gave: the flags, or the settings of a config file.
 		clFS := newFlagSet("run", io.Discard)
 		cl := registerClientFlags(clFS)
 		_ = parseFlags(clFS, flagArgs)
-		if cl.tun.name != "" || len(cl.tun.routes) > 0 {
-			return usageErr("--tun and --route are the client's: run makes its own device (%s) inside the command's namespace, with default routes", rootless.DefaultTUN)
+		if cl.tun.hostRouting() {
+			return usageErr("--tun, --route, --exclude and --route-table are the client's: run makes its own device (%s) inside the command's namespace, with default routes", rootless.DefaultTUN)
 		}
 		return usageErr("%s sets tun or route, which are the client's: run makes its own device (%s) inside the command's namespace, with default routes; give run a config file without them", cf.common.config, rootless.DefaultTUN)
 	}

@@ -121,6 +121,7 @@ func serveTestHTTP(addrs []string) int {
 		mux := http.NewServeMux()
 		mux.Handle("/", demoHandler())
 		mux.HandleFunc("/cut", serveCut)
+		mux.HandleFunc("/paced", servePaced)
 		srv := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 		go func() { errc <- srv.Serve(ln) }()
 	}
@@ -402,6 +403,9 @@ func (c *protoCapture) run() {
 			return
 		}
 		c.counts[name]++
+		if name == "udp" && isDNS(buf[:n]) {
+			c.counts["udp/53"]++
+		}
 		c.mu.Unlock()
 	}
 }
@@ -417,6 +421,18 @@ func (c *protoCapture) stop() map[string]int {
 		_ = syscall.Close(c.fd)
 	}
 	return counts
+}
+
+// isDNS reports whether a UDP frame goes to or comes from port 53.
+func isDNS(f []byte) bool {
+	off := 14 + 40 // IPv6: a fixed header (no extension headers here)
+	if binary.BigEndian.Uint16(f[12:14]) == 0x0800 {
+		off = 14 + int(f[14]&0x0f)*4
+	}
+	if len(f) < off+4 {
+		return false
+	}
+	return binary.BigEndian.Uint16(f[off:off+2]) == 53 || binary.BigEndian.Uint16(f[off+2:off+4]) == 53
 }
 
 // frameProto names an Ethernet frame's transport protocol.
