@@ -307,7 +307,15 @@ func (c *Client) resolveServer(ctx context.Context) (netip.AddrPort, error) {
 		}
 		return netip.AddrPort{}, err
 	}
-	c.lastServer = netip.AddrPortFrom(addrs[0].Unmap(), uint16(port))
+	// IPv4 first where the name has both, as net.ResolveUDPAddr chooses.
+	pick := addrs[0].Unmap()
+	for _, a := range addrs {
+		if a.Unmap().Is4() {
+			pick = a.Unmap()
+			break
+		}
+	}
+	c.lastServer = netip.AddrPortFrom(pick, uint16(port))
 	return c.lastServer, nil
 }
 

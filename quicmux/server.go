@@ -402,8 +402,15 @@ type connInfo struct {
 // stream is done with in cl.streams when its flow has ended.
 func (s *Server) serveStream(ctx context.Context, cl *connInfo, str *quic.Stream) {
 	qc, connLog, peer := cl.qc, cl.log, cl.name
+	slot := true // the stream holds one of its client's flow slots
+	releaseSlot := func() {
+		if slot {
+			s.releaseFlowSlot(cl.fp)
+			slot = false
+		}
+	}
 	release := func() {
-		s.releaseFlowSlot(cl.fp)
+		releaseSlot()
 		cl.streams.Done()
 	}
 	relaying := false
@@ -444,6 +451,9 @@ func (s *Server) serveStream(ctx context.Context, cl *connInfo, str *quic.Stream
 	}
 	switch req.Kind {
 	case KindPing:
+		// The slot goes back before the answer: once the ping's stream is done, QUIC lets
+		// the client open its next one, which must not find the slot still taken.
+		releaseSlot()
 		_, _ = str.Write(AppendStatus(nil, StatusOK))
 		_ = str.Close()
 		return
