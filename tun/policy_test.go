@@ -127,10 +127,7 @@ func TestFullTunnel(t *testing.T) {
 // they were.
 func TestConnectedSubnetsFollowed(t *testing.T) {
 	privtest.Require(t)
-	hostBefore, err := tableState(DefaultTable) // the host's namespace: read only
-	if err != nil {
-		t.Fatal(err)
-	}
+	defer hostUnchanged(t)()
 	privtest.InNewNetns(t, func() {
 		lanIdx, err := lan()
 		if err != nil {
@@ -168,12 +165,24 @@ func TestConnectedSubnetsFollowed(t *testing.T) {
 			}
 		}
 	})
-	hostAfter, err := tableState(DefaultTable)
+}
+
+// hostUnchanged reads the host namespace's rules and table (read only) and returns a
+// function that fails the test if they changed since.
+func hostUnchanged(t *testing.T) func() {
+	t.Helper()
+	before, err := tableState(DefaultTable)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !slices.Equal(hostBefore, hostAfter) {
-		t.Errorf("the host's namespace changed:\nbefore %q\nafter  %q", hostBefore, hostAfter)
+	return func() {
+		after, err := tableState(DefaultTable)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if !slices.Equal(before, after) {
+			t.Errorf("the host's namespace changed:\nbefore %q\nafter  %q", before, after)
+		}
 	}
 }
 
@@ -273,14 +282,12 @@ func TestCloseRestoresEverything(t *testing.T) {
 // and touches nothing in the host's.
 func TestCloseFromAnotherNamespace(t *testing.T) {
 	privtest.Require(t)
-	hostBefore, err := tableState(DefaultTable) // the host's namespace: read only
-	if err != nil {
-		t.Fatal(err)
-	}
+	defer hostUnchanged(t)()
 	var (
 		d      *Device
 		ns     netns.NsHandle
 		before []string
+		err    error
 	)
 	privtest.InNewNetns(t, func() {
 		if _, err := lan(); err != nil {
@@ -328,13 +335,6 @@ func TestCloseFromAnotherNamespace(t *testing.T) {
 		}
 	}); err != nil {
 		t.Error(err)
-	}
-	hostAfter, err := tableState(DefaultTable)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if !slices.Equal(hostBefore, hostAfter) {
-		t.Errorf("the host's namespace changed:\nbefore %q\nafter  %q", hostBefore, hostAfter)
 	}
 }
 

@@ -1,8 +1,6 @@
 package main
 
 import (
-	"context"
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -126,16 +124,7 @@ func TestFullTunnel(t *testing.T) {
 	clientArgs := []string{"client", "--server", fullB + ":4433", "--state-dir", filepath.Join(dir, "client"), "--pin", p.pin,
 		"--tun", tunDev, "--tun-addr", "10.77.0.1/24", "--tun-addr", "fd00:77::1/64", "--route", "default",
 		"--tun-dns", dns, "--exclude", "198.51.100.0/24"}
-	curl := func(args ...string) (string, error) {
-		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-		defer cancel()
-		cmd := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", tp.a, "curl", "--silent", "--show-error", "--max-time", "50"}, args...)...)
-		out, err := cmd.Output()
-		if ee, ok := err.(*exec.ExitError); ok {
-			return string(out), fmt.Errorf("curl exit %d: %s", ee.ExitCode(), ee.Stderr)
-		}
-		return string(out), err
-	}
+	curl := func(args ...string) (string, error) { return curlIn(tp.a, args...) }
 	far := func(t *testing.T) {
 		t.Helper()
 		for _, url := range []string{"http://" + fullDst + "/", "http://web.far.test/"} {

@@ -145,6 +145,19 @@ func serveCut(w http.ResponseWriter, _ *http.Request) {
 	}
 }
 
+// curlIn runs curl with args inside namespace ns and returns its output, or an error that
+// has curl's exit status and message.
+func curlIn(ns string, args ...string) (string, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", ns, "curl", "--silent", "--show-error", "--max-time", "50"}, args...)...)
+	out, err := cmd.Output()
+	if ee, ok := err.(*exec.ExitError); ok {
+		return string(out), fmt.Errorf("curl exit %d: %s", ee.ExitCode(), ee.Stderr)
+	}
+	return string(out), err
+}
+
 // TestTUNEndToEnd: an unmodified program (curl) on host A reaches destinations on host B
 // through the TUN device, the gVisor netstack and the QUIC tunnel.
 func TestTUNEndToEnd(t *testing.T) {
@@ -167,16 +180,7 @@ func TestTUNEndToEnd(t *testing.T) {
 	cli.waitFor(t, "tun ready")
 	local := cli.waitFor(t, "forwarding")["listen"].(string)
 
-	curl := func(args ...string) (string, error) {
-		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-		defer cancel()
-		cmd := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", tp.a, "curl", "--silent", "--show-error", "--max-time", "50"}, args...)...)
-		out, err := cmd.Output()
-		if ee, ok := err.(*exec.ExitError); ok {
-			return string(out), fmt.Errorf("curl exit %d: %s", ee.ExitCode(), ee.Stderr)
-		}
-		return string(out), err
-	}
+	curl := func(args ...string) (string, error) { return curlIn(tp.a, args...) }
 
 	t.Run("small page", func(t *testing.T) {
 		for _, url := range []string{"http://" + dst4 + "/", "http://[" + dst6 + "]/"} {
