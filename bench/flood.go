@@ -17,6 +17,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/quicgate/quicgate/flow"
 	"github.com/quicgate/quicgate/internal/quichold"
 	"github.com/quicgate/quicgate/quicmux"
 	"github.com/quicgate/quicgate/third_party/quic-go"
@@ -96,7 +97,7 @@ func InitialFlood(ctx context.Context, server *net.UDPAddr, sources, workers int
 // opened and when it opened the last one. Streams beyond the server's MAX_STREAMS wait for
 // credit, as a client's would.
 func StreamFlood(ctx context.Context, server string, id *quicmux.Identity, target string, conns, workers int, silent bool) (int64, time.Time, error) {
-	tgt, err := quicmux.ParseTarget(target)
+	tgt, err := flow.ParseTarget(target)
 	if err != nil {
 		return 0, time.Time{}, err
 	}

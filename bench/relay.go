@@ -7,11 +7,11 @@ import (
 	"sync"
 	"time"
 
-	"github.com/quicgate/quicgate/quicmux"
+	"github.com/quicgate/quicgate/flow"
 )
 
 // Relay is the plain TCP relay of the "Go TCP relay" row: for each target a loopback
-// listener whose connections are dialed on to the target and handed to quicmux.Relay, the
+// listener whose connections are dialed on to the target and handed to flow.Relay, the
 // relay every quicgate flow runs through (userspace buffers both ways, half-close). It does
 // the TCP work every -L design must do, an accept and a dial a flow, and nothing else: no
 // encryption, no multiplexing, no second process. So what it reaches on this machine bounds
@@ -78,7 +78,7 @@ func (r *Relay) serve(ln net.Listener, target string) {
 				_ = c.Close()
 				return
 			}
-			_, _ = quicmux.Relay(r.ctx, quicmux.AsFlowConn(c), quicmux.AsFlowConn(dst))
+			_, _ = flow.Relay(r.ctx, flow.AsConn(c), flow.AsConn(dst))
 		}()
 	}
 }

@@ -7,14 +7,15 @@ import (
 	"github.com/sirupsen/logrus"
 	"github.com/sirupsen/logrus/hooks/test"
 
+	"github.com/quicgate/quicgate/flow"
 	"github.com/quicgate/quicgate/quicmux"
 )
 
 // failingTunnel fails every flow the way the client does when the server refuses it.
 type failingTunnel struct{ err error }
 
-func (f failingTunnel) Carry(_ context.Context, _ quicmux.Flow, done func(quicmux.RelayStats, error)) {
-	done(quicmux.RelayStats{}, f.err)
+func (f failingTunnel) Carry(_ context.Context, _ quicmux.Flow, done func(flow.Stats, error)) {
+	done(flow.Stats{}, f.err)
 }
 
 // Every ingress's failed flow is logged at info with its reason, target and peer (TUN flows
@@ -22,10 +23,10 @@ func (f failingTunnel) Carry(_ context.Context, _ quicmux.Flow, done func(quicmu
 func TestFailedFlowIsLogged(t *testing.T) {
 	logger, hook := test.NewNullLogger()
 	logger.SetLevel(logrus.DebugLevel)
-	flows := quicmux.NewFlowGroup(context.Background())
-	target := quicmux.TargetFromAddrPort(flowTarget)
+	flows := flow.NewGroup(context.Background())
+	target := flow.TargetFromAddrPort(flowTarget)
 	refused := &quicmux.StatusError{Status: quicmux.StatusRefused}
-	for _, err := range []error{refused, quicmux.ErrFlowReset} {
+	for _, err := range []error{refused, flow.ErrReset} {
 		if !flows.Start() {
 			t.Fatal("flow group refused a flow")
 		}

@@ -1,10 +1,12 @@
 // Package ingress turns local traffic into flows and hands them to the tunnel: each ingress
-// finds a flow's target and its local end, and gives both to a Tunnel (*quicmux.Client) with
-// Carry. It owns:
+// finds a flow's target (a flow.Target) and its local end, and gives both to a Tunnel
+// (*quicmux.Client) with Carry. It speaks package flow's vocabulary and needs quicmux only
+// for the client behind Tunnel and its other interfaces (its Flow, UDPFlow, MaxEchoPayload)
+// and for the server's verdicts (StatusError and its sentinels). It owns:
 //
 //   - the ingress contract (ingress.go): Ingress, which Serve drains and Close releases, and
 //     Tunnel; one helper through which every ingress's flows are carried and logged, and one
-//     drain (quicmux.FlowGroup);
+//     drain (flow.Group);
 //   - -L ports (ports.go): a kernel TCP listener per forward, ssh -L's syntax, accepted
 //     sockets with TCP keepalive;
 //   - the TUN ingress (tun.go): a TUN device (package tun) whose TCP flows a gVisor netstack
@@ -21,7 +23,7 @@
 //   - -U UDP forwards (udpport.go): a local UDP socket whose source addresses each get a UDP
 //     flow (quicmux.Client.DialUDP) to the forward's target, as a NAT gives each a mapping.
 //
-// A local end is a quicmux.FlowConn: it can half-close (FIN) and abort (RST), so every flow
+// A local end is a flow.Conn: it can half-close (FIN) and abort (RST), so every flow
 // ends at the app the way it ended at the far side, whichever ingress it came through.
 // cmd/quicgate only parses flags and wires ingresses to a client; UDP is meant to plug in
 // here the same way.

@@ -22,6 +22,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/transport/tcp"
 	"gvisor.dev/gvisor/pkg/waiter"
 
+	"github.com/quicgate/quicgate/flow"
 	"github.com/quicgate/quicgate/internal/testlog"
 	"github.com/quicgate/quicgate/netstack"
 	"github.com/quicgate/quicgate/netstack/memtun"
@@ -91,10 +92,10 @@ type appConn interface {
 }
 
 // isReset reports whether the app's error is a reset as this ingress's app would see it:
-// ECONNRESET from a socket (kernel or netstack), quicmux.IsReset from DialContext.
+// ECONNRESET from a socket (kernel or netstack), flow.IsReset from DialContext.
 func (h *harness) isReset(err error) bool {
 	if h.kind == ingressDial {
-		return quicmux.IsReset(err)
+		return flow.IsReset(err)
 	}
 	return errors.Is(err, syscall.ECONNRESET)
 }
@@ -107,7 +108,7 @@ func newHarness(t *testing.T, kind ingressKind, cfg harnessConfig) *harness {
 	t.Helper()
 	h := &harness{t: t, kind: kind, dest: newDestination(t)}
 	destAddr := h.dest.addr()
-	dialer := quicmux.TCPDialer(0)
+	dialer := flow.TCPDialer(0)
 	var relay func(string) string
 	if cfg.udpRelay {
 		relay = func(serverAddr string) string {
@@ -147,7 +148,7 @@ func newHarness(t *testing.T, kind ingressKind, cfg harnessConfig) *harness {
 			if err != nil {
 				return nil, err
 			}
-			return flowApp{Conn: c, FlowConn: c.(quicmux.FlowConn)}, nil
+			return flowApp{Conn: c, flowConn: c.(flow.Conn)}, nil
 		}
 	}
 	return h
@@ -201,7 +202,7 @@ func startTunnel(t *testing.T, sc quicmux.ServerConfig, cc quicmux.ClientConfig,
 // startPort serves a -L on an ephemeral loopback port; the app dials it with the kernel.
 func (h *harness) startPort(drainTimeout time.Duration) {
 	t := h.t
-	fwd := LocalForward{Bind: netip.MustParseAddrPort("127.0.0.1:0"), Target: quicmux.TargetFromAddrPort(flowTarget)}
+	fwd := LocalForward{Bind: netip.MustParseAddrPort("127.0.0.1:0"), Target: flow.TargetFromAddrPort(flowTarget)}
 	p, err := ListenPort(fwd, h.client, Options{DrainTimeout: drainTimeout, Logger: testLogger(t).WithField("side", "ingress")})
 	if err != nil {
 		t.Fatal(err)
@@ -242,11 +243,11 @@ func (h *harness) startTUN(opts *netstack.TCPOptions, drainTimeout time.Duration
 	t := h.t
 	devIngress, devApp := memtun.Pipe(9000, 64, 1024)
 	h.tunLink = &dropDevice{Device: devIngress}
-	flows := quicmux.NewFlowGroup(context.Background())
+	flows := flow.NewGroup(context.Background())
 	log := testLogger(t).WithField("side", "ingress")
 	gw, err := netstack.NewTUN(h.tunLink, netstack.Config{
 		Handler: netstack.HandlerFunc(func(req *netstack.TCPRequest) {
-			handleTCP(h.client, flows, req, quicmux.TargetFromAddrPort(req.Dst()), "tun test", log)
+			handleTCP(h.client, flows, req, flow.TargetFromAddrPort(req.Dst()), "tun test", log)
 		}),
 		TCP:    opts,
 		Logger: log,
@@ -322,12 +323,15 @@ func (c kernelApp) Abort() {
 // flowApp is a DialContext conn: its Abort resets the stream.
 type flowApp struct {
 	net.Conn
-	quicmux.FlowConn
+	flowConn
 }
 
-func (c flowApp) Read(p []byte) (int, error)  { return c.FlowConn.Read(p) }
-func (c flowApp) Write(p []byte) (int, error) { return c.FlowConn.Write(p) }
-func (c flowApp) Close() error                { return c.FlowConn.Close() }
+// flowConn is flow.Conn under a name of its own, to be embedded next to net.Conn.
+type flowConn interface{ flow.Conn }
+
+func (c flowApp) Read(p []byte) (int, error)  { return c.flowConn.Read(p) }
+func (c flowApp) Write(p []byte) (int, error) { return c.flowConn.Write(p) }
+func (c flowApp) Close() error                { return c.flowConn.Close() }
 
 // netstackApp is an app behind the TUN: a connection of the app's own netstack, which can
 // abort (RST) and whose gonet string errors are given their errno, as netstack.TCPConn does
@@ -441,7 +445,7 @@ type destination struct {
 
 func newDestination(t *testing.T) *destination {
 	t.Helper()
-	lc := quicmux.TCPListenConfig(0)
+	lc := flow.TCPListenConfig(0)
 	ln, err := lc.Listen(context.Background(), "tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

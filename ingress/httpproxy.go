@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync"
 
+	"github.com/quicgate/quicgate/flow"
 	"github.com/quicgate/quicgate/quicmux"
 )
 
@@ -66,7 +67,7 @@ func readHTTPProxy(br *bufio.Reader, w io.Writer, users map[string]string) (*pro
 	}
 	reject := func(w io.Writer, err error) { writeHTTPStatus(w, httpStatusFor(err), err.Error()) }
 	if req.Method == http.MethodConnect {
-		t, err := quicmux.ParseTarget(req.URL.Host)
+		t, err := flow.ParseTarget(req.URL.Host)
 		if err != nil || req.URL.Host == "" {
 			writeHTTPStatus(w, http.StatusBadRequest, "CONNECT wants host:port")
 			return nil, fmt.Errorf("http: CONNECT %q: %v", req.RequestURI, err)
@@ -89,7 +90,7 @@ func readHTTPProxy(br *bufio.Reader, w io.Writer, users map[string]string) (*pro
 	if port == "" {
 		port = "80"
 	}
-	t, err := quicmux.ParseTarget(net.JoinHostPort(req.URL.Hostname(), port))
+	t, err := flow.ParseTarget(net.JoinHostPort(req.URL.Hostname(), port))
 	if err != nil {
 		writeHTTPStatus(w, http.StatusBadRequest, "bad host in URL")
 		return nil, fmt.Errorf("http: %s %q: %v", req.Method, req.RequestURI, err)
@@ -137,7 +138,7 @@ func toOrigin(req *http.Request) {
 //   - toward the app it rewrites the response head to say "Connection: close", so that the
 //     client does not send its next request on this connection.
 type plainFlow struct {
-	quicmux.FlowConn
+	flow.Conn
 	req    *io.PipeReader
 	stop   func() // ends the request's writer
 	after  bool   // the request is out: drop what the client sends
@@ -147,14 +148,14 @@ type plainFlow struct {
 
 // newPlainFlow starts writing req (its body read from body) for the destination; local is
 // the client's end.
-func newPlainFlow(local quicmux.FlowConn, req *http.Request, wg *sync.WaitGroup) *plainFlow {
+func newPlainFlow(local flow.Conn, req *http.Request, wg *sync.WaitGroup) *plainFlow {
 	pr, pw := io.Pipe()
 	wg.Add(1)
 	go func() { // owned: the relay reads the pipe to its end, or Close stops it
 		defer wg.Done()
 		pw.CloseWithError(req.Write(pw))
 	}()
-	return &plainFlow{FlowConn: local, req: pr, stop: func() { _ = pr.Close() }}
+	return &plainFlow{Conn: local, req: pr, stop: func() { _ = pr.Close() }}
 }
 
 func (c *plainFlow) Read(p []byte) (int, error) {
@@ -170,7 +171,7 @@ func (c *plainFlow) Read(p []byte) (int, error) {
 	}
 	var drop [4096]byte
 	for {
-		if _, err := c.FlowConn.Read(drop[:]); err != nil {
+		if _, err := c.Conn.Read(drop[:]); err != nil {
 			return 0, err
 		}
 	}
@@ -182,7 +183,7 @@ const maxResponseHead = 64 << 10
 
 func (c *plainFlow) Write(p []byte) (int, error) {
 	if c.wrote {
-		return c.FlowConn.Write(p)
+		return c.Conn.Write(p)
 	}
 	c.header = append(c.header, p...)
 	end := bytes.Index(c.header, []byte("\r\n\r\n"))
@@ -195,7 +196,7 @@ func (c *plainFlow) Write(p []byte) (int, error) {
 		out = append(closeHead(c.header[:end+2]), c.header[end+2:]...)
 	}
 	c.header = nil
-	if _, err := c.FlowConn.Write(out); err != nil {
+	if _, err := c.Conn.Write(out); err != nil {
 		return 0, err
 	}
 	return len(p), nil
@@ -220,12 +221,12 @@ func closeHead(head []byte) []byte {
 
 func (c *plainFlow) Close() error {
 	c.stop()
-	return c.FlowConn.Close()
+	return c.Conn.Close()
 }
 
 func (c *plainFlow) Abort() {
 	c.stop()
-	c.FlowConn.Abort()
+	c.Conn.Abort()
 }
 
 // checkBasic reports whether a Proxy-Authorization value is Basic credentials of a

@@ -10,6 +10,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/quicgate/quicgate/flow"
 	"github.com/quicgate/quicgate/quicmux"
 )
 
@@ -18,7 +19,7 @@ type Tunnel interface {
 	// Carry takes a flow to its target and relays it; it returns once the flow is under way
 	// (or failed to start) and calls done once when the flow has ended. It always releases
 	// the local end, and ctx ending resets the flow.
-	Carry(ctx context.Context, f quicmux.Flow, done func(quicmux.RelayStats, error))
+	Carry(ctx context.Context, f quicmux.Flow, done func(flow.Stats, error))
 }
 
 var _ Tunnel = (*quicmux.Client)(nil)
@@ -40,8 +41,8 @@ type Options struct {
 	// DrainTimeout is how long Serve lets open flows run on after ctx ends before it resets
 	// them; zero resets them at once.
 	DrainTimeout time.Duration
-	// TCPKeepAlive is the keepalive time of the local TCP ends (quicmux.KeepAliveConfig):
-	// 0 means quicmux.DefaultTCPKeepAlive, negative turns keepalive off.
+	// TCPKeepAlive is the keepalive time of the local TCP ends (flow.KeepAliveConfig):
+	// 0 means flow.DefaultTCPKeepAlive, negative turns keepalive off.
 	TCPKeepAlive time.Duration
 	// Logger receives one line per failed flow and a debug line per ended one; nil discards.
 	Logger *logrus.Entry
@@ -60,19 +61,19 @@ func (o Options) logger() *logrus.Entry {
 // context; when it ends, it logs how and marks it done in flows: the one place where every
 // ingress's flows end. It returns once the flow is under way, so an idle flow keeps no
 // goroutine of the ingress. log has the ingress's fields; f names its ingress and peer.
-func carry(t Tunnel, flows *quicmux.FlowGroup, f quicmux.Flow, log *logrus.Entry) {
+func carry(t Tunnel, flows *flow.Group, f quicmux.Flow, log *logrus.Entry) {
 	ctx := flows.Context()
-	t.Carry(ctx, f, func(stats quicmux.RelayStats, err error) {
+	t.Carry(ctx, f, func(stats flow.Stats, err error) {
 		defer flows.Done()
 		level := logrus.DebugLevel
-		failed := err != nil && !quicmux.IsReset(err) && ctx.Err() == nil
+		failed := err != nil && !flow.IsReset(err) && ctx.Err() == nil
 		if failed {
 			level = logrus.InfoLevel
 		}
 		if !log.Logger.IsLevelEnabled(level) {
 			return
 		}
-		entry := log.WithFields(logrus.Fields{"peer": f.Peer, "target": f.Target.String(), "bytes_up": stats.AtoB, "bytes_down": stats.BtoA, "result": quicmux.ResultOf(err)})
+		entry := log.WithFields(logrus.Fields{"peer": f.Peer, "target": f.Target.String(), "bytes_up": stats.AtoB, "bytes_down": stats.BtoA, "result": flow.Result(err)})
 		if failed {
 			entry.WithError(err).Info("flow failed")
 			return
@@ -83,7 +84,7 @@ func carry(t Tunnel, flows *quicmux.FlowGroup, f quicmux.Flow, log *logrus.Entry
 
 // drain lets flows run for up to timeout, then resets those still open, and returns when
 // all have ended.
-func drain(flows *quicmux.FlowGroup, timeout time.Duration) {
+func drain(flows *flow.Group, timeout time.Duration) {
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
 	_ = flows.Drain(ctx)
@@ -95,7 +96,7 @@ func drain(flows *quicmux.FlowGroup, timeout time.Duration) {
 // drains flows and returns. A failed accept (out of descriptors, a connection aborted before
 // it was accepted) waits a little and goes on, as net/http does, rather than drop the
 // ingress. name names the ingress in its error.
-func acceptFlows(ctx context.Context, ln net.Listener, flows *quicmux.FlowGroup, opt Options, log *logrus.Entry, name string, start func(net.Conn)) error {
+func acceptFlows(ctx context.Context, ln net.Listener, flows *flow.Group, opt Options, log *logrus.Entry, name string, start func(net.Conn)) error {
 	stop := context.AfterFunc(ctx, func() { _ = ln.Close() })
 	defer stop()
 	defer drain(flows, opt.DrainTimeout)
@@ -121,7 +122,7 @@ func acceptFlows(ctx context.Context, ln net.Listener, flows *quicmux.FlowGroup,
 		}
 		backoff = 0
 		if !flows.Start() {
-			quicmux.AsFlowConn(conn).Abort()
+			flow.AsConn(conn).Abort()
 			continue
 		}
 		go start(conn)

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/quicgate/quicgate/flow"
 	"github.com/quicgate/quicgate/internal/privtest"
 	"github.com/quicgate/quicgate/quicmux"
 )
@@ -63,7 +64,7 @@ func TestKeepAliveFindsVanishedPeers(t *testing.T) {
 			_, err = io.Copy(c, c)
 			ended <- err
 		}()
-		target := quicmux.TargetFromAddrPort(netip.MustParseAddrPort(ln.Addr().String()))
+		target := flow.TargetFromAddrPort(netip.MustParseAddrPort(ln.Addr().String()))
 		port, err := ListenPort(LocalForward{Bind: netip.MustParseAddrPort("127.0.0.1:0"), Target: target}, client, Options{TCPKeepAlive: keepalive})
 		if err != nil {
 			t.Fatal(err)

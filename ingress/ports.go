@@ -11,6 +11,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/quicgate/quicgate/flow"
 	"github.com/quicgate/quicgate/quicmux"
 )
 
@@ -20,7 +21,7 @@ var ErrBadForward = errors.New("ingress: bad -L forward")
 // LocalForward is one -L: a local listening address and the target its connections go to.
 type LocalForward struct {
 	Bind   netip.AddrPort // port 0 picks a free port
-	Target quicmux.Target
+	Target flow.Target
 }
 
 func (f LocalForward) String() string { return f.Bind.String() + ":" + f.Target.String() }
@@ -57,7 +58,7 @@ func parseForward(spec string, badForward error) (LocalForward, error) {
 	if strings.Contains(host, ":") {
 		host = "[" + host + "]"
 	}
-	t, err := quicmux.ParseTarget(host + ":" + fields[2])
+	t, err := flow.ParseTarget(host + ":" + fields[2])
 	if err != nil {
 		return bad(err.Error())
 	}
@@ -126,28 +127,28 @@ type Port struct {
 	tun   Tunnel
 	opt   Options
 	log   *logrus.Entry
-	flows *quicmux.FlowGroup
+	flows *flow.Group
 }
 
 var _ Ingress = (*Port)(nil)
 
 // ListenPort binds f's local address.
 func ListenPort(f LocalForward, t Tunnel, opt Options) (*Port, error) {
-	lc := quicmux.TCPListenConfig(opt.TCPKeepAlive)
+	lc := flow.TCPListenConfig(opt.TCPKeepAlive)
 	ln, err := lc.Listen(context.Background(), "tcp", f.Bind.String())
 	if err != nil {
 		return nil, fmt.Errorf("ingress: -L %s: %w", f, err)
 	}
 	log := opt.logger().WithField("listen", ln.Addr().String())
 	name := "-L " + LocalForward{Bind: netip.MustParseAddrPort(ln.Addr().String()), Target: f.Target}.String()
-	return &Port{ln: ln, fwd: f, name: name, tun: t, opt: opt, log: log, flows: quicmux.NewFlowGroup(context.Background())}, nil
+	return &Port{ln: ln, fwd: f, name: name, tun: t, opt: opt, log: log, flows: flow.NewGroup(context.Background())}, nil
 }
 
 // Addr is the bound address (with the chosen port when -L asked for port 0).
 func (p *Port) Addr() net.Addr { return p.ln.Addr() }
 
 // Target is where this listener's flows go.
-func (p *Port) Target() quicmux.Target { return p.fwd.Target }
+func (p *Port) Target() flow.Target { return p.fwd.Target }
 
 // Serve accepts until ctx ends or the listener fails. Then it closes the listener, lets the
 // open flows finish for up to the drain timeout, resets the rest, and returns once all are
@@ -156,7 +157,7 @@ func (p *Port) Serve(ctx context.Context) error {
 	return acceptFlows(ctx, p.ln, p.flows, p.opt, p.log, p.name, func(conn net.Conn) {
 		// The flow's goroutine lives only while the stream opens: carry returns once the
 		// flow is under way.
-		f := quicmux.Flow{Target: p.fwd.Target, Conn: quicmux.AsFlowConn(conn), Ingress: p.name, Peer: conn.RemoteAddr().String()}
+		f := quicmux.Flow{Target: p.fwd.Target, Conn: flow.AsConn(conn), Ingress: p.name, Peer: conn.RemoteAddr().String()}
 		carry(p.tun, p.flows, f, p.log)
 	})
 }

@@ -19,6 +19,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/quicgate/quicgate/flow"
 	"github.com/quicgate/quicgate/quicmux"
 )
 
@@ -156,7 +157,7 @@ type Proxy struct {
 	cfg   ProxyConfig
 	opt   Options
 	log   *logrus.Entry
-	flows *quicmux.FlowGroup
+	flows *flow.Group
 	// writers are the goroutines that write plain-HTTP requests for their destinations
 	// (plainFlow); each ends with its flow.
 	writers sync.WaitGroup
@@ -170,7 +171,7 @@ var _ Ingress = (*Proxy)(nil)
 // ListenProxy binds f's local address (accepted sockets keep alive, Options.TCPKeepAlive)
 // and returns the proxy on it.
 func ListenProxy(f DynamicForward, t Tunnel, opt Options, cfg ProxyConfig) (*Proxy, error) {
-	lc := quicmux.TCPListenConfig(opt.TCPKeepAlive)
+	lc := flow.TCPListenConfig(opt.TCPKeepAlive)
 	ln, err := lc.Listen(context.Background(), "tcp", f.Bind.String())
 	if err != nil {
 		return nil, fmt.Errorf("ingress: -D %s: %w", f, err)
@@ -180,7 +181,7 @@ func ListenProxy(f DynamicForward, t Tunnel, opt Options, cfg ProxyConfig) (*Pro
 
 // NewProxy returns a proxy that serves the connections ln accepts, once Serve runs; it owns
 // ln from now on. A kernel TCP socket's end is reset (RST) when its flow is; a conn of
-// another kind (quicmux.AsFlowConn) can only be closed.
+// another kind (flow.AsConn) can only be closed.
 func NewProxy(ln net.Listener, t Tunnel, opt Options, cfg ProxyConfig) *Proxy {
 	if cfg.HandshakeTimeout <= 0 {
 		cfg.HandshakeTimeout = DefaultProxyHandshakeTimeout
@@ -195,7 +196,7 @@ func NewProxy(ln net.Listener, t Tunnel, opt Options, cfg ProxyConfig) *Proxy {
 		cfg:   cfg,
 		opt:   opt,
 		log:   opt.logger().WithField("listen", ln.Addr().String()),
-		flows: quicmux.NewFlowGroup(context.Background()),
+		flows: flow.NewGroup(context.Background()),
 	}
 }
 
@@ -232,7 +233,7 @@ var errProxyAuth = errors.New("authentication failed")
 // proxyRequest is what a handshake read: where the flow goes, and how to answer the client.
 type proxyRequest struct {
 	proto  string // "socks5", "http connect" or "http", for the log
-	target quicmux.Target
+	target flow.Target
 	// plain is a plain-HTTP request, in origin form (toOrigin), for the destination;
 	// its body is still to be read from the connection.
 	plain *http.Request
@@ -246,7 +247,7 @@ type proxyRequest struct {
 
 // serveConn reads one connection's request and carries its flow.
 func (p *Proxy) serveConn(conn net.Conn) {
-	local := quicmux.AsFlowConn(conn)
+	local := flow.AsConn(conn)
 	peer := conn.RemoteAddr().String()
 	// Until the flow is carried, a reset of the group (Close, a drain's timeout) aborts the
 	// handshake; Carry watches the same context from then on.
@@ -284,7 +285,7 @@ func (p *Proxy) serveConn(conn net.Conn) {
 		Target:  req.target,
 		Ingress: p.name,
 		Peer:    peer,
-		Accept: func() (quicmux.FlowConn, error) {
+		Accept: func() (flow.Conn, error) {
 			if err := req.accept(conn, conn.LocalAddr()); err != nil {
 				local.Abort()
 				return nil, err
@@ -295,7 +296,7 @@ func (p *Proxy) serveConn(conn net.Conn) {
 			if len(pending) == 0 {
 				return local, nil
 			}
-			return &prefixedFlow{FlowConn: local, pending: pending}, nil
+			return &prefixedFlow{Conn: local, pending: pending}, nil
 		},
 		Reject: func(err error) {
 			req.reject(conn, err)
@@ -327,7 +328,7 @@ func readProxyRequest(br *bufio.Reader, w io.Writer, users map[string]string) (*
 // what the client still sends is read and dropped for a moment, so that it finds the reply
 // rather than a reset (closing a socket with unread bytes sends a RST, which may overtake the
 // reply).
-func closeAfterReply(conn net.Conn, local quicmux.FlowConn) {
+func closeAfterReply(conn net.Conn, local flow.Conn) {
 	if local.CloseWrite() == nil {
 		_ = conn.SetReadDeadline(time.Now().Add(500 * time.Millisecond))
 		_, _ = io.Copy(io.Discard, io.LimitReader(conn, maxHandshakeBytes))
@@ -357,10 +358,10 @@ func (l *limitedReader) Read(p []byte) (int, error) {
 
 // prefixedFlow is a local end whose first bytes for the destination are pending: what the
 // handshake read past the request (a SOCKS5 or CONNECT client's early bytes).
-// It embeds only the FlowConn interface, so the relay copies through Read instead of reading
+// It embeds only the flow.Conn interface, so the relay copies through Read instead of reading
 // the socket itself.
 type prefixedFlow struct {
-	quicmux.FlowConn
+	flow.Conn
 	pending []byte
 }
 
@@ -370,5 +371,5 @@ func (c *prefixedFlow) Read(p []byte) (int, error) {
 		c.pending = c.pending[n:]
 		return n, nil
 	}
-	return c.FlowConn.Read(p)
+	return c.Conn.Read(p)
 }

@@ -22,6 +22,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/quicgate/quicgate/flow"
 	"github.com/quicgate/quicgate/quicmux"
 )
 
@@ -91,7 +92,7 @@ func newProxyEnv(t *testing.T, cfg ProxyConfig) *proxyEnv {
 	if err := os.WriteFile(hosts, []byte("127.0.0.1 localhost\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	dialer := quicmux.TCPDialer(0)
+	dialer := flow.TCPDialer(0)
 	_, client := startTunnel(t, quicmux.ServerConfig{
 		Policy: quicmux.Rules{
 			{Prefix: netip.MustParsePrefix("127.0.0.0/8"), PortLo: 1, PortHi: 65535},
@@ -360,9 +361,9 @@ func TestProxySOCKS5ReplyCodes(t *testing.T) {
 // the way to it) does.
 type rejectingTunnel struct{ err error }
 
-func (r rejectingTunnel) Carry(_ context.Context, f quicmux.Flow, done func(quicmux.RelayStats, error)) {
+func (r rejectingTunnel) Carry(_ context.Context, f quicmux.Flow, done func(flow.Stats, error)) {
 	f.Reject(r.err)
-	done(quicmux.RelayStats{}, r.err)
+	done(flow.Stats{}, r.err)
 }
 
 // TestProxyFailureReplies: the mapping of every reason a flow fails to its SOCKS5 reply code

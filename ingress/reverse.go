@@ -10,6 +10,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/quicgate/quicgate/flow"
 	"github.com/quicgate/quicgate/quicmux"
 )
 
@@ -20,7 +21,7 @@ var ErrBadRemoteForward = errors.New("ingress: bad -R forward")
 // the target, reached from the client's side, that its connections go to.
 type RemoteForward struct {
 	Bind   netip.AddrPort
-	Target quicmux.Target
+	Target flow.Target
 }
 
 func (f RemoteForward) String() string { return f.Bind.String() + ":" + f.Target.String() }
@@ -59,7 +60,7 @@ type Reverse struct {
 	tun   ReverseTunnel
 	opt   Options
 	log   *logrus.Entry
-	flows *quicmux.FlowGroup
+	flows *flow.Group
 }
 
 var _ Ingress = (*Reverse)(nil)
@@ -72,7 +73,7 @@ func ListenReverse(ctx context.Context, f RemoteForward, t ReverseTunnel, opt Op
 		return nil, fmt.Errorf("ingress: -R %s: %w", f, err)
 	}
 	log := opt.logger().WithFields(logrus.Fields{"remote_listen": f.Bind.String(), "target": f.Target.String()})
-	return &Reverse{ln: ln, fwd: f, name: "-R " + f.String(), tun: t, opt: opt, log: log, flows: quicmux.NewFlowGroup(context.Background())}, nil
+	return &Reverse{ln: ln, fwd: f, name: "-R " + f.String(), tun: t, opt: opt, log: log, flows: flow.NewGroup(context.Background())}, nil
 }
 
 // Serve carries the server's accepted connections until ctx ends; then it closes the
@@ -82,7 +83,7 @@ func (r *Reverse) Serve(ctx context.Context) error {
 	stop := context.AfterFunc(ctx, func() { _ = r.ln.Close() })
 	defer stop()
 	defer drain(r.flows, r.opt.DrainTimeout)
-	dialer := quicmux.TCPDialer(r.opt.TCPKeepAlive)
+	dialer := flow.TCPDialer(r.opt.TCPKeepAlive)
 	for {
 		conn, err := r.ln.Accept()
 		if err != nil {
@@ -91,7 +92,7 @@ func (r *Reverse) Serve(ctx context.Context) error {
 			}
 			return fmt.Errorf("ingress: -R %s: %w", r.fwd, err)
 		}
-		remote := quicmux.AsFlowConn(conn)
+		remote := flow.AsConn(conn)
 		if !r.flows.Start() {
 			remote.Abort()
 			continue
@@ -102,14 +103,14 @@ func (r *Reverse) Serve(ctx context.Context) error {
 			Remote:  remote,
 			Ingress: r.name,
 			Peer:    conn.RemoteAddr().String(),
-			Accept: func() (quicmux.FlowConn, error) {
+			Accept: func() (flow.Conn, error) {
 				dctx, cancel := context.WithTimeout(r.flows.Context(), reverseDialTimeout)
 				defer cancel()
 				c, err := dialer.DialContext(dctx, "tcp", target)
 				if err != nil {
 					return nil, err
 				}
-				return quicmux.AsFlowConn(c), nil
+				return flow.AsConn(c), nil
 			},
 		}
 		go carry(r.tun, r.flows, f, r.log)

@@ -11,6 +11,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/quicgate/quicgate/flow"
 	"github.com/quicgate/quicgate/quicmux"
 )
 
@@ -52,7 +53,7 @@ func TestReverseForward(t *testing.T) {
 	}, quicmux.ClientConfig{}, nil)
 	dst := newDestination(t)
 	bind := freeAddr(t)
-	target, _ := quicmux.ParseTarget(dst.addr())
+	target, _ := flow.ParseTarget(dst.addr())
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
 	r, err := ListenReverse(ctx, RemoteForward{Bind: bind, Target: target}, client, Options{DrainTimeout: time.Second, Logger: testLogger(t)})
@@ -134,7 +135,7 @@ func TestReverseForward(t *testing.T) {
 // A server that does not allow the listen: ListenReverse fails, naming the reason.
 func TestReverseForwardDenied(t *testing.T) {
 	_, client := startTunnel(t, quicmux.ServerConfig{Policy: quicmux.Rules{}}, quicmux.ClientConfig{}, nil)
-	target, _ := quicmux.ParseTarget("127.0.0.1:80")
+	target, _ := flow.ParseTarget("127.0.0.1:80")
 	_, err := ListenReverse(context.Background(), RemoteForward{Bind: freeAddr(t), Target: target}, client, Options{})
 	if !errors.Is(err, quicmux.ErrDenied) || !strings.Contains(err.Error(), "-R 127.0.0.1:") || !strings.Contains(err.Error(), "denied") {
 		t.Fatalf("ListenReverse on a server that allows no listen: %v, want a denied error naming the -R", err)

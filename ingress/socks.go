@@ -11,6 +11,7 @@ import (
 	"net/netip"
 	"strconv"
 
+	"github.com/quicgate/quicgate/flow"
 	"github.com/quicgate/quicgate/quicmux"
 )
 
@@ -177,7 +178,7 @@ func readSOCKS(br *bufio.Reader, w io.Writer, users map[string]string) (*proxyRe
 	}
 	// A domain stays a name, for the server to resolve; one that is an address literal is
 	// taken as the address.
-	t, err := quicmux.ParseTarget(net.JoinHostPort(host, strconv.Itoa(int(binary.BigEndian.Uint16(port[:])))))
+	t, err := flow.ParseTarget(net.JoinHostPort(host, strconv.Itoa(int(binary.BigEndian.Uint16(port[:])))))
 	if err != nil {
 		return nil, socksError(w, socksHostUnreachable, "target: %v", err)
 	}

@@ -14,7 +14,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
-	"github.com/quicgate/quicgate/quicmux"
+	"github.com/quicgate/quicgate/flow"
 )
 
 // maxAssociationTargets bounds the targets one SOCKS5 UDP association sends to at once: each
@@ -27,7 +27,7 @@ const maxAssociationTargets = 64
 // server), and the targets' answers back with the header naming where they came from. Only
 // datagrams from the control connection's host are taken, and fragments (FRAG > 0) are
 // dropped, as RFC 1928 allows. The association ends with its control connection.
-func (p *Proxy) serveAssociate(conn net.Conn, local quicmux.FlowConn, peer string) {
+func (p *Proxy) serveAssociate(conn net.Conn, local flow.Conn, peer string) {
 	defer p.flows.Done()
 	ut, ok := p.tun.(UDPTunnel)
 	if !ok {
@@ -91,7 +91,7 @@ type association struct {
 
 // associationFlow is one target's flow; out queues the client's packets while it opens.
 type associationFlow struct {
-	target quicmux.Target
+	target flow.Target
 	header []byte // the SOCKS5 UDP header its answers carry
 	out    chan []byte
 }
@@ -124,7 +124,7 @@ func (a *association) run(wg *sync.WaitGroup) {
 }
 
 // flowFor returns t's flow, starting it if there is room.
-func (a *association) flowFor(t quicmux.Target, header []byte, wg *sync.WaitGroup) *associationFlow {
+func (a *association) flowFor(t flow.Target, header []byte, wg *sync.WaitGroup) *associationFlow {
 	key := t.String()
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -148,22 +148,22 @@ func (a *association) carry(f *associationFlow) {
 		delete(a.flows, f.target.String())
 		a.mu.Unlock()
 	}()
-	flow, err := a.tun.OpenUDP(a.ctx, f.target, a.name, a.peer)
+	udpFlow, err := a.tun.OpenUDP(a.ctx, f.target, a.name, a.peer)
 	if err != nil {
 		if a.ctx.Err() == nil {
 			a.log.WithError(err).WithField("target", f.target.String()).Info("udp flow failed")
 		}
 		return
 	}
-	defer flow.Close()
-	stop := context.AfterFunc(a.ctx, func() { _ = flow.Close() })
+	defer udpFlow.Close()
+	stop := context.AfterFunc(a.ctx, func() { _ = udpFlow.Close() })
 	defer stop()
 	done := make(chan struct{})
 	go func() { // owned: carry waits for it below
 		defer close(done)
-		buf := make([]byte, quicmux.MaxUDPPacket)
+		buf := make([]byte, flow.MaxUDPPacket)
 		for {
-			n, err := flow.Read(buf)
+			n, err := udpFlow.Read(buf)
 			if err != nil {
 				return
 			}
@@ -177,15 +177,15 @@ func (a *association) carry(f *associationFlow) {
 	for {
 		select {
 		case p := <-f.out:
-			if _, err := flow.Write(p); err != nil {
-				_ = flow.Close()
+			if _, err := udpFlow.Write(p); err != nil {
+				_ = udpFlow.Close()
 				<-done
 				return
 			}
 		case <-done:
 			return
 		case <-a.ctx.Done():
-			_ = flow.Close()
+			_ = udpFlow.Close()
 			<-done
 			return
 		}
@@ -195,7 +195,7 @@ func (a *association) carry(f *associationFlow) {
 // parseSOCKSUDP splits a SOCKS5 UDP datagram (RSV(2) FRAG(1) ATYP DST.ADDR DST.PORT DATA)
 // into its target, its header (which the target's answers carry back) and its payload.
 // Fragments are refused.
-func parseSOCKSUDP(b []byte) (t quicmux.Target, header, payload []byte, err error) {
+func parseSOCKSUDP(b []byte) (t flow.Target, header, payload []byte, err error) {
 	if len(b) < 4 || b[0] != 0 || b[1] != 0 {
 		return t, nil, nil, errors.New("socks5 udp: bad header")
 	}
@@ -224,7 +224,7 @@ func parseSOCKSUDP(b []byte) (t quicmux.Target, header, payload []byte, err erro
 		return t, nil, nil, fmt.Errorf("socks5 udp: address type %d", b[3])
 	}
 	port := binary.BigEndian.Uint16(rest)
-	t, err = quicmux.ParseTarget(net.JoinHostPort(host, strconv.Itoa(int(port))))
+	t, err = flow.ParseTarget(net.JoinHostPort(host, strconv.Itoa(int(port))))
 	if err != nil {
 		return t, nil, nil, err
 	}

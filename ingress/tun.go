@@ -8,6 +8,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/quicgate/quicgate/flow"
 	"github.com/quicgate/quicgate/netstack"
 	"github.com/quicgate/quicgate/quicmux"
 	"github.com/quicgate/quicgate/tun"
@@ -48,11 +49,11 @@ type TUN struct {
 	tun   Tunnel
 	opt   Options
 	log   *logrus.Entry
-	flows *quicmux.FlowGroup
+	flows *flow.Group
 	// dns answers the queries to its address (TUNConfig.DNS); nil: none. Its sockets are
 	// counted in dnsFlows, which ends first on shutdown: they are no flows to drain.
 	dns      *dnsResponder
-	dnsFlows *quicmux.FlowGroup
+	dnsFlows *flow.Group
 
 	closeOnce sync.Once
 	closeErr  error
@@ -88,8 +89,8 @@ func OpenTUN(cfg TUNConfig, t Tunnel, opt Options) (*TUN, error) {
 // named name in metrics and logs, answering DNS at dns if it is set. It closes dev if it
 // fails.
 func serveDevice(dev *tun.Device, name string, mtu int, dns netip.Addr, t Tunnel, opt Options, log *logrus.Entry) (*TUN, error) {
-	ing := &TUN{name: name, dev: dev, tun: t, opt: opt, log: log, flows: quicmux.NewFlowGroup(context.Background()),
-		dnsFlows: quicmux.NewFlowGroup(context.Background())}
+	ing := &TUN{name: name, dev: dev, tun: t, opt: opt, log: log, flows: flow.NewGroup(context.Background()),
+		dnsFlows: flow.NewGroup(context.Background())}
 	if dns.IsValid() {
 		r, ok := t.(NameResolver)
 		if !ok {
@@ -99,7 +100,7 @@ func serveDevice(dev *tun.Device, name string, mtu int, dns netip.Addr, t Tunnel
 		ing.dns = newDNSResponder(dns.Unmap(), r, log)
 	}
 	tcp := netstack.DefaultTCPOptions()
-	tcp.KeepAlive = quicmux.KeepAliveConfig(opt.TCPKeepAlive)
+	tcp.KeepAlive = flow.KeepAliveConfig(opt.TCPKeepAlive)
 	cfg := netstack.Config{MTU: mtu, Handler: ing, Logger: log, TCP: &tcp}
 	if _, ok := t.(UDPTunnel); ok || ing.dns != nil {
 		cfg.UDPHandler = ing // tunudp.go
@@ -132,25 +133,25 @@ func (ing *TUN) HandleTCP(req *netstack.TCPRequest) {
 // target is where a flow to dst goes: dst, or the name whose DNS answer gave the app dst
 // (TUNConfig.DNS), so that the server judges the flow by the name's rules as it judged the
 // name's resolve; it resolves the name again to dial it.
-func (ing *TUN) target(dst netip.AddrPort) quicmux.Target {
+func (ing *TUN) target(dst netip.AddrPort) flow.Target {
 	if ing.dns != nil {
 		if name, ok := ing.dns.nameOf(dst.Addr()); ok {
-			return quicmux.Target{Host: name, Port: dst.Port()}
+			return flow.Target{Host: name, Port: dst.Port()}
 		}
 	}
-	return quicmux.TargetFromAddrPort(dst)
+	return flow.TargetFromAddrPort(dst)
 }
 
 // handleTCP hands a netstack flow to the tunnel, to target (TUN.target): the SYN waits for
 // the server's answer.
-func handleTCP(t Tunnel, flows *quicmux.FlowGroup, req *netstack.TCPRequest, target quicmux.Target, name string, log *logrus.Entry) {
+func handleTCP(t Tunnel, flows *flow.Group, req *netstack.TCPRequest, target flow.Target, name string, log *logrus.Entry) {
 	if !flows.Start() {
 		req.Reject()
 		return
 	}
 	f := quicmux.Flow{
 		Target: target,
-		Accept: func() (quicmux.FlowConn, error) {
+		Accept: func() (flow.Conn, error) {
 			c, err := req.Accept()
 			if err != nil {
 				return nil, err

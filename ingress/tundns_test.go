@@ -16,6 +16,7 @@ import (
 
 	"golang.org/x/net/dns/dnsmessage"
 
+	"github.com/quicgate/quicgate/flow"
 	"github.com/quicgate/quicgate/netstack"
 	"github.com/quicgate/quicgate/netstack/memtun"
 	"github.com/quicgate/quicgate/quicmux"
@@ -53,8 +54,8 @@ func newTUNDNSRig(t *testing.T) (*netstack.Stack, *countingResolver, *TUN) {
 	_, client := startTunnel(t, quicmux.ServerConfig{Policy: rules, HostsFile: hosts, Resolver: nx}, quicmux.ClientConfig{DialTimeout: 5 * time.Second}, nil)
 	res := &countingResolver{NameResolver: client}
 	log := testLogger(t).WithField("side", "ingress")
-	ing := &TUN{name: "tun test", tun: client, log: log, flows: quicmux.NewFlowGroup(context.Background()),
-		dnsFlows: quicmux.NewFlowGroup(context.Background()), dns: newDNSResponder(tunDNS, res, log)}
+	ing := &TUN{name: "tun test", tun: client, log: log, flows: flow.NewGroup(context.Background()),
+		dnsFlows: flow.NewGroup(context.Background()), dns: newDNSResponder(tunDNS, res, log)}
 	devIngress, devApp := memtun.Pipe(9000, 64, 1024)
 	gw, err := netstack.NewTUN(devIngress, netstack.Config{Handler: ing, UDPHandler: ing, Logger: log})
 	if err != nil {

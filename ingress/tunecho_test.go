@@ -12,6 +12,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/checksum"
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 
+	"github.com/quicgate/quicgate/flow"
 	"github.com/quicgate/quicgate/netstack"
 	"github.com/quicgate/quicgate/netstack/memtun"
 	"github.com/quicgate/quicgate/quicmux"
@@ -48,8 +49,8 @@ func TestTUNEcho(t *testing.T) {
 		t.Skip("this host allows no ICMP socket (net.ipv4.ping_group_range, CAP_NET_RAW)")
 	}
 	log := testLogger(t).WithField("side", "ingress")
-	ing := &TUN{name: "tun test", tun: client, log: log, flows: quicmux.NewFlowGroup(context.Background()),
-		dnsFlows: quicmux.NewFlowGroup(context.Background())}
+	ing := &TUN{name: "tun test", tun: client, log: log, flows: flow.NewGroup(context.Background()),
+		dnsFlows: flow.NewGroup(context.Background())}
 	devIngress, devApp := memtun.Pipe(9000, 64, 1024)
 	gw, err := netstack.NewTUN(devIngress, netstack.Config{EchoHandler: ing, Logger: log})
 	if err != nil {

@@ -10,6 +10,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/quicgate/quicgate/flow"
 	"github.com/quicgate/quicgate/netstack"
 	"github.com/quicgate/quicgate/quicmux"
 )
@@ -43,7 +44,7 @@ const udpWriteTimeout = 10 * time.Second
 // closed (the stack closes), or the ingress resets its flows. A denied target or a port
 // unreachable reaches the app as ICMP port unreachable (conn.Refuse); any other failure
 // drops the flow's packets, with one log line. target is where the flow goes (TUN.target).
-func handleUDP(t UDPTunnel, flows *quicmux.FlowGroup, conn *netstack.UDPConn, target quicmux.Target, name string, log *logrus.Entry) {
+func handleUDP(t UDPTunnel, flows *flow.Group, conn *netstack.UDPConn, target flow.Target, name string, log *logrus.Entry) {
 	if !flows.Start() {
 		conn.Refuse()
 		return
@@ -56,7 +57,7 @@ func handleUDP(t UDPTunnel, flows *quicmux.FlowGroup, conn *netstack.UDPConn, ta
 	stop := context.AfterFunc(conn.Context(), cancel) // the stack closes
 	defer stop()
 
-	flow, err := t.OpenUDP(ctx, target, name, conn.Src().String())
+	udpFlow, err := t.OpenUDP(ctx, target, name, conn.Src().String())
 	if err != nil {
 		if errors.Is(err, quicmux.ErrDenied) {
 			conn.Refuse()
@@ -70,14 +71,14 @@ func handleUDP(t UDPTunnel, flows *quicmux.FlowGroup, conn *netstack.UDPConn, ta
 	}
 	// Either side's end, or the group's reset, ends both.
 	unwatch := context.AfterFunc(ctx, func() {
-		_ = flow.Close()
+		_ = udpFlow.Close()
 		_ = conn.Close()
 	})
 	defer unwatch()
 
 	errc := make(chan error, 2)
-	go func() { errc <- udpAppToTunnel(conn, flow) }()
-	go func() { errc <- udpTunnelToApp(flow, conn) }()
+	go func() { errc <- udpAppToTunnel(conn, udpFlow) }()
+	go func() { errc <- udpTunnelToApp(udpFlow, conn) }()
 	first := <-errc
 	if errors.Is(first, syscall.ECONNREFUSED) {
 		conn.Refuse() // before cancel closes conn
@@ -85,7 +86,7 @@ func handleUDP(t UDPTunnel, flows *quicmux.FlowGroup, conn *netstack.UDPConn, ta
 	cancel()
 	<-errc
 	level := logrus.DebugLevel
-	failed := first != nil && !errors.Is(first, quicmux.ErrFlowIdle) && !errors.Is(first, syscall.ECONNREFUSED) &&
+	failed := first != nil && !errors.Is(first, flow.ErrIdle) && !errors.Is(first, syscall.ECONNREFUSED) &&
 		!errors.Is(first, net.ErrClosed) && flows.Context().Err() == nil && conn.Context().Err() == nil
 	if failed {
 		level = logrus.InfoLevel
@@ -96,15 +97,15 @@ func handleUDP(t UDPTunnel, flows *quicmux.FlowGroup, conn *netstack.UDPConn, ta
 }
 
 // udpAppToTunnel moves the app's packets into the tunnel until either side fails.
-func udpAppToTunnel(conn *netstack.UDPConn, flow *quicmux.UDPFlow) error {
-	buf := make([]byte, quicmux.MaxUDPPacket)
+func udpAppToTunnel(conn *netstack.UDPConn, udpFlow *quicmux.UDPFlow) error {
+	buf := make([]byte, flow.MaxUDPPacket)
 	for {
 		n, err := conn.Read(buf)
 		if err != nil {
 			return err
 		}
-		_ = flow.SetWriteDeadline(time.Now().Add(udpWriteTimeout))
-		if _, err := flow.Write(buf[:n]); err != nil {
+		_ = udpFlow.SetWriteDeadline(time.Now().Add(udpWriteTimeout))
+		if _, err := udpFlow.Write(buf[:n]); err != nil {
 			if errors.Is(err, os.ErrDeadlineExceeded) {
 				continue // the packet is lost, as UDP's may be
 			}
@@ -114,10 +115,10 @@ func udpAppToTunnel(conn *netstack.UDPConn, flow *quicmux.UDPFlow) error {
 }
 
 // udpTunnelToApp moves the target's packets to the app until either side fails.
-func udpTunnelToApp(flow *quicmux.UDPFlow, conn *netstack.UDPConn) error {
-	buf := make([]byte, quicmux.MaxUDPPacket)
+func udpTunnelToApp(udpFlow *quicmux.UDPFlow, conn *netstack.UDPConn) error {
+	buf := make([]byte, flow.MaxUDPPacket)
 	for {
-		n, err := flow.Read(buf)
+		n, err := udpFlow.Read(buf)
 		if err != nil {
 			return err
 		}

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/quicgate/quicgate/flow"
 	"github.com/quicgate/quicgate/netstack"
 	"github.com/quicgate/quicgate/netstack/memtun"
 	"github.com/quicgate/quicgate/quicmux"
@@ -31,7 +32,7 @@ var (
 type tunUDPRig struct {
 	app   *netstack.Stack
 	gw    *netstack.Stack
-	flows *quicmux.FlowGroup
+	flows *flow.Group
 }
 
 // mappedTunnel sends the flows to mapped destinations elsewhere.
@@ -40,9 +41,9 @@ type mappedTunnel struct {
 	to map[string]string
 }
 
-func (m mappedTunnel) OpenUDP(ctx context.Context, t quicmux.Target, ingress, peer string) (*quicmux.UDPFlow, error) {
+func (m mappedTunnel) OpenUDP(ctx context.Context, t flow.Target, ingress, peer string) (*quicmux.UDPFlow, error) {
 	if a, ok := m.to[t.String()]; ok {
-		mapped, err := quicmux.ParseTarget(a)
+		mapped, err := flow.ParseTarget(a)
 		if err != nil {
 			return nil, err
 		}
@@ -65,12 +66,12 @@ func newTUNUDPRig(t *testing.T, maxFlows int, serverIdle time.Duration) *tunUDPR
 		udpEchoDst.String(): echo, udpEchoDst2.String(): echo, udpClosedDst.String(): closed,
 	}}
 
-	r := &tunUDPRig{flows: quicmux.NewFlowGroup(context.Background())}
+	r := &tunUDPRig{flows: flow.NewGroup(context.Background())}
 	devIngress, devApp := memtun.Pipe(9000, 64, 1024)
 	log := testLogger(t).WithField("side", "ingress")
 	r.gw, err = netstack.NewTUN(devIngress, netstack.Config{
 		UDPHandler: netstack.UDPHandlerFunc(func(c *netstack.UDPConn) {
-			handleUDP(tunnel, r.flows, c, quicmux.TargetFromAddrPort(c.Dst()), "tun test", log)
+			handleUDP(tunnel, r.flows, c, flow.TargetFromAddrPort(c.Dst()), "tun test", log)
 		}),
 		MaxUDPFlows: maxFlows,
 		Logger:      log,

@@ -14,6 +14,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/quicgate/quicgate/flow"
 	"github.com/quicgate/quicgate/quicmux"
 )
 
@@ -23,7 +24,7 @@ var ErrBadUDPForward = errors.New("ingress: bad -U forward")
 // UDPForward is one -U: a local UDP address and the UDP target its packets go to.
 type UDPForward struct {
 	Bind   netip.AddrPort // port 0 picks a free port
-	Target quicmux.Target
+	Target flow.Target
 }
 
 func (f UDPForward) String() string { return f.Bind.String() + ":" + f.Target.String() }
@@ -42,7 +43,7 @@ type UDPTunnel interface {
 	// server has allowed it; the flow is a connected UDP socket's equivalent (see
 	// quicmux.UDPFlow): its Read fails once the flow has ended.
 	// ingress and peer name the flow in the metrics and the recent failures.
-	OpenUDP(ctx context.Context, t quicmux.Target, ingress, peer string) (*quicmux.UDPFlow, error)
+	OpenUDP(ctx context.Context, t flow.Target, ingress, peer string) (*quicmux.UDPFlow, error)
 }
 
 var _ UDPTunnel = (*quicmux.Client)(nil)
@@ -146,7 +147,7 @@ func ListenUDPPort(f UDPForward, t UDPTunnel, opt Options, cfg UDPPortConfig) (*
 func (u *UDPPort) Addr() net.Addr { return u.sock.LocalAddr() }
 
 // Target is where this port's packets go.
-func (u *UDPPort) Target() quicmux.Target { return u.fwd.Target }
+func (u *UDPPort) Target() flow.Target { return u.fwd.Target }
 
 // Flows is the number of source addresses with a flow (or a flow being opened) now.
 func (u *UDPPort) Flows() int {
@@ -177,7 +178,7 @@ func (u *UDPPort) Serve(ctx context.Context) error {
 			return fmt.Errorf("ingress: %s: %w", u.name, err)
 		}
 		u.read.Add(1)
-		if n > quicmux.MaxUDPPacket { // only IPv6 carries more
+		if n > flow.MaxUDPPacket { // only IPv6 carries more
 			continue
 		}
 		u.route(src, bytes.Clone(buf[:n]))
@@ -268,7 +269,7 @@ func (u *UDPPort) runSource(s *udpSource) {
 // toSource sends the flow's packets to src from the bound socket until the flow's Read
 // fails, and returns the bytes sent and why it ended.
 func (u *UDPPort) toSource(f *quicmux.UDPFlow, src netip.AddrPort) (int64, error) {
-	buf := make([]byte, quicmux.MaxUDPPacket)
+	buf := make([]byte, flow.MaxUDPPacket)
 	var sent int64
 	for {
 		n, err := f.Read(buf)
@@ -311,7 +312,7 @@ func (u *UDPPort) logEnd(s *udpSource, err error, up, down int64) {
 	entry.Debug("flow ended")
 }
 
-// udpResult names how a UDP flow ended, as quicmux.ResultOf does for TCP flows.
+// udpResult names how a UDP flow ended, as flow.Result does for TCP flows.
 func udpResult(err error) string {
 	var se *quicmux.StatusError
 	switch {
@@ -322,7 +323,7 @@ func udpResult(err error) string {
 	case errors.Is(err, net.ErrClosed):
 		return "shutdown"
 	}
-	return quicmux.ResultOf(err)
+	return flow.Result(err)
 }
 
 // shutdown stops taking packets and ends every flow.

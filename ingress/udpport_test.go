@@ -19,6 +19,7 @@ import (
 	"github.com/sirupsen/logrus"
 	logtest "github.com/sirupsen/logrus/hooks/test"
 
+	"github.com/quicgate/quicgate/flow"
 	"github.com/quicgate/quicgate/quicmux"
 )
 
@@ -89,7 +90,7 @@ func newUDPRig(t *testing.T, cfg udpRigConfig) *udpRig {
 	if target == "" {
 		target = r.echo
 	}
-	tgt, err := quicmux.ParseTarget(target)
+	tgt, err := flow.ParseTarget(target)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -447,7 +448,7 @@ func TestUDPFloodDoesNotStallTCP(t *testing.T) {
 		t.Skip("a flood")
 	}
 	r := newUDPRig(t, udpRigConfig{})
-	tgt, err := quicmux.ParseTarget(r.tcpEcho)
+	tgt, err := flow.ParseTarget(r.tcpEcho)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -18,7 +18,7 @@ import (
 // net.Conn it can half-close (CloseWrite sends a FIN) and abort (Abort sends a RST), and its
 // errors say how the app ended the connection: io.EOF for a FIN, an error matching
 // syscall.ECONNRESET for a RST, anything else for a failure (a keepalive timeout, say). That
-// is the relay's flow contract (quicmux.FlowConn), without this package importing it.
+// is the relay's flow contract (flow.Conn), without this package importing it.
 type TCPConn struct {
 	*gonet.TCPConn
 	ep   tcpip.Endpoint

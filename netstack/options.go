@@ -79,7 +79,7 @@ type TCPOptions struct {
 	// after Idle without a segment, then every Interval; Count unanswered probes end the
 	// connection. Enable false turns keepalive off. gVisor's own defaults (2 hours, 75 s, 9)
 	// would keep a dead flow for over two hours; DefaultTCPOptions uses 60 s, 15 s and 4,
-	// the tunnel's defaults (quicmux.DefaultTCPKeepAlive).
+	// the tunnel's defaults (flow.DefaultTCPKeepAlive).
 	KeepAlive net.KeepAliveConfig
 }
 

@@ -8,10 +8,12 @@ import (
 	"net/netip"
 	"testing"
 	"time"
+
+	"github.com/quicgate/quicgate/flow"
 )
 
 func BenchmarkAppendRequest(b *testing.B) {
-	req := Request{Kind: KindTCP, Target: Target{Addr: netip.MustParseAddr("fd00:99::5"), Port: 443}}
+	req := Request{Kind: KindTCP, Target: flow.Target{Addr: netip.MustParseAddr("fd00:99::5"), Port: 443}}
 	buf := make([]byte, 0, MaxHeaderLen)
 	b.ReportAllocs()
 	for b.Loop() {
@@ -23,7 +25,7 @@ func BenchmarkAppendRequest(b *testing.B) {
 }
 
 func BenchmarkReadRequest(b *testing.B) {
-	hdr, _ := AppendRequest(nil, Request{Kind: KindTCP, Target: Target{Host: "db.internal.example", Port: 5432}})
+	hdr, _ := AppendRequest(nil, Request{Kind: KindTCP, Target: flow.Target{Host: "db.internal.example", Port: 5432}})
 	r := bytes.NewReader(hdr)
 	b.ReportAllocs()
 	for b.Loop() {

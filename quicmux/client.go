@@ -15,6 +15,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/quicgate/quicgate/flow"
 	"github.com/quicgate/quicgate/netpath"
 	"github.com/quicgate/quicgate/third_party/quic-go"
 )
@@ -74,7 +75,7 @@ type Client struct {
 
 	// parker watches the idle kernel sockets of this client's flows (nil where epoll is
 	// missing: each then waits in a goroutine of its own).
-	parker *parker
+	parker *flow.Parker
 
 	// listeners are the reverse forwards (Listen), which the server's accepted connections
 	// are matched to; under mu.
@@ -135,7 +136,7 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 	}
 	// Without it, a new route or address is noticed only when the server goes silent.
 	c.netWatch, _ = netpath.NewWatcher()
-	c.parker, _ = newParker()
+	c.parker, _ = flow.NewParker()
 	c.ctx, c.cancel = context.WithCancel(context.Background())
 	c.wg.Add(1)
 	go c.supervise()
@@ -155,8 +156,8 @@ func (c *Client) Close() error {
 	}
 	if c.parker != nil {
 		// Flows still open are being reset (their connection is gone); a socket the parker
-		// held then ends in a goroutine of its own (see relay.park).
-		c.parker.close()
+		// held then ends in a goroutine of its own (see park in flow/relay.go).
+		c.parker.Close()
 	}
 	return nil
 }
@@ -176,7 +177,7 @@ func (c *Client) Connect(ctx context.Context) error {
 // DialContext opens a flow to address through the tunnel and returns once the server has
 // reached the destination; a server's refusal comes back as a *StatusError (which matches
 // ErrRefused and syscall.ECONNREFUSED, ErrDenied, ...). network is "tcp", "tcp4" or "tcp6".
-// The conn has the FlowConn contract (CloseWrite sends a FIN, Abort a reset). It has the shape
+// The conn has the flow.Conn contract (CloseWrite sends a FIN, Abort a reset). It has the shape
 // of net.Dialer.DialContext, so it can serve http.Transport.DialContext.
 func (c *Client) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
 	switch network {
@@ -184,7 +185,7 @@ func (c *Client) DialContext(ctx context.Context, network, address string) (net.
 	default:
 		return nil, &net.OpError{Op: "dial", Net: network, Err: net.UnknownNetworkError(network)}
 	}
-	t, err := ParseTarget(address)
+	t, err := flow.ParseTarget(address)
 	if err != nil {
 		return nil, &net.OpError{Op: "dial", Net: network, Err: err}
 	}
@@ -199,7 +200,7 @@ func (c *Client) DialContext(ctx context.Context, network, address string) (net.
 // Flow is a flow an ingress found and hands to Client.Carry: where it goes, and its local
 // end, which is either established already or waits for the server's answer.
 type Flow struct {
-	Target Target
+	Target flow.Target
 
 	// Ingress names where the flow came in, for metrics and `quicgate status` (for example
 	// "-L 127.0.0.1:8080" or "tun qg0"); default "api". Peer is the app's address, for
@@ -209,13 +210,13 @@ type Flow struct {
 	// Conn is a local end that is established already (a -L socket). Its bytes go out right
 	// behind the request, without waiting a round trip for the server's answer; a refusal
 	// then resets it.
-	Conn FlowConn
+	Conn flow.Conn
 
 	// Remote is an established far end: a connection a reverse forward's listener accepted
 	// (Client.Listen). Carry then opens no stream: the local end is Conn or, if Conn is nil,
 	// what Accept returns (it dials the forward's local target); Reject is not used, and a
 	// local end that cannot be had resets Remote.
-	Remote FlowConn
+	Remote flow.Conn
 
 	// Accept and Reject, when Conn is nil, are the local end's handshake, held until the
 	// server has answered (the TUN netstack sends its SYN-ACK only once the destination
@@ -223,7 +224,7 @@ type Flow struct {
 	// server reached Target, Reject (a RST: "connection refused") when it did not, with
 	// why: a *StatusError with the server's status, or the error that kept the flow from
 	// the server (ErrServerUnreachable, a context's error).
-	Accept func() (FlowConn, error)
+	Accept func() (flow.Conn, error)
 	Reject func(error)
 }
 
@@ -232,8 +233,8 @@ type Flow struct {
 // called exactly once, when the flow has ended and its ends are released (before Carry
 // returns if the flow never started). It always releases the local end, and ctx ending
 // resets the flow. It is the one way an ingress hands a flow to the tunnel; it returns early
-// so that an idle flow holds no goroutine of its caller (see StartRelay).
-func (c *Client) Carry(ctx context.Context, f Flow, done func(RelayStats, error)) {
+// so that an idle flow holds no goroutine of its caller (see flow.StartRelay).
+func (c *Client) Carry(ctx context.Context, f Flow, done func(flow.Stats, error)) {
 	if f.Ingress == "" {
 		f.Ingress = ingressAPI
 	}
@@ -241,17 +242,18 @@ func (c *Client) Carry(ctx context.Context, f Flow, done func(RelayStats, error)
 	if err != nil {
 		c.cfg.Metrics.flowRejected()
 		c.flowFailed(ctx, f.Ingress, f.Peer, f.Target, err)
-		done(RelayStats{}, err)
+		done(flow.Stats{}, err)
 		return
 	}
 	active := c.cfg.Metrics.flowStarted(f.Ingress)
 	opt := c.cfg.Metrics.relayOptions(c.cfg.FlowIdleTimeout)
-	opt.parker = c.parker
+	opt.Parker = c.parker
 	if sc, ok := remote.(*streamConn); ok && sc.conn != nil {
 		opt.Until = sc.conn.Context() // the flow ends with its connection
+		opt.UntilErr = mapStreamErr   // a lost connection reads as a reset
 	}
-	StartRelay(ctx, local, remote, opt, func(s RelayStats, err error) {
-		c.cfg.Metrics.flowEnded(active, resultOf(err))
+	flow.StartRelay(ctx, local, remote, opt, func(s flow.Stats, err error) {
+		c.cfg.Metrics.flowEnded(active, flow.Result(err))
 		c.flowFailed(ctx, f.Ingress, f.Peer, f.Target, err)
 		done(s, err)
 	})
@@ -262,15 +264,15 @@ const ingressAPI = "api"
 
 // flowFailed lists a flow that failed in the recent failures: one that could not start, or
 // broke for a reason other than a reset, an idle timeout or its ingress going away.
-func (c *Client) flowFailed(ctx context.Context, ingress, peer string, t Target, err error) {
-	if r := resultOf(err); r != "error" && r != "rejected" || ctx.Err() != nil {
+func (c *Client) flowFailed(ctx context.Context, ingress, peer string, t flow.Target, err error) {
+	if r := flow.Result(err); r != "error" && r != "rejected" || ctx.Err() != nil {
 		return
 	}
 	c.cfg.Metrics.failed(Failure{Ingress: ingress, Peer: peer, Target: t.String(), Reason: err.Error()})
 }
 
 // connect opens f's stream and, for a local end that waits, its handshake.
-func (c *Client) connect(ctx context.Context, f Flow) (local, remote FlowConn, err error) {
+func (c *Client) connect(ctx context.Context, f Flow) (local, remote flow.Conn, err error) {
 	if f.Remote != nil {
 		local = f.Conn
 		if local == nil && f.Accept != nil {
@@ -310,7 +312,7 @@ func (c *Client) connect(ctx context.Context, f Flow) (local, remote FlowConn, e
 }
 
 // dial opens a flow to t and waits for the server's status.
-func (c *Client) dial(ctx context.Context, t Target) (*streamConn, error) {
+func (c *Client) dial(ctx context.Context, t flow.Target) (*streamConn, error) {
 	sc, err := c.open(ctx, t)
 	if err != nil {
 		return nil, err
@@ -399,7 +401,7 @@ func (c *Client) ask(ctx context.Context, hdr []byte, answer func(io.Reader) err
 }
 
 // open opens a stream for t and writes its header; the status is left to the first Read.
-func (c *Client) open(ctx context.Context, t Target) (*streamConn, error) {
+func (c *Client) open(ctx context.Context, t flow.Target) (*streamConn, error) {
 	hdr, err := AppendRequest(nil, Request{Kind: KindTCP, Target: t})
 	if err != nil {
 		return nil, err

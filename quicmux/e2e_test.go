@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/quicgate/quicgate/flow"
 	"github.com/quicgate/quicgate/third_party/quic-go"
 	"golang.org/x/sync/errgroup"
 )
@@ -182,7 +183,7 @@ func TestFailedDestinations(t *testing.T) {
 			local := tn.forward(tt.target)
 			// The reset can come so fast that it lands on the dial itself.
 			c, err := net.Dial("tcp", local)
-			if err != nil && !IsReset(err) {
+			if err != nil && !flow.IsReset(err) {
 				t.Fatal(err)
 			}
 			if err == nil {
@@ -190,7 +191,7 @@ func TestFailedDestinations(t *testing.T) {
 				// Payload sent before the status. The reset can also land before this write,
 				// which then reports it (and the read after it sees only the end).
 				if _, werr := c.Write([]byte("GET / HTTP/1.0\r\n\r\n")); werr != nil {
-					if !IsReset(werr) {
+					if !flow.IsReset(werr) {
 						t.Fatalf("write: %v, want a reset or nothing", werr)
 					}
 				} else {
@@ -393,7 +394,7 @@ func TestResetPropagates(t *testing.T) {
 		}
 		_ = c.(*net.TCPConn).SetLinger(0)
 		_ = c.Close()
-		if err := <-got; !IsReset(err) {
+		if err := <-got; !flow.IsReset(err) {
 			t.Fatalf("destination saw %v, want a reset", err)
 		}
 	})

@@ -18,6 +18,7 @@ import (
 	"golang.org/x/net/ipv4"
 	"golang.org/x/net/ipv6"
 
+	"github.com/quicgate/quicgate/flow"
 	"github.com/quicgate/quicgate/third_party/quic-go"
 )
 
@@ -108,7 +109,7 @@ func (s *Server) serveEcho(ctx context.Context, cl *connInfo, str *quic.Stream, 
 // echoAllowed applies the policy and sends the echo under a dial slot.
 func (s *Server) echoAllowed(ctx context.Context, addr netip.Addr, payload []byte) (time.Duration, Status) {
 	policy, ok := s.cfg.Policy.(AnyPortPolicy)
-	if !ok || !s.reaches(policy.AllowAnyPort, Target{Addr: addr}, addr, false) {
+	if !ok || !s.reaches(policy.AllowAnyPort, flow.Target{Addr: addr}, addr, false) {
 		return 0, StatusDenied
 	}
 	ctx, cancel := context.WithTimeout(ctx, EchoTimeout)
@@ -220,7 +221,7 @@ func sameIP(a net.Addr, want netip.Addr) bool {
 // sockets), ErrShuttingDown, ErrTooManyFlows, or ErrServerUnreachable; a payload larger
 // than MaxEchoPayload matches ErrBadRequest.
 func (c *Client) Echo(ctx context.Context, addr netip.Addr, payload []byte) (time.Duration, error) {
-	hdr, err := AppendRequest(nil, Request{Kind: KindEcho, Target: Target{Addr: addr.Unmap()}})
+	hdr, err := AppendRequest(nil, Request{Kind: KindEcho, Target: flow.Target{Addr: addr.Unmap()}})
 	if err != nil {
 		return 0, err
 	}

@@ -12,6 +12,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/quicgate/quicgate/flow"
 	"github.com/sirupsen/logrus"
 	logtest "github.com/sirupsen/logrus/hooks/test"
 )
@@ -86,7 +87,7 @@ func TestEchoRefusedAndTimedOut(t *testing.T) {
 
 func TestEchoRequestEncoding(t *testing.T) {
 	for _, a := range []string{"192.0.2.1", "2001:db8::1", "::ffff:192.0.2.1"} {
-		b, err := AppendRequest(nil, Request{Kind: KindEcho, Target: Target{Addr: netip.MustParseAddr(a)}})
+		b, err := AppendRequest(nil, Request{Kind: KindEcho, Target: flow.Target{Addr: netip.MustParseAddr(a)}})
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -95,10 +96,10 @@ func TestEchoRequestEncoding(t *testing.T) {
 			t.Errorf("%s: %+v, %v", a, req, err)
 		}
 	}
-	if b, _ := AppendRequest(nil, Request{Kind: KindEcho, Target: Target{Addr: netip.MustParseAddr("192.0.2.1")}}); !bytes.Equal(b, []byte{1, 0, 6, 6, 1, 192, 0, 2, 1}) {
+	if b, _ := AppendRequest(nil, Request{Kind: KindEcho, Target: flow.Target{Addr: netip.MustParseAddr("192.0.2.1")}}); !bytes.Equal(b, []byte{1, 0, 6, 6, 1, 192, 0, 2, 1}) {
 		t.Errorf("echo 192.0.2.1 encodes as % x", b)
 	}
-	for _, bad := range []Target{{Host: "example.com"}, {Addr: netip.MustParseAddr("192.0.2.1"), Port: 1}, {}} {
+	for _, bad := range []flow.Target{{Host: "example.com"}, {Addr: netip.MustParseAddr("192.0.2.1"), Port: 1}, {}} {
 		if _, err := AppendRequest(nil, Request{Kind: KindEcho, Target: bad}); !errors.Is(err, ErrBadTarget) {
 			t.Errorf("%+v: %v; want bad target", bad, err)
 		}

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"syscall"
 
+	"github.com/quicgate/quicgate/flow"
 	"github.com/quicgate/quicgate/third_party/quic-go"
 )
 
@@ -11,7 +12,7 @@ import (
 // values, which match the sentinel for their status with errors.Is.
 var (
 	ErrBadRequest  = errors.New("quicmux: bad request")
-	ErrBadTarget   = errors.New("quicmux: bad target")
+	ErrBadTarget   = flow.ErrBadTarget // one error, whether flow or quicmux found the target bad
 	ErrProtocol    = errors.New("quicmux: protocol error")
 	ErrRefused     = errors.New("quicmux: destination refused the connection")
 	ErrUnreachable = errors.New("quicmux: destination unreachable")
@@ -27,16 +28,12 @@ var (
 	ErrTooManyConns = errors.New("quicmux: server refused the connection: too many connections from this client identity")
 	// ErrUnauthorized: the server did not accept this client's identity.
 	ErrUnauthorized = errors.New("quicmux: server rejected this client's identity")
-	// ErrFlowIdle: the flow moved no byte for longer than its idle timeout and was reset.
-	ErrFlowIdle = errors.New("quicmux: flow idle timeout")
 	// ErrShuttingDown: the server is draining and takes no new flows.
 	ErrShuttingDown = errors.New("quicmux: server shutting down")
 	// ErrInUse: the address a listen (Client.Listen) asked for is taken on the server.
 	ErrInUse = errors.New("quicmux: address in use on the server")
 	// ErrTooManyFlows: this client identity has as many flows open as the server allows it.
 	ErrTooManyFlows = errors.New("quicmux: server refused the flow: too many flows open from this client identity")
-	// ErrFlowReset: the other end of the flow reset it.
-	ErrFlowReset = errors.New("quicmux: flow reset by peer")
 )
 
 // StatusError is a non-ok status from the server.
@@ -45,8 +42,11 @@ type StatusError struct{ Status Status }
 func (e *StatusError) Error() string { return "quicmux: server answered " + e.Status.String() }
 
 // Is matches the sentinel for the status, and for refusals also syscall.ECONNREFUSED so that
-// callers written for kernel sockets keep working.
+// callers written for kernel sockets keep working; every status matches flow.ErrRejected.
 func (e *StatusError) Is(target error) bool {
+	if target == flow.ErrRejected {
+		return true // whatever the status: the server would not carry the flow
+	}
 	switch e.Status {
 	case StatusRefused:
 		return target == ErrRefused || target == syscall.ECONNREFUSED

@@ -13,6 +13,7 @@ import (
 	"github.com/sirupsen/logrus"
 	"go.uber.org/goleak"
 
+	"github.com/quicgate/quicgate/flow"
 	"github.com/quicgate/quicgate/internal/testlog"
 )
 
@@ -126,7 +127,7 @@ func (tn *tunnel) newClient(id *Identity, pin Fingerprint) *Client {
 // client, as a -L does (package ingress has the real one; it imports this package).
 func (tn *tunnel) forward(target string) string {
 	tn.t.Helper()
-	tgt, err := ParseTarget(target)
+	tgt, err := flow.ParseTarget(target)
 	if err != nil {
 		tn.t.Fatal(err)
 	}
@@ -134,7 +135,7 @@ func (tn *tunnel) forward(target string) string {
 	if err != nil {
 		tn.t.Fatal(err)
 	}
-	flows := NewFlowGroup(context.Background())
+	flows := flow.NewGroup(context.Background())
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -147,7 +148,7 @@ func (tn *tunnel) forward(target string) string {
 				_ = c.Close()
 				continue
 			}
-			go tn.client.Carry(flows.Context(), Flow{Target: tgt, Conn: AsFlowConn(c)}, func(RelayStats, error) { flows.Done() })
+			go tn.client.Carry(flows.Context(), Flow{Target: tgt, Conn: flow.AsConn(c)}, func(flow.Stats, error) { flows.Done() })
 		}
 	}()
 	tn.t.Cleanup(func() { _ = ln.Close(); <-done; flows.Close() })
@@ -237,7 +238,7 @@ func expectReset(t *testing.T, c net.Conn, limit time.Duration) {
 		if errors.Is(err, io.EOF) {
 			t.Fatalf("got a clean EOF after %v, want a reset", time.Since(start))
 		}
-		if !IsReset(err) {
+		if !flow.IsReset(err) {
 			t.Fatalf("got %v after %v, want a reset", err, time.Since(start))
 		}
 		if d := time.Since(start); d > limit {

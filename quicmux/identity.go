@@ -22,6 +22,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/quicgate/quicgate/flow"
 	"github.com/quicgate/quicgate/third_party/quic-go"
 )
 
@@ -224,7 +225,7 @@ type AuthorizedClient struct {
 // PermitsListen reports whether fp's line lets it have the server listen on addr.
 func (a AuthorizedClients) PermitsListen(fp Fingerprint, addr netip.AddrPort) bool {
 	c, ok := a[fp]
-	return ok && c.PermitListen.Allow(TargetFromAddrPort(addr))
+	return ok && c.PermitListen.Allow(flow.TargetFromAddrPort(addr))
 }
 
 // LoadAuthorizedClients reads a file of one fingerprint a line, each optionally followed by

@@ -8,10 +8,11 @@ import (
 	"net"
 	"net/http"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/quicgate/quicgate/flow"
 )
 
 // An http.Transport dialing through the tunnel keeps its connection alive and reuses it, and
@@ -74,7 +75,7 @@ func TestHTTPTransportReuseAndReset(t *testing.T) {
 			t.Fatalf("a body cut short by a reset read as complete (%d bytes)", len(body))
 		}
 	}
-	if !IsReset(err) {
+	if !flow.IsReset(err) {
 		t.Fatalf("cut response: %v, want a reset", err)
 	}
 }
@@ -108,57 +109,6 @@ func TestServerDialEndsWithConnection(t *testing.T) {
 	}
 }
 
-// A FlowGroup drains: new flows are refused, open ones run until they end or the drain
-// times out, and those still open then see their context end with ErrDrained.
-func TestFlowGroupDrain(t *testing.T) {
-	g := NewFlowGroup(context.Background())
-	if !g.Start() || !g.Start() {
-		t.Fatal("Start refused before the drain")
-	}
-	// One flow ends on its own while the group drains; the other outlives the drain.
-	ended, firstDone := make(chan struct{}), make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Add(2)
-	go func() { defer wg.Done(); <-ended; g.Done(); close(firstDone) }()
-	reset := make(chan error, 1)
-	go func() { defer wg.Done(); <-g.Context().Done(); reset <- context.Cause(g.Context()); g.Done() }()
-
-	ctx, cancel := context.WithCancel(context.Background())
-	drained := make(chan error, 1)
-	go func() { drained <- g.Drain(ctx) }()
-	for g.Start() {
-		g.Done() // the drain has not begun yet; it refuses new flows once it has
-	}
-	close(ended)
-	<-firstDone
-	if n := g.Open(); n != 1 {
-		t.Fatalf("%d flows open, want 1", n)
-	}
-	select {
-	case err := <-reset:
-		t.Fatalf("a flow was reset (%v) before the drain timed out", err)
-	default:
-	}
-	cancel()
-	if err := <-drained; !errors.Is(err, context.Canceled) {
-		t.Fatalf("Drain = %v, want the drain context's error", err)
-	}
-	if err := <-reset; !errors.Is(err, ErrDrained) {
-		t.Fatalf("flow reset with %v, want ErrDrained", err)
-	}
-	wg.Wait()
-	if n := g.Open(); n != 0 {
-		t.Fatalf("%d flows open after the drain", n)
-	}
-	// A group whose flows all end drains without resetting anyone.
-	g2 := NewFlowGroup(context.Background())
-	g2.Start()
-	g2.Done()
-	if err := g2.Drain(ctx); err != nil {
-		t.Fatalf("Drain of an empty group with a done context = %v, want nil", err)
-	}
-}
-
 // A client flow ends with its connection even when nothing waits on the stream: here the
 // destination has sent its FIN (the stream's direction is over) and the app is quiet, so only
 // the connection's end can tell the relay; the flow is reset, not left open.
@@ -183,16 +133,16 @@ func TestHalfClosedFlowEndsWithConnection(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	target, _ := ParseTarget(dst)
+	target, _ := flow.ParseTarget(dst)
 	ended := make(chan error, 1)
-	tn.client.Carry(context.Background(), Flow{Target: target, Conn: AsFlowConn(local)}, func(_ RelayStats, err error) { ended <- err })
+	tn.client.Carry(context.Background(), Flow{Target: target, Conn: flow.AsConn(local)}, func(_ flow.Stats, err error) { ended <- err })
 	if got, err := io.ReadAll(app); err != nil || string(got) != "bye" {
 		t.Fatalf("app read %q, %v; want the destination's bytes and its FIN", got, err)
 	}
 	_ = tn.server.Close()
 	select {
 	case err := <-ended:
-		if !IsReset(err) {
+		if !flow.IsReset(err) {
 			t.Fatalf("flow ended with %v, want a reset", err)
 		}
 	case <-time.After(resetLimit):

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/quicgate/quicgate/flow"
 	"github.com/quicgate/quicgate/third_party/quic-go"
 )
 
@@ -152,8 +153,8 @@ func (m *Metrics) reconnected() {
 
 // relayOptions returns live byte counters for a relay whose a side is the app's and b side
 // the destination's (up is a to b).
-func (m *Metrics) relayOptions(idle time.Duration) RelayOptions {
-	opt := RelayOptions{IdleTimeout: idle}
+func (m *Metrics) relayOptions(idle time.Duration) flow.RelayOptions {
+	opt := flow.RelayOptions{IdleTimeout: idle}
 	if m != nil {
 		up, down := m.bytes.WithLabelValues("up"), m.bytes.WithLabelValues("down")
 		opt.AtoB = func(n int) { up.Add(float64(n)) }

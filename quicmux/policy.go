@@ -6,6 +6,8 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+
+	"github.com/quicgate/quicgate/flow"
 )
 
 // ErrBadRule: an --allow rule could not be parsed.
@@ -17,13 +19,13 @@ var ErrBadRule = errors.New("quicmux: bad allow rule")
 // Allow is asked about TCP flows; a Policy that is also a ProtoPolicy is asked about each
 // protocol, and one that is not allows UDP where it allows TCP.
 type Policy interface {
-	Allow(t Target) bool
+	Allow(t flow.Target) bool
 }
 
 // ProtoPolicy is a Policy that tells TCP flows from UDP flows. Rules is one.
 type ProtoPolicy interface {
 	Policy
-	AllowProto(p Proto, t Target) bool
+	AllowProto(p Proto, t flow.Target) bool
 }
 
 // AnyPortPolicy is a Policy that can say whether it allows a destination on some port, for
@@ -34,7 +36,7 @@ type AnyPortPolicy interface {
 	Policy
 	// AllowAnyPort reports whether a flow of either protocol to t (an address or a name;
 	// its Port is ignored) is allowed on at least one port.
-	AllowAnyPort(t Target) bool
+	AllowAnyPort(t flow.Target) bool
 }
 
 // Proto is the transport protocol of a flow, or of a rule (ProtoAny: both).
@@ -57,7 +59,7 @@ func (p Proto) String() string {
 }
 
 // allows reports whether policy allows a flow of protocol p to t.
-func allows(policy Policy, p Proto, t Target) bool {
+func allows(policy Policy, p Proto, t flow.Target) bool {
 	if pp, ok := policy.(ProtoPolicy); ok {
 		return pp.AllowProto(p, t)
 	}
@@ -82,10 +84,10 @@ var (
 )
 
 // Allow reports whether a rule matches t for TCP.
-func (rs Rules) Allow(t Target) bool { return rs.AllowProto(ProtoTCP, t) }
+func (rs Rules) Allow(t flow.Target) bool { return rs.AllowProto(ProtoTCP, t) }
 
 // AllowProto reports whether a rule matches t for protocol p.
-func (rs Rules) AllowProto(p Proto, t Target) bool {
+func (rs Rules) AllowProto(p Proto, t flow.Target) bool {
 	for _, r := range rs {
 		if (r.Proto == ProtoAny || r.Proto == p) && r.Allow(t) {
 			return true
@@ -95,7 +97,7 @@ func (rs Rules) AllowProto(p Proto, t Target) bool {
 }
 
 // AllowAnyPort reports whether a rule matches t on some port, for TCP or UDP.
-func (rs Rules) AllowAnyPort(t Target) bool {
+func (rs Rules) AllowAnyPort(t flow.Target) bool {
 	for _, r := range rs {
 		t.Port = r.PortLo
 		if r.Allow(t) {
@@ -106,7 +108,7 @@ func (rs Rules) AllowAnyPort(t Target) bool {
 }
 
 // Allow reports whether r matches t, whatever its protocol.
-func (r Rule) Allow(t Target) bool {
+func (r Rule) Allow(t flow.Target) bool {
 	if t.Port < r.PortLo || t.Port > r.PortHi {
 		return false
 	}
@@ -235,7 +237,7 @@ func ParseRule(s string) (Rule, error) {
 		if _, err := netip.ParseAddr(check); err == nil {
 			return bad("an address with a trailing dot")
 		}
-		if strings.Contains(check, "*") || strings.HasSuffix(check, ".") || checkHostname(check) != nil {
+		if strings.Contains(check, "*") || strings.HasSuffix(check, ".") || flow.CheckHostname(check) != nil {
 			return bad("not an address, a CIDR prefix or a host name")
 		}
 		r.Host = name
@@ -279,12 +281,12 @@ func ParseListenRules(specs []string) (Rules, error) {
 
 func parsePortRange(s string) (lo, hi uint16, err error) {
 	loS, hiS, isRange := strings.Cut(s, "-")
-	if lo, err = parsePort(loS); err != nil || lo == 0 {
+	if lo, err = flow.ParsePort(loS); err != nil || lo == 0 {
 		return 0, 0, fmt.Errorf("port %q is not 1-65535", loS)
 	}
 	hi = lo
 	if isRange {
-		if hi, err = parsePort(hiS); err != nil || hi == 0 {
+		if hi, err = flow.ParsePort(hiS); err != nil || hi == 0 {
 			return 0, 0, fmt.Errorf("port %q is not 1-65535", hiS)
 		}
 		if hi < lo {

@@ -3,6 +3,8 @@ package quicmux
 import (
 	"errors"
 	"testing"
+
+	"github.com/quicgate/quicgate/flow"
 )
 
 func TestParseRule(t *testing.T) {
@@ -77,7 +79,7 @@ func TestRulesAllow(t *testing.T) {
 		{"11.0.0.1:80", false},
 	}
 	for _, tt := range tests {
-		target, err := ParseTarget(tt.target)
+		target, err := flow.ParseTarget(tt.target)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -85,7 +87,7 @@ func TestRulesAllow(t *testing.T) {
 			t.Errorf("Allow(%s) = %v, want %v", tt.target, got, tt.want)
 		}
 	}
-	if (Rules{}).Allow(Target{Host: "x", Port: 1}) {
+	if (Rules{}).Allow(flow.Target{Host: "x", Port: 1}) {
 		t.Error("empty rules allowed a target")
 	}
 }

@@ -8,6 +8,8 @@ import (
 	"net/netip"
 	"strconv"
 	"strings"
+
+	"github.com/quicgate/quicgate/flow"
 )
 
 // ALPN is the TLS application protocol every quicgate connection negotiates.
@@ -83,58 +85,6 @@ const (
 	atypIPv6   = 4
 )
 
-// Target is where a flow goes: an IP address or a domain name, and a port.
-// Exactly one of Addr and Host is set.
-type Target struct {
-	Addr netip.Addr
-	Host string
-	Port uint16
-}
-
-// TargetFromAddrPort returns the target for an IP address and port.
-func TargetFromAddrPort(ap netip.AddrPort) Target {
-	return Target{Addr: ap.Addr().Unmap(), Port: ap.Port()}
-}
-
-// ParseTarget parses "host:port", where host is an IPv4 address, a bracketed IPv6 address
-// or a domain name.
-func ParseTarget(s string) (Target, error) {
-	host, portStr, err := splitHostPort(s)
-	if err != nil {
-		return Target{}, err
-	}
-	port, err := parsePort(portStr)
-	if err != nil {
-		return Target{}, err
-	}
-	if port == 0 {
-		return Target{}, fmt.Errorf("%w: port 0 in %q", ErrBadTarget, s)
-	}
-	if a, err := netip.ParseAddr(host); err == nil {
-		if a.Zone() != "" {
-			return Target{}, fmt.Errorf("%w: zoned address %q", ErrBadTarget, s)
-		}
-		return Target{Addr: a.Unmap(), Port: port}, nil
-	}
-	if err := checkHostname(host); err != nil {
-		return Target{}, err
-	}
-	return Target{Host: strings.ToLower(host), Port: port}, nil
-}
-
-// String returns the target as "host:port", bracketing IPv6 addresses.
-func (t Target) String() string {
-	if t.Addr.IsValid() {
-		return netip.AddrPortFrom(t.Addr, t.Port).String()
-	}
-	return t.Host + ":" + strconv.Itoa(int(t.Port))
-}
-
-// IsValid reports whether t names a destination.
-func (t Target) IsValid() bool {
-	return t.Port != 0 && (t.Addr.IsValid() != (t.Host != ""))
-}
-
 // Request is the header at the start of each stream: written by the client, or by the
 // server for KindAccepted.
 type Request struct {
@@ -142,7 +92,7 @@ type Request struct {
 	// Target is where a TCP flow goes, the server's address a listen asks for (an IP
 	// address, not a name), or the address a listener accepted a connection from; unset
 	// for KindPing.
-	Target Target
+	Target flow.Target
 	// Listener is, for KindAccepted, the stream ID of the listen request whose listener
 	// accepted the connection.
 	Listener uint64
@@ -165,7 +115,7 @@ func AppendRequest(b []byte, r Request) ([]byte, error) {
 		if r.Target.Addr.IsValid() || r.Target.Port != 0 {
 			return b[:start], fmt.Errorf("%w: a resolve takes a name and no port: %q", ErrBadTarget, r.Target.String())
 		}
-		if err := checkHostname(r.Target.Host); err != nil {
+		if err := flow.CheckHostname(r.Target.Host); err != nil {
 			return b[:start], err
 		}
 		b = append(b, atypDomain, byte(len(r.Target.Host)))
@@ -187,7 +137,7 @@ func AppendRequest(b []byte, r Request) ([]byte, error) {
 		case t.Addr.IsValid():
 			b = appendAddr(b, t.Addr)
 		default:
-			if err := checkHostname(t.Host); err != nil {
+			if err := flow.CheckHostname(t.Host); err != nil {
 				return b[:start], err
 			}
 			b = append(b, atypDomain, byte(len(t.Host)))
@@ -243,7 +193,7 @@ func parseRequestBody(body []byte) (Request, error) {
 			return Request{}, fmt.Errorf("%w: a resolve wants a domain name and nothing after it", ErrBadRequest)
 		}
 		host := string(rest[2:])
-		if err := checkHostname(host); err != nil {
+		if err := flow.CheckHostname(host); err != nil {
 			return Request{}, fmt.Errorf("%w: %w", ErrBadRequest, err)
 		}
 		req.Target.Host = strings.ToLower(host)
@@ -271,7 +221,7 @@ func parseRequestBody(body []byte) (Request, error) {
 		return Request{}, fmt.Errorf("%w: no address", ErrBadRequest)
 	}
 	atyp, rest := rest[0], rest[1:]
-	var t Target
+	var t flow.Target
 	switch atyp {
 	case atypIPv4:
 		if len(rest) != 4+2 {
@@ -293,7 +243,7 @@ func parseRequestBody(body []byte) (Request, error) {
 			return Request{}, fmt.Errorf("%w: domain length does not match header", ErrBadRequest)
 		}
 		host := string(rest[1 : 1+int(rest[0])])
-		if err := checkHostname(host); err != nil {
+		if err := flow.CheckHostname(host); err != nil {
 			return Request{}, fmt.Errorf("%w: %w", ErrBadRequest, err)
 		}
 		t.Host = strings.ToLower(host)
@@ -380,48 +330,4 @@ func ReadStatus(r io.Reader) error {
 		return &StatusError{Status: s}
 	}
 	return nil
-}
-
-// checkHostname accepts names made of LDH labels (plus underscore) of 1 to 63 bytes,
-// 253 bytes at most.
-func checkHostname(h string) error {
-	if h == "" || len(h) > 253 {
-		return fmt.Errorf("%w: host name of %d bytes", ErrBadTarget, len(h))
-	}
-	for label := range strings.SplitSeq(strings.TrimSuffix(h, "."), ".") {
-		if label == "" || len(label) > 63 || label[0] == '-' || label[len(label)-1] == '-' {
-			return fmt.Errorf("%w: host name %q", ErrBadTarget, h)
-		}
-		for i := 0; i < len(label); i++ {
-			c := label[i]
-			if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '_') {
-				return fmt.Errorf("%w: host name %q", ErrBadTarget, h)
-			}
-		}
-	}
-	return nil
-}
-
-// splitHostPort splits "host:port" and "[v6]:port".
-func splitHostPort(s string) (host, port string, err error) {
-	if strings.HasPrefix(s, "[") {
-		end := strings.Index(s, "]")
-		if end < 0 || len(s) < end+2 || s[end+1] != ':' {
-			return "", "", fmt.Errorf("%w: %q", ErrBadTarget, s)
-		}
-		return s[1:end], s[end+2:], nil
-	}
-	i := strings.LastIndex(s, ":")
-	if i < 0 || strings.Contains(s[:i], ":") {
-		return "", "", fmt.Errorf("%w: %q wants host:port (IPv6 in brackets)", ErrBadTarget, s)
-	}
-	return s[:i], s[i+1:], nil
-}
-
-func parsePort(s string) (uint16, error) {
-	n, err := strconv.ParseUint(s, 10, 16)
-	if err != nil || s == "" || s[0] == '+' {
-		return 0, fmt.Errorf("%w: port %q", ErrBadTarget, s)
-	}
-	return uint16(n), nil
 }

@@ -4,10 +4,13 @@ import (
 	"bytes"
 	"encoding/hex"
 	"errors"
+	"fmt"
 	"io"
 	"net/netip"
 	"strings"
 	"testing"
+
+	"github.com/quicgate/quicgate/flow"
 )
 
 func TestRequestRoundTrip(t *testing.T) {
@@ -17,10 +20,10 @@ func TestRequestRoundTrip(t *testing.T) {
 		len  int
 	}{
 		{"ping", Request{Kind: KindPing}, 4},
-		{"ipv4", Request{Kind: KindTCP, Target: Target{Addr: netip.MustParseAddr("10.1.2.3"), Port: 80}}, 4 + 1 + 4 + 2},
-		{"ipv6", Request{Kind: KindTCP, Target: Target{Addr: netip.MustParseAddr("fd00::5"), Port: 443}}, 4 + 1 + 16 + 2},
-		{"domain", Request{Kind: KindTCP, Target: Target{Host: "example.com", Port: 8080}}, 4 + 1 + 1 + 11 + 2},
-		{"longest domain", Request{Kind: KindTCP, Target: Target{Host: longName(253), Port: 1}}, 4 + 1 + 1 + 253 + 2},
+		{"ipv4", Request{Kind: KindTCP, Target: flow.Target{Addr: netip.MustParseAddr("10.1.2.3"), Port: 80}}, 4 + 1 + 4 + 2},
+		{"ipv6", Request{Kind: KindTCP, Target: flow.Target{Addr: netip.MustParseAddr("fd00::5"), Port: 443}}, 4 + 1 + 16 + 2},
+		{"domain", Request{Kind: KindTCP, Target: flow.Target{Host: "example.com", Port: 8080}}, 4 + 1 + 1 + 11 + 2},
+		{"longest domain", Request{Kind: KindTCP, Target: flow.Target{Host: longName(253), Port: 1}}, 4 + 1 + 1 + 253 + 2},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -59,7 +62,7 @@ func TestRequestDocumentedBytes(t *testing.T) {
 		{"example.com:22", "0100100103" + "0b" + hex.EncodeToString([]byte("example.com")) + "0016"},
 	}
 	for _, tt := range tests {
-		tgt, err := ParseTarget(tt.target)
+		tgt, err := flow.ParseTarget(tt.target)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -74,7 +77,7 @@ func TestRequestDocumentedBytes(t *testing.T) {
 	if b, _ := AppendRequest(nil, Request{Kind: KindPing}); hex.EncodeToString(b) != "01000100" {
 		t.Errorf("ping: %x", b)
 	}
-	listen := Request{Kind: KindListen, Target: Target{Addr: netip.MustParseAddr("127.0.0.1"), Port: 8080}}
+	listen := Request{Kind: KindListen, Target: flow.Target{Addr: netip.MustParseAddr("127.0.0.1"), Port: 8080}}
 	if b, _ := AppendRequest(nil, listen); hex.EncodeToString(b) != "0100080201"+"7f000001"+"1f90" {
 		t.Errorf("listen 127.0.0.1:8080: %x", b)
 	}
@@ -84,8 +87,8 @@ func TestRequestDocumentedBytes(t *testing.T) {
 // listener, and a name as an accepted connection's source are bad requests.
 func TestReverseHeaders(t *testing.T) {
 	for _, r := range []Request{
-		{Kind: KindListen, Target: Target{Addr: netip.MustParseAddr("::1"), Port: 9000}},
-		{Kind: KindAccepted, Listener: 1<<62 - 1, Target: Target{Addr: netip.MustParseAddr("10.0.0.7"), Port: 51000}},
+		{Kind: KindListen, Target: flow.Target{Addr: netip.MustParseAddr("::1"), Port: 9000}},
+		{Kind: KindAccepted, Listener: 1<<62 - 1, Target: flow.Target{Addr: netip.MustParseAddr("10.0.0.7"), Port: 51000}},
 	} {
 		b, err := AppendRequest(nil, r)
 		if err != nil {
@@ -97,8 +100,8 @@ func TestReverseHeaders(t *testing.T) {
 		}
 	}
 	for _, r := range []Request{
-		{Kind: KindListen, Target: Target{Host: "example.com", Port: 80}},
-		{Kind: KindAccepted, Target: Target{Host: "example.com", Port: 80}},
+		{Kind: KindListen, Target: flow.Target{Host: "example.com", Port: 80}},
+		{Kind: KindAccepted, Target: flow.Target{Host: "example.com", Port: 80}},
 	} {
 		if _, err := AppendRequest(nil, r); !errors.Is(err, ErrBadTarget) {
 			t.Errorf("AppendRequest(%+v): %v, want ErrBadTarget", r, err)
@@ -119,10 +122,10 @@ func TestReverseHeaders(t *testing.T) {
 func TestAppendRequestRejects(t *testing.T) {
 	for _, req := range []Request{
 		{Kind: KindTCP},
-		{Kind: KindTCP, Target: Target{Host: "a..b", Port: 1}},
-		{Kind: KindTCP, Target: Target{Host: longName(254), Port: 1}},
-		{Kind: KindTCP, Target: Target{Addr: netip.MustParseAddr("1.2.3.4"), Port: 0}},
-		{Kind: 7, Target: Target{Host: "x", Port: 1}},
+		{Kind: KindTCP, Target: flow.Target{Host: "a..b", Port: 1}},
+		{Kind: KindTCP, Target: flow.Target{Host: longName(254), Port: 1}},
+		{Kind: KindTCP, Target: flow.Target{Addr: netip.MustParseAddr("1.2.3.4"), Port: 0}},
+		{Kind: 7, Target: flow.Target{Host: "x", Port: 1}},
 	} {
 		if b, err := AppendRequest([]byte("keep"), req); err == nil || string(b) != "keep" {
 			t.Errorf("AppendRequest(%+v) = %q, %v; want an error and b unchanged", req, b, err)
@@ -182,33 +185,13 @@ func TestStatusRoundTrip(t *testing.T) {
 	}
 }
 
-func TestParseTarget(t *testing.T) {
-	tests := []struct {
-		in, want string
-		ok       bool
-	}{
-		{"127.0.0.1:80", "127.0.0.1:80", true},
-		{"[::1]:443", "[::1]:443", true},
-		{"[::ffff:10.0.0.1]:22", "10.0.0.1:22", true},
-		{"Example.COM:8080", "example.com:8080", true},
-		{"host:0", "", false},
-		{"host:65536", "", false},
-		{"host:+1", "", false},
-		{"::1:80", "", false},
-		{"host", "", false},
-		{"[::1]80", "", false},
-		{"[fe80::1%eth0]:80", "", false},
-		{"bad_host-:80", "", false},
-		{":80", "", false},
-	}
-	for _, tt := range tests {
-		got, err := ParseTarget(tt.in)
-		if (err == nil) != tt.ok {
-			t.Errorf("ParseTarget(%q) error = %v, want ok=%v", tt.in, err, tt.ok)
-			continue
-		}
-		if tt.ok && got.String() != tt.want {
-			t.Errorf("ParseTarget(%q) = %q, want %q", tt.in, got, tt.want)
+// Every status the server can answer is a rejection of the flow, whichever sentinel it also
+// matches: flow.Result names it "rejected".
+func TestStatusErrorIsRejected(t *testing.T) {
+	for s := StatusRefused; int(s) < len(statusNames); s++ {
+		err := fmt.Errorf("flow to x: %w", &StatusError{Status: s})
+		if !errors.Is(err, flow.ErrRejected) || flow.Result(err) != "rejected" {
+			t.Errorf("status %v: matches flow.ErrRejected %v, result %q", s, errors.Is(err, flow.ErrRejected), flow.Result(err))
 		}
 	}
 }
@@ -218,9 +201,9 @@ func TestParseTarget(t *testing.T) {
 func FuzzReadRequest(f *testing.F) {
 	for _, req := range []Request{
 		{Kind: KindPing},
-		{Kind: KindTCP, Target: Target{Addr: netip.MustParseAddr("127.0.0.1"), Port: 80}},
-		{Kind: KindTCP, Target: Target{Addr: netip.MustParseAddr("fd00:99::5"), Port: 443}},
-		{Kind: KindTCP, Target: Target{Host: "example.com", Port: 22}},
+		{Kind: KindTCP, Target: flow.Target{Addr: netip.MustParseAddr("127.0.0.1"), Port: 80}},
+		{Kind: KindTCP, Target: flow.Target{Addr: netip.MustParseAddr("fd00:99::5"), Port: 443}},
+		{Kind: KindTCP, Target: flow.Target{Host: "example.com", Port: 22}},
 	} {
 		b, _ := AppendRequest(nil, req)
 		f.Add(b)

@@ -11,13 +11,14 @@ import (
 	"sync/atomic"
 	"testing"
 
+	"github.com/quicgate/quicgate/flow"
 	"github.com/sirupsen/logrus"
 )
 
 // policyFunc adapts a function to Policy.
-type policyFunc func(Target) bool
+type policyFunc func(flow.Target) bool
 
-func (f policyFunc) Allow(t Target) bool { return f(t) }
+func (f policyFunc) Allow(t flow.Target) bool { return f(t) }
 
 // A reload takes effect on what is open: flows the new rules deny are reset, other flows go
 // on, and a client removed from the authorized list loses its connection and cannot come
@@ -33,7 +34,7 @@ func TestRecheckAfterReload(t *testing.T) {
 	rules.Store(&all)
 	var revoked atomic.Bool
 	tn := newTunnel(t, withServerConfig(func(c *ServerConfig) {
-		c.Policy = policyFunc(func(tg Target) bool { return rules.Load().Allow(tg) })
+		c.Policy = policyFunc(func(tg flow.Target) bool { return rules.Load().Allow(tg) })
 		authorized := c.Authorized
 		c.Authorized = func(fp Fingerprint) bool { return !revoked.Load() && authorized(fp) }
 	}))

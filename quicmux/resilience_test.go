@@ -16,6 +16,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
+	"github.com/quicgate/quicgate/flow"
 	"github.com/quicgate/quicgate/third_party/quic-go"
 	"golang.org/x/sync/errgroup"
 )
@@ -125,7 +126,7 @@ func TestFlowIdleTimeout(t *testing.T) {
 	if d := time.Since(lastActive); d < idle*5/6 {
 		t.Fatalf("reset after %v of silence, before the timeout", d)
 	}
-	if err := <-got; !IsReset(err) {
+	if err := <-got; !flow.IsReset(err) {
 		t.Fatalf("destination saw %v, want a reset", err)
 	}
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/quicgate/quicgate/flow"
 	"github.com/quicgate/quicgate/third_party/quic-go"
 )
 
@@ -133,7 +134,7 @@ func (s *Server) lookupAllowed(ctx context.Context, name string) ([]netip.Addr, 
 	var addrs []netip.Addr
 	for _, ip := range ips {
 		// On some port, for either protocol: the rules' verdict on any flow to the name.
-		if ip = ip.Unmap(); s.reaches(policy.AllowAnyPort, Target{Host: name}, ip, fromHosts) {
+		if ip = ip.Unmap(); s.reaches(policy.AllowAnyPort, flow.Target{Host: name}, ip, fromHosts) {
 			addrs = append(addrs, ip)
 		}
 	}
@@ -151,7 +152,7 @@ func (s *Server) lookupAllowed(ctx context.Context, name string) ([]netip.Addr, 
 // ErrServerUnreachable; a bad name matches ErrBadTarget.
 func (c *Client) Resolve(ctx context.Context, name string) ([]netip.Addr, error) {
 	name = strings.ToLower(strings.TrimSuffix(name, "."))
-	hdr, err := AppendRequest(nil, Request{Kind: KindResolve, Target: Target{Host: name}})
+	hdr, err := AppendRequest(nil, Request{Kind: KindResolve, Target: flow.Target{Host: name}})
 	if err != nil {
 		return nil, err
 	}

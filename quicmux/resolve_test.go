@@ -12,6 +12,8 @@ import (
 	"path/filepath"
 	"sync"
 	"testing"
+
+	"github.com/quicgate/quicgate/flow"
 )
 
 // A resolve answers what a flow to the name could reach on some port: the hosts file
@@ -96,7 +98,7 @@ func TestResolve(t *testing.T) {
 // onlyTCP is a Policy that cannot answer for any port: resolves are denied under it.
 type onlyTCP struct{}
 
-func (onlyTCP) Allow(Target) bool { return true }
+func (onlyTCP) Allow(flow.Target) bool { return true }
 
 func TestResolveNeedsAnyPortPolicy(t *testing.T) {
 	tn := newTunnel(t, withServerConfig(func(c *ServerConfig) {
@@ -110,7 +112,7 @@ func TestResolveNeedsAnyPortPolicy(t *testing.T) {
 }
 
 func TestResolveDocumentedBytes(t *testing.T) {
-	b, err := AppendRequest(nil, Request{Kind: KindResolve, Target: Target{Host: "example.com"}})
+	b, err := AppendRequest(nil, Request{Kind: KindResolve, Target: flow.Target{Host: "example.com"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -122,8 +124,8 @@ func TestResolveDocumentedBytes(t *testing.T) {
 		t.Errorf("read back %+v, %v", req, err)
 	}
 	for _, bad := range []Request{
-		{Kind: KindResolve, Target: Target{Host: "example.com", Port: 53}},
-		{Kind: KindResolve, Target: Target{Addr: netip.MustParseAddr("192.0.2.1")}},
+		{Kind: KindResolve, Target: flow.Target{Host: "example.com", Port: 53}},
+		{Kind: KindResolve, Target: flow.Target{Addr: netip.MustParseAddr("192.0.2.1")}},
 	} {
 		if _, err := AppendRequest(nil, bad); !errors.Is(err, ErrBadTarget) {
 			t.Errorf("%+v: %v, want ErrBadTarget", bad, err)
@@ -157,15 +159,15 @@ func TestRulesAllowAnyPort(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, tt := range []struct {
-		t    Target
+		t    flow.Target
 		want bool
 	}{
-		{Target{Addr: netip.MustParseAddr("10.1.2.3")}, true},
-		{Target{Addr: netip.MustParseAddr("11.1.2.3")}, false},
-		{Target{Host: "www.example.com"}, true},
-		{Target{Host: "example.com"}, false},
-		{Target{Host: "db.internal"}, true},
-		{Target{Host: "db.internal", Port: 80}, true}, // the port is ignored
+		{flow.Target{Addr: netip.MustParseAddr("10.1.2.3")}, true},
+		{flow.Target{Addr: netip.MustParseAddr("11.1.2.3")}, false},
+		{flow.Target{Host: "www.example.com"}, true},
+		{flow.Target{Host: "example.com"}, false},
+		{flow.Target{Host: "db.internal"}, true},
+		{flow.Target{Host: "db.internal", Port: 80}, true}, // the port is ignored
 	} {
 		if got := rs.AllowAnyPort(tt.t); got != tt.want {
 			t.Errorf("%+v: %v, want %v", tt.t, got, tt.want)

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/quicgate/quicgate/flow"
 	"github.com/quicgate/quicgate/third_party/quic-go"
 )
 
@@ -49,7 +50,7 @@ var _ net.Listener = (*reverseListener)(nil)
 // The listener outlives connections: when the connection to the server is lost, the
 // server's listener goes with it, and the client asks for it again once it has reconnected
 // (retrying with backoff if the server refuses then, for example because someone else took
-// the port). Close ends it on the server too. Each accepted net.Conn is also a FlowConn
+// the port). Close ends it on the server too. Each accepted net.Conn is also a flow.Conn
 // (CloseWrite, Abort), and its RemoteAddr is the address the server accepted it from.
 // Connections wait for Accept in a queue of 128 (more are reset); a waiting one is an open
 // flow on the server (its drain waits for it) until Accept takes it or Close resets it.
@@ -94,7 +95,7 @@ func parseListenAddr(addr string) (netip.AddrPort, error) {
 	if strings.EqualFold(host, "localhost") {
 		host = "127.0.0.1"
 	}
-	t, err := ParseTarget(net.JoinHostPort(host, port))
+	t, err := flow.ParseTarget(net.JoinHostPort(host, port))
 	if err != nil {
 		return netip.AddrPort{}, err
 	}
@@ -109,7 +110,7 @@ func parseListenAddr(addr string) (netip.AddrPort, error) {
 // behind its answer finds this listener.
 func (l *reverseListener) register(ctx context.Context) (registration, error) {
 	c := l.c
-	hdr, err := AppendRequest(nil, Request{Kind: KindListen, Target: TargetFromAddrPort(l.addr)})
+	hdr, err := AppendRequest(nil, Request{Kind: KindListen, Target: flow.TargetFromAddrPort(l.addr)})
 	if err != nil {
 		return registration{}, err
 	}

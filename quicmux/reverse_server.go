@@ -10,6 +10,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/quicgate/quicgate/flow"
 	"github.com/quicgate/quicgate/third_party/quic-go"
 )
 
@@ -45,7 +46,7 @@ func (s *Server) listenAllowed(fp Fingerprint, addr netip.AddrPort) bool {
 // (the client closed its listener, or the connection ended) or a reload denies it; each
 // connection it accepts becomes a stream the server opens to the client. It returns once
 // the listener is closed; the flows it started go on, counted in cl.streams.
-func (s *Server) serveListen(ctx context.Context, cl *connInfo, str *quic.Stream, t Target) {
+func (s *Server) serveListen(ctx context.Context, cl *connInfo, str *quic.Stream, t flow.Target) {
 	addr := netip.AddrPortFrom(t.Addr, t.Port)
 	log := cl.log.WithField("listen", addr.String())
 	if !s.listenAllowed(cl.fp, addr) {
@@ -61,7 +62,7 @@ func (s *Server) serveListen(ctx context.Context, cl *connInfo, str *quic.Stream
 		s.reject(str, StatusShuttingDown, codeShutdown)
 		return
 	}
-	lc := TCPListenConfig(s.cfg.TCPKeepAlive)
+	lc := flow.TCPListenConfig(s.cfg.TCPKeepAlive)
 	ln, err := lc.Listen(ctx, "tcp", addr.String())
 	if err != nil {
 		st := listenStatus(err)
@@ -123,7 +124,7 @@ func (s *Server) serveListen(ctx context.Context, cl *connInfo, str *quic.Stream
 			continue
 		}
 		backoff = 0
-		local := AsFlowConn(conn)
+		local := flow.AsConn(conn)
 		if !s.flows.Start() {
 			local.Abort()
 			continue
@@ -136,7 +137,7 @@ func (s *Server) serveListen(ctx context.Context, cl *connInfo, str *quic.Stream
 // reverseFlow carries one connection a reverse forward's listener accepted: it opens a
 // stream to the client with an accepted header and relays at once (the client resets the
 // stream if it cannot reach its target, and the relay then resets the connection).
-func (s *Server) reverseFlow(ctx context.Context, cl *connInfo, listen quic.StreamID, local FlowConn, from net.Addr, ingress string) {
+func (s *Server) reverseFlow(ctx context.Context, cl *connInfo, listen quic.StreamID, local flow.Conn, from net.Addr, ingress string) {
 	started := false
 	defer func() {
 		if !started {
@@ -146,7 +147,7 @@ func (s *Server) reverseFlow(ctx context.Context, cl *connInfo, listen quic.Stre
 		}
 	}()
 	peer, _ := netip.ParseAddrPort(from.String())
-	hdr, err := AppendRequest(nil, Request{Kind: KindAccepted, Listener: uint64(listen), Target: TargetFromAddrPort(peer)})
+	hdr, err := AppendRequest(nil, Request{Kind: KindAccepted, Listener: uint64(listen), Target: flow.TargetFromAddrPort(peer)})
 	if err != nil {
 		return
 	}
@@ -165,14 +166,14 @@ func (s *Server) reverseFlow(ctx context.Context, cl *connInfo, listen quic.Stre
 	started = true
 	active := s.cfg.Metrics.flowStarted(ingress)
 	opt := s.cfg.Metrics.relayOptions(s.cfg.FlowIdleTimeout)
-	opt.parker = s.parker
-	StartRelay(ctx, local, sc, opt, func(stats RelayStats, err error) {
-		s.cfg.Metrics.flowEnded(active, resultOf(err))
-		if resultOf(err) == "error" && ctx.Err() == nil {
+	opt.Parker = s.parker
+	flow.StartRelay(ctx, local, sc, opt, func(stats flow.Stats, err error) {
+		s.cfg.Metrics.flowEnded(active, flow.Result(err))
+		if flow.Result(err) == "error" && ctx.Err() == nil {
 			s.cfg.Metrics.failed(Failure{Ingress: ingress, Peer: from.String(), Target: cl.name, Reason: err.Error()})
 		}
 		if cl.log.Logger.IsLevelEnabled(logrus.DebugLevel) {
-			cl.log.WithFields(logrus.Fields{"ingress": ingress, "peer_app": from.String(), "bytes_up": stats.AtoB, "bytes_down": stats.BtoA, "result": resultOf(err)}).Debug("reverse flow ended")
+			cl.log.WithFields(logrus.Fields{"ingress": ingress, "peer_app": from.String(), "bytes_up": stats.AtoB, "bytes_down": stats.BtoA, "result": flow.Result(err)}).Debug("reverse flow ended")
 		}
 		s.flows.Done()
 		cl.streams.Done()

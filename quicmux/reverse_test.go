@@ -10,6 +10,8 @@ import (
 	"syscall"
 	"testing"
 	"time"
+
+	"github.com/quicgate/quicgate/flow"
 )
 
 // withListenPolicy lets the server listen where allow says.
@@ -87,7 +89,7 @@ func TestReverseListen(t *testing.T) {
 	if _, err := got.Write([]byte("pong")); err != nil {
 		t.Fatal(err)
 	}
-	_ = got.(FlowConn).CloseWrite()
+	_ = got.(flow.Conn).CloseWrite()
 	_ = app.SetDeadline(time.Now().Add(hangLimit))
 	if b, err := io.ReadAll(app); err != nil || string(b) != "pong" {
 		t.Fatalf("app read %q, %v; want pong then EOF", b, err)
@@ -99,7 +101,7 @@ func TestReverseListen(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer app2.Close()
-	accept(t, ln).(FlowConn).Abort()
+	accept(t, ln).(flow.Conn).Abort()
 	expectReset(t, app2, resetLimit)
 
 	// Close ends the listener on the server: the port refuses.
@@ -215,14 +217,14 @@ func TestReverseCarry(t *testing.T) {
 	carry := func(target string) <-chan error {
 		done := make(chan error, 1)
 		conn := accept(t, ln)
-		tgt, _ := ParseTarget(target)
-		tn.client.Carry(context.Background(), Flow{Target: tgt, Remote: conn.(FlowConn), Ingress: "-R test", Accept: func() (FlowConn, error) {
+		tgt, _ := flow.ParseTarget(target)
+		tn.client.Carry(context.Background(), Flow{Target: tgt, Remote: conn.(flow.Conn), Ingress: "-R test", Accept: func() (flow.Conn, error) {
 			c, err := net.Dial("tcp", target)
 			if err != nil {
 				return nil, err
 			}
-			return AsFlowConn(c), nil
-		}}, func(_ RelayStats, err error) { done <- err })
+			return flow.AsConn(c), nil
+		}}, func(_ flow.Stats, err error) { done <- err })
 		return done
 	}
 	app, err := net.Dial("tcp", addr)

@@ -13,6 +13,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/quicgate/quicgate/flow"
 	"github.com/quicgate/quicgate/third_party/quic-go"
 	"github.com/sirupsen/logrus"
 )
@@ -38,7 +39,7 @@ type ServerConfig struct {
 	ListenPolicy func(Fingerprint, netip.AddrPort) bool
 
 	// Dialer dials destinations; default: a net.Dialer with TCPKeepAlive. It should return
-	// *net.TCPConn or a FlowConn; any other net.Conn is adapted (AsFlowConn).
+	// *net.TCPConn or a flow.Conn; any other net.Conn is adapted (flow.AsConn).
 	Dialer Dialer
 	// Resolver looks up names that the hosts file does not have, always as absolute names
 	// (with a trailing dot), so no search domain can turn a name into another; default:
@@ -65,14 +66,14 @@ type ServerConfig struct {
 	// server hold (about 14 KiB a stream); default Limits.MaxStreams, one connection's worth.
 	MaxFlowsPerClient int
 	// FlowIdleTimeout resets a flow that moved no byte either way for this long; 0: never
-	// (the command's default is DefaultFlowIdleTimeout).
+	// (the command's default is flow.DefaultIdleTimeout).
 	FlowIdleTimeout time.Duration
 	// UDPIdleTimeout ends a UDP flow that carried no packet either way for this long; 0:
 	// DefaultUDPIdleTimeout, and DefaultDNSIdleTimeout for flows to port 53.
 	UDPIdleTimeout time.Duration
-	// TCPKeepAlive is the keepalive time of the default Dialer's sockets (KeepAliveConfig),
-	// so that a flow whose destination host vanished is reset: 0 means DefaultTCPKeepAlive,
-	// negative turns keepalive off.
+	// TCPKeepAlive is the keepalive time of the default Dialer's sockets
+	// (flow.KeepAliveConfig), so that a flow whose destination host vanished is reset: 0
+	// means flow.DefaultTCPKeepAlive, negative turns keepalive off.
 	TCPKeepAlive time.Duration
 	// Retry makes every new client prove its address with a QUIC Retry round trip first, so a
 	// spoofed source cannot make the server do handshake work (for exposed servers).
@@ -109,8 +110,8 @@ type Server struct {
 	ln     *quic.Listener
 	closed bool
 
-	flows  *FlowGroup
-	parker *parker // idle destination sockets; nil: a goroutine each
+	flows  *flow.Group
+	parker *flow.Parker // idle destination sockets; nil: a goroutine each
 	hosts  *hostsFile
 	own    ownAddrs
 
@@ -142,7 +143,7 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		return nil, errors.New("quicmux: server needs a policy")
 	}
 	if cfg.Dialer == nil {
-		cfg.Dialer = TCPDialer(cfg.TCPKeepAlive)
+		cfg.Dialer = flow.TCPDialer(cfg.TCPKeepAlive)
 	}
 	if cfg.Resolver == nil {
 		cfg.Resolver = net.DefaultResolver
@@ -185,8 +186,8 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		s.echo = sendEcho
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
-	s.flows = NewFlowGroup(s.ctx)
-	s.parker, _ = newParker()
+	s.flows = flow.NewGroup(s.ctx)
+	s.parker, _ = flow.NewParker()
 	s.hs = newHandshakes(cfg, s.log)
 	return s, nil
 }
@@ -265,7 +266,7 @@ func (s *Server) Close() error {
 	}
 	s.wg.Wait()
 	if s.parker != nil {
-		s.parker.close() // every flow has ended
+		s.parker.Close() // every flow has ended
 	}
 	if tr != nil {
 		_ = tr.Close()
@@ -511,17 +512,17 @@ func (s *Server) serveStream(ctx context.Context, cl *connInfo, str *quic.Stream
 	relaying = true
 	target := req.Target
 	opt := s.cfg.Metrics.relayOptions(s.cfg.FlowIdleTimeout)
-	opt.parker = s.parker
+	opt.Parker = s.parker
 	live := &liveFlow{proto: ProtoTCP, target: target, at: at}
 	s.liveMu.Lock()
 	s.liveFlows[live] = struct{}{}
 	s.liveMu.Unlock()
-	abort := StartRelay(ctx, sc, dst, opt, func(stats RelayStats, err error) {
+	abort := flow.StartRelay(ctx, sc, dst, opt, func(stats flow.Stats, err error) {
 		s.liveMu.Lock()
 		delete(s.liveFlows, live)
 		s.liveMu.Unlock()
-		s.cfg.Metrics.flowEnded(active, resultOf(err))
-		if resultOf(err) == "error" && ctx.Err() == nil {
+		s.cfg.Metrics.flowEnded(active, flow.Result(err))
+		if flow.Result(err) == "error" && ctx.Err() == nil {
 			s.cfg.Metrics.failed(Failure{Ingress: ingressServer, Peer: peer, Target: target.String(), Reason: err.Error()})
 		}
 		if connLog.Logger.IsLevelEnabled(logrus.DebugLevel) {
@@ -531,7 +532,7 @@ func (s *Server) serveStream(ctx context.Context, cl *connInfo, str *quic.Stream
 				"bytes_up":   stats.AtoB,
 				"bytes_down": stats.BtoA,
 				"duration":   time.Since(start).Round(time.Millisecond).String(),
-				"result":     resultOf(err),
+				"result":     flow.Result(err),
 			}).Debug("flow ended")
 		}
 		s.flows.Done()
@@ -564,7 +565,7 @@ func (s *Server) revoke(qc *quic.Conn, fp Fingerprint) {
 // liveFlow is an open flow as Recheck sees it.
 type liveFlow struct {
 	proto  Proto
-	target Target
+	target flow.Target
 	at     dialedAddr
 	abort  func(error) // nil for the moment between registration and the relay's start
 }
@@ -652,7 +653,7 @@ func (s *Server) reject(str *quic.Stream, st Status, code quic.StreamErrorCode) 
 
 // dial applies the policy and dials the target under the connection's ctx, mapping each
 // failure to its status.
-func (s *Server) dial(ctx context.Context, t Target) (FlowConn, dialedAddr, Status) {
+func (s *Server) dial(ctx context.Context, t flow.Target) (flow.Conn, dialedAddr, Status) {
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.DialTimeout)
 	defer cancel()
 	select {
@@ -671,7 +672,7 @@ func (s *Server) dial(ctx context.Context, t Target) (FlowConn, dialedAddr, Stat
 	for _, a := range addrs {
 		c, err := s.cfg.Dialer.DialContext(ctx, "tcp", netip.AddrPortFrom(a, t.Port).String())
 		if err == nil {
-			return AsFlowConn(c), dialedAddr{a, fromHosts}, StatusOK
+			return flow.AsConn(c), dialedAddr{a, fromHosts}, StatusOK
 		}
 		status = statusOf(err)
 		if ctx.Err() != nil {
@@ -695,7 +696,7 @@ type dialedAddr struct {
 // as localhost).
 // destination is the addresses a flow of protocol p to t may go to, in the order to try them
 // (an address target's own, or what its name resolves to), or the status that says why none.
-func (s *Server) destination(ctx context.Context, p Proto, t Target) (addrs []netip.Addr, fromHosts bool, status Status) {
+func (s *Server) destination(ctx context.Context, p Proto, t flow.Target) (addrs []netip.Addr, fromHosts bool, status Status) {
 	if t.Addr.IsValid() {
 		if !s.permits(p, t, t.Addr, false) {
 			return nil, false, StatusDenied
@@ -705,7 +706,7 @@ func (s *Server) destination(ctx context.Context, p Proto, t Target) (addrs []ne
 	return s.resolve(ctx, p, t)
 }
 
-func (s *Server) resolve(ctx context.Context, p Proto, t Target) (addrs []netip.Addr, fromHosts bool, status Status) {
+func (s *Server) resolve(ctx context.Context, p Proto, t flow.Target) (addrs []netip.Addr, fromHosts bool, status Status) {
 	ips := s.hosts.lookup(t.Host)
 	fromHosts = len(ips) > 0
 	if !fromHosts {
@@ -738,18 +739,18 @@ func (s *Server) resolve(ctx context.Context, p Proto, t Target) (addrs []netip.
 }
 
 // permits is the policy's verdict on dialing t at addr with protocol p (reaches).
-func (s *Server) permits(p Proto, t Target, addr netip.Addr, fromHosts bool) bool {
-	return s.reaches(func(x Target) bool { return allows(s.cfg.Policy, p, x) }, t, addr, fromHosts)
+func (s *Server) permits(p Proto, t flow.Target, addr netip.Addr, fromHosts bool) bool {
+	return s.reaches(func(x flow.Target) bool { return allows(s.cfg.Policy, p, x) }, t, addr, fromHosts)
 }
 
 // reaches is the one place the rules meet the guard: a flow to t may go to addr if allow
 // allows addr itself (an address rule); or if t is a name allow allows, and addr is not
 // guarded (loopback, link-local, the server's own) or the name came from the hosts file.
-func (s *Server) reaches(allow func(Target) bool, t Target, addr netip.Addr, fromHosts bool) bool {
+func (s *Server) reaches(allow func(flow.Target) bool, t flow.Target, addr netip.Addr, fromHosts bool) bool {
 	if !dialable(addr) {
 		return false
 	}
-	if allow(Target{Addr: addr, Port: t.Port}) {
+	if allow(flow.Target{Addr: addr, Port: t.Port}) {
 		return true
 	}
 	return !t.Addr.IsValid() && allow(t) && (fromHosts || !s.guarded(addr))
@@ -778,26 +779,6 @@ func statusOf(err error) Status {
 		return StatusTimedOut
 	}
 	return StatusUnreachable
-}
-
-// ResultOf names how a flow ended, for logs: ok, rejected, idle, reset, shutdown or error.
-func ResultOf(err error) string { return resultOf(err) }
-
-func resultOf(err error) string {
-	var se *StatusError
-	switch {
-	case err == nil:
-		return "ok"
-	case errors.As(err, &se):
-		return "rejected" // a -L flow whose bytes went out before the server's answer
-	case errors.Is(err, ErrFlowIdle):
-		return "idle"
-	case IsReset(err):
-		return "reset"
-	case errors.Is(err, context.Canceled), errors.Is(err, ErrDrained):
-		return "shutdown"
-	}
-	return "error"
 }
 
 func loggerOrDiscard(l *logrus.Entry) *logrus.Entry {

@@ -7,6 +7,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/quicgate/quicgate/flow"
 	"github.com/quicgate/quicgate/third_party/quic-go"
 )
 
@@ -32,12 +33,12 @@ type streamConn struct {
 }
 
 var (
-	_ net.Conn = (*streamConn)(nil)
-	_ FlowConn = (*streamConn)(nil)
+	_ net.Conn  = (*streamConn)(nil)
+	_ flow.Conn = (*streamConn)(nil)
 )
 
 // targetAddr is the net.Addr of a flow's destination as the client named it.
-type targetAddr struct{ t Target }
+type targetAddr struct{ t flow.Target }
 
 func (a targetAddr) Network() string { return "quicgate" }
 func (a targetAddr) String() string  { return a.t.String() }
@@ -134,7 +135,7 @@ func (c *streamConn) SetDeadline(t time.Time) error      { return c.str.SetDeadl
 func (c *streamConn) SetReadDeadline(t time.Time) error  { return c.str.SetReadDeadline(t) }
 func (c *streamConn) SetWriteDeadline(t time.Time) error { return c.str.SetWriteDeadline(t) }
 
-// mapStreamErr turns a reset by the peer into ErrFlowReset, keeping the QUIC error inside.
+// mapStreamErr turns a reset by the peer into flow.ErrReset, keeping the QUIC error inside.
 // A connection lost or closed under the flow (an idle timeout, a stateless reset, either
 // end closing it) is a reset of the flow too: the flow did not end in order, and the error
 // must not match net.ErrClosed, which callers take for their own Close. Its text is kept,
@@ -154,10 +155,10 @@ func mapStreamErr(err error) error {
 	switch {
 	case errors.As(err, &se):
 		if se.Remote {
-			return fmt.Errorf("%w: %w", ErrFlowReset, err)
+			return fmt.Errorf("%w: %w", flow.ErrReset, err)
 		}
 	case errors.As(err, &ite), errors.As(err, &sre), errors.As(err, &ae), errors.As(err, &te), errors.As(err, &hte):
-		return fmt.Errorf("%w: connection lost: %v", ErrFlowReset, err)
+		return fmt.Errorf("%w: connection lost: %v", flow.ErrReset, err)
 	}
 	return err
 }

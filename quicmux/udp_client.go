@@ -10,6 +10,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/quicgate/quicgate/flow"
 	"github.com/quicgate/quicgate/third_party/quic-go"
 )
 
@@ -21,13 +22,13 @@ const udpQueue = 256
 // one packet to the flow's target, each Read returns one packet from it (cut to the buffer's
 // size, as a UDP socket does). Packets may be lost or reordered, as UDP's are. Once the flow
 // has ended, Read returns the packets still queued and then why it ended: an error matching
-// syscall.ECONNREFUSED when the server's socket got ICMP port unreachable, ErrFlowIdle after
-// the server's idle timeout, net.ErrClosed after Close, or a reset (IsReset) when the
+// syscall.ECONNREFUSED when the server's socket got ICMP port unreachable, flow.ErrIdle after
+// the server's idle timeout, net.ErrClosed after Close, or a reset (flow.IsReset) when the
 // connection or the server ended it.
 type UDPFlow struct {
 	sender *packetSender
 	mux    *datagramMux
-	target Target
+	target flow.Target
 	local  net.Addr
 
 	in    chan []byte
@@ -52,7 +53,7 @@ func (c *Client) DialUDP(ctx context.Context, network, address string) (*UDPFlow
 	default:
 		return nil, &net.OpError{Op: "dial", Net: network, Err: net.UnknownNetworkError(network)}
 	}
-	t, err := ParseTarget(address)
+	t, err := flow.ParseTarget(address)
 	if err != nil {
 		return nil, &net.OpError{Op: "dial", Net: network, Err: err}
 	}
@@ -66,7 +67,7 @@ func (c *Client) DialUDP(ctx context.Context, network, address string) (*UDPFlow
 // OpenUDP is DialUDP for ingresses: t is the flow's target, and ingress and peer name it in
 // the metrics and the list of recent failures, as Flow.Ingress and Flow.Peer do for TCP
 // (ingress default "api").
-func (c *Client) OpenUDP(ctx context.Context, t Target, ingress, peer string) (*UDPFlow, error) {
+func (c *Client) OpenUDP(ctx context.Context, t flow.Target, ingress, peer string) (*UDPFlow, error) {
 	if ingress == "" {
 		ingress = ingressAPI
 	}
@@ -87,10 +88,10 @@ func udpResult(err error) string {
 	case errors.Is(err, syscall.ECONNREFUSED):
 		return "reset" // the destination's port unreachable, as a TCP destination's RST
 	}
-	return resultOf(err)
+	return flow.Result(err)
 }
 
-func (c *Client) dialUDP(ctx context.Context, t Target, ingress string) (*UDPFlow, error) {
+func (c *Client) dialUDP(ctx context.Context, t flow.Target, ingress string) (*UDPFlow, error) {
 	hdr, err := AppendRequest(nil, Request{Kind: KindUDP, Target: t})
 	if err != nil {
 		return nil, err
@@ -174,7 +175,7 @@ func (f *UDPFlow) deliver(p []byte) {
 
 // readStream takes the packets that come on the stream until it ends, which ends the flow.
 func (f *UDPFlow) readStream(str *quic.Stream) {
-	buf := make([]byte, MaxUDPPacket)
+	buf := make([]byte, flow.MaxUDPPacket)
 	for {
 		n, err := readStreamPacket(str, buf)
 		if err != nil {
@@ -196,7 +197,7 @@ func udpEndError(err error) error {
 		return fmt.Errorf("quicmux: UDP destination: %w", syscall.ECONNREFUSED)
 	}
 	if errors.As(err, &se) && se.ErrorCode == codeIdle {
-		return ErrFlowIdle
+		return flow.ErrIdle
 	}
 	return mapStreamErr(err)
 }

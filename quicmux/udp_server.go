@@ -12,6 +12,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/quicgate/quicgate/flow"
 	"github.com/quicgate/quicgate/third_party/quic-go"
 )
 
@@ -19,7 +20,7 @@ import (
 // connected UDP socket to it (one per flow), answers ok, and carries packets both ways until
 // the client ends the stream, the flow is idle for its timeout, the destination answers ICMP
 // port unreachable, or the connection ends. It returns when the flow has ended.
-func (s *Server) serveUDP(ctx context.Context, cl *connInfo, str *quic.Stream, t Target, log *logrus.Entry) {
+func (s *Server) serveUDP(ctx context.Context, cl *connInfo, str *quic.Stream, t flow.Target, log *logrus.Entry) {
 	if !s.flows.Start() {
 		s.cfg.Metrics.dialResult(StatusShuttingDown)
 		s.cfg.Metrics.flowRejected()
@@ -78,7 +79,7 @@ func (s *Server) serveUDP(ctx context.Context, cl *connInfo, str *quic.Stream, t
 	}()
 	go func() { // packets too large for a datagram, and the stream's end
 		defer wg.Done()
-		buf := make([]byte, MaxUDPPacket)
+		buf := make([]byte, flow.MaxUDPPacket)
 		for {
 			n, err := readStreamPacket(str, buf)
 			if err != nil {
@@ -123,7 +124,7 @@ wait:
 }
 
 // dialUDP opens a connected UDP socket to the first address the policy allows for target.
-func (s *Server) dialUDP(ctx context.Context, t Target) (*net.UDPConn, dialedAddr, Status) {
+func (s *Server) dialUDP(ctx context.Context, t flow.Target) (*net.UDPConn, dialedAddr, Status) {
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.DialTimeout)
 	defer cancel()
 	addrs, fromHosts, status := s.destination(ctx, ProtoUDP, t)
@@ -160,7 +161,7 @@ func (f *serverUDPFlow) fromClient(p []byte) {
 // reports port unreachable (ICMP) as a code to end the flow with, and a closed socket as
 // nothing to report.
 func (f *serverUDPFlow) toClient() (quic.StreamErrorCode, bool) {
-	buf := make([]byte, MaxUDPPacket)
+	buf := make([]byte, flow.MaxUDPPacket)
 	for {
 		n, err := f.sock.Read(buf)
 		if err != nil {

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/quicgate/quicgate/flow"
 )
 
 // udpEcho is a UDP echo server on loopback.
@@ -62,7 +63,7 @@ func dialUDP(t *testing.T, c *Client, addr string) (*UDPFlow, error) {
 // 200 ms until the answer comes.
 func echoPacket(t *testing.T, f *UDPFlow, p []byte) {
 	t.Helper()
-	buf := make([]byte, MaxUDPPacket)
+	buf := make([]byte, flow.MaxUDPPacket)
 	deadline := time.Now().Add(hangLimit)
 	for time.Now().Before(deadline) {
 		if _, err := f.Write(p); err != nil {
@@ -158,8 +159,8 @@ func TestUDPFlowIdle(t *testing.T) {
 	}
 	echoPacket(t, f, []byte("once"))
 	_ = f.SetReadDeadline(time.Now().Add(hangLimit))
-	if _, err := f.Read(make([]byte, 16)); !errors.Is(err, ErrFlowIdle) {
-		t.Fatalf("read on an idle flow: %v, want ErrFlowIdle", err)
+	if _, err := f.Read(make([]byte, 16)); !errors.Is(err, flow.ErrIdle) {
+		t.Fatalf("read on an idle flow: %v, want flow.ErrIdle", err)
 	}
 }
 
@@ -194,7 +195,7 @@ func TestUDPFlowRecheck(t *testing.T) {
 	rules := Rules{{Prefix: netip.PrefixFrom(echo.Addr(), 32), PortLo: echo.Port(), PortHi: echo.Port()}}
 	var denied atomic.Bool
 	tn := newTunnel(t, withServerConfig(func(c *ServerConfig) {
-		c.Policy = policyFunc(func(tg Target) bool { return !denied.Load() && rules.Allow(tg) })
+		c.Policy = policyFunc(func(tg flow.Target) bool { return !denied.Load() && rules.Allow(tg) })
 	}))
 	f, err := dialUDP(t, tn.client, echo.String())
 	if err != nil {
@@ -206,7 +207,7 @@ func TestUDPFlowRecheck(t *testing.T) {
 		t.Fatalf("Recheck reset %d flows, want the UDP flow", flows)
 	}
 	_ = f.SetReadDeadline(time.Now().Add(hangLimit))
-	if _, err := f.Read(make([]byte, 16)); !IsReset(err) {
+	if _, err := f.Read(make([]byte, 16)); !flow.IsReset(err) {
 		t.Fatalf("read on a flow the new rules deny: %v, want a reset", err)
 	}
 }
@@ -219,7 +220,7 @@ func TestUDPFlowMetrics(t *testing.T) {
 		t.Fatal(err)
 	}
 	tn := newTunnel(t, withClientConfig(func(c *ClientConfig) { c.Metrics = cm }))
-	target, _ := ParseTarget(udpEcho(t))
+	target, _ := flow.ParseTarget(udpEcho(t))
 	ctx, cancel := context.WithTimeout(context.Background(), hangLimit)
 	defer cancel()
 	f, err := tn.client.OpenUDP(ctx, target, "-U test", "127.0.0.1:5000")
@@ -231,7 +232,7 @@ func TestUDPFlowMetrics(t *testing.T) {
 	_ = f.Close()
 	waitMetric(t, creg, "quicgate_flows_active", map[string]string{"ingress": "-U test"}, 0)
 	waitMetric(t, creg, "quicgate_flows_total", map[string]string{"result": "ok"}, 1)
-	denied, _ := ParseTarget("10.255.0.1:53")
+	denied, _ := flow.ParseTarget("10.255.0.1:53")
 	if _, err := tn.client.OpenUDP(ctx, denied, "-U test", "127.0.0.1:5001"); !errors.Is(err, ErrDenied) {
 		t.Fatalf("a denied UDP target: %v", err)
 	}

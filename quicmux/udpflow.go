@@ -9,6 +9,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/quicgate/quicgate/flow"
 	"github.com/quicgate/quicgate/third_party/quic-go"
 	"github.com/quicgate/quicgate/third_party/quic-go/quicvarint"
 )
@@ -19,11 +20,6 @@ import (
 // stream ID as a variable-length integer (as RFC 9297's HTTP datagrams do); a packet too
 // large for a datagram travels on the stream instead, after a 2-byte length. Datagrams may
 // be lost, as UDP packets may; those on the stream are not.
-
-// MaxUDPPacket is the largest packet a UDP flow carries: the most a UDP datagram holds over
-// IPv6 (65,535 less the UDP header; IPv4's is 65,507, and a server's socket refuses more
-// toward an IPv4 target, dropping it). Buffers of this size never cut a packet short.
-const MaxUDPPacket = 65527
 
 const (
 	// DefaultUDPIdleTimeout ends a UDP flow that carried no packet either way for this long
@@ -69,8 +65,8 @@ type packetSender struct {
 
 // send sends one packet.
 func (s *packetSender) send(p []byte) error {
-	if len(p) > MaxUDPPacket {
-		return fmt.Errorf("quicmux: UDP packet of %d bytes (at most %d)", len(p), MaxUDPPacket)
+	if len(p) > flow.MaxUDPPacket {
+		return fmt.Errorf("quicmux: UDP packet of %d bytes (at most %d)", len(p), flow.MaxUDPPacket)
 	}
 	err := s.conn.SendDatagram(appendDatagram(make([]byte, 0, 8+len(p)), s.str.StreamID(), p))
 	var tooLarge *quic.DatagramTooLargeError
@@ -89,14 +85,14 @@ func (s *packetSender) send(p []byte) error {
 }
 
 // readStreamPacket reads one length-prefixed packet from a flow's stream into buf (at
-// least MaxUDPPacket long).
+// least flow.MaxUDPPacket long).
 func readStreamPacket(r io.Reader, buf []byte) (int, error) {
 	var hdr [2]byte
 	if _, err := io.ReadFull(r, hdr[:]); err != nil {
 		return 0, err
 	}
 	n := int(binary.BigEndian.Uint16(hdr[:]))
-	if n > MaxUDPPacket {
+	if n > flow.MaxUDPPacket {
 		return 0, fmt.Errorf("%w: UDP packet of %d bytes on the stream", ErrProtocol, n)
 	}
 	if _, err := io.ReadFull(r, buf[:n]); err != nil {

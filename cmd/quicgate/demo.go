@@ -17,6 +17,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/quicgate/quicgate/flow"
 	"github.com/quicgate/quicgate/ingress"
 	"github.com/quicgate/quicgate/quicmux"
 )
@@ -156,7 +157,7 @@ func startDemo(log *logrus.Entry) (*demo, error) {
 	if err := d.client.Connect(ctx); err != nil {
 		return nil, err
 	}
-	fwd := ingress.LocalForward{Bind: netip.MustParseAddrPort("127.0.0.1:0"), Target: quicmux.TargetFromAddrPort(httpAP)}
+	fwd := ingress.LocalForward{Bind: netip.MustParseAddrPort("127.0.0.1:0"), Target: flow.TargetFromAddrPort(httpAP)}
 	if d.listener, err = ingress.ListenPort(fwd, d.client, ingress.Options{Logger: log.WithField("side", "client")}); err != nil {
 		return nil, err
 	}

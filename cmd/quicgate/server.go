@@ -14,6 +14,7 @@ import (
 
 	"github.com/sirupsen/logrus"
 
+	"github.com/quicgate/quicgate/flow"
 	"github.com/quicgate/quicgate/quicmux"
 )
 
@@ -69,7 +70,7 @@ type access struct {
 // listenAllowed is the server's ListenPolicy: its own listen rules, or the client's
 // permitlisten= options.
 func (a *access) listenAllowed(fp quicmux.Fingerprint, addr netip.AddrPort) bool {
-	return a.listen.Allow(quicmux.TargetFromAddrPort(addr)) || a.authorized.PermitsListen(fp, addr)
+	return a.listen.Allow(flow.TargetFromAddrPort(addr)) || a.authorized.PermitsListen(fp, addr)
 }
 
 // loadAccess reads the allow rules and the authorized clients as the flags and the config
@@ -230,15 +231,15 @@ func reload(args []string, trigger string, files *fileWatch, live *atomic.Pointe
 // livePolicy is the allow rules in force, which a reload replaces.
 type livePolicy struct{ acc *atomic.Pointer[access] }
 
-func (p livePolicy) Allow(t quicmux.Target) bool { return p.acc.Load().rules.Allow(t) }
+func (p livePolicy) Allow(t flow.Target) bool { return p.acc.Load().rules.Allow(t) }
 
-func (p livePolicy) AllowProto(pr quicmux.Proto, t quicmux.Target) bool {
+func (p livePolicy) AllowProto(pr quicmux.Proto, t flow.Target) bool {
 	return p.acc.Load().rules.AllowProto(pr, t)
 }
 
 // AllowAnyPort lets the server answer resolves (the client's --tun-dns) under the rules in
 // force.
-func (p livePolicy) AllowAnyPort(t quicmux.Target) bool {
+func (p livePolicy) AllowAnyPort(t flow.Target) bool {
 	return p.acc.Load().rules.AllowAnyPort(t)
 }
 
@@ -277,8 +278,8 @@ func commonFlags(fs *flag.FlagSet, side string, procs int, procsWhy string) *com
 	fs.DurationVar(&c.l.KeepAlive, "keepalive", 0, "keepalive period of an idle connection (default: client 1s, which also finds a restarted server within a second; server 15s)")
 	fs.DurationVar(&c.l.IdleTimeout, "idle-timeout", 60*time.Second, "close a QUIC connection silent for this long")
 	fs.StringVar(&c.congestion, "congestion", string(quicmux.CongestionBBR), "congestion control for what this end sends: bbr (keeps its rate through random loss) or cubic; each end chooses its own")
-	fs.DurationVar(&c.flowIdle, "flow-idle-timeout", quicmux.DefaultFlowIdleTimeout, "reset a flow that moved no byte either way for this long (0: never); the default is the shortest a NAT may use (RFC 5382)")
-	fs.DurationVar(&c.keepalive, "tcp-keepalive", quicmux.DefaultTCPKeepAlive, "probe a TCP end of a flow (an app's socket, a dialed destination) silent for this long; one whose host vanished is reset within twice this (0: no probes)")
+	fs.DurationVar(&c.flowIdle, "flow-idle-timeout", flow.DefaultIdleTimeout, "reset a flow that moved no byte either way for this long (0: never); the default is the shortest a NAT may use (RFC 5382)")
+	fs.DurationVar(&c.keepalive, "tcp-keepalive", flow.DefaultTCPKeepAlive, "probe a TCP end of a flow (an app's socket, a dialed destination) silent for this long; one whose host vanished is reset within twice this (0: no probes)")
 	fs.DurationVar(&c.drain, "drain-timeout", 10*time.Second, "on SIGTERM or SIGINT, let open flows finish for this long before resetting them")
 	c.log.register(fs)
 	c.observe.register(fs)

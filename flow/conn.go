@@ -1,4 +1,4 @@
-package quicmux
+package flow
 
 import (
 	"errors"
@@ -7,14 +7,14 @@ import (
 	"sync"
 )
 
-// FlowConn is one end of a flow as the relay sees it: the app's socket behind an ingress (a
+// Conn is one end of a flow as the relay sees it: the app's socket behind an ingress (a
 // -L connection, a netstack endpoint), the destination socket the server dialed, or the QUIC
 // stream between the two. The relay uses these five methods and nothing else, so every
 // ingress ends its flows the same way.
 //
 // The table of what each event becomes at the other end is in docs/protocol.md ("How a flow
 // ends").
-type FlowConn interface {
+type Conn interface {
 	// Read returns bytes the peer sent. io.EOF means the peer ended its side in order (a TCP
 	// FIN, a stream FIN): it sends nothing more, but may still read. An error matching
 	// IsReset means the peer reset the flow (a TCP RST, a stream reset). Any other error
@@ -42,15 +42,15 @@ type FlowConn interface {
 }
 
 // ErrNoHalfClose is CloseWrite's error on a conn that cannot end its send side alone.
-var ErrNoHalfClose = errors.New("quicmux: connection cannot half-close")
+var ErrNoHalfClose = errors.New("flow: connection cannot half-close")
 
-// AsFlowConn gives c the flow contract: c itself if it has it, a *net.TCPConn (or any conn
+// AsConn gives c the flow contract: c itself if it has it, a *net.TCPConn (or any conn
 // with SetLinger, as gVisor's) made to reset with SO_LINGER 0, and any other net.Conn
 // adapted as best it can be: CloseWrite is c's if it has one (else ErrNoHalfClose, which makes
 // the relay abort), and Abort can only close.
-func AsFlowConn(c net.Conn) FlowConn {
+func AsConn(c net.Conn) Conn {
 	switch c := c.(type) {
-	case FlowConn:
+	case Conn:
 		return c
 	case *net.TCPConn:
 		return &tcpFlow{TCPConn: c}

@@ -1,6 +1,6 @@
 //go:build linux
 
-package quicmux
+package flow
 
 import (
 	"errors"
@@ -11,16 +11,17 @@ import (
 	"golang.org/x/sys/unix"
 )
 
-// parker parks idle kernel sockets in one epoll instance of its own (level-triggered,
+// Parker parks idle kernel sockets in one epoll instance of its own (level-triggered,
 // EPOLLONESHOT), so a socket waiting to become readable costs no goroutine: one goroutine,
-// the parker's, waits for all of them.
+// the parker's, waits for all of them. A client or a server makes one (NewParker), hands it
+// to its relays (RelayOptions.Parker) and closes it once their flows have ended.
 //
 // Each park is tagged with a sequence number carried in the epoll event's data next to the
 // descriptor, so an event collected for an earlier park (of this socket, or of a closed socket
 // whose descriptor number was reused) is recognised as stale and dropped.
-type parker struct {
+type Parker struct {
 	epfd int // the epoll instance
-	wake int // an eventfd in the epoll set; written by close to stop the loop
+	wake int // an eventfd in the epoll set; written by Close to stop the loop
 	done chan struct{}
 
 	mu     sync.Mutex
@@ -44,13 +45,13 @@ const (
 )
 
 var (
-	errParkerClosed = errors.New("quicmux: parker closed")
-	errParkedTwice  = errors.New("quicmux: socket already parked")
-	errParkRefused  = errors.New("quicmux: park refused")
+	errParkerClosed = errors.New("flow: parker closed")
+	errParkedTwice  = errors.New("flow: socket already parked")
+	errParkRefused  = errors.New("flow: park refused")
 )
 
-// newParker starts a parker and its goroutine.
-func newParker() (*parker, error) {
+// NewParker starts a parker and its goroutine.
+func NewParker() (*Parker, error) {
 	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
 	if err != nil {
 		return nil, err
@@ -66,7 +67,7 @@ func newParker() (*parker, error) {
 		unix.Close(epfd)
 		return nil, err
 	}
-	p := &parker{
+	p := &Parker{
 		epfd:  epfd,
 		wake:  wake,
 		done:  make(chan struct{}),
@@ -79,7 +80,7 @@ func newParker() (*parker, error) {
 // parkOp carries one park or unpark through RawConn.Control without allocating: ops are
 // pooled, each with its method values made once.
 type parkOp struct {
-	p       *parker
+	p       *Parker
 	f       func()
 	refuse  *atomic.Bool
 	err     error
@@ -99,12 +100,12 @@ var parkOps = sync.Pool{New: func() any {
 // park calls f once, from the parker's goroutine, when rc's socket is readable (bytes, a FIN,
 // an error or a hang-up) — soon after park returns if it is already. f must not block (it
 // starts a goroutine). A socket is parked at most once at a time.
-func (p *parker) park(rc syscall.RawConn, f func()) error { return p.parkUnless(rc, f, nil) }
+func (p *Parker) park(rc syscall.RawConn, f func()) error { return p.parkUnless(rc, f, nil) }
 
 // parkUnless is park, refused (errParkRefused) if refuse is set when the parker takes the
 // socket: checked under the lock unpark takes too, so a caller that sets refuse and then
 // unparks either finds the socket parked or keeps it from being parked.
-func (p *parker) parkUnless(rc syscall.RawConn, f func(), refuse *atomic.Bool) error {
+func (p *Parker) parkUnless(rc syscall.RawConn, f func(), refuse *atomic.Bool) error {
 	o := parkOps.Get().(*parkOp)
 	o.p, o.f, o.refuse = p, f, refuse
 	err := rc.Control(o.park)
@@ -167,7 +168,7 @@ func (o *parkOp) doPark(ufd uintptr) {
 // will not be called; if false, f has been or is being called (or the socket was not parked).
 // It must be called before the socket is closed, so that a later socket reusing the
 // descriptor number is never mistaken for it.
-func (p *parker) unpark(rc syscall.RawConn) bool {
+func (p *Parker) unpark(rc syscall.RawConn) bool {
 	o := parkOps.Get().(*parkOp)
 	o.p = p
 	rc.Control(o.unpark) // a closed rc: nothing to find, nothing pending
@@ -193,9 +194,9 @@ func (o *parkOp) doUnpark(ufd uintptr) {
 	}
 }
 
-// close stops the parker's goroutine and waits for it; callbacks still pending are not called
+// Close stops the parker's goroutine and waits for it; callbacks still pending are not called
 // (their sockets' relays are over by then). Idempotent.
-func (p *parker) close() {
+func (p *Parker) Close() {
 	p.closeOnce.Do(func() {
 		p.mu.Lock()
 		p.closed = true
@@ -213,8 +214,8 @@ func (p *parker) close() {
 	})
 }
 
-// loop waits for parked sockets and calls their callbacks, until close.
-func (p *parker) loop() {
+// loop waits for parked sockets and calls their callbacks, until Close.
+func (p *Parker) loop() {
 	defer close(p.done)
 	events := make([]unix.EpollEvent, parkBatch)
 	for {
@@ -224,13 +225,13 @@ func (p *parker) loop() {
 				continue
 			}
 			// Cannot happen with a valid epoll descriptor and buffer; stop rather than spin.
-			// Pending callbacks are then never called, as after close.
+			// Pending callbacks are then never called, as after Close.
 			return
 		}
 		for i := range events[:n] {
 			ev := &events[i]
 			if ev.Fd == int32(p.wake) {
-				return // only close writes to it
+				return // only Close writes to it
 			}
 			p.mu.Lock()
 			s, ok := p.socks[ev.Fd]

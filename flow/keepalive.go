@@ -1,4 +1,4 @@
-package quicmux
+package flow
 
 import (
 	"net"
@@ -15,11 +15,11 @@ const (
 	// this time: two minutes.
 	DefaultTCPKeepAlive = 60 * time.Second
 
-	// DefaultFlowIdleTimeout resets a flow that moved no byte either way for this long, even
+	// DefaultIdleTimeout resets a flow that moved no byte either way for this long, even
 	// though both peers answer keepalives: 2 hours 4 minutes, the shortest idle timeout RFC
 	// 5382 (REQ-5) lets a NAT apply to an established TCP connection, so the tunnel is never
 	// stricter than the NATs apps already survive.
-	DefaultFlowIdleTimeout = 2*time.Hour + 4*time.Minute
+	DefaultIdleTimeout = 2*time.Hour + 4*time.Minute
 )
 
 // keepAliveCount is how many unanswered probes end a connection.

@@ -1,4 +1,4 @@
-package quicmux
+package flow
 
 import "golang.org/x/sys/unix"
 

@@ -1,4 +1,4 @@
-package quicmux
+package flow
 
 import (
 	"context"
@@ -33,8 +33,8 @@ type rawConner interface {
 	SyscallConn() (syscall.RawConn, error)
 }
 
-// RelayStats counts the bytes a relay moved each way.
-type RelayStats struct {
+// Stats counts the bytes a relay moved each way.
+type Stats struct {
 	AtoB, BtoA int64
 }
 
@@ -50,30 +50,34 @@ type RelayOptions struct {
 	// connection, whose end a half-closed or quiet flow, with nothing waiting on its stream,
 	// would not otherwise notice.
 	Until context.Context
+	// UntilErr, if set, turns Until's cause into the error the flow ends with: the client's
+	// maps a lost or closed connection to an error matching IsReset. Without it the flow
+	// ends with the cause as it is.
+	UntilErr func(cause error) error
 
-	// parker, if set, parks idle kernel sockets in one epoll set instead of a goroutine
+	// Parker, if set, parks idle kernel sockets in one epoll set instead of a goroutine
 	// each (the client's and the server's own).
-	parker *parker
+	Parker *Parker
 }
 
 // Relay moves bytes both ways between a and b until both directions end, and is the one
-// place that closes them; it uses only the FlowConn contract. An EOF on one side becomes
+// place that closes them; it uses only the Conn contract. An EOF on one side becomes
 // CloseWrite on the other (a stream FIN or a TCP FIN); any other error on either side, or ctx
 // ending, aborts both sides (a TCP RST or a stream reset), so the far end never mistakes a
 // failure for a clean end. Relay returns the first error that ended the flow, or nil when both
 // directions finished cleanly.
-func Relay(ctx context.Context, a, b FlowConn) (RelayStats, error) {
+func Relay(ctx context.Context, a, b Conn) (Stats, error) {
 	return RelayWith(ctx, a, b, RelayOptions{})
 }
 
 // RelayWith is Relay with options.
-func RelayWith(ctx context.Context, a, b FlowConn, opt RelayOptions) (RelayStats, error) {
+func RelayWith(ctx context.Context, a, b Conn, opt RelayOptions) (Stats, error) {
 	type result struct {
-		stats RelayStats
+		stats Stats
 		err   error
 	}
 	done := make(chan result, 1)
-	StartRelay(ctx, a, b, opt, func(s RelayStats, err error) { done <- result{s, err} })
+	StartRelay(ctx, a, b, opt, func(s Stats, err error) { done <- result{s, err} })
 	r := <-done
 	return r.stats, r.err
 }
@@ -90,8 +94,8 @@ func RelayWith(ctx context.Context, a, b FlowConn, opt RelayOptions) (RelayStats
 // then watches (one epoll set for all); without a parker, a kernel socket is waited for by a
 // goroutine in Go's netpoller. So an idle flow costs no goroutine on either side of the
 // tunnel.
-func StartRelay(ctx context.Context, a, b FlowConn, opt RelayOptions, done func(RelayStats, error)) (abort func(err error)) {
-	r := &relay{a: a, b: b, done: done, parker: opt.parker}
+func StartRelay(ctx context.Context, a, b Conn, opt RelayOptions, done func(Stats, error)) (abort func(err error)) {
+	r := &relay{a: a, b: b, done: done, parker: opt.Parker}
 	// Until the relay is set up, nothing may fail it or end it: a ctx already done, or a
 	// direction ending at once, waits for r.mu.
 	r.mu.Lock()
@@ -106,8 +110,8 @@ func StartRelay(ctx context.Context, a, b FlowConn, opt RelayOptions, done func(
 	// and both sides are reset.
 	r.stop = context.AfterFunc(ctx, func() { r.fail(context.Cause(ctx)) })
 	if opt.Until != nil {
-		// A lost or closed connection reads as a reset of the flow (mapStreamErr).
-		r.stopUntil = context.AfterFunc(opt.Until, func() { r.fail(mapStreamErr(context.Cause(opt.Until))) })
+		// A lost or closed connection reads as a reset of the flow (opt.UntilErr).
+		r.stopUntil = context.AfterFunc(opt.Until, func() { r.fail(untilErr(opt, context.Cause(opt.Until))) })
 	}
 	r.start(&r.atob, a, b, opt.AtoB)
 	r.start(&r.btoa, b, a, opt.BtoA)
@@ -115,9 +119,9 @@ func StartRelay(ctx context.Context, a, b FlowConn, opt RelayOptions, done func(
 }
 
 type relay struct {
-	a, b      FlowConn
-	done      func(RelayStats, error)
-	parker    *parker       // nil: kernel sockets wait in a goroutine each
+	a, b      Conn
+	done      func(Stats, error)
+	parker    *Parker       // nil: kernel sockets wait in a goroutine each
 	aborting  atomic.Bool   // fail is resetting the flow: park no more
 	activity  *atomic.Int64 // when a byte last moved, if there is an idle timeout
 	idle      *time.Timer
@@ -136,8 +140,8 @@ type relay struct {
 // dir is one direction's state.
 type dir struct {
 	r     *relay
-	src   FlowConn
-	dst   FlowConn
+	src   Conn
+	dst   Conn
 	n     int64
 	count func(int)
 	wake  func()          // starts a drain (readNotifier) or a run (parked kernel socket)
@@ -158,7 +162,7 @@ type deadliner interface{ SetReadDeadline(t time.Time) error }
 const hotWait = 50 * time.Millisecond
 
 // start runs a direction in the cheapest way its source allows.
-func (r *relay) start(d *dir, src, dst FlowConn, count func(int)) {
+func (r *relay) start(d *dir, src, dst Conn, count func(int)) {
 	*d = dir{r: r, src: src, dst: dst, count: count}
 	switch s := src.(type) {
 	case readNotifier:
@@ -350,7 +354,7 @@ func (d *dir) copyBlocking() {
 }
 
 // closeWrite passes an orderly end on; an end already closed by an abort is no new error.
-func closeWrite(dst FlowConn) error {
+func closeWrite(dst Conn) error {
 	if err := dst.CloseWrite(); err != nil && !errors.Is(err, net.ErrClosed) {
 		return err
 	}
@@ -380,7 +384,7 @@ func (d *dir) end(err error) {
 	}
 	_ = r.a.Close()
 	_ = r.b.Close()
-	r.done(RelayStats{AtoB: r.atob.n, BtoA: r.btoa.n}, err)
+	r.done(Stats{AtoB: r.atob.n, BtoA: r.btoa.n}, err)
 }
 
 // watchIdle resets the flow once activity is older than idle. It holds a timer, not a
@@ -390,7 +394,7 @@ func (r *relay) watchIdle(idle time.Duration) *time.Timer {
 	t = time.AfterFunc(idle, func() {
 		quiet := time.Since(time.Unix(0, r.activity.Load()))
 		if quiet >= idle {
-			r.fail(ErrFlowIdle)
+			r.fail(ErrIdle)
 			return
 		}
 		r.mu.Lock()
@@ -436,7 +440,15 @@ func (r *relay) fail(err error) {
 	})
 }
 
+// untilErr is the error a flow ends with when opt.Until ends with cause.
+func untilErr(opt RelayOptions, cause error) error {
+	if opt.UntilErr != nil {
+		return opt.UntilErr(cause)
+	}
+	return cause
+}
+
 // IsReset reports whether err means the other end reset the flow.
 func IsReset(err error) bool {
-	return errors.Is(err, ErrFlowReset) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
+	return errors.Is(err, ErrReset) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE)
 }

@@ -1,6 +1,6 @@
 //go:build linux
 
-package quicmux
+package flow
 
 import (
 	"io"
@@ -14,13 +14,13 @@ import (
 
 // testParker starts a parker that the test closes at its end (after the sockets' cleanups,
 // which run first, being registered later).
-func testParker(t *testing.T) *parker {
+func testParker(t *testing.T) *Parker {
 	t.Helper()
-	p, err := newParker()
+	p, err := NewParker()
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(p.close)
+	t.Cleanup(p.Close)
 	return p
 }
 
@@ -32,7 +32,7 @@ type parkPair struct {
 
 // newParkPairs dials n loopback TCP connections; at the test's end each local side is
 // unparked from p (as the contract asks, before closing) and both sides are closed.
-func newParkPairs(t *testing.T, p *parker, n int) []parkPair {
+func newParkPairs(t *testing.T, p *Parker, n int) []parkPair {
 	t.Helper()
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -64,7 +64,7 @@ func newParkPairs(t *testing.T, p *parker, n int) []parkPair {
 	return pairs
 }
 
-func newParkPair(t *testing.T, p *parker) parkPair {
+func newParkPair(t *testing.T, p *Parker) parkPair {
 	t.Helper()
 	return newParkPairs(t, p, 1)[0]
 }
@@ -126,7 +126,7 @@ func (pp parkPair) waitReadable(t *testing.T) {
 // single goroutine has then handled a readiness that arose after everything the test did
 // before, so a callback that should not come (a second call, a call after unpark) would most
 // likely have come by then.
-func barrier(t *testing.T, p *parker) {
+func barrier(t *testing.T, p *Parker) {
 	t.Helper()
 	pp := newParkPair(t, p)
 	c := newCounter()
@@ -139,7 +139,7 @@ func barrier(t *testing.T, p *parker) {
 
 // parkedPair is a parker, a loopback pair and a counting callback, with the pair's local end
 // parked.
-func parkedPair(t *testing.T) (*parker, parkPair, *counter) {
+func parkedPair(t *testing.T) (*Parker, parkPair, *counter) {
 	t.Helper()
 	p := testParker(t)
 	pp := newParkPair(t, p)
@@ -354,10 +354,10 @@ func TestParkerMany(t *testing.T) {
 	again.Wait()
 }
 
-// close with parks pending returns, stops the goroutine (TestMain's goleak check) and calls
+// Close with parks pending returns, stops the goroutine (TestMain's goleak check) and calls
 // none of the callbacks; park afterwards fails and unpark still reports the pending ones.
 func TestParkerClosePending(t *testing.T) {
-	p, err := newParker()
+	p, err := NewParker()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -368,13 +368,13 @@ func TestParkerClosePending(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	p.close()
-	p.close() // idempotent
+	p.Close()
+	p.Close() // idempotent
 	for _, pp := range pairs {
 		pp.send(t)
 	}
 	// Negative check: nothing can call the callbacks any more, as the parker's goroutine has
-	// exited (p.close waited for it); this bounded wait only gives a bug room to show.
+	// exited (p.Close waited for it); this bounded wait only gives a bug room to show.
 	select {
 	case <-c.fired:
 		t.Fatal("callback called after close")

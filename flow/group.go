@@ -1,4 +1,4 @@
-package quicmux
+package flow
 
 import (
 	"context"
@@ -7,12 +7,12 @@ import (
 )
 
 // ErrDrained is the cause of the flows a drain had to reset because they outlived it.
-var ErrDrained = errors.New("quicmux: drain timeout: flow reset")
+var ErrDrained = errors.New("flow: drain timeout: flow reset")
 
-// FlowGroup is a set of open flows and the one way they drain: the server's flows, and each
+// Group is a set of open flows and the one way they drain: the server's flows, and each
 // ingress's. A flow is counted with Start before it begins and Done when it has ended; it
 // runs under Context, which Drain cancels to reset the flows that outlive it.
-type FlowGroup struct {
+type Group struct {
 	ctx   context.Context
 	reset context.CancelCauseFunc
 
@@ -22,20 +22,20 @@ type FlowGroup struct {
 	flows    sync.WaitGroup
 }
 
-// NewFlowGroup returns an empty group whose flows' context is a child of parent: parent
+// NewGroup returns an empty group whose flows' context is a child of parent: parent
 // ending resets them too.
-func NewFlowGroup(parent context.Context) *FlowGroup {
-	g := &FlowGroup{}
+func NewGroup(parent context.Context) *Group {
+	g := &Group{}
 	g.ctx, g.reset = context.WithCancelCause(parent)
 	return g
 }
 
 // Context is the context the group's flows run under.
-func (g *FlowGroup) Context() context.Context { return g.ctx }
+func (g *Group) Context() context.Context { return g.ctx }
 
 // Start counts a new flow. It reports false once the group drains: the flow must then be
 // refused, and Done not called.
-func (g *FlowGroup) Start() bool {
+func (g *Group) Start() bool {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	if g.draining {
@@ -47,7 +47,7 @@ func (g *FlowGroup) Start() bool {
 }
 
 // Done marks a flow counted by Start as ended.
-func (g *FlowGroup) Done() {
+func (g *Group) Done() {
 	g.mu.Lock()
 	g.open--
 	g.mu.Unlock()
@@ -55,7 +55,7 @@ func (g *FlowGroup) Done() {
 }
 
 // Open is the number of flows started and not done.
-func (g *FlowGroup) Open() int {
+func (g *Group) Open() int {
 	g.mu.Lock()
 	defer g.mu.Unlock()
 	return g.open
@@ -65,7 +65,7 @@ func (g *FlowGroup) Open() int {
 // then resets those still open (their context ends with ErrDrained) and waits until every
 // flow is done. It returns ctx's error if it had to reset a flow. A Drain after the first
 // waits again.
-func (g *FlowGroup) Drain(ctx context.Context) error {
+func (g *Group) Drain(ctx context.Context) error {
 	g.mu.Lock()
 	g.draining = true
 	open := g.open
@@ -86,7 +86,7 @@ func (g *FlowGroup) Drain(ctx context.Context) error {
 }
 
 // Close resets every open flow and waits for them: a Drain that does not wait.
-func (g *FlowGroup) Close() {
+func (g *Group) Close() {
 	ctx, cancel := context.WithCancel(context.Background())
 	cancel()
 	_ = g.Drain(ctx)

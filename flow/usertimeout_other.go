@@ -1,6 +1,6 @@
 //go:build !linux
 
-package quicmux
+package flow
 
 // setUserTimeout does nothing where TCP_USER_TIMEOUT is missing: keepalive alone then bounds
 // an idle flow, and retransmissions one with bytes in flight.
