@@ -228,6 +228,9 @@ type Conn struct {
 	// keepAlivePingSent stores whether a keep alive PING is in flight.
 	// It is reset as soon as we receive a packet from the peer.
 	keepAlivePingSent bool
+	// quicgate patch: datagramHandler, if set, takes every DATAGRAM frame on the run loop
+	// instead of the receive queue (SetDatagramHandler).
+	datagramHandler   atomic.Pointer[datagramHandlerBox]
 	keepAliveInterval time.Duration
 
 	datagramQueue *datagramQueue
@@ -1877,6 +1880,9 @@ func (c *Conn) handleFrames(
 	handshakeWasComplete := c.handshakeComplete
 	var handleErr error
 	var skipHandling bool
+	// quicgate patch: a datagram handler hears when this packet's datagrams are all handed
+	// over, before the packet's buffer is reused.
+	var datagrams DatagramHandler
 
 	for len(data) > 0 {
 		frameType, l, err := c.frameParser.ParseType(data, encLevel)
@@ -1945,6 +1951,11 @@ func (c *Conn) handleFrames(
 				continue
 			}
 			wire.LogFrame(c.logger, datagramFrame, false)
+			if h := c.datagramHandler.Load(); h != nil && datagramFrame.Length(c.version) <= wire.MaxDatagramSize {
+				h.h.HandleDatagram(datagramFrame.Data)
+				datagrams = h.h
+				continue
+			}
 			handleErr = c.handleDatagramFrame(datagramFrame)
 		} else {
 			frame, l, err := c.frameParser.ParseLessCommonFrame(frameType, data, c.version)
@@ -1976,6 +1987,9 @@ func (c *Conn) handleFrames(
 		}
 	}
 
+	if datagrams != nil {
+		datagrams.DatagramsDone()
+	}
 	if log != nil {
 		log(frames)
 		if handleErr != nil {
@@ -3196,6 +3210,54 @@ func (c *Conn) SendDatagram(p []byte) error {
 	}
 	f.Data = make([]byte, len(p))
 	copy(f.Data, p)
+	return c.datagramQueue.Add(f)
+}
+
+// DatagramHandler takes the datagrams a connection receives, on the connection's run loop,
+// when set with SetDatagramHandler (quicgate patch). Its methods must not block: the
+// connection handles no other packet meanwhile.
+type DatagramHandler interface {
+	// HandleDatagram is called for each DATAGRAM frame received, in order. p is the
+	// datagram's payload, valid until the DatagramsDone that follows: a handler that keeps
+	// it longer must copy it.
+	HandleDatagram(p []byte)
+	// DatagramsDone is called after the datagrams of one packet were handed over: a handler
+	// that gathered them (to write them in one batch) writes them now.
+	DatagramsDone()
+}
+
+type datagramHandlerBox struct{ h DatagramHandler }
+
+// SetDatagramHandler (quicgate patch) hands every datagram received from now on to h, on the
+// connection's run loop, instead of queueing it for ReceiveDatagram: no goroutine hop, no
+// copy, and no receive queue to overflow when the application's reader falls behind a
+// burst (upstream's queue holds 128 datagrams and drops the rest). A nil h goes back to
+// the queue. A handler that a datagram frame too large for this connection's limit would
+// reach sees a protocol violation close the connection, as before.
+func (c *Conn) SetDatagramHandler(h DatagramHandler) {
+	if h == nil {
+		c.datagramHandler.Store(nil)
+		return
+	}
+	c.datagramHandler.Store(&datagramHandlerBox{h})
+}
+
+// SendDatagramParts is SendDatagram of the concatenation of head and p (quicgate patch): one
+// allocation and one copy where a caller that prefixes its payload would make two of each.
+func (c *Conn) SendDatagramParts(head, p []byte) error {
+	if !c.supportsDatagrams() {
+		return errors.New("datagram support disabled")
+	}
+	f := &wire.DatagramFrame{DataLenPresent: true}
+	maxDataLen := min(
+		f.MaxDataLen(c.peerParams.MaxDatagramFrameSize, c.version),
+		protocol.ByteCount(c.maxPayloadSizeEstimate.Load()),
+	)
+	if protocol.ByteCount(len(head)+len(p)) > maxDataLen {
+		return &DatagramTooLargeError{MaxDatagramPayloadSize: int64(maxDataLen)}
+	}
+	f.Data = make([]byte, len(head)+len(p))
+	copy(f.Data[copy(f.Data, head):], p)
 	return c.datagramQueue.Add(f)
 }
 
