@@ -3,6 +3,7 @@ package flow
 import (
 	"context"
 	"errors"
+	"syscall"
 )
 
 // Sentinel errors for how a flow ended.
@@ -17,7 +18,8 @@ var (
 	ErrRejected = errors.New("flow: rejected")
 )
 
-// Result names how a flow ended, for logs: ok, rejected, idle, reset, shutdown or error.
+// Result names how a flow ended, for logs and metrics: ok, rejected, idle, refused (a UDP
+// destination's port unreachable), reset, shutdown or error.
 func Result(err error) string {
 	switch {
 	case err == nil:
@@ -26,6 +28,8 @@ func Result(err error) string {
 		return "rejected" // a -L flow whose bytes went out before the server's answer
 	case errors.Is(err, ErrIdle):
 		return "idle"
+	case errors.Is(err, syscall.ECONNREFUSED):
+		return "refused"
 	case IsReset(err):
 		return "reset"
 	case errors.Is(err, context.Canceled), errors.Is(err, ErrDrained):
