@@ -48,9 +48,15 @@ func (p *Proxy) serveAssociate(conn net.Conn, local flow.Conn, peer string) {
 		local.Abort()
 		return
 	}
+	shared, err := flow.NewSharedUDPSocket(uc)
+	if err != nil {
+		_ = uc.Close()
+		local.Abort()
+		return
+	}
 	ctx, cancel := context.WithCancel(p.flows.Context())
 	a := &association{
-		ctx: ctx, tun: ut, uc: uc, name: p.name, peer: peer,
+		ctx: ctx, tun: ut, uc: uc, shared: shared, name: p.name, peer: peer,
 		client: conn.RemoteAddr().(*net.TCPAddr).AddrPort().Addr().Unmap(),
 		flows:  map[string]*associationFlow{},
 		log:    p.log.WithFields(logrus.Fields{"peer": peer, "proto": "socks5 udp", "udp": uc.LocalAddr().String()}),
@@ -65,7 +71,8 @@ func (p *Proxy) serveAssociate(conn net.Conn, local flow.Conn, peer string) {
 		local.Abort() // ends the copy above when the proxy, not the client, ends it
 	})
 	a.log.Debug("socks5 UDP association open")
-	a.run(&wg)
+	a.wg = &wg
+	_ = shared.ReadLoop(func(ps [][]byte, from []netip.AddrPort) { a.route(ps, from) })
 	cancel()
 	stop()
 	_ = uc.Close()
@@ -79,52 +86,47 @@ type association struct {
 	ctx    context.Context
 	tun    UDPTunnel
 	uc     *net.UDPConn
+	shared *flow.SharedUDPSocket
 	name   string // the -D ingress
 	peer   string
 	client netip.Addr                     // the control connection's host
 	reply  atomic.Pointer[netip.AddrPort] // where the client's datagrams came from last
 	log    *logrus.Entry
+	// wg counts the flows' set-up and relays: the association ends once they have.
+	wg *sync.WaitGroup
 
 	mu    sync.Mutex
 	flows map[string]*associationFlow // by target
 }
 
-// associationFlow is one target's flow; out queues the client's packets while it opens.
+// associationFlow is one target's flow: the client's end of it.
 type associationFlow struct {
+	sharedFlow
 	target flow.Target
 	header []byte // the SOCKS5 UDP header its answers carry
-	out    chan []byte
 }
 
-// run reads the client's datagrams until the socket closes.
-func (a *association) run(wg *sync.WaitGroup) {
-	buf := make([]byte, 65536)
-	for {
-		n, from, err := a.uc.ReadFromUDPAddrPort(buf)
-		if err != nil {
-			return
-		}
-		if from.Addr().Unmap() != a.client {
+// route hands each of the client's datagrams, its SOCKS5 header taken off, to its target's
+// flow.
+func (a *association) route(ps [][]byte, from []netip.AddrPort) {
+	for i, b := range ps {
+		if from[i].Addr() != a.client {
 			continue // only the client's host may use the association
 		}
-		t, header, payload, err := parseSOCKSUDP(buf[:n])
+		t, header, payload, err := parseSOCKSUDP(b)
 		if err != nil {
 			continue
 		}
-		a.reply.Store(&from)
-		f := a.flowFor(t, header, wg)
-		if f == nil {
-			continue
-		}
-		select {
-		case f.out <- append([]byte(nil), payload...):
-		default: // the flow is behind: dropped, as a full socket buffer drops
+		reply := from[i] // from is the read batch's, reused once route returns
+		a.reply.Store(&reply)
+		if f := a.flowFor(t, header); f != nil {
+			f.deliver([][]byte{payload})
 		}
 	}
 }
 
 // flowFor returns t's flow, starting it if there is room.
-func (a *association) flowFor(t flow.Target, header []byte, wg *sync.WaitGroup) *associationFlow {
+func (a *association) flowFor(t flow.Target, header []byte) *associationFlow {
 	key := t.String()
 	a.mu.Lock()
 	defer a.mu.Unlock()
@@ -134,62 +136,52 @@ func (a *association) flowFor(t flow.Target, header []byte, wg *sync.WaitGroup) 
 	if len(a.flows) >= maxAssociationTargets {
 		return nil
 	}
-	f := &associationFlow{target: t, header: append([]byte(nil), header...), out: make(chan []byte, 32)}
+	f := &associationFlow{target: t, header: append([]byte(nil), header...)}
+	f.write = func(ps [][]byte) { a.answer(f, ps) }
+	f.onClose = func() { a.remove(f) }
 	a.flows[key] = f
-	wg.Go(func() { a.carry(f) })
+	a.wg.Go(func() { a.open(f) })
 	return f
 }
 
-// carry opens f's flow and relays both ways until it or the association ends; then f is
-// removed, so that a later datagram for its target opens a new flow.
-func (a *association) carry(f *associationFlow) {
-	defer func() {
-		a.mu.Lock()
+// remove forgets f, so that a later datagram for its target opens a new flow.
+func (a *association) remove(f *associationFlow) {
+	a.mu.Lock()
+	if a.flows[f.target.String()] == f {
 		delete(a.flows, f.target.String())
-		a.mu.Unlock()
-	}()
-	udpFlow, err := a.tun.OpenUDP(a.ctx, f.target, a.name, a.peer)
+	}
+	a.mu.Unlock()
+}
+
+// open opens f's flow and relays it until it or the association ends.
+func (a *association) open(f *associationFlow) {
+	tun, err := a.tun.OpenUDP(a.ctx, f.target, a.name, a.peer)
 	if err != nil {
+		a.remove(f)
 		if a.ctx.Err() == nil {
 			a.log.WithError(err).WithField("target", f.target.String()).Info("udp flow failed")
 		}
 		return
 	}
-	defer udpFlow.Close()
-	stop := context.AfterFunc(a.ctx, func() { _ = udpFlow.Close() })
-	defer stop()
-	done := make(chan struct{})
-	go func() { // owned: carry waits for it below
-		defer close(done)
-		buf := make([]byte, flow.MaxUDPPacket)
-		for {
-			n, err := udpFlow.Read(buf)
-			if err != nil {
-				return
-			}
-			to := a.reply.Load()
-			if to == nil {
-				continue
-			}
-			_, _ = a.uc.WriteToUDPAddrPort(append(f.header[:len(f.header):len(f.header)], buf[:n]...), *to)
-		}
-	}()
-	for {
-		select {
-		case p := <-f.out:
-			if _, err := udpFlow.Write(p); err != nil {
-				_ = udpFlow.Close()
-				<-done
-				return
-			}
-		case <-done:
-			return
-		case <-a.ctx.Done():
-			_ = udpFlow.Close()
-			<-done
-			return
-		}
+	a.wg.Add(1)
+	flow.RelayPackets(a.ctx, &f.sharedFlow, tun, flow.PacketRelayOptions{}, func(flow.PacketStats, error) {
+		defer a.wg.Done()
+		a.remove(f)
+	})
+}
+
+// answer sends the target's packets to the client, each after the header that names the
+// target.
+func (a *association) answer(f *associationFlow, ps [][]byte) {
+	to := a.reply.Load()
+	if to == nil {
+		return
 	}
+	out := make([][]byte, len(ps))
+	for i, p := range ps {
+		out[i] = append(f.header[:len(f.header):len(f.header)], p...)
+	}
+	_ = a.shared.WriteTo(out, *to)
 }
 
 // parseSOCKSUDP splits a SOCKS5 UDP datagram (RSV(2) FRAG(1) ATYP DST.ADDR DST.PORT DATA)

@@ -41,7 +41,7 @@ type mappedTunnel struct {
 	to map[string]string
 }
 
-func (m mappedTunnel) OpenUDP(ctx context.Context, t flow.Target, ingress, peer string) (*quicmux.UDPFlow, error) {
+func (m mappedTunnel) OpenUDP(ctx context.Context, t flow.Target, ingress, peer string) (flow.PacketConn, error) {
 	if a, ok := m.to[t.String()]; ok {
 		mapped, err := flow.ParseTarget(a)
 		if err != nil {

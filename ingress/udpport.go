@@ -1,7 +1,6 @@
 package ingress
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -9,7 +8,6 @@ import (
 	"net/netip"
 	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	"github.com/sirupsen/logrus"
@@ -39,11 +37,11 @@ func ParseUDPForward(spec string) (UDPForward, error) {
 
 // UDPTunnel opens UDP flows: *quicmux.Client is one.
 type UDPTunnel interface {
-	// OpenUDP opens a UDP flow to t (a name is resolved by the server) once the
-	// server has allowed it; the flow is a connected UDP socket's equivalent (see
-	// quicmux.UDPFlow): its Read fails once the flow has ended.
-	// ingress and peer name the flow in the metrics and the recent failures.
-	OpenUDP(ctx context.Context, t flow.Target, ingress, peer string) (*quicmux.UDPFlow, error)
+	// OpenUDP opens a UDP flow to t (a name is resolved by the server) once the server has
+	// allowed it, and returns the tunnel's end of it, for flow.RelayPackets; closing the
+	// end ends the flow. ingress and peer name the flow in the metrics and the recent
+	// failures.
+	OpenUDP(ctx context.Context, t flow.Target, ingress, peer string) (flow.PacketConn, error)
 }
 
 var _ UDPTunnel = (*quicmux.Client)(nil)
@@ -56,14 +54,10 @@ type UDPPortConfig struct {
 }
 
 // DefaultUDPFlows is the default bound on a -U's concurrent source flows: a UDP flow costs
-// a socket on the server and a 64 KiB read buffer here.
+// a socket on the server.
 const DefaultUDPFlows = 1024
 
 const (
-	// udpSourceQueue is how many packets from one source wait for its flow: while the
-	// server answers its request (a round trip), or while a packet too large for a datagram
-	// waits for the stream. More are dropped, as a full socket buffer drops them.
-	udpSourceQueue = 32
 	// udpRetryAfter is how long a source whose flow could not be opened (a denied target,
 	// no server) has its packets dropped before one of them tries again: without it, every
 	// packet of a source that keeps sending would be a request to the server and a log line.
@@ -81,13 +75,14 @@ const (
 // packet from that source opens a new one. The app sees none of these ends, as a UDP app
 // behind a NAT does not: only its packets go unanswered.
 type UDPPort struct {
-	sock *net.UDPConn
-	fwd  UDPForward
-	name string // "-U bind:port:host:hostport", with the bound port
-	tun  UDPTunnel
-	opt  Options
-	max  int
-	log  *logrus.Entry
+	sock   *net.UDPConn
+	shared *flow.SharedUDPSocket
+	fwd    UDPForward
+	name   string // "-U bind:port:host:hostport", with the bound port
+	tun    UDPTunnel
+	opt    Options
+	max    int
+	log    *logrus.Entry
 	// retryAfter is udpRetryAfter (tests shorten or lengthen it before Serve).
 	retryAfter time.Duration
 
@@ -107,11 +102,8 @@ var _ Ingress = (*UDPPort)(nil)
 
 // udpSource is one source address and its flow.
 type udpSource struct {
+	sharedFlow
 	src netip.AddrPort
-	out chan []byte // packets for the flow; Serve never blocks on it
-	// failed is set (under UDPPort.mu) when the flow could not be opened: the source's
-	// packets are dropped until it is removed, udpRetryAfter later.
-	failed bool
 }
 
 // ListenUDPPort binds f's local address.
@@ -120,16 +112,22 @@ func ListenUDPPort(f UDPForward, t UDPTunnel, opt Options, cfg UDPPortConfig) (*
 	if err != nil {
 		return nil, fmt.Errorf("ingress: -U %s: %w", f, err)
 	}
-	_ = sock.SetReadBuffer(1 << 20) // a burst of packets while Serve is descheduled
+	_ = sock.SetReadBuffer(4 << 20) // a burst of packets while Serve is descheduled
 	bound := sock.LocalAddr().(*net.UDPAddr).AddrPort()
 	bound = netip.AddrPortFrom(bound.Addr().Unmap(), bound.Port())
 	maxFlows := cfg.MaxFlows
 	if maxFlows <= 0 {
 		maxFlows = DefaultUDPFlows
 	}
+	shared, err := flow.NewSharedUDPSocket(sock)
+	if err != nil {
+		_ = sock.Close()
+		return nil, fmt.Errorf("ingress: -U %s: %w", f, err)
+	}
 	ctx, cancel := context.WithCancel(context.Background())
 	return &UDPPort{
 		sock:       sock,
+		shared:     shared,
 		fwd:        f,
 		name:       "-U " + UDPForward{Bind: bound, Target: f.Target}.String(),
 		tun:        t,
@@ -156,40 +154,45 @@ func (u *UDPPort) Flows() int {
 	return len(u.sources)
 }
 
-// Serve reads the local socket and forwards each packet to its source's flow until ctx
-// ends. Then it closes the socket and every flow at once, and returns once their goroutines
-// have ended: a UDP flow has no end of its own to wait for (a drain timeout would only hold
-// every shutdown up), and an answer still on its way is lost as UDP loses packets.
+// Serve reads the local socket and hands each source's packets to its flow until ctx ends.
+// Then it closes the socket and every flow at once, and returns once their set-up has
+// ended: a UDP flow has no end of its own to wait for (a drain timeout would only hold every
+// shutdown up), and an answer still on its way is lost as UDP loses packets. An open flow
+// holds no goroutine: Serve's reads move a source's packets into the tunnel, the
+// connection's loop moves the answers out of the socket.
 func (u *UDPPort) Serve(ctx context.Context) error {
 	stop := context.AfterFunc(ctx, u.shutdown)
 	defer stop()
 	defer u.wg.Wait()
-	buf := make([]byte, 1<<16)
-	for {
-		n, src, err := u.sock.ReadFromUDPAddrPort(buf)
-		if err != nil {
-			u.mu.Lock()
-			closed := u.closed
-			u.mu.Unlock()
-			if closed {
-				return nil
+	err := u.shared.ReadLoop(func(ps [][]byte, from []netip.AddrPort) {
+		u.read.Add(uint64(len(ps)))
+		// Consecutive packets of one source go to its flow as one batch.
+		for i := 0; i < len(ps); {
+			j := i + 1
+			for j < len(ps) && from[j] == from[i] {
+				j++
 			}
-			u.shutdown()
-			return fmt.Errorf("ingress: %s: %w", u.name, err)
+			u.route(from[i], ps[i:j])
+			i = j
 		}
-		u.read.Add(1)
-		if n > flow.MaxUDPPacket { // only IPv6 carries more
-			continue
-		}
-		u.route(src, bytes.Clone(buf[:n]))
+	})
+	u.mu.Lock()
+	closed := u.closed
+	u.mu.Unlock()
+	if closed {
+		return nil
 	}
+	u.shutdown()
+	return fmt.Errorf("ingress: %s: %w", u.name, err)
 }
 
-// route hands p to src's flow, opening one for a new source within the limit.
-func (u *UDPPort) route(src netip.AddrPort, p []byte) {
+// route hands ps to src's flow, opening one for a new source within the limit. It runs on
+// Serve's goroutine; a flow's relay may wait there while the tunnel's datagram queue is
+// full, which leaves the rest in the socket's buffer.
+func (u *UDPPort) route(src netip.AddrPort, ps [][]byte) {
 	u.mu.Lock()
-	defer u.mu.Unlock()
 	if u.closed {
+		u.mu.Unlock()
 		return
 	}
 	s := u.sources[src]
@@ -200,95 +203,48 @@ func (u *UDPPort) route(src netip.AddrPort, p []byte) {
 				u.log.WithFields(logrus.Fields{"max_flows": u.max, "peer": src.String()}).Warn("udp source limit reached: dropping new sources' packets")
 			}
 			u.lastDrop = now
+			u.mu.Unlock()
 			return
 		}
-		s = &udpSource{src: src, out: make(chan []byte, udpSourceQueue)}
+		s = &udpSource{src: src}
+		s.write = func(ps [][]byte) { _ = u.shared.WriteTo(ps, src) } // what the source refuses is lost
+		s.onClose = func() { u.remove(s) }
 		u.sources[src] = s
 		u.wg.Add(1)
-		go u.runSource(s)
+		go u.open(s)
 	}
-	if s.failed {
-		return
-	}
-	select {
-	case s.out <- p:
-	default: // the flow is behind: drop, as a full socket buffer does
-	}
+	u.mu.Unlock()
+	s.deliver(ps)
 }
 
-// runSource opens s's flow and carries its packets both ways until the flow ends; then it
-// removes s, so that the source's next packet opens a new flow.
-func (u *UDPPort) runSource(s *udpSource) {
+// open opens s's flow and starts its relay; when the flow ends, s is removed, so that the
+// source's next packet opens a new one. A source whose flow could not be opened is kept,
+// failed, for retryAfter.
+func (u *UDPPort) open(s *udpSource) {
 	defer u.wg.Done()
-	defer u.remove(s)
-	f, err := u.tun.OpenUDP(u.ctx, u.fwd.Target, u.name, s.src.String())
+	tun, err := u.tun.OpenUDP(u.ctx, u.fwd.Target, u.name, s.src.String())
 	if err != nil {
 		u.logEnd(s, err, 0, 0)
 		if u.ctx.Err() != nil {
+			u.remove(s)
 			return
 		}
-		u.mu.Lock()
-		s.failed = true
-		u.mu.Unlock()
+		s.fail()
 		t := time.NewTimer(u.retryAfter)
 		defer t.Stop()
 		select {
 		case <-t.C:
 		case <-u.ctx.Done():
 		}
+		u.remove(s)
 		return
 	}
-	// Closing the flow ends a Write blocked on its stream and the Read below.
-	stop := context.AfterFunc(u.ctx, func() { _ = f.Close() })
-	defer stop()
-	type result struct {
-		n   int64
-		err error
-	}
-	down := make(chan result, 1)
-	go func() { // the flow's packets back to the source; ends with the flow
-		n, err := u.toSource(f, s.src)
-		down <- result{n, err}
-	}()
-	var up int64
-	for {
-		select {
-		case p := <-s.out:
-			// A failed Write means the flow has ended: the Read says why.
-			if _, err := f.Write(p); err == nil {
-				up += int64(len(p))
-			}
-		case r := <-down:
-			_ = f.Close()
-			u.logEnd(s, r.err, up, r.n)
-			return
-		}
-	}
-}
-
-// toSource sends the flow's packets to src from the bound socket until the flow's Read
-// fails, and returns the bytes sent and why it ended.
-func (u *UDPPort) toSource(f *quicmux.UDPFlow, src netip.AddrPort) (int64, error) {
-	buf := make([]byte, flow.MaxUDPPacket)
-	var sent int64
-	for {
-		n, err := f.Read(buf)
-		if err != nil {
-			return sent, err
-		}
-		if _, err := u.sock.WriteToUDPAddrPort(buf[:n], src); err == nil {
-			sent += int64(n)
-		}
-	}
-}
-
-// remove drops s from the table.
-func (u *UDPPort) remove(s *udpSource) {
-	u.mu.Lock()
-	if u.sources[s.src] == s {
-		delete(u.sources, s.src)
-	}
-	u.mu.Unlock()
+	u.wg.Add(1) // the relay's: Serve and Close wait for the flows to end
+	flow.RelayPackets(u.ctx, &s.sharedFlow, tun, flow.PacketRelayOptions{}, func(st flow.PacketStats, err error) {
+		defer u.wg.Done()
+		u.remove(s)
+		u.logEnd(s, err, st.AtoB, st.BtoA)
+	})
 }
 
 // logEnd logs how s's flow ended: a line for a failure (the server's refusal, the target's
@@ -312,18 +268,23 @@ func (u *UDPPort) logEnd(s *udpSource, err error, up, down int64) {
 	entry.Debug("flow ended")
 }
 
-// udpResult names how a UDP flow ended, as flow.Result does for TCP flows.
+// udpResult names how a UDP flow ended: flow.Result's name, or for a flow the server
+// would not open its status (denied, unreachable, ...).
 func udpResult(err error) string {
 	var se *quicmux.StatusError
-	switch {
-	case errors.As(err, &se):
+	if errors.As(err, &se) {
 		return se.Status.String()
-	case errors.Is(err, syscall.ECONNREFUSED):
-		return "refused" // ICMP port unreachable at the far side
-	case errors.Is(err, net.ErrClosed):
-		return "shutdown"
 	}
 	return flow.Result(err)
+}
+
+// remove drops s from the table.
+func (u *UDPPort) remove(s *udpSource) {
+	u.mu.Lock()
+	if u.sources[s.src] == s {
+		delete(u.sources, s.src)
+	}
+	u.mu.Unlock()
 }
 
 // shutdown stops taking packets and ends every flow.

@@ -26,9 +26,13 @@ import (
 const DefaultMaxUDPFlows = 4096
 
 // udpReceiveBuffer is the receive buffer of a forwarded flow's endpoint: what the app's
-// packets may fill while the handler sets up the far side or falls behind. gVisor's
-// default (32 KiB) would drop the second packet of a burst of large ones.
-const udpReceiveBuffer = 256 << 10
+// packets may fill while the handler sets up the far side or falls behind (a burst of a
+// millisecond at 1 Gbit/s is over 100 packets of 1200 bytes, each counted with its
+// overhead). gVisor's default (32 KiB) would drop the second packet of a burst of large
+// ones. It is a bound, not an allocation: with every flow full, DefaultMaxUDPFlows of
+// them could hold 4 GiB, which only a local app that floods thousands of flows at once
+// toward a tunnel that cannot carry them comes near.
+const udpReceiveBuffer = 1 << 20
 
 // UDPHandler receives every UDP flow the stack terminates: one per 5-tuple (app address and
 // port, original destination and port) that has no flow yet.
@@ -263,6 +267,7 @@ func (f *udpForwarder) handle(fr *udp.ForwarderRequest) bool {
 		src:     netip.AddrPortFrom(srcIP, id.RemotePort),
 		dst:     netip.AddrPortFrom(dstIP, id.LocalPort),
 		ep:      ep,
+		wq:      &wq,
 		release: f.release,
 		icmp:    f.link.sendOut,
 	}

@@ -332,9 +332,7 @@ func (s *Server) serveConn(qc *quic.Conn) {
 	stop := context.AfterFunc(qc.Context(), cancel)
 	defer stop()
 
-	var dgrams sync.WaitGroup
-	dgrams.Go(func() { cl.dgrams.run(ctx, qc) })
-	defer func() { cancel(); dgrams.Wait() }()
+	qc.SetDatagramHandler(cl.dgrams) // UDP flows' datagrams, on the connection's loop
 	for {
 		str, err := qc.AcceptStream(ctx)
 		if err != nil {
@@ -462,7 +460,7 @@ func (s *Server) serveStream(ctx context.Context, cl *connInfo, str *quic.Stream
 		s.serveListen(ctx, cl, str, req.Target)
 		return
 	case KindUDP:
-		s.serveUDP(ctx, cl, str, req.Target, log(logrus.Fields{}))
+		relaying = s.serveUDP(ctx, cl, str, req.Target, log(logrus.Fields{}), release)
 		return
 	case KindResolve:
 		s.serveResolve(ctx, cl, str, req.Target.Host, log(logrus.Fields{}))

@@ -1,6 +1,7 @@
 package quicmux
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -14,7 +15,7 @@ import (
 	"github.com/quicgate/quicgate/third_party/quic-go"
 )
 
-// udpQueue is how many received packets a UDP flow holds for Read; more are dropped, as a
+// udpQueue is how many received packets a UDPFlow holds for Read; more are dropped, as a
 // full socket buffer drops them.
 const udpQueue = 256
 
@@ -24,18 +25,17 @@ const udpQueue = 256
 // has ended, Read returns the packets still queued and then why it ended: an error matching
 // syscall.ECONNREFUSED when the server's socket got ICMP port unreachable, flow.ErrIdle after
 // the server's idle timeout, net.ErrClosed after Close, or a reset (flow.IsReset) when the
-// connection or the server ended it.
+// connection or the server ended it. Ingresses use OpenUDP's flow.PacketConn instead, which
+// moves packets with no goroutine and no queue.
 type UDPFlow struct {
-	sender *packetSender
-	mux    *datagramMux
+	end    flow.PacketConn
 	target flow.Target
 	local  net.Addr
 
-	in    chan []byte
-	done  chan struct{} // closed when the flow has ended
-	once  sync.Once
-	err   error       // why it ended; set before done is closed
-	ended func(error) // counts the end in the metrics; set before the flow can end
+	in   chan []byte
+	done chan struct{} // closed when the flow has ended
+	once sync.Once
+	err  error // why it ended; set before done is closed
 
 	mu           sync.Mutex
 	readDeadline time.Time
@@ -57,41 +57,39 @@ func (c *Client) DialUDP(ctx context.Context, network, address string) (*UDPFlow
 	if err != nil {
 		return nil, &net.OpError{Op: "dial", Net: network, Err: err}
 	}
-	f, err := c.OpenUDP(ctx, t, "", "")
+	end, err := c.OpenUDP(ctx, t, "", "")
 	if err != nil {
 		return nil, &net.OpError{Op: "dial", Net: network, Addr: targetAddr{t}, Err: err}
 	}
-	return f, nil
+	return newUDPFlow(end, t), nil
 }
 
-// OpenUDP is DialUDP for ingresses: t is the flow's target, and ingress and peer name it in
-// the metrics and the list of recent failures, as Flow.Ingress and Flow.Peer do for TCP
-// (ingress default "api").
-func (c *Client) OpenUDP(ctx context.Context, t flow.Target, ingress, peer string) (*UDPFlow, error) {
+// newUDPFlow gives the tunnel's end of a flow (OpenUDP's) a connected UDP socket's API.
+func newUDPFlow(end flow.PacketConn, t flow.Target) *UDPFlow {
+	f := &UDPFlow{end: end, target: t, local: end.(*clientUDP).t.conn.LocalAddr(),
+		in: make(chan []byte, udpQueue), done: make(chan struct{}), deadlineSet: make(chan struct{})}
+	end.Start(f.deliver, f.finish)
+	return f
+}
+
+// OpenUDP opens a UDP flow to t for an ingress and returns the tunnel's end of it, to relay
+// with flow.RelayPackets once the server has allowed it and opened its socket; ingress and
+// peer name it in the metrics and the list of recent failures, as Flow.Ingress and
+// Flow.Peer do for TCP (ingress default "api"). Closing the end ends the flow.
+func (c *Client) OpenUDP(ctx context.Context, t flow.Target, ingress, peer string) (flow.PacketConn, error) {
 	if ingress == "" {
 		ingress = ingressAPI
 	}
-	f, err := c.dialUDP(ctx, t, ingress)
+	end, err := c.dialUDP(ctx, t, ingress)
 	if err != nil {
 		c.cfg.Metrics.flowRejected()
 		c.flowFailed(ctx, ingress, peer, t, err)
 		return nil, err
 	}
-	return f, nil
+	return end, nil
 }
 
-// udpResult names how a UDP flow ended, for the metrics.
-func udpResult(err error) string {
-	switch {
-	case errors.Is(err, net.ErrClosed):
-		return "ok" // the app closed it
-	case errors.Is(err, syscall.ECONNREFUSED):
-		return "reset" // the destination's port unreachable, as a TCP destination's RST
-	}
-	return flow.Result(err)
-}
-
-func (c *Client) dialUDP(ctx context.Context, t flow.Target, ingress string) (*UDPFlow, error) {
+func (c *Client) dialUDP(ctx context.Context, t flow.Target, ingress string) (*clientUDP, error) {
 	hdr, err := AppendRequest(nil, Request{Kind: KindUDP, Target: t})
 	if err != nil {
 		return nil, err
@@ -102,30 +100,18 @@ func (c *Client) dialUDP(ctx context.Context, t flow.Target, ingress string) (*U
 	if err != nil {
 		return nil, err
 	}
-	fail := func(err error) (*UDPFlow, error) {
-		abortStream(str, codeFlowReset)
+	tun := newUDPTunnel(qc, str, c.datagramsOf(qc), func(error) quic.StreamErrorCode { return codeFlowReset }, udpEndError)
+	fail := func(err error) (*clientUDP, error) {
+		tun.Close(err)
 		return nil, err
 	}
-	f := &UDPFlow{
-		sender: &packetSender{conn: qc, str: str},
-		mux:    c.datagramsOf(qc),
-		target: t,
-		local:  qc.LocalAddr(),
-		in:     make(chan []byte, udpQueue),
-		done:   make(chan struct{}),
-	}
-	f.deadlineSet = make(chan struct{})
-	// Registered before the request goes out: the first answer may come right behind the
-	// status.
-	f.mux.add(str.StreamID(), f.deliver)
+	tun.listen() // the first answers may come right behind the status
 	if _, err := str.Write(hdr); err != nil {
-		f.mux.remove(str.StreamID())
 		return fail(mapStreamErr(err))
 	}
 	deadline, _ := ctx.Deadline()
 	_ = str.SetReadDeadline(deadline)
 	if err := ReadStatus(str); err != nil {
-		f.mux.remove(str.StreamID())
 		if ctx.Err() != nil && !errors.As(err, new(*StatusError)) {
 			err = fmt.Errorf("%w: no answer within %s", ErrServerUnreachable, c.cfg.DialTimeout)
 		}
@@ -133,16 +119,42 @@ func (c *Client) dialUDP(ctx context.Context, t flow.Target, ingress string) (*U
 	}
 	_ = str.SetReadDeadline(time.Time{})
 	active := c.cfg.Metrics.flowStarted(ingress)
-	f.ended = func(err error) { c.cfg.Metrics.flowEnded(active, udpResult(err)) }
-	c.wg.Add(1)
-	go func() { // owned by the client, ends with the flow's stream
-		defer c.wg.Done()
-		f.readStream(str)
-	}()
-	return f, nil
+	return &clientUDP{t: tun, count: func(err error) { c.cfg.Metrics.flowEnded(active, udpResult(err)) }}, nil
 }
 
-// datagramsOf returns conn's datagram mux, starting it with the connection's first UDP flow.
+// clientUDP is the tunnel's end of a client's UDP flow: it counts the flow's end once.
+type clientUDP struct {
+	t     *udpTunnel
+	count func(error)
+	once  sync.Once
+}
+
+func (u *clientUDP) Start(out func([][]byte), ended func(error)) {
+	u.t.Start(out, func(err error) {
+		u.once.Do(func() { u.count(err) })
+		ended(err)
+	})
+}
+
+func (u *clientUDP) WritePackets(ps [][]byte) error { return u.t.WritePackets(ps) }
+
+func (u *clientUDP) Close(why error) {
+	u.once.Do(func() { u.count(why) })
+	u.t.Close(why)
+}
+
+// udpResult names how a UDP flow ended, for the metrics: flow.Result's names, an app's
+// Close being an orderly end.
+func udpResult(err error) string {
+	if errors.Is(err, net.ErrClosed) {
+		return "ok"
+	}
+	return flow.Result(err)
+}
+
+// datagramsOf returns conn's datagram mux, which takes its datagrams from the first UDP
+// flow on: they are handed over on the connection's own loop, so the mux needs no
+// goroutine; it is forgotten with the connection.
 func (c *Client) datagramsOf(conn *quic.Conn) *datagramMux {
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -154,43 +166,16 @@ func (c *Client) datagramsOf(conn *quic.Conn) *datagramMux {
 	}
 	m := newDatagramMux()
 	c.dgrams[conn] = m
-	c.wg.Add(1)
-	go func() { // owned by the client; ends with conn
-		defer c.wg.Done()
-		m.run(conn.Context(), conn)
+	conn.SetDatagramHandler(m)
+	context.AfterFunc(conn.Context(), func() {
 		c.mu.Lock()
 		delete(c.dgrams, conn)
 		c.mu.Unlock()
-	}()
+	})
 	return m
 }
 
-// deliver queues a packet from a datagram; a full queue drops it.
-func (f *UDPFlow) deliver(p []byte) {
-	select {
-	case f.in <- append([]byte(nil), p...):
-	default:
-	}
-}
-
-// readStream takes the packets that come on the stream until it ends, which ends the flow.
-func (f *UDPFlow) readStream(str *quic.Stream) {
-	buf := make([]byte, flow.MaxUDPPacket)
-	for {
-		n, err := readStreamPacket(str, buf)
-		if err != nil {
-			f.end(udpEndError(err))
-			return
-		}
-		select {
-		case f.in <- append([]byte(nil), buf[:n]...):
-		case <-f.done:
-			return
-		}
-	}
-}
-
-// udpEndError is what Read returns once the server ended the flow's stream.
+// udpEndError is what the flow ended with once the server ended the flow's stream.
 func udpEndError(err error) error {
 	var se *quic.StreamError
 	if errors.As(err, &se) && se.ErrorCode == codePortUnreachable {
@@ -202,16 +187,21 @@ func udpEndError(err error) error {
 	return mapStreamErr(err)
 }
 
-// end ends the flow with err (once).
-func (f *UDPFlow) end(err error) {
+// deliver queues packets for Read; a full queue drops them.
+func (f *UDPFlow) deliver(ps [][]byte) {
+	for _, p := range ps {
+		select {
+		case f.in <- bytes.Clone(p):
+		default:
+		}
+	}
+}
+
+// finish records why the flow ended (once).
+func (f *UDPFlow) finish(err error) {
 	f.once.Do(func() {
 		f.err = err
-		if f.ended != nil {
-			f.ended(err)
-		}
 		close(f.done)
-		f.mux.remove(f.sender.str.StreamID())
-		abortStream(f.sender.str, codeFlowReset)
 	})
 }
 
@@ -267,15 +257,17 @@ func (f *UDPFlow) Write(p []byte) (int, error) {
 		return 0, f.err
 	default:
 	}
-	if err := f.sender.send(p); err != nil {
-		return 0, mapStreamErr(err)
+	if err := f.end.WritePackets([][]byte{p}); err != nil {
+		f.finish(err)
+		return 0, err
 	}
 	return len(p), nil
 }
 
 // Close ends the flow; the server closes its socket.
 func (f *UDPFlow) Close() error {
-	f.end(net.ErrClosed)
+	f.finish(net.ErrClosed)
+	f.end.Close(net.ErrClosed)
 	return nil
 }
 
@@ -299,5 +291,5 @@ func (f *UDPFlow) SetReadDeadline(t time.Time) error {
 // SetWriteDeadline bounds a Write of a packet too large for a datagram, which waits for the
 // stream's flow control; other Writes do not block.
 func (f *UDPFlow) SetWriteDeadline(t time.Time) error {
-	return f.sender.str.SetWriteDeadline(t)
+	return f.end.(*clientUDP).t.str.SetWriteDeadline(t)
 }

@@ -223,10 +223,11 @@ func TestUDPFlowMetrics(t *testing.T) {
 	target, _ := flow.ParseTarget(udpEcho(t))
 	ctx, cancel := context.WithTimeout(context.Background(), hangLimit)
 	defer cancel()
-	f, err := tn.client.OpenUDP(ctx, target, "-U test", "127.0.0.1:5000")
+	end, err := tn.client.OpenUDP(ctx, target, "-U test", "127.0.0.1:5000")
 	if err != nil {
 		t.Fatal(err)
 	}
+	f := newUDPFlow(end, target)
 	echoPacket(t, f, []byte("counted"))
 	waitMetric(t, creg, "quicgate_flows_active", map[string]string{"ingress": "-U test"}, 1)
 	_ = f.Close()
