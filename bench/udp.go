@@ -7,6 +7,7 @@ import (
 	"io"
 	"net"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"time"
@@ -30,6 +31,11 @@ type UDPResult struct {
 	LossPct     float64 `json:"loss_pct"`
 	// Seconds is the measured window (the TUN row's is shorter, to keep the run short).
 	Seconds float64 `json:"seconds,omitempty"`
+	// IdleFlows, on the idle row ("quicgate -U idle"), is how many idle UDP flows were held
+	// open, and ClientKiB and ServerKiB what each cost the client's and the server's RSS.
+	IdleFlows int     `json:"idle_flows,omitempty"`
+	ClientKiB float64 `json:"client_kib_per_idle_flow,omitempty"`
+	ServerKiB float64 `json:"server_kib_per_idle_flow,omitempty"`
 	Error   string  `json:"error,omitempty"`
 	Skipped string  `json:"skipped,omitempty"`
 }
@@ -81,6 +87,7 @@ func RunUDP(ctx context.Context, env *Env, opt Options) []UDPResult {
 	measure("direct UDP", dialUDP(sink.Addr()), sink, opt.Measure)
 	if all || opt.Only[UDPPathName] {
 		out = append(out, udpThroughU(env, sink, opt.Measure, measure)...)
+		out = append(out, udpIdleThroughU(ctx, env, opt.IdleFlows, say))
 	}
 	if all || opt.Only[UDPTUNPathName] {
 		out = append(out, udpThroughTUN(ctx, env, opt, measure)...)
@@ -108,6 +115,130 @@ func udpThroughU(env *Env, sink *UDPSink, window time.Duration, measure udpMeasu
 	}
 	measure(UDPPathName, dialUDP(fwd["listen"].(string)), sink, window)
 	return nil
+}
+
+// UDPIdlePathName names the idle UDP flows row.
+const UDPIdlePathName = "quicgate -U idle"
+
+// udpIdlePerPort is how many sources each -U port of the idle row takes (a -U's default
+// bound on its flows is 1,024).
+const udpIdlePerPort = 1000
+
+// udpIdleThroughU opens n UDP flows through quicgate -U to a UDP echo server (each from a
+// socket of its own, so a source and a flow of its own; over n/1000 ports), proves each with
+// one echoed packet, and reports what the idle flows cost the client's and the server's RSS.
+func udpIdleThroughU(ctx context.Context, env *Env, n int, say func(path, format string, a ...any)) UDPResult {
+	r := UDPResult{Path: UDPIdlePathName, IdleFlows: n}
+	echo, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
+	if err != nil {
+		r.Error = err.Error()
+		return r
+	}
+	defer echo.Close()
+	_ = echo.SetReadBuffer(4 << 20)
+	go func() {
+		buf := make([]byte, 2048)
+		for {
+			k, from, err := echo.ReadFromUDPAddrPort(buf)
+			if err != nil {
+				return
+			}
+			_, _ = echo.WriteToUDPAddrPort(buf[:k], from)
+		}
+	}()
+	ports := (n + udpIdlePerPort - 1) / udpIdlePerPort
+	var args []string
+	for range ports {
+		args = append(args, "-U", "0:"+echo.LocalAddr().String())
+	}
+	srv, cli, err := startQuicgate(env, filepath.Join(env.Dir, "qg-udp-idle"), args...)
+	if err != nil {
+		r.Error = err.Error()
+		return r
+	}
+	defer func() { cli.Stop(); srv.Stop() }()
+	var listen []string
+	for range ports {
+		fwd, err := cli.WaitJSON("forwarding udp", 10*time.Second)
+		if err != nil {
+			r.Error = err.Error()
+			return r
+		}
+		listen = append(listen, fwd["listen"].(string))
+	}
+	// One flow first, so that the measure leaves out the connection's own set-up.
+	warm, err := udpIdleFlow(listen[0])
+	if err != nil {
+		r.Error = err.Error()
+		return r
+	}
+	defer warm.Close()
+	cliBefore, srvBefore := rssBytes([]int{cli.PID()}), rssBytes([]int{srv.PID()})
+	conns := make([]net.Conn, n)
+	defer func() {
+		for _, c := range conns {
+			if c != nil {
+				_ = c.Close()
+			}
+		}
+	}()
+	work := make(chan int)
+	errc := make(chan error, 16)
+	for range 16 {
+		go func() {
+			for i := range work {
+				c, err := udpIdleFlow(listen[i/udpIdlePerPort])
+				if err != nil {
+					errc <- fmt.Errorf("idle flow %d: %w", i, err)
+					return
+				}
+				conns[i] = c
+			}
+			errc <- nil
+		}()
+	}
+	for i := range n {
+		if ctx.Err() != nil {
+			break
+		}
+		work <- i
+	}
+	close(work)
+	for range 16 {
+		if e := <-errc; e != nil && err == nil {
+			err = e
+		}
+	}
+	if err != nil {
+		r.Error = err.Error()
+		return r
+	}
+	r.ClientKiB = float64(rssBytes([]int{cli.PID()})-cliBefore) / 1024 / float64(n)
+	r.ServerKiB = float64(rssBytes([]int{srv.PID()})-srvBefore) / 1024 / float64(n)
+	say(UDPIdlePathName, "%d idle flows: client +%.1f KiB a flow, server +%.1f KiB a flow", n, r.ClientKiB, r.ServerKiB)
+	return r
+}
+
+// udpIdleFlow opens one flow through a -U port: a socket of its own, proven with an echo
+// (sent again every 200 ms, UDP may lose it; at most 5 s).
+func udpIdleFlow(port string) (net.Conn, error) {
+	c, err := net.Dial("udp", port)
+	if err != nil {
+		return nil, err
+	}
+	buf := make([]byte, 64)
+	for try := 0; try < 25; try++ {
+		if _, err := c.Write([]byte("idle")); err != nil {
+			_ = c.Close()
+			return nil, err
+		}
+		_ = c.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+		if _, err := c.Read(buf); err == nil {
+			return c, nil
+		}
+	}
+	_ = c.Close()
+	return nil, errors.New("no echo within 5 s")
 }
 
 // udpThroughTUN measures quicgate TUN in the TCP TUN row's topology: the sender's socket is
@@ -259,6 +390,23 @@ func settle(s *UDPSink, quiet time.Duration) {
 
 // udpMarkdown writes the UDP rows: delivered rate and loss per offered rate, each path.
 func udpMarkdown(w io.Writer, rows []UDPResult) {
+	var idle []UDPResult
+	rows = slices.DeleteFunc(slices.Clone(rows), func(r UDPResult) bool {
+		if r.Path == UDPIdlePathName {
+			idle = append(idle, r)
+			return true
+		}
+		return false
+	})
+	defer func() {
+		for _, r := range idle {
+			if r.Error != "" {
+				fmt.Fprintf(w, "\nIdle UDP flows through quicgate -U: error: %s\n", r.Error)
+				continue
+			}
+			fmt.Fprintf(w, "\nIdle UDP flows through quicgate -U (%d, each proven with one echoed packet): client +%.1f KiB a flow, server +%.1f KiB a flow (RSS).\n", r.IdleFlows, r.ClientKiB, r.ServerKiB)
+		}
+	}()
 	if len(rows) == 0 {
 		return
 	}
