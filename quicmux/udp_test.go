@@ -6,6 +6,7 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"runtime"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -240,4 +241,31 @@ func TestUDPFlowMetrics(t *testing.T) {
 	if got := cm.RecentFailures(); len(got) != 1 || got[0].Ingress != "-U test" || got[0].Target != "10.255.0.1:53" {
 		t.Fatalf("recent failures %+v, want the denied UDP flow", got)
 	}
+}
+
+// Open UDP flows that move nothing hold no goroutine on either side of the tunnel: the
+// server's sockets wait in its parker, the tunnel's ends are handed their datagrams on the
+// connection's loop and read their streams only once readable.
+func TestIdleUDPFlowsHoldNoGoroutine(t *testing.T) {
+	tn := newTunnel(t)
+	addr := udpEcho(t)
+	echoPacket(t, mustDialUDP(t, tn.client, addr), []byte("warm"))
+	before := runtime.NumGoroutine()
+	const n = 100
+	for i := range n {
+		echoPacket(t, mustDialUDP(t, tn.client, addr), []byte{byte(i)})
+	}
+	// Each flow's set-up and first packets run on goroutines that end: wait for them.
+	if !poll(func() bool { return runtime.NumGoroutine() < before+n/10 }) {
+		t.Fatalf("%d goroutines with %d idle UDP flows open, %d before", runtime.NumGoroutine(), n, before)
+	}
+}
+
+func mustDialUDP(t *testing.T, c *Client, addr string) *UDPFlow {
+	t.Helper()
+	f, err := dialUDP(t, c, addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return f
 }
