@@ -1,9 +1,12 @@
 package main
 
 import (
+	"bytes"
 	"errors"
+	"fmt"
 	"io"
 	"net"
+	"os"
 	"path/filepath"
 	"syscall"
 	"testing"
@@ -29,6 +32,7 @@ func TestServerStopsAnswering(t *testing.T) {
 	if err := srv.cmd.Process.Signal(syscall.SIGSTOP); err != nil {
 		t.Fatal(err)
 	}
+	waitProcState(t, srv.cmd.Process.Pid, 'T') // a signal is delivered when it is
 	stopped := true
 	defer func() {
 		if stopped {
@@ -92,4 +96,25 @@ func TestServerStopsAnswering(t *testing.T) {
 	}
 	cli.stop(t)
 	srv.stop(t)
+}
+
+// waitProcState waits until process pid is in state (the third field of /proc/PID/stat:
+// 'T' stopped, 'S' sleeping, ...).
+func waitProcState(t *testing.T, pid int, state byte) {
+	t.Helper()
+	deadline := time.Now().Add(hangLimit)
+	for {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", pid))
+		if err != nil {
+			t.Fatal(err)
+		}
+		// The command name, in parentheses, may hold spaces: the state follows the last ')'.
+		if i := bytes.LastIndexByte(b, ')'); i >= 0 && i+2 < len(b) && b[i+2] == state {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("process %d not in state %c within %v", pid, state, hangLimit)
+		}
+		time.Sleep(time.Millisecond)
+	}
 }
