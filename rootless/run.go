@@ -16,6 +16,8 @@ import (
 
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
+
+	"github.com/quicgate/quicgate/internal/logging"
 )
 
 // DefaultTUN is the device's name inside the namespace; each namespace has its own, so
@@ -97,12 +99,7 @@ func Start(ctx context.Context, cfg Config) (*Proc, error) {
 	if cfg.Path == "" || len(cfg.Args) == 0 || len(cfg.Self) == 0 {
 		return nil, errors.New("rootless: Config needs Path, Args and Self")
 	}
-	log := cfg.Logger
-	if log == nil {
-		l := logrus.New()
-		l.SetOutput(io.Discard)
-		log = logrus.NewEntry(l)
-	}
+	log := logging.OrDiscard(cfg.Logger)
 	s := setup{TUN: cfg.TUN, MTU: cfg.MTU, Addrs: cfg.Addrs, Routes: cfg.Routes, Resolv: cfg.Resolv, Path: cfg.Path}
 	if s.TUN == "" {
 		s.TUN = DefaultTUN
