@@ -48,8 +48,8 @@ const setupTimeout = 30 * time.Second
 
 // Config describes the command and its namespace.
 type Config struct {
-	// Path is the command's executable (as exec.LookPath found it) and Args its argument
-	// list, Args[0] included.
+	// Path is the command's executable (as exec.LookPath found it; Run looks it up from
+	// Args[0] if it is "") and Args its argument list, Args[0] included.
 	Path string
 	Args []string
 	// Env is the command's environment (nil: this process's) and Dir its working
