@@ -23,6 +23,8 @@ import (
 	"gvisor.dev/gvisor/pkg/waiter"
 
 	"github.com/quicgate/quicgate/flow"
+	"github.com/quicgate/quicgate/internal/looptest"
+	"github.com/quicgate/quicgate/internal/quicmuxtest"
 	"github.com/quicgate/quicgate/internal/testlog"
 	"github.com/quicgate/quicgate/netstack"
 	"github.com/quicgate/quicgate/netstack/memtun"
@@ -112,8 +114,8 @@ func newHarness(t *testing.T, kind ingressKind, cfg harnessConfig) *harness {
 	var relay func(string) string
 	if cfg.udpRelay {
 		relay = func(serverAddr string) string {
-			h.relay = newUDPRelay(t, serverAddr)
-			return h.relay.addr()
+			h.relay = looptest.NewRelay(t, serverAddr)
+			return h.relay.Addr()
 		}
 	}
 	h.server, h.client = startTunnel(t, quicmux.ServerConfig{
@@ -154,49 +156,18 @@ func newHarness(t *testing.T, kind ingressKind, cfg harnessConfig) *harness {
 	return h
 }
 
-// startTunnel starts a server on loopback with sc and a client with cc (each with fresh
-// identities that trust each other, and a test logger), connects the client, and closes both
+// startTunnel starts a server on loopback with sc and a client with cc (the rig's: fresh
+// identities that trust each other, a test logger), connects the client, and closes both
 // at cleanup. via, if set, is given the server's address and returns the one the client
 // dials (a relay in between).
 func startTunnel(t *testing.T, sc quicmux.ServerConfig, cc quicmux.ClientConfig, via func(string) string) (*quicmux.Server, *quicmux.Client) {
 	t.Helper()
-	serverID, err := quicmux.NewEphemeralIdentity()
-	if err != nil {
-		t.Fatal(err)
-	}
-	clientID, err := quicmux.NewEphemeralIdentity()
-	if err != nil {
-		t.Fatal(err)
-	}
-	sc.Identity = serverID
-	sc.Authorized = func(fp quicmux.Fingerprint) bool { return fp == clientID.Fingerprint }
-	sc.Logger = testLogger(t).WithField("side", "server")
-	srv, err := quicmux.NewServer(sc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr, err := srv.Listen("127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = srv.Close() })
-	cc.Server = addr.String()
+	var opts []quicmuxtest.Option
 	if via != nil {
-		cc.Server = via(cc.Server)
+		opts = append(opts, quicmuxtest.Via(via))
 	}
-	cc.Identity, cc.Pin = clientID, serverID.Fingerprint
-	cc.Logger = testLogger(t).WithField("side", "client")
-	client, err := quicmux.NewClient(cc)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = client.Close() })
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	if err := client.Connect(ctx); err != nil {
-		t.Fatalf("connect: %v", err)
-	}
-	return srv, client
+	tn := quicmuxtest.Start(t, sc, cc, opts...)
+	return tn.Server, tn.Client
 }
 
 // startPort serves a -L on an ephemeral loopback port; the app dials it with the kernel.
@@ -509,81 +480,8 @@ func abortTCP(c *net.TCPConn) {
 }
 
 // udpRelay forwards the client's datagrams to the server and back until Blackhole, after
-// which it drops everything both ways: the path is gone without a packet to say so.
-type udpRelay struct {
-	front, back *net.UDPConn
-	blackhole   atomic.Bool
-	client      atomic.Pointer[net.UDPAddr]
-}
-
-func newUDPRelay(t *testing.T, server string) *udpRelay {
-	t.Helper()
-	front, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	saddr, err := net.ResolveUDPAddr("udp", server)
-	if err != nil {
-		t.Fatal(err)
-	}
-	back, err := net.DialUDP("udp", nil, saddr)
-	if err != nil {
-		_ = front.Close()
-		t.Fatal(err)
-	}
-	r := &udpRelay{front: front, back: back}
-	var wg sync.WaitGroup
-	wg.Go(r.toServer)
-	wg.Go(r.toClient)
-	t.Cleanup(func() {
-		_ = front.Close()
-		_ = back.Close()
-		wg.Wait()
-	})
-	return r
-}
-
-func (r *udpRelay) addr() string { return r.front.LocalAddr().String() }
-
-// Blackhole drops every datagram from now on.
-func (r *udpRelay) Blackhole() { r.blackhole.Store(true) }
-
-func (r *udpRelay) toServer() {
-	buf := make([]byte, 65536)
-	for {
-		n, from, err := r.front.ReadFromUDP(buf)
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return
-			}
-			continue
-		}
-		r.client.Store(from)
-		if !r.blackhole.Load() {
-			_, _ = r.back.Write(buf[:n])
-		}
-	}
-}
-
-func (r *udpRelay) toClient() {
-	buf := make([]byte, 65536)
-	for {
-		n, err := r.back.Read(buf)
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
-				return
-			}
-			continue // ICMP port unreachable and the like
-		}
-		if to := r.client.Load(); to != nil && !r.blackhole.Load() {
-			_, _ = r.front.WriteToUDP(buf[:n], to)
-		}
-	}
-}
+// which it drops everything both ways.
+type udpRelay = looptest.Relay
 
 // dialerFunc adapts a function to quicmux.Dialer.
-type dialerFunc func(ctx context.Context, network, address string) (net.Conn, error)
-
-func (f dialerFunc) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
-	return f(ctx, network, address)
-}
+type dialerFunc = looptest.DialerFunc

@@ -14,5 +14,7 @@
 // (flow.ErrReset, which a stream reset or a lost connection maps to; flow.ErrRejected, which
 // every *StatusError matches, so that flow.Result names it "rejected"). The server hands each
 // target to a Dialer after a Policy has allowed it, under the client connection's context,
-// and its flows drain through a flow.Group as the ingresses' do.
+// and its flows drain through a flow.Group as the ingresses' do. A reload of its rules and
+// authorized clients (reload.go) is a LiveAccess, which the server's config reads, and a
+// Reloader that rereads the files on an edit or SIGHUP and calls Server.Recheck.
 package quicmux

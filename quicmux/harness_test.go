@@ -2,11 +2,8 @@ package quicmux
 
 import (
 	"context"
-	"errors"
-	"io"
 	"net"
 	"net/netip"
-	"sync"
 	"testing"
 	"time"
 
@@ -14,6 +11,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/quicgate/quicgate/flow"
+	"github.com/quicgate/quicgate/internal/looptest"
 	"github.com/quicgate/quicgate/internal/testlog"
 )
 
@@ -155,109 +153,35 @@ func (tn *tunnel) forward(target string) string {
 	return ln.Addr().String()
 }
 
+// The loopback ends around the tunnel are package looptest's (which imports no quicmux, so
+// these tests can use it; internal/quicmuxtest, which other packages' tests use for the
+// tunnel itself, imports quicmux and cannot be used here). They keep their names here.
+
 // destination is a TCP server on loopback that runs handle for every connection. Its
 // cleanup closes the connections still open, so a failing test cannot hang in it.
 func destination(t testing.TB, handle func(c *net.TCPConn)) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var wg sync.WaitGroup
-	var mu sync.Mutex
-	open := map[net.Conn]struct{}{}
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			mu.Lock()
-			open[c] = struct{}{}
-			mu.Unlock()
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				defer func() {
-					mu.Lock()
-					delete(open, c)
-					mu.Unlock()
-					_ = c.Close()
-				}()
-				handle(c.(*net.TCPConn))
-			}()
-		}
-	}()
-	t.Cleanup(func() {
-		_ = ln.Close()
-		mu.Lock()
-		for c := range open {
-			_ = c.Close()
-		}
-		mu.Unlock()
-		wg.Wait()
-	})
-	return ln.Addr().String()
+	return looptest.Destination(t, handle)
 }
 
 // echo copies everything back and closes its send side at EOF.
-func echo(c *net.TCPConn) {
-	_ = c.SetDeadline(time.Now().Add(2 * time.Minute))
-	if _, err := io.Copy(c, c); err == nil {
-		_ = c.CloseWrite()
-	}
-	_, _ = io.Copy(io.Discard, c)
-}
+func echo(c *net.TCPConn) { looptest.Echo(c) }
 
 // closedPort returns a loopback port that nothing listens on.
 func closedPort(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	_ = ln.Close()
-	return addr
+	return looptest.ClosedPort(t)
 }
 
 // expectReset reads from c until it fails, and checks that it failed with a reset (not a
 // clean EOF) within limit.
 func expectReset(t *testing.T, c net.Conn, limit time.Duration) {
 	t.Helper()
-	start := time.Now()
-	_ = c.SetReadDeadline(time.Now().Add(limit + time.Second))
-	buf := make([]byte, 1024)
-	for {
-		_, err := c.Read(buf)
-		if err == nil {
-			continue
-		}
-		if errors.Is(err, io.EOF) {
-			t.Fatalf("got a clean EOF after %v, want a reset", time.Since(start))
-		}
-		if !flow.IsReset(err) {
-			t.Fatalf("got %v after %v, want a reset", err, time.Since(start))
-		}
-		if d := time.Since(start); d > limit {
-			t.Fatalf("reset took %v, want under %v", d, limit)
-		}
-		return
-	}
+	looptest.ExpectReset(t, c, limit)
 }
 
 // dialerFunc adapts a function to Dialer.
-type dialerFunc func(ctx context.Context, network, address string) (net.Conn, error)
-
-func (f dialerFunc) DialContext(ctx context.Context, network, address string) (net.Conn, error) {
-	return f(ctx, network, address)
-}
+type dialerFunc = looptest.DialerFunc
 
 // resolverFunc adapts a function to Resolver.
-type resolverFunc func(ctx context.Context, network, host string) ([]netip.Addr, error)
-
-func (f resolverFunc) LookupNetIP(ctx context.Context, network, host string) ([]netip.Addr, error) {
-	return f(ctx, network, host)
-}
+type resolverFunc = looptest.ResolverFunc

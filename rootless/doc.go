@@ -17,6 +17,15 @@
 //     caller serves it, with tun.FromFD and the TUN ingress, from the host's namespace,
 //     where its QUIC socket is); Proc.Exec, which lets the command run; Proc.Wait, which
 //     passes signals on and returns the command's exit status as a shell reports it.
+//   - the lifecycle (lifecycle.go, signals.go, exit.go): Run, the whole of `quicgate run`
+//     for any program that embeds it. It finds the command, takes the signals, and calls a
+//     serve function (the tunnel) with a Session: Session.Start makes the namespace and
+//     returns its device, Session.Exec lets the command run once the tunnel is up, and the
+//     command's exit ends serve's context. A signal before the command starts stops the
+//     setup; after, it is passed on; a tunnel that fails under the command ends it (SIGTERM,
+//     then SIGKILL after TermGrace). Run returns the command's end as an *ExitError (its
+//     status, the signal that ended it, or why it could not run), which DieBySignal lets
+//     the caller mirror as sudo does.
 //   - the refusals (errors.go): where user namespaces are disabled (user.max_user_namespaces,
 //     kernel.unprivileged_userns_clone, AppArmor's restriction) or /dev/net/tun is closed
 //     to the user, an error matching ErrUserNamespaces or ErrTUNAccess whose text names the

@@ -16,6 +16,8 @@ import (
 
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
+
+	"github.com/quicgate/quicgate/internal/logging"
 )
 
 // DefaultTUN is the device's name inside the namespace; each namespace has its own, so
@@ -46,8 +48,8 @@ const setupTimeout = 30 * time.Second
 
 // Config describes the command and its namespace.
 type Config struct {
-	// Path is the command's executable (as exec.LookPath found it) and Args its argument
-	// list, Args[0] included.
+	// Path is the command's executable (as exec.LookPath found it; Run looks it up from
+	// Args[0] if it is "") and Args its argument list, Args[0] included.
 	Path string
 	Args []string
 	// Env is the command's environment (nil: this process's) and Dir its working
@@ -97,12 +99,7 @@ func Start(ctx context.Context, cfg Config) (*Proc, error) {
 	if cfg.Path == "" || len(cfg.Args) == 0 || len(cfg.Self) == 0 {
 		return nil, errors.New("rootless: Config needs Path, Args and Self")
 	}
-	log := cfg.Logger
-	if log == nil {
-		l := logrus.New()
-		l.SetOutput(io.Discard)
-		log = logrus.NewEntry(l)
-	}
+	log := logging.OrDiscard(cfg.Logger)
 	s := setup{TUN: cfg.TUN, MTU: cfg.MTU, Addrs: cfg.Addrs, Routes: cfg.Routes, Resolv: cfg.Resolv, Path: cfg.Path}
 	if s.TUN == "" {
 		s.TUN = DefaultTUN

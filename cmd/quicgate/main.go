@@ -23,6 +23,8 @@ import (
 	"time"
 
 	"github.com/sirupsen/logrus"
+
+	"github.com/quicgate/quicgate/rootless"
 )
 
 const usage = `quicgate carries TCP and UDP flows between two hosts over one QUIC connection.
@@ -56,7 +58,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	helpOut = stdout
 	// SIGINT and SIGTERM stop the commands that run until stopped. run owns its signals and
-	// must see which were ignored when it started, before any Notify (watchSignals); so
+	// must see which were ignored when it started, before any Notify (rootless.Run); so
 	// does its child, which asks for none.
 	ctx := context.Background()
 	if args[0] != "run" {
@@ -88,18 +90,20 @@ func run(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintf(stderr, "quicgate: unknown command %q\n%s", args[0], usage)
 		return 2
 	}
-	var exit *exitError
+	// run stands for its command, as env or sudo do: the command's exit status, or the
+	// signal that ended it, is quicgate's.
+	var exit *rootless.ExitError
 	switch {
 	case err == nil, errors.Is(err, flag.ErrHelp):
 		return 0
 	case errors.As(err, &exit):
-		if exit.err != nil {
-			fmt.Fprintf(stderr, "quicgate %s: %v\n", args[0], exit.err)
+		if exit.Err != nil {
+			fmt.Fprintf(stderr, "quicgate %s: %v\n", args[0], exit.Err)
 		}
-		if exit.signal != 0 {
-			dieBySignal(exit.signal) // returns only if the signal did not end this process
+		if exit.Signal != 0 {
+			rootless.DieBySignal(exit.Signal) // returns only if the signal did not end this process
 		}
-		return exit.code
+		return exit.Code
 	case errors.Is(err, errUsage):
 		fmt.Fprintf(stderr, "quicgate %s: %v\n", args[0], strings.TrimPrefix(err.Error(), "usage: "))
 		return 2

@@ -16,7 +16,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
 
 	"github.com/quicgate/quicgate/internal/privtest"
@@ -675,29 +674,6 @@ func TestRunUserNamespacesOff(t *testing.T) {
 	want := "quicgate run: user namespaces are not available: user.max_user_namespaces is 0 here; allow them (as root): sysctl -w user.max_user_namespaces="
 	if !strings.HasPrefix(got, want) || strings.Contains(got, "\n") {
 		t.Fatalf("got:\n%s\nwant one line starting %q", got, want)
-	}
-}
-
-// Once the command has exited, its status is run's, whatever the client's drain says
-// after it (that is logged).
-func TestRunCommandResult(t *testing.T) {
-	var logged strings.Builder
-	lg := logrus.New()
-	lg.SetOutput(&logged)
-	log := logrus.NewEntry(lg)
-	drainErr := errors.New("ingress: tun: closing the device: bad file descriptor")
-	var exit *exitError
-	if err := commandResult(3, 0, nil, drainErr, log); !errors.As(err, &exit) || exit.code != 3 || exit.err != nil {
-		t.Fatalf("status 3 and a drain error: %v, want exit status 3 and nothing to say", err)
-	}
-	if !strings.Contains(logged.String(), "bad file descriptor") {
-		t.Fatalf("the drain's error was not logged: %q", logged.String())
-	}
-	if err := commandResult(0, 0, nil, drainErr, log); err != nil {
-		t.Fatalf("status 0 and a drain error: %v, want nil", err)
-	}
-	if err := commandResult(0, 0, nil, nil, log); err != nil {
-		t.Fatalf("status 0: %v", err)
 	}
 }
 

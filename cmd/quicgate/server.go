@@ -4,11 +4,9 @@ import (
 	"context"
 	"flag"
 	"io"
-	"net/netip"
 	"os"
 	"os/signal"
 	"runtime"
-	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -59,23 +57,9 @@ func parseServerFlags(args []string, stderr io.Writer) (*serverFlags, error) {
 	return f, nil
 }
 
-// access is who may connect and where they may go: what the server starts with and what
-// SIGHUP reloads.
-type access struct {
-	rules      quicmux.Rules
-	listen     quicmux.Rules // --allow-listen
-	authorized quicmux.AuthorizedClients
-}
-
-// listenAllowed is the server's ListenPolicy: its own listen rules, or the client's
-// permitlisten= options.
-func (a *access) listenAllowed(fp quicmux.Fingerprint, addr netip.AddrPort) bool {
-	return a.listen.Allow(flow.TargetFromAddrPort(addr)) || a.authorized.PermitsListen(fp, addr)
-}
-
 // loadAccess reads the allow rules and the authorized clients as the flags and the config
-// file give them now.
-func (f *serverFlags) loadAccess() (*access, error) {
+// file give them now: what the server starts with and what a reload reads.
+func (f *serverFlags) loadAccess() (*quicmux.Access, error) {
 	if *f.authFile == "" {
 		return nil, usageErr("--authorized-clients is required: a file of client fingerprints ('quicgate fingerprint' prints one)")
 	}
@@ -94,7 +78,7 @@ func (f *serverFlags) loadAccess() (*access, error) {
 	if err != nil {
 		return nil, err
 	}
-	return &access{rules: rules, listen: listen, authorized: authorized}, nil
+	return &quicmux.Access{Rules: rules, Listen: listen, Authorized: authorized}, nil
 }
 
 func runServer(ctx context.Context, args []string, stderr io.Writer) error {
@@ -139,16 +123,15 @@ func runServer(ctx context.Context, args []string, stderr io.Writer) error {
 	}
 	defer env.obs.close()
 	log, id := env.log, env.id
-	if len(acc.authorized) == 0 {
+	if len(acc.Authorized) == 0 {
 		log.WithField("file", *f.authFile).Warn("no authorized clients: every client will be rejected")
 	}
-	var live atomic.Pointer[access]
-	live.Store(acc)
+	live := quicmux.NewLiveAccess(acc)
 	srv, err := quicmux.NewServer(quicmux.ServerConfig{
 		Identity:          id,
-		Authorized:        func(fp quicmux.Fingerprint) bool { _, ok := live.Load().authorized[fp]; return ok },
-		Policy:            livePolicy{&live},
-		ListenPolicy:      func(fp quicmux.Fingerprint, addr netip.AddrPort) bool { return live.Load().listenAllowed(fp, addr) },
+		Authorized:        live.Authorized,
+		Policy:            live,
+		ListenPolicy:      live.ListenAllowed,
 		DialTimeout:       *f.dialTimeout,
 		HeaderTimeout:     *f.headerTimeout,
 		MaxHeaderBytes:    *f.maxHeader,
@@ -173,28 +156,36 @@ func runServer(ctx context.Context, args []string, stderr io.Writer) error {
 	if err != nil {
 		return err
 	}
-	log.WithFields(logrus.Fields{"addr": addr.String(), "fingerprint": id.Fingerprint.String(), "rules": len(acc.rules), "clients": len(acc.authorized)}).Info("server ready")
+	// SIGHUP is caught before the server says it is ready: from then on it reloads.
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
-	files := watchFiles(f.accessFiles()...)
-	var poll <-chan time.Time
-	if *f.watch > 0 {
-		tick := time.NewTicker(*f.watch)
-		defer tick.Stop()
-		poll = tick.C
-	}
-	for ctx.Err() == nil {
-		select {
-		case <-hup:
-			reload(args, "SIGHUP", files, &live, srv, log)
-		case <-poll:
-			if files.changed() {
-				reload(args, "file changed", files, &live, srv, log)
+	log.WithFields(logrus.Fields{"addr": addr.String(), "fingerprint": id.Fingerprint.String(), "rules": len(acc.Rules), "clients": len(acc.Authorized)}).Info("server ready")
+	// An edit of the files, or SIGHUP, rereads them (quicmux.Reloader): the flags and the
+	// config file are parsed anew each time, so the config file's allow rules, and the
+	// authorized-clients file it may name, are reread with the file.
+	reloader, err := quicmux.NewReloader(srv, live, quicmux.ReloadConfig{
+		Files: func() ([]string, error) {
+			f, err := parseServerFlags(args, io.Discard)
+			if err != nil {
+				return nil, err
 			}
-		case <-ctx.Done():
-		}
+			return f.accessFiles(), nil
+		},
+		Load: func() (*quicmux.Access, error) {
+			f, err := parseServerFlags(args, io.Discard)
+			if err != nil {
+				return nil, err
+			}
+			return f.loadAccess()
+		},
+		Interval: *f.watch,
+		Logger:   log,
+	})
+	if err != nil {
+		return err
 	}
+	reloader.Run(ctx, hup)
 	log.WithField("drain_timeout", f.common.drain.String()).Info("shutting down: draining open flows")
 	dctx, cancel := context.WithTimeout(context.Background(), f.common.drain)
 	defer cancel()
@@ -205,45 +196,6 @@ func runServer(ctx context.Context, args []string, stderr io.Writer) error {
 
 // accessFiles are the files loadAccess reads: the authorized clients and the config file.
 func (f *serverFlags) accessFiles() []string { return []string{*f.authFile, f.common.config} }
-
-// reload rereads the authorized clients and the allow rules (on SIGHUP, or when files saw
-// them change) and applies them to what is open; a file that does not parse keeps the old
-// ones.
-func reload(args []string, trigger string, files *fileWatch, live *atomic.Pointer[access], srv *quicmux.Server, log *logrus.Entry) {
-	log = log.WithField("trigger", trigger)
-	f, err := parseServerFlags(args, io.Discard)
-	var acc *access
-	if err == nil {
-		files.reloading(f.accessFiles()...) // before they are read
-		acc, err = f.loadAccess()
-	} else {
-		files.reloading(files.paths...)
-	}
-	if err != nil {
-		log.WithError(err).Warn("reload failed: keeping the rules and clients in force")
-		return
-	}
-	live.Store(acc)
-	conns, flows, listeners := srv.Recheck()
-	log.WithFields(logrus.Fields{"rules": len(acc.rules), "clients": len(acc.authorized), "closed_connections": conns, "reset_flows": flows, "closed_listeners": listeners}).Info("reloaded")
-}
-
-// livePolicy is the allow rules in force, which a reload replaces.
-type livePolicy struct{ acc *atomic.Pointer[access] }
-
-func (p livePolicy) Allow(t flow.Target) bool { return p.acc.Load().rules.Allow(t) }
-
-func (p livePolicy) AllowProto(pr quicmux.Proto, t flow.Target) bool {
-	return p.acc.Load().rules.AllowProto(pr, t)
-}
-
-// AllowAnyPort lets the server answer resolves (the client's --tun-dns) under the rules in
-// force.
-func (p livePolicy) AllowAnyPort(t flow.Target) bool {
-	return p.acc.Load().rules.AllowAnyPort(t)
-}
-
-var _ quicmux.AnyPortPolicy = livePolicy{}
 
 // common are the flags that server and client share.
 type common struct {
