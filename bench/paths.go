@@ -47,6 +47,11 @@ type Env struct {
 	Dir      string
 	Sink     string // loopback addresses of the destinations
 	Echo     string
+
+	// Profile, if set, is a directory for CPU profiles: quicgate's processes serve pprof
+	// (--pprof) and each path's flow-rate measurement saves one profile per process there
+	// (profile.go).
+	Profile string
 }
 
 func dialTCP(addrs map[Dest]string) DialFunc {
@@ -117,9 +122,13 @@ func startQuicgate(env *Env, dir string, clientArgs ...string) (srv, cli *Proc, 
 	if err != nil {
 		return nil, nil, err
 	}
-	srv, err = StartProc("quicgate server", exec.Command(env.Quicgate, "server", "--listen", "127.0.0.1:0",
-		"--state-dir", filepath.Join(dir, "server"), "--authorized-clients", auth, "--allow", "127.0.0.1/32", "--log-format", "json", "--log-level", "info"))
+	srv, err = StartProc("quicgate server", exec.Command(env.Quicgate, env.pprofArgs("server", "--listen", "127.0.0.1:0",
+		"--state-dir", filepath.Join(dir, "server"), "--authorized-clients", auth, "--allow", "127.0.0.1/32", "--log-format", "json", "--log-level", "info")...))
 	if err != nil {
+		return nil, nil, err
+	}
+	if err := srv.waitPprof(env, ""); err != nil {
+		srv.Stop()
 		return nil, nil, err
 	}
 	ready, err := srv.WaitJSON("server ready", 10*time.Second)
@@ -128,8 +137,13 @@ func startQuicgate(env *Env, dir string, clientArgs ...string) (srv, cli *Proc, 
 		return nil, nil, err
 	}
 	args := append([]string{"client", "--server", ready["addr"].(string), "--state-dir", filepath.Join(dir, "client"), "--pin", pin, "--log-format", "json"}, clientArgs...)
-	cli, err = StartProc("quicgate client", exec.Command(env.Quicgate, args...))
+	cli, err = StartProc("quicgate client", exec.Command(env.Quicgate, env.pprofArgs(args...)...))
 	if err != nil {
+		srv.Stop()
+		return nil, nil, err
+	}
+	if err := cli.waitPprof(env, ""); err != nil {
+		cli.Stop()
 		srv.Stop()
 		return nil, nil, err
 	}
@@ -157,8 +171,9 @@ func (p *quicgateLPath) Setup(ctx context.Context, env *Env) (DialFunc, error) {
 	return dialTCP(map[Dest]string{ToSink: sink["listen"].(string), ToEcho: echo["listen"].(string)}), nil
 }
 
-func (p *quicgateLPath) PIDs() []int { return pidsOf(p.srv, p.cli) }
-func (p *quicgateLPath) Close()      { p.cli.Stop(); p.srv.Stop() }
+func (p *quicgateLPath) PIDs() []int       { return pidsOf(p.srv, p.cli) }
+func (p *quicgateLPath) Profiled() []*Proc { return []*Proc{p.cli, p.srv} }
+func (p *quicgateLPath) Close()            { p.cli.Stop(); p.srv.Stop() }
 
 func pidsOf(ps ...*Proc) []int {
 	var pids []int
@@ -444,9 +459,12 @@ func (p *tunPath) Setup(ctx context.Context, env *Env) (DialFunc, error) {
 	if err != nil {
 		return nil, err
 	}
-	p.srv, err = StartProc("quicgate server in B", exec.Command("ip", "netns", "exec", p.b, env.Quicgate, "server", "--listen", "10.201.0.2:4433",
-		"--state-dir", filepath.Join(dir, "server"), "--authorized-clients", auth, "--allow", "10.98.0.0/16", "--log-format", "json"))
+	p.srv, err = StartProc("quicgate server in B", exec.Command("ip", env.pprofArgs("netns", "exec", p.b, env.Quicgate, "server", "--listen", "10.201.0.2:4433",
+		"--state-dir", filepath.Join(dir, "server"), "--authorized-clients", auth, "--allow", "10.98.0.0/16", "--log-format", "json")...))
 	if err != nil {
+		return nil, err
+	}
+	if err := p.srv.waitPprof(env, p.b); err != nil {
 		return nil, err
 	}
 	if _, err := p.srv.WaitJSON("server ready", 10*time.Second); err != nil {
@@ -457,9 +475,12 @@ func (p *tunPath) Setup(ctx context.Context, env *Env) (DialFunc, error) {
 			return nil, err
 		}
 	} else {
-		p.cli, err = StartProc("quicgate client in A", exec.Command("ip", "netns", "exec", p.a, env.Quicgate, "client", "--server", "10.201.0.2:4433",
-			"--state-dir", filepath.Join(dir, "client"), "--pin", pin, "--tun", "qgb0", "--tun-addr", "10.78.0.1/24", "--route", "10.98.0.0/16", "--log-format", "json"))
+		p.cli, err = StartProc("quicgate client in A", exec.Command("ip", env.pprofArgs("netns", "exec", p.a, env.Quicgate, "client", "--server", "10.201.0.2:4433",
+			"--state-dir", filepath.Join(dir, "client"), "--pin", pin, "--tun", "qgb0", "--tun-addr", "10.78.0.1/24", "--route", "10.98.0.0/16", "--log-format", "json")...))
 		if err != nil {
+			return nil, err
+		}
+		if err := p.cli.waitPprof(env, p.a); err != nil {
 			return nil, err
 		}
 		if _, err := p.cli.WaitJSON("tun ready", 10*time.Second); err != nil {
@@ -501,7 +522,8 @@ func inNetns(ns netns.NsHandle, f func() error) error {
 	return f()
 }
 
-func (p *tunPath) PIDs() []int { return pidsOf(p.srv, p.cli) }
+func (p *tunPath) PIDs() []int       { return pidsOf(p.srv, p.cli) }
+func (p *tunPath) Profiled() []*Proc { return []*Proc{p.cli, p.srv} }
 func (p *tunPath) Close() {
 	p.cli.Stop()
 	p.srv.Stop()
