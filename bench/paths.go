@@ -439,6 +439,15 @@ func (p *tunPath) Setup(ctx context.Context, env *Env) (DialFunc, error) {
 		{"ip", "-n", p.a, "addr", "add", "10.201.0.1/24", "dev", "qgba" + id}, {"ip", "-n", p.a, "link", "set", "qgba" + id, "up"},
 		{"ip", "-n", p.b, "addr", "add", "10.201.0.2/24", "dev", "qgbb" + id}, {"ip", "-n", p.b, "link", "set", "qgbb" + id, "up"},
 		{"ip", "-n", p.b, "addr", "add", "10.98.0.5/32", "dev", "lo"},
+		// Every flow of the rate test goes to the one echo address, and the side that
+		// closes first (the generator in A, the server's dialed socket in B) keeps each
+		// port in TIME_WAIT for a minute: at thousands of flows a second the ephemeral
+		// range fills within seconds and connect(2) scans it (300 µs a connect in the
+		// server's profile). On loopback, where the -L, -D and ssh rows run, the kernel's
+		// default (tcp_tw_reuse=2) reuses such ports; 10.98.0.5 is no loopback address,
+		// so these namespaces get the same reuse for all addresses.
+		{"ip", "netns", "exec", p.a, "sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1"},
+		{"ip", "netns", "exec", p.b, "sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1"},
 	}
 	for _, c := range cmds {
 		if out, err := exec.Command(c[0], c[1:]...).CombinedOutput(); err != nil {

@@ -19,6 +19,8 @@ type Options struct {
 	// FlowsOnly measures new flows per second alone (after the warm-up): no bulk, latency or
 	// idle flows.
 	FlowsOnly bool
+	// FlowWorkers is how many workers open flows in the flow-rate measurement; 0 means 8.
+	FlowWorkers int
 	// Profile, if set, is where CPU profiles of quicgate's processes go, taken during the
 	// flow-rate measurement (Env.Profile; the caller sets both).
 	Profile  string
@@ -84,7 +86,11 @@ func runPath(ctx context.Context, env *Env, p Path, opt Options) Result {
 	}
 	measureRate := func() error {
 		return profileWhile(ctx, opt.Profile, p, opt.Measure, opt.Progress, func() (err error) {
-			res.FlowsPerS, err = FlowRate(ctx, dial, 8, opt.Measure)
+			workers := opt.FlowWorkers
+			if workers <= 0 {
+				workers = 8
+			}
+			res.FlowsPerS, err = FlowRate(ctx, dial, workers, opt.Measure)
 			return err
 		})
 	}

@@ -2,7 +2,7 @@
 // this machine, and writes a markdown table (stdout), JSON and a PNG chart (bench/results/).
 //
 //	qgbench [-quick] [-out DIR] [-paths "quicgate -L,ssh -L"] [-quicgate BINARY]
-//	        [-measure DURATION] [-flows] [-profile DIR]
+//	        [-measure DURATION] [-flows] [-workers N] [-profile DIR]
 //	qgbench serve --ip IP     (the destination servers, run by qgbench itself)
 //	qgbench relay --to ADDR [--to ADDR]  (the plain Go TCP relay, run by qgbench itself)
 package main
@@ -40,6 +40,7 @@ func run() int {
 	qg := flag.String("quicgate", "", "quicgate binary to measure (default: build ./cmd/quicgate)")
 	idle := flag.Int("idle", 0, "idle flows to open (default: 1,000 with -quick, else 10,000)")
 	measure := flag.Duration("measure", 0, "length of each throughput, flow-rate and latency measurement (default: 400ms with -quick, else 3s)")
+	workers := flag.Int("workers", 8, "workers opening flows in the flow-rate measurement (the report's figures are taken with 8)")
 	flowsOnly := flag.Bool("flows", false, "measure new flows per second alone (no bulk, latency or idle flows; no UDP rows)")
 	profile := flag.String("profile", "", "directory for CPU profiles of quicgate's client and server, taken while each path's flows open (PATH-PROCESS.pprof)")
 	flag.Parse()
@@ -59,6 +60,7 @@ func run() int {
 		opt.Measure = *measure
 	}
 	opt.FlowsOnly = *flowsOnly
+	opt.FlowWorkers = *workers
 	if *profile != "" {
 		if err := os.MkdirAll(*profile, 0o755); err != nil {
 			return usage("-profile: %v", err)
