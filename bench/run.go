@@ -95,10 +95,17 @@ func runPath(ctx context.Context, env *Env, p Path, opt Options) Result {
 		})
 	}
 	if opt.FlowsOnly {
+		pids := p.PIDs()
+		cpu0 := CPUSeconds(pids)
 		if err := measureRate(); err != nil {
 			return fail("flow rate", err)
 		}
-		say("new flows: %.0f/s", res.FlowsPerS)
+		if flows := res.FlowsPerS * opt.Measure.Seconds(); len(pids) > 0 && flows > 0 {
+			// The path's processes' CPU a flow: steadier than the rate on a shared machine.
+			say("new flows: %.0f/s, %.0f µs CPU a flow", res.FlowsPerS, (CPUSeconds(pids)-cpu0)/flows*1e6)
+		} else {
+			say("new flows: %.0f/s", res.FlowsPerS)
+		}
 		return res
 	}
 	pids := p.PIDs()

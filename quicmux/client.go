@@ -480,16 +480,22 @@ func (c *Client) ask(ctx context.Context, hdr []byte, answer func(io.Reader) err
 }
 
 // open opens a stream for t and writes its header; the status is left to the first Read.
+// While the connection is up and has a stream free, as it has for nearly every flow, that
+// takes neither a timer nor a context of its own (openNow); otherwise openStream waits,
+// bounded by the dial timeout.
 func (c *Client) open(ctx context.Context, t flow.Target) (*streamConn, error) {
-	hdr, err := AppendRequest(nil, Request{Kind: KindTCP, Target: t})
+	var buf [MaxHeaderLen]byte
+	hdr, err := AppendRequest(buf[:0], Request{Kind: KindTCP, Target: t})
 	if err != nil {
 		return nil, err
 	}
-	ctx, cancel := context.WithTimeout(ctx, c.cfg.DialTimeout)
-	defer cancel()
-	qc, str, err := c.openStream(ctx)
-	if err != nil {
-		return nil, err
+	qc, str := c.openNow()
+	if str == nil {
+		ctx, cancel := context.WithTimeout(ctx, c.cfg.DialTimeout)
+		defer cancel()
+		if qc, str, err = c.openStream(ctx); err != nil {
+			return nil, err
+		}
 	}
 	sc := newStreamConn(str, qc.LocalAddr(), targetAddr{t})
 	sc.conn = qc
@@ -501,11 +507,26 @@ func (c *Client) open(ctx context.Context, t flow.Target) (*streamConn, error) {
 	return sc, nil
 }
 
+// openNow opens a stream on the live connection if it has one free at once; nil if not
+// (no connection, or the server's stream limit reached: openStream then waits).
+func (c *Client) openNow() (*quic.Conn, *quic.Stream) {
+	c.mu.Lock()
+	conn := c.state.conn
+	c.mu.Unlock()
+	if conn == nil || conn.Context().Err() != nil {
+		return nil, nil
+	}
+	str, err := conn.OpenStream()
+	if err != nil {
+		return nil, nil
+	}
+	return conn, str
+}
+
 // waitConn returns the live connection, waiting for the supervisor to bring one up. A dial
 // that failed for a reason that retrying will not cure (pin, identity) fails at once.
 func (c *Client) waitConn(ctx context.Context) (*quic.Conn, error) {
-	timer := time.NewTimer(c.cfg.DialTimeout)
-	defer timer.Stop()
+	var timeout <-chan time.Time // made once the wait begins: a live connection needs none
 	for {
 		c.mu.Lock()
 		st := c.state
@@ -520,11 +541,16 @@ func (c *Client) waitConn(ctx context.Context) (*quic.Conn, error) {
 		case c.kick <- struct{}{}:
 		default:
 		}
+		if timeout == nil {
+			timer := time.NewTimer(c.cfg.DialTimeout)
+			defer timer.Stop()
+			timeout = timer.C
+		}
 		select {
 		case <-st.changed:
 		case <-ctx.Done():
 			return nil, c.unreachable(ctx.Err(), st.lastErr)
-		case <-timer.C:
+		case <-timeout:
 			return nil, c.unreachable(nil, st.lastErr)
 		case <-c.ctx.Done():
 			return nil, ErrClosed
