@@ -47,6 +47,11 @@ type Env struct {
 	Dir      string
 	Sink     string // loopback addresses of the destinations
 	Echo     string
+
+	// Profile, if set, is a directory for CPU profiles: quicgate's processes serve pprof
+	// (--pprof) and each path's flow-rate measurement saves one profile per process there
+	// (profile.go).
+	Profile string
 }
 
 func dialTCP(addrs map[Dest]string) DialFunc {
@@ -117,9 +122,13 @@ func startQuicgate(env *Env, dir string, clientArgs ...string) (srv, cli *Proc, 
 	if err != nil {
 		return nil, nil, err
 	}
-	srv, err = StartProc("quicgate server", exec.Command(env.Quicgate, "server", "--listen", "127.0.0.1:0",
-		"--state-dir", filepath.Join(dir, "server"), "--authorized-clients", auth, "--allow", "127.0.0.1/32", "--log-format", "json", "--log-level", "info"))
+	srv, err = StartProc("quicgate server", exec.Command(env.Quicgate, env.pprofArgs("server", "--listen", "127.0.0.1:0",
+		"--state-dir", filepath.Join(dir, "server"), "--authorized-clients", auth, "--allow", "127.0.0.1/32", "--log-format", "json", "--log-level", "info")...))
 	if err != nil {
+		return nil, nil, err
+	}
+	if err := srv.waitPprof(env, ""); err != nil {
+		srv.Stop()
 		return nil, nil, err
 	}
 	ready, err := srv.WaitJSON("server ready", 10*time.Second)
@@ -128,8 +137,13 @@ func startQuicgate(env *Env, dir string, clientArgs ...string) (srv, cli *Proc, 
 		return nil, nil, err
 	}
 	args := append([]string{"client", "--server", ready["addr"].(string), "--state-dir", filepath.Join(dir, "client"), "--pin", pin, "--log-format", "json"}, clientArgs...)
-	cli, err = StartProc("quicgate client", exec.Command(env.Quicgate, args...))
+	cli, err = StartProc("quicgate client", exec.Command(env.Quicgate, env.pprofArgs(args...)...))
 	if err != nil {
+		srv.Stop()
+		return nil, nil, err
+	}
+	if err := cli.waitPprof(env, ""); err != nil {
+		cli.Stop()
 		srv.Stop()
 		return nil, nil, err
 	}
@@ -157,8 +171,9 @@ func (p *quicgateLPath) Setup(ctx context.Context, env *Env) (DialFunc, error) {
 	return dialTCP(map[Dest]string{ToSink: sink["listen"].(string), ToEcho: echo["listen"].(string)}), nil
 }
 
-func (p *quicgateLPath) PIDs() []int { return pidsOf(p.srv, p.cli) }
-func (p *quicgateLPath) Close()      { p.cli.Stop(); p.srv.Stop() }
+func (p *quicgateLPath) PIDs() []int       { return pidsOf(p.srv, p.cli) }
+func (p *quicgateLPath) Profiled() []*Proc { return []*Proc{p.cli, p.srv} }
+func (p *quicgateLPath) Close()            { p.cli.Stop(); p.srv.Stop() }
 
 func pidsOf(ps ...*Proc) []int {
 	var pids []int
@@ -424,6 +439,15 @@ func (p *tunPath) Setup(ctx context.Context, env *Env) (DialFunc, error) {
 		{"ip", "-n", p.a, "addr", "add", "10.201.0.1/24", "dev", "qgba" + id}, {"ip", "-n", p.a, "link", "set", "qgba" + id, "up"},
 		{"ip", "-n", p.b, "addr", "add", "10.201.0.2/24", "dev", "qgbb" + id}, {"ip", "-n", p.b, "link", "set", "qgbb" + id, "up"},
 		{"ip", "-n", p.b, "addr", "add", "10.98.0.5/32", "dev", "lo"},
+		// Every flow of the rate test goes to the one echo address, and the side that
+		// closes first (the generator in A, the server's dialed socket in B) keeps each
+		// port in TIME_WAIT for a minute: at thousands of flows a second the ephemeral
+		// range fills within seconds and connect(2) scans it (300 µs a connect in the
+		// server's profile). On loopback, where the -L, -D and ssh rows run, the kernel's
+		// default (tcp_tw_reuse=2) reuses such ports; 10.98.0.5 is no loopback address,
+		// so these namespaces get the same reuse for all addresses.
+		{"ip", "netns", "exec", p.a, "sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1"},
+		{"ip", "netns", "exec", p.b, "sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1"},
 	}
 	for _, c := range cmds {
 		if out, err := exec.Command(c[0], c[1:]...).CombinedOutput(); err != nil {
@@ -444,9 +468,12 @@ func (p *tunPath) Setup(ctx context.Context, env *Env) (DialFunc, error) {
 	if err != nil {
 		return nil, err
 	}
-	p.srv, err = StartProc("quicgate server in B", exec.Command("ip", "netns", "exec", p.b, env.Quicgate, "server", "--listen", "10.201.0.2:4433",
-		"--state-dir", filepath.Join(dir, "server"), "--authorized-clients", auth, "--allow", "10.98.0.0/16", "--log-format", "json"))
+	p.srv, err = StartProc("quicgate server in B", exec.Command("ip", env.pprofArgs("netns", "exec", p.b, env.Quicgate, "server", "--listen", "10.201.0.2:4433",
+		"--state-dir", filepath.Join(dir, "server"), "--authorized-clients", auth, "--allow", "10.98.0.0/16", "--log-format", "json")...))
 	if err != nil {
+		return nil, err
+	}
+	if err := p.srv.waitPprof(env, p.b); err != nil {
 		return nil, err
 	}
 	if _, err := p.srv.WaitJSON("server ready", 10*time.Second); err != nil {
@@ -457,9 +484,12 @@ func (p *tunPath) Setup(ctx context.Context, env *Env) (DialFunc, error) {
 			return nil, err
 		}
 	} else {
-		p.cli, err = StartProc("quicgate client in A", exec.Command("ip", "netns", "exec", p.a, env.Quicgate, "client", "--server", "10.201.0.2:4433",
-			"--state-dir", filepath.Join(dir, "client"), "--pin", pin, "--tun", "qgb0", "--tun-addr", "10.78.0.1/24", "--route", "10.98.0.0/16", "--log-format", "json"))
+		p.cli, err = StartProc("quicgate client in A", exec.Command("ip", env.pprofArgs("netns", "exec", p.a, env.Quicgate, "client", "--server", "10.201.0.2:4433",
+			"--state-dir", filepath.Join(dir, "client"), "--pin", pin, "--tun", "qgb0", "--tun-addr", "10.78.0.1/24", "--route", "10.98.0.0/16", "--log-format", "json")...))
 		if err != nil {
+			return nil, err
+		}
+		if err := p.cli.waitPprof(env, p.a); err != nil {
 			return nil, err
 		}
 		if _, err := p.cli.WaitJSON("tun ready", 10*time.Second); err != nil {
@@ -501,7 +531,8 @@ func inNetns(ns netns.NsHandle, f func() error) error {
 	return f()
 }
 
-func (p *tunPath) PIDs() []int { return pidsOf(p.srv, p.cli) }
+func (p *tunPath) PIDs() []int       { return pidsOf(p.srv, p.cli) }
+func (p *tunPath) Profiled() []*Proc { return []*Proc{p.cli, p.srv} }
 func (p *tunPath) Close() {
 	p.cli.Stop()
 	p.srv.Stop()

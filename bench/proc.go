@@ -23,6 +23,10 @@ type Proc struct {
 	lines []string
 	ch    chan string
 	done  chan struct{}
+
+	// pprofAddr is where the process serves pprof (Env.Profile), in the network namespace
+	// pprofNS ("": this one).
+	pprofAddr, pprofNS string
 }
 
 func StartProc(name string, cmd *exec.Cmd) (*Proc, error) {

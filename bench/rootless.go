@@ -28,9 +28,12 @@ func (*rootlessPath) DynamicOnly() {}
 // startRun starts quicgate run in A and opens the command's network namespace.
 func (p *tunPath) startRun(env *Env, dir, pin string) error {
 	var err error
-	p.cli, err = StartProc("quicgate run in A", exec.Command("ip", "netns", "exec", p.a, env.Quicgate, "run", "--server", "10.201.0.2:4433",
-		"--state-dir", filepath.Join(dir, "client"), "--pin", pin, "--log-level", "info", "--log-format", "json", "--", "sleep", "infinity"))
+	p.cli, err = StartProc("quicgate run in A", exec.Command("ip", env.pprofArgs("netns", "exec", p.a, env.Quicgate, "run", "--server", "10.201.0.2:4433",
+		"--state-dir", filepath.Join(dir, "client"), "--pin", pin, "--log-level", "info", "--log-format", "json", "--", "sleep", "infinity")...))
 	if err != nil {
+		return err
+	}
+	if err := p.cli.waitPprof(env, p.a); err != nil {
 		return err
 	}
 	m, err := p.cli.WaitJSON("running the command in its own namespace", 10*time.Second)

@@ -16,7 +16,15 @@ type Options struct {
 	Measure   time.Duration // per throughput, flow-rate and latency measurement
 	IdleFlows int
 	Only      map[string]bool // run only these paths (all if empty)
-	Progress  io.Writer
+	// FlowsOnly measures new flows per second alone (after the warm-up): no bulk, latency or
+	// idle flows.
+	FlowsOnly bool
+	// FlowWorkers is how many workers open flows in the flow-rate measurement; 0 means 8.
+	FlowWorkers int
+	// Profile, if set, is where CPU profiles of quicgate's processes go, taken during the
+	// flow-rate measurement (Env.Profile; the caller sets both).
+	Profile  string
+	Progress io.Writer
 }
 
 // DefaultOptions are the default and quick sizes.
@@ -42,7 +50,7 @@ func Run(ctx context.Context, env *Env, opt Options) *Report {
 		}
 		rep.Results = append(rep.Results, runPath(ctx, env, p, opt))
 	}
-	if len(opt.Only) == 0 || opt.Only[UDPPathName] || opt.Only[UDPTUNPathName] {
+	if !opt.FlowsOnly && (len(opt.Only) == 0 || opt.Only[UDPPathName] || opt.Only[UDPTUNPathName]) {
 		rep.UDP = RunUDP(ctx, env, opt)
 	}
 	rep.Duration = time.Since(start).Round(time.Second).String()
@@ -76,6 +84,30 @@ func runPath(ctx context.Context, env *Env, p Path, opt Options) Result {
 	if _, _, err := Bulk(ctx, dial, 1, opt.Measure/4); err != nil {
 		return fail("warm-up", err)
 	}
+	measureRate := func() error {
+		return profileWhile(ctx, opt.Profile, p, opt.Measure, opt.Progress, func() (err error) {
+			workers := opt.FlowWorkers
+			if workers <= 0 {
+				workers = 8
+			}
+			res.FlowsPerS, err = FlowRate(ctx, dial, workers, opt.Measure)
+			return err
+		})
+	}
+	if opt.FlowsOnly {
+		pids := p.PIDs()
+		cpu0 := CPUSeconds(pids)
+		if err := measureRate(); err != nil {
+			return fail("flow rate", err)
+		}
+		if flows := res.FlowsPerS * opt.Measure.Seconds(); len(pids) > 0 && flows > 0 {
+			// The path's processes' CPU a flow: steadier than the rate on a shared machine.
+			say("new flows: %.0f/s, %.0f µs CPU a flow", res.FlowsPerS, (CPUSeconds(pids)-cpu0)/flows*1e6)
+		} else {
+			say("new flows: %.0f/s", res.FlowsPerS)
+		}
+		return res
+	}
 	pids := p.PIDs()
 	cpu0 := CPUSeconds(pids)
 	bps, moved, err := Bulk(ctx, dial, 1, opt.Measure)
@@ -103,7 +135,7 @@ func runPath(ctx context.Context, env *Env, p Path, opt Options) Result {
 		}
 		say("%d flows: %.2f Gbit/s", n, bps/1e9)
 	}
-	if res.FlowsPerS, err = FlowRate(ctx, dial, 8, opt.Measure); err != nil {
+	if err := measureRate(); err != nil {
 		return fail("flow rate", err)
 	}
 	say("new flows: %.0f/s", res.FlowsPerS)

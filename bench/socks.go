@@ -92,8 +92,9 @@ func (p *quicgateDPath) Setup(ctx context.Context, env *Env) (DialFunc, error) {
 	return socksDialer(m["listen"].(string), map[Dest]string{ToSink: env.Sink, ToEcho: env.Echo}), nil
 }
 
-func (p *quicgateDPath) PIDs() []int { return pidsOf(p.srv, p.cli) }
-func (p *quicgateDPath) Close()      { p.cli.Stop(); p.srv.Stop() }
+func (p *quicgateDPath) PIDs() []int       { return pidsOf(p.srv, p.cli) }
+func (p *quicgateDPath) Profiled() []*Proc { return []*Proc{p.cli, p.srv} }
+func (p *quicgateDPath) Close()            { p.cli.Stop(); p.srv.Stop() }
 
 // --- ssh -D ---
 

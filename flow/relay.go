@@ -89,11 +89,11 @@ func RelayWith(ctx context.Context, a, b Conn, opt RelayOptions) (Stats, error) 
 //
 // A direction holds a pooled 64 KiB buffer only while bytes move. While its source is idle
 // it holds no buffer, and no goroutine either when the source can say when it becomes
-// readable (readNotifier: a QUIC stream, a netstack flow; a goroutine then moves each burst)
-// or is a kernel socket idle for longer than hotWait, which the client's or server's parker
-// then watches (one epoll set for all); without a parker, a kernel socket is waited for by a
-// goroutine in Go's netpoller. So an idle flow costs no goroutine on either side of the
-// tunnel.
+// readable (readNotifier: a QUIC stream, a netstack flow; a goroutine of a small pool,
+// spawn, then moves each burst) or is a kernel socket idle for longer than hotWait, which
+// the client's or server's parker then watches (one epoll set for all); without a parker, a
+// kernel socket is waited for by a goroutine in Go's netpoller. So an idle flow costs no
+// goroutine on either side of the tunnel.
 func StartRelay(ctx context.Context, a, b Conn, opt RelayOptions, done func(Stats, error)) (abort func(err error)) {
 	r := &relay{a: a, b: b, done: done, parker: opt.Parker}
 	// Until the relay is set up, nothing may fail it or end it: a ctx already done, or a
@@ -166,7 +166,7 @@ func (r *relay) start(d *dir, src, dst Conn, count func(int)) {
 	*d = dir{r: r, src: src, dst: dst, count: count}
 	switch s := src.(type) {
 	case readNotifier:
-		d.wake = func() { go d.drain() }
+		d.wake = func() { spawn(d.drain) }
 		s.NotifyReadable(d.wake)
 	case rawConner:
 		rc, err := s.SyscallConn()
@@ -178,10 +178,51 @@ func (r *relay) start(d *dir, src, dst Conn, count func(int)) {
 		if dl, ok := src.(deadliner); ok && r.parker != nil {
 			d.dl = dl
 		}
-		d.wake = func() { go d.run() }
-		go d.run()
+		d.wake = func() { spawn(d.run) }
+		spawn(d.run)
 	default:
 		go d.copyBlocking()
+	}
+}
+
+// The bursts of every relay run on a pool of goroutines (spawn): a burst of a new flow, or
+// of one woken from idle, then runs on a goroutine whose stack has grown already, where a
+// new goroutine starts with a small stack that a deep write path (gVisor's TCP send, when the
+// destination is a netstack flow; the QUIC stream's) grows by copying, once per burst: 7 %
+// of a TUN client's CPU at thousands of new flows a second. The pool holds no burst back: a
+// burst that finds no idle goroutine starts one, and a goroutine idle for workerIdle ends,
+// so an idle client keeps none of them.
+var idleWorkers = make(chan func())
+
+// workerIdle is how long a pool goroutine waits for its next burst before it ends.
+const workerIdle = 100 * time.Millisecond
+
+// spawn runs f on an idle pool goroutine, or on a new one.
+func spawn(f func()) {
+	select {
+	case idleWorkers <- f:
+	default:
+		go work(f)
+	}
+}
+
+// work runs f, then the bursts handed to it while it waits idle, until it has waited for
+// workerIdle.
+func work(f func()) {
+	var idle *time.Timer
+	for {
+		f()
+		if idle == nil {
+			idle = time.NewTimer(workerIdle)
+		} else {
+			idle.Reset(workerIdle)
+		}
+		select {
+		case f = <-idleWorkers:
+			idle.Stop()
+		case <-idle.C:
+			return
+		}
 	}
 }
 
@@ -435,7 +476,7 @@ func (r *relay) fail(err error) {
 		r.a.Abort()
 		r.b.Abort()
 		for _, d := range parked {
-			go d.run() // finds the socket closed and ends the direction
+			spawn(d.run) // finds the socket closed and ends the direction
 		}
 	})
 }

@@ -14,7 +14,7 @@ import (
 // failingTunnel fails every flow the way the client does when the server refuses it.
 type failingTunnel struct{ err error }
 
-func (f failingTunnel) Carry(_ context.Context, _ quicmux.Flow, done func(flow.Stats, error)) {
+func (f failingTunnel) Carry(_ context.Context, _ quicmux.Local, done func(flow.Stats, error)) {
 	done(flow.Stats{}, f.err)
 }
 
@@ -30,7 +30,7 @@ func TestFailedFlowIsLogged(t *testing.T) {
 		if !flows.Start() {
 			t.Fatal("flow group refused a flow")
 		}
-		carry(failingTunnel{err}, flows, quicmux.Flow{Target: target, Peer: "10.99.0.1:40000"}, logrus.NewEntry(logger))
+		carry(failingTunnel{err}, flows, quicmux.Pending{Target: target, Peer: "10.99.0.1:40000"}, logrus.NewEntry(logger))
 	}
 	entries := hook.AllEntries()
 	if len(entries) != 2 {

@@ -1,14 +1,21 @@
 // Package ingress turns local traffic into flows and hands them to the tunnel: each ingress
 // finds a flow's target (a flow.Target) and its local end, and gives both to a Tunnel
-// (*quicmux.Client) with Carry. It speaks package flow's vocabulary and needs quicmux only
-// for the client behind Tunnel and its other interfaces (its Flow, UDPFlow, MaxEchoPayload)
-// and for the server's verdicts (StatusError and its sentinels). It owns:
+// (*quicmux.Client) with Carry, as a quicmux.Local: a quicmux.Flow for a socket established
+// already (-L), a quicmux.Pending for a handshake that waits for the server's answer (the
+// TUN's SYN, a proxy's request), a quicmux.Reverse for a connection the server accepted
+// (-R). It speaks package flow's vocabulary and needs quicmux only for the client behind
+// Tunnel and its other interfaces (its Local kinds, UDPFlow, MaxEchoPayload) and for the
+// server's verdicts (StatusError and its sentinels). It owns:
 //
 //   - the ingress contract (ingress.go): Ingress, which Serve drains and Close releases, and
-//     Tunnel; one helper through which every ingress's flows are carried and logged, and one
-//     drain (flow.Group);
+//     the tunnel each kind of ingress takes, which declares what it uses: Tunnel (Carry)
+//     for -L, ProxyTunnel (and UDP flows) for -D, ReverseTunnel (and Listen) for -R,
+//     UDPTunnel for -U, TUNTunnel (flows, UDP flows, Resolve, Echo) for the TUN; one helper
+//     through which every ingress's flows are carried and logged, and one drain
+//     (flow.Group);
 //   - -L ports (ports.go): a kernel TCP listener per forward, ssh -L's syntax, accepted
-//     sockets with TCP keepalive;
+//     sockets with TCP keepalive (set once on the listener, which Linux copies to each
+//     accepted socket: listen_linux.go);
 //   - the TUN ingress (tun.go): a TUN device (package tun) whose TCP flows a gVisor netstack
 //     (package netstack) terminates, each answered only once the server has reached its
 //     destination; UDP 5-tuples become UDP flows (tunudp.go); DNS queries to TUNConfig.DNS

@@ -14,15 +14,39 @@ import (
 	"github.com/quicgate/quicgate/quicmux"
 )
 
-// Tunnel carries the flows an ingress finds: *quicmux.Client is one.
+// Tunnel carries the flows an ingress finds: *quicmux.Client is one. It is all a -L port
+// needs; the ingresses that use more declare it in the interface they take (ReverseTunnel,
+// ProxyTunnel, TUNTunnel, UDPTunnel), so what a tunnel must offer is known when the
+// ingress is built, never found out by a type assertion on a flow's way.
 type Tunnel interface {
-	// Carry takes a flow to its target and relays it; it returns once the flow is under way
-	// (or failed to start) and calls done once when the flow has ended. It always releases
-	// the local end, and ctx ending resets the flow.
-	Carry(ctx context.Context, f quicmux.Flow, done func(flow.Stats, error))
+	// Carry takes a flow (its local end: a quicmux.Flow, Pending or Reverse) to its target
+	// and relays it; it returns once the flow is under way (or failed to start) and calls
+	// done once when the flow has ended. It always releases the local end, and ctx ending
+	// resets the flow.
+	Carry(ctx context.Context, l quicmux.Local, done func(flow.Stats, error))
 }
 
-var _ Tunnel = (*quicmux.Client)(nil)
+// TUNTunnel is what a TUN ingress uses: TCP flows (Carry), UDP flows (each UDP 5-tuple),
+// names resolved at the far side (the DNS address, TUNConfig.DNS) and echoes sent from it
+// (pings). *quicmux.Client is one.
+type TUNTunnel interface {
+	Tunnel
+	UDPTunnel
+	NameResolver
+	Echoer
+}
+
+// ProxyTunnel is what a -D proxy bound by ListenProxy uses: flows, and UDP flows for SOCKS5
+// UDP ASSOCIATE. *quicmux.Client is one.
+type ProxyTunnel interface {
+	Tunnel
+	UDPTunnel
+}
+
+var (
+	_ TUNTunnel   = (*quicmux.Client)(nil)
+	_ ProxyTunnel = (*quicmux.Client)(nil)
+)
 
 // Ingress is a source of flows: -L ports, the TUN device.
 type Ingress interface {
@@ -60,10 +84,10 @@ func (o Options) logger() *logrus.Entry {
 // carry hands one flow, counted in flows by the caller, to the tunnel under the group's
 // context; when it ends, it logs how and marks it done in flows: the one place where every
 // ingress's flows end. It returns once the flow is under way, so an idle flow keeps no
-// goroutine of the ingress. log has the ingress's fields; f names its ingress and peer.
-func carry(t Tunnel, flows *flow.Group, f quicmux.Flow, log *logrus.Entry) {
+// goroutine of the ingress. log has the ingress's fields; l names its ingress and peer.
+func carry(t Tunnel, flows *flow.Group, l quicmux.Local, log *logrus.Entry) {
 	ctx := flows.Context()
-	t.Carry(ctx, f, func(stats flow.Stats, err error) {
+	t.Carry(ctx, l, func(stats flow.Stats, err error) {
 		defer flows.Done()
 		level := logrus.DebugLevel
 		failed := err != nil && !flow.IsReset(err) && ctx.Err() == nil
@@ -73,6 +97,7 @@ func carry(t Tunnel, flows *flow.Group, f quicmux.Flow, log *logrus.Entry) {
 		if !log.Logger.IsLevelEnabled(level) {
 			return
 		}
+		f := l.Info()
 		entry := log.WithFields(logrus.Fields{"peer": f.Peer, "target": f.Target.String(), "bytes_up": stats.AtoB, "bytes_down": stats.BtoA, "result": flow.Result(err)})
 		if failed {
 			entry.WithError(err).Info("flow failed")

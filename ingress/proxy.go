@@ -69,6 +69,10 @@ type ProxyConfig struct {
 	// HandshakeTimeout bounds a request's handshake (SOCKS5 greeting, authentication and
 	// request; an HTTP request's head); default DefaultProxyHandshakeTimeout.
 	HandshakeTimeout time.Duration
+	// UDP carries the datagrams of SOCKS5 UDP ASSOCIATE (socksudp.go): *quicmux.Client is
+	// one, and ListenProxy sets it to its tunnel when it is nil. Nil (NewProxy): the command
+	// is answered "command not supported".
+	UDP UDPTunnel
 }
 
 // DefaultProxyHandshakeTimeout is how long a proxy client has for its handshake by default.
@@ -154,6 +158,7 @@ type Proxy struct {
 	ln    net.Listener
 	name  string // "-D bind:port", with the bound port
 	tun   Tunnel
+	udp   UDPTunnel // nil: no UDP ASSOCIATE
 	cfg   ProxyConfig
 	opt   Options
 	log   *logrus.Entry
@@ -169,18 +174,22 @@ type Proxy struct {
 var _ Ingress = (*Proxy)(nil)
 
 // ListenProxy binds f's local address (accepted sockets keep alive, Options.TCPKeepAlive)
-// and returns the proxy on it.
-func ListenProxy(f DynamicForward, t Tunnel, opt Options, cfg ProxyConfig) (*Proxy, error) {
-	lc := flow.TCPListenConfig(opt.TCPKeepAlive)
+// and returns the proxy on it, which carries UDP ASSOCIATE's datagrams through t as well
+// unless cfg.UDP says otherwise.
+func ListenProxy(f DynamicForward, t ProxyTunnel, opt Options, cfg ProxyConfig) (*Proxy, error) {
+	lc := listenConfig(opt.TCPKeepAlive)
 	ln, err := lc.Listen(context.Background(), "tcp", f.Bind.String())
 	if err != nil {
 		return nil, fmt.Errorf("ingress: -D %s: %w", f, err)
+	}
+	if cfg.UDP == nil {
+		cfg.UDP = t
 	}
 	return NewProxy(ln, t, opt, cfg), nil
 }
 
 // NewProxy returns a proxy that serves the connections ln accepts, once Serve runs; it owns
-// ln from now on. A kernel TCP socket's end is reset (RST) when its flow is; a conn of
+// ln from now on. Its flows go through t, and UDP ASSOCIATE's datagrams through cfg.UDP. A kernel TCP socket's end is reset (RST) when its flow is; a conn of
 // another kind (flow.AsConn) can only be closed.
 func NewProxy(ln net.Listener, t Tunnel, opt Options, cfg ProxyConfig) *Proxy {
 	if cfg.HandshakeTimeout <= 0 {
@@ -193,6 +202,7 @@ func NewProxy(ln net.Listener, t Tunnel, opt Options, cfg ProxyConfig) *Proxy {
 		ln:    ln,
 		name:  "-D " + ln.Addr().String(),
 		tun:   t,
+		udp:   cfg.UDP,
 		cfg:   cfg,
 		opt:   opt,
 		log:   opt.logger().WithField("listen", ln.Addr().String()),
@@ -281,7 +291,7 @@ func (p *Proxy) serveConn(conn net.Conn) {
 	if req.plain == nil && br.Buffered() > 0 {
 		pending, _ = br.Peek(br.Buffered())
 	}
-	f := quicmux.Flow{
+	f := quicmux.Pending{
 		Target:  req.target,
 		Ingress: p.name,
 		Peer:    peer,

@@ -109,17 +109,19 @@ func newProxyEnv(t *testing.T, cfg ProxyConfig) *proxyEnv {
 		HostsFile:   hosts,
 		DialTimeout: 5 * time.Second,
 	}, quicmux.ClientConfig{DialTimeout: 5 * time.Second}, nil)
+	cfg.UDP = client // UDP ASSOCIATE through the same tunnel, as ListenProxy has it
 	return &proxyEnv{proxy: serveProxy(t, client, cfg, 0)}
 }
 
-// serveProxy serves a proxy for t on an ephemeral loopback port until the test ends.
+// serveProxy serves a proxy for t on an ephemeral loopback port until the test ends (UDP
+// ASSOCIATE through cfg.UDP; nil: not supported).
 func serveProxy(t *testing.T, tun Tunnel, cfg ProxyConfig, drainTimeout time.Duration) *Proxy {
 	t.Helper()
-	p, err := ListenProxy(DynamicForward{Bind: netip.MustParseAddrPort("127.0.0.1:0")}, tun,
-		Options{DrainTimeout: drainTimeout, Logger: testLogger(t).WithField("side", "proxy")}, cfg)
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
+	p := NewProxy(ln, tun, Options{DrainTimeout: drainTimeout, Logger: testLogger(t).WithField("side", "proxy")}, cfg)
 	ctx, cancel := context.WithCancel(context.Background())
 	served := make(chan error, 1)
 	go func() { served <- p.Serve(ctx) }()
@@ -361,9 +363,14 @@ func TestProxySOCKS5ReplyCodes(t *testing.T) {
 // the way to it) does.
 type rejectingTunnel struct{ err error }
 
-func (r rejectingTunnel) Carry(_ context.Context, f quicmux.Flow, done func(flow.Stats, error)) {
-	f.Reject(r.err)
+func (r rejectingTunnel) Carry(_ context.Context, l quicmux.Local, done func(flow.Stats, error)) {
+	l.Release(r.err)
 	done(flow.Stats{}, r.err)
+}
+
+// OpenUDP turns every UDP flow down too (ListenProxy takes a tunnel that has UDP flows).
+func (r rejectingTunnel) OpenUDP(context.Context, flow.Target, string, string) (*quicmux.UDPFlow, error) {
+	return nil, r.err
 }
 
 // TestProxyFailureReplies: the mapping of every reason a flow fails to its SOCKS5 reply code

@@ -98,12 +98,12 @@ func (r *Reverse) Serve(ctx context.Context) error {
 			continue
 		}
 		target := r.fwd.Target.String()
-		f := quicmux.Flow{
+		f := quicmux.Reverse{
 			Target:  r.fwd.Target,
 			Remote:  remote,
 			Ingress: r.name,
 			Peer:    conn.RemoteAddr().String(),
-			Accept: func() (flow.Conn, error) {
+			Dial: func() (flow.Conn, error) {
 				dctx, cancel := context.WithTimeout(r.flows.Context(), reverseDialTimeout)
 				defer cancel()
 				c, err := dialer.DialContext(dctx, "tcp", target)

@@ -29,8 +29,8 @@ const maxAssociationTargets = 64
 // dropped, as RFC 1928 allows. The association ends with its control connection.
 func (p *Proxy) serveAssociate(conn net.Conn, local flow.Conn, peer string) {
 	defer p.flows.Done()
-	ut, ok := p.tun.(UDPTunnel)
-	if !ok {
+	ut := p.udp
+	if ut == nil {
 		_, _ = conn.Write(socksReply(socksCommandNotSupported, nil))
 		closeAfterReply(conn, local)
 		return

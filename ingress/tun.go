@@ -2,7 +2,6 @@ package ingress
 
 import (
 	"context"
-	"errors"
 	"net/netip"
 	"sync"
 
@@ -30,14 +29,13 @@ type TUNConfig struct {
 	KeepConnected bool
 	// DNS, if set, is an address routed into the device (not one of its own) at which the
 	// ingress answers DNS queries itself, over UDP and TCP port 53, by resolving their
-	// names at the server (tundns.go); the Tunnel must then be a NameResolver. Other ports
-	// of DNS are closed. Pointing the host's resolver at it is the user's to do.
+	// names at the server (tundns.go, TUNTunnel's Resolve). Other ports of DNS are closed.
+	// Pointing the host's resolver at it is the user's to do.
 	DNS netip.Addr
 }
 
-// TUN is the privileged ingress: a TUN device whose TCP and UDP flows a gVisor netstack
-// terminates (UDP: tunudp.go, when the Tunnel is a UDPTunnel), and whose pings the server
-// answers (tunecho.go, when the Tunnel is an Echoer).
+// TUN is the privileged ingress: a TUN device whose TCP and UDP flows (tunudp.go) a gVisor
+// netstack terminates, and whose pings the server answers (tunecho.go).
 // Each flow's original destination becomes its target; the SYN is answered only once the
 // server has reached that destination (dial before accept), and with a RST when it has not,
 // so apps see "connection refused" at once rather than a hang. Flows keep alive
@@ -46,7 +44,7 @@ type TUN struct {
 	name  string // "tun NAME", the ingress in metrics
 	dev   *tun.Device
 	stack *netstack.Stack
-	tun   Tunnel
+	tun   TUNTunnel
 	opt   Options
 	log   *logrus.Entry
 	flows *flow.Group
@@ -63,7 +61,7 @@ var _ Ingress = (*TUN)(nil)
 
 // OpenTUN creates the device with its addresses and routes (CAP_NET_ADMIN) and the stack
 // behind it.
-func OpenTUN(cfg TUNConfig, t Tunnel, opt Options) (*TUN, error) {
+func OpenTUN(cfg TUNConfig, t TUNTunnel, opt Options) (*TUN, error) {
 	log := opt.logger().WithField("tun", cfg.Name)
 	dev, err := tun.Open(tun.Config{Name: cfg.Name, MTU: cfg.MTU, Addrs: cfg.Addrs, Routes: cfg.Routes, Logger: log,
 		Table: cfg.Table, Exclude: cfg.Exclude, KeepConnected: cfg.KeepConnected})
@@ -88,26 +86,16 @@ func OpenTUN(cfg TUNConfig, t Tunnel, opt Options) (*TUN, error) {
 // serveDevice puts the netstack behind dev and returns the ingress that carries its flows,
 // named name in metrics and logs, answering DNS at dns if it is set. It closes dev if it
 // fails.
-func serveDevice(dev *tun.Device, name string, mtu int, dns netip.Addr, t Tunnel, opt Options, log *logrus.Entry) (*TUN, error) {
+func serveDevice(dev *tun.Device, name string, mtu int, dns netip.Addr, t TUNTunnel, opt Options, log *logrus.Entry) (*TUN, error) {
 	ing := &TUN{name: name, dev: dev, tun: t, opt: opt, log: log, flows: flow.NewGroup(context.Background()),
 		dnsFlows: flow.NewGroup(context.Background())}
 	if dns.IsValid() {
-		r, ok := t.(NameResolver)
-		if !ok {
-			_ = dev.Close()
-			return nil, errors.New("ingress: a TUN that answers DNS needs a tunnel that resolves names")
-		}
-		ing.dns = newDNSResponder(dns.Unmap(), r, log)
+		ing.dns = newDNSResponder(dns.Unmap(), t, log)
 	}
 	tcp := netstack.DefaultTCPOptions()
 	tcp.KeepAlive = flow.KeepAliveConfig(opt.TCPKeepAlive)
-	cfg := netstack.Config{MTU: mtu, Handler: ing, Logger: log, TCP: &tcp}
-	if _, ok := t.(UDPTunnel); ok || ing.dns != nil {
-		cfg.UDPHandler = ing // tunudp.go
-	}
-	if _, ok := t.(Echoer); ok || ing.dns != nil {
-		cfg.EchoHandler = ing // tunecho.go
-	}
+	// UDP (tunudp.go) and pings (tunecho.go) go through the tunnel too.
+	cfg := netstack.Config{MTU: mtu, Handler: ing, UDPHandler: ing, EchoHandler: ing, Logger: log, TCP: &tcp}
 	st, err := netstack.NewTUN(dev.TUN(), cfg)
 	if err != nil {
 		_ = dev.Close()
@@ -149,7 +137,7 @@ func handleTCP(t Tunnel, flows *flow.Group, req *netstack.TCPRequest, target flo
 		req.Reject()
 		return
 	}
-	f := quicmux.Flow{
+	f := quicmux.Pending{
 		Target: target,
 		Accept: func() (flow.Conn, error) {
 			c, err := req.Accept()

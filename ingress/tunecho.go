@@ -17,11 +17,10 @@ type Echoer interface {
 
 var _ Echoer = (*quicmux.Client)(nil)
 
-// A TUN ingress whose Tunnel is also an Echoer answers the pings routed into it: each echo
-// request the netstack takes (netstack.EchoHandler) becomes one echo the server sends to the
-// same address with the same payload, and the app gets its reply only if the server got
-// one. The DNS address (TUNConfig.DNS) answers its own pings. Without an Echoer, echo
-// requests are dropped.
+// A TUN ingress answers the pings routed into it through its tunnel's Echo (TUNTunnel):
+// each echo request the netstack takes (netstack.EchoHandler) becomes one echo the server
+// sends to the same address with the same payload, and the app gets its reply only if the
+// server got one. The DNS address (TUNConfig.DNS) answers its own pings.
 
 // HandleEcho asks the server to echo req's destination and reports whether it answered.
 // Failures (denied, timed out, no ICMP socket on the server) are logged at debug: an
@@ -30,15 +29,14 @@ func (ing *TUN) HandleEcho(ctx context.Context, req netstack.EchoRequest) bool {
 	if ing.dns != nil && req.Dst == ing.dns.addr {
 		return true
 	}
-	e, ok := ing.tun.(Echoer)
-	if !ok || len(req.Payload) > quicmux.MaxEchoPayload {
+	if len(req.Payload) > quicmux.MaxEchoPayload {
 		return false
 	}
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	stop := context.AfterFunc(ing.flows.Context(), cancel) // the ingress closes
 	defer stop()
-	rtt, err := e.Echo(ctx, req.Dst, req.Payload)
+	rtt, err := ing.tun.Echo(ctx, req.Dst, req.Payload)
 	if err != nil {
 		ing.log.WithError(err).WithField("peer", req.Src.String()).WithField("target", req.Dst.String()).Debug("echo not answered")
 		return false

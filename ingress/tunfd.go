@@ -12,7 +12,7 @@ import (
 // metrics and logs (such as "run 12345"); mtu is the device's; dns, if set, is where it
 // answers DNS queries (TUNConfig.DNS). The ingress owns dev: Close closes it, also when
 // AdoptTUN fails.
-func AdoptTUN(dev *tun.Device, name string, mtu int, dns netip.Addr, t Tunnel, opt Options) (*TUN, error) {
+func AdoptTUN(dev *tun.Device, name string, mtu int, dns netip.Addr, t TUNTunnel, opt Options) (*TUN, error) {
 	log := opt.logger().WithField("tun", name)
 	ing, err := serveDevice(dev, name, mtu, dns, t, opt, log)
 	if err != nil {

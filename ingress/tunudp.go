@@ -17,17 +17,11 @@ func (ing *TUN) HandleUDP(conn *netstack.UDPConn) {
 		ing.serveDNSUDP(conn)
 		return
 	}
-	ut, ok := ing.tun.(UDPTunnel)
-	if !ok { // the handler is there for DNS alone
-		conn.Refuse()
-		return
-	}
-	handleUDP(ut, ing.flows, conn, ing.target(conn.Dst()), ing.name, ing.log)
+	handleUDP(ing.tun, ing.flows, conn, ing.target(conn.Dst()), ing.name, ing.log)
 }
 
-// A TUN ingress whose Tunnel is also a UDPTunnel (udpport.go; *quicmux.Client is both)
-// carries the UDP packets routed into it; otherwise the netstack answers them with ICMP
-// port unreachable.
+// A TUN ingress carries the UDP packets routed into it through its tunnel's UDP flows
+// (TUNTunnel, UDPTunnel in udpport.go).
 
 // handleUDP carries one UDP 5-tuple the netstack terminated: it opens the tunnel's flow to
 // the original destination (the app's first packets wait in conn meanwhile) and relays

@@ -197,35 +197,153 @@ func (c *Client) DialContext(ctx context.Context, network, address string) (net.
 	return conn, nil
 }
 
-// Flow is a flow an ingress found and hands to Client.Carry: where it goes, and its local
-// end, which is either established already or waits for the server's answer.
-type Flow struct {
-	Target flow.Target
+// Local is the local end of a flow, as an ingress hands it to Client.Carry with the names
+// of its flow. It comes in three kinds, one for each way a local end meets the far end, and
+// each kind carries its own part of the flow (the interface is closed to other kinds):
+//
+//   - Flow: a local end established already (a -L socket). Its bytes go out right behind
+//     the request, without waiting a round trip for the server's answer; a refusal resets it.
+//   - Pending: a local end whose handshake is held until the server has answered (the TUN
+//     netstack's SYN, a proxy's request): accepted when the server reached the target,
+//     rejected (with why) when it did not.
+//   - Reverse: the far end is a connection the server accepted for a reverse forward
+//     (Client.Listen); no stream is opened, and the local end is dialed here.
+type Local interface {
+	// Info names the flow: its target, the ingress it came through and its peer.
+	Info() FlowInfo
+	// Release lets go of a local end that will not be carried, with why: Flow resets its
+	// conn, Pending rejects its handshake (a TUN's RST, a proxy's failure reply), Reverse
+	// resets the server's connection. Carry does it itself for a flow that cannot start; a
+	// Tunnel that turns a flow down without carrying it (a test's fake) calls it.
+	Release(why error)
 
-	// Ingress names where the flow came in, for metrics and `quicgate status` (for example
-	// "-L 127.0.0.1:8080" or "tun qg0"); default "api". Peer is the app's address, for
-	// the list of recent failures. Both are optional.
+	// open reaches the far end and returns both ends, or fails having released the local
+	// end. It is what each kind does differently.
+	open(ctx context.Context, c *Client) (local, remote flow.Conn, err error)
+}
+
+// FlowInfo names a flow: where it goes, and where it came from. Ingress names where the
+// flow came in, for metrics and `quicgate status` (for example "-L 127.0.0.1:8080" or
+// "tun qg0"); default "api". Peer is the app's address, for the list of recent failures.
+// Both are optional.
+type FlowInfo struct {
+	Target        flow.Target
 	Ingress, Peer string
+}
 
-	// Conn is a local end that is established already (a -L socket). Its bytes go out right
-	// behind the request, without waiting a round trip for the server's answer; a refusal
-	// then resets it.
-	Conn flow.Conn
+// Flow is a local end established already (a -L socket, a conn a Go program hands over):
+// Carry opens a stream to Target and relays Conn to it at once, so Conn's first bytes go out
+// right behind the request; a refusal resets Conn.
+type Flow struct {
+	Target        flow.Target
+	Ingress, Peer string // see FlowInfo
+	Conn          flow.Conn
+}
 
-	// Remote is an established far end: a connection a reverse forward's listener accepted
-	// (Client.Listen). Carry then opens no stream: the local end is Conn or, if Conn is nil,
-	// what Accept returns (it dials the forward's local target); Reject is not used, and a
-	// local end that cannot be had resets Remote.
-	Remote flow.Conn
+// Pending is a local end whose handshake waits for the server's answer, as the TUN
+// netstack's SYN does (its SYN-ACK goes out only once the destination is reached, as
+// Tailscale's does) and a proxy's request (its reply says the server's verdict). Carry calls
+// exactly one of Accept and Reject: Accept when the server reached Target, Reject (a RST:
+// "connection refused"; a proxy's failure reply) when it did not, with why: a *StatusError
+// with the server's status, or the error that kept the flow from the server
+// (ErrServerUnreachable, a context's error). Both are required.
+type Pending struct {
+	Target        flow.Target
+	Ingress, Peer string // see FlowInfo
+	Accept        func() (flow.Conn, error)
+	Reject        func(why error)
+}
 
-	// Accept and Reject, when Conn is nil, are the local end's handshake, held until the
-	// server has answered (the TUN netstack sends its SYN-ACK only once the destination
-	// is reached, as Tailscale's does). Carry calls exactly one of them: Accept when the
-	// server reached Target, Reject (a RST: "connection refused") when it did not, with
-	// why: a *StatusError with the server's status, or the error that kept the flow from
-	// the server (ErrServerUnreachable, a context's error).
-	Accept func() (flow.Conn, error)
-	Reject func(error)
+// Reverse is a flow whose far end is established already: Remote, a connection a reverse
+// forward's listener accepted (Client.Listen). Carry opens no stream: the local end is
+// what Dial returns (it dials the forward's local target, Target), and a local end that
+// cannot be had resets Remote.
+type Reverse struct {
+	Target        flow.Target // what Dial reaches, for metrics and logs
+	Ingress, Peer string      // see FlowInfo
+	Remote        flow.Conn
+	Dial          func() (flow.Conn, error)
+}
+
+var (
+	_ Local = Flow{}
+	_ Local = Pending{}
+	_ Local = Reverse{}
+)
+
+// Info names the flow.
+func (f Flow) Info() FlowInfo { return FlowInfo{Target: f.Target, Ingress: f.Ingress, Peer: f.Peer} }
+
+// Info names the flow.
+func (p Pending) Info() FlowInfo { return FlowInfo{Target: p.Target, Ingress: p.Ingress, Peer: p.Peer} }
+
+// Info names the flow.
+func (r Reverse) Info() FlowInfo { return FlowInfo{Target: r.Target, Ingress: r.Ingress, Peer: r.Peer} }
+
+// Release resets Conn.
+func (f Flow) Release(error) {
+	if f.Conn != nil {
+		f.Conn.Abort()
+	}
+}
+
+// Release rejects the handshake with why.
+func (p Pending) Release(why error) {
+	if p.Reject != nil {
+		p.Reject(why)
+	}
+}
+
+// Release resets the server's connection.
+func (r Reverse) Release(error) {
+	if r.Remote != nil {
+		r.Remote.Abort()
+	}
+}
+
+// open opens f's stream and writes its request; f.Conn's bytes follow at once.
+func (f Flow) open(ctx context.Context, c *Client) (local, remote flow.Conn, err error) {
+	if f.Conn == nil {
+		return nil, nil, errors.New("quicmux: a Flow needs a Conn")
+	}
+	sc, err := c.open(ctx, f.Target)
+	if err != nil {
+		f.Conn.Abort()
+		return nil, nil, err
+	}
+	return f.Conn, sc, nil
+}
+
+// open opens p's stream, waits for the server's answer, and then accepts or rejects.
+func (p Pending) open(ctx context.Context, c *Client) (local, remote flow.Conn, err error) {
+	if p.Accept == nil || p.Reject == nil {
+		err := errors.New("quicmux: a Pending needs Accept and Reject")
+		p.Release(err)
+		return nil, nil, err
+	}
+	sc, err := c.dial(ctx, p.Target)
+	if err != nil {
+		p.Reject(err)
+		return nil, nil, err
+	}
+	if local, err = p.Accept(); err != nil {
+		sc.Abort() // the destination must see a reset, not a clean empty flow
+		return nil, nil, err
+	}
+	return local, sc, nil
+}
+
+// open dials r's local end.
+func (r Reverse) open(context.Context, *Client) (local, remote flow.Conn, err error) {
+	if r.Remote == nil || r.Dial == nil {
+		r.Release(nil)
+		return nil, nil, errors.New("quicmux: a Reverse needs Remote and Dial")
+	}
+	if local, err = r.Dial(); err != nil {
+		r.Remote.Abort()
+		return nil, nil, err
+	}
+	return local, r.Remote, nil
 }
 
 // Carry takes a flow from an ingress to its target and relays it, with the client's idle
@@ -234,18 +352,19 @@ type Flow struct {
 // returns if the flow never started). It always releases the local end, and ctx ending
 // resets the flow. It is the one way an ingress hands a flow to the tunnel; it returns early
 // so that an idle flow holds no goroutine of its caller (see flow.StartRelay).
-func (c *Client) Carry(ctx context.Context, f Flow, done func(flow.Stats, error)) {
-	if f.Ingress == "" {
-		f.Ingress = ingressAPI
+func (c *Client) Carry(ctx context.Context, l Local, done func(flow.Stats, error)) {
+	info := l.Info()
+	if info.Ingress == "" {
+		info.Ingress = ingressAPI
 	}
-	local, remote, err := c.connect(ctx, f)
+	local, remote, err := l.open(ctx, c)
 	if err != nil {
 		c.cfg.Metrics.flowRejected()
-		c.flowFailed(ctx, f.Ingress, f.Peer, f.Target, err)
+		c.flowFailed(ctx, info.Ingress, info.Peer, info.Target, err)
 		done(flow.Stats{}, err)
 		return
 	}
-	active := c.cfg.Metrics.flowStarted(f.Ingress)
+	active := c.cfg.Metrics.flowStarted(info.Ingress)
 	opt := c.cfg.Metrics.relayOptions(c.cfg.FlowIdleTimeout)
 	opt.Parker = c.parker
 	if sc, ok := remote.(*streamConn); ok && sc.conn != nil {
@@ -254,12 +373,12 @@ func (c *Client) Carry(ctx context.Context, f Flow, done func(flow.Stats, error)
 	}
 	flow.StartRelay(ctx, local, remote, opt, func(s flow.Stats, err error) {
 		c.cfg.Metrics.flowEnded(active, flow.Result(err))
-		c.flowFailed(ctx, f.Ingress, f.Peer, f.Target, err)
+		c.flowFailed(ctx, info.Ingress, info.Peer, info.Target, err)
 		done(s, err)
 	})
 }
 
-// ingressAPI is the ingress of flows from DialContext and of a Flow that names none.
+// ingressAPI is the ingress of flows from DialContext and of a Local that names none.
 const ingressAPI = "api"
 
 // flowFailed lists a flow that failed in the recent failures: one that could not start, or
@@ -269,46 +388,6 @@ func (c *Client) flowFailed(ctx context.Context, ingress, peer string, t flow.Ta
 		return
 	}
 	c.cfg.Metrics.failed(Failure{Ingress: ingress, Peer: peer, Target: t.String(), Reason: err.Error()})
-}
-
-// connect opens f's stream and, for a local end that waits, its handshake.
-func (c *Client) connect(ctx context.Context, f Flow) (local, remote flow.Conn, err error) {
-	if f.Remote != nil {
-		local = f.Conn
-		if local == nil && f.Accept != nil {
-			if local, err = f.Accept(); err != nil {
-				f.Remote.Abort()
-				return nil, nil, err
-			}
-		}
-		if local == nil {
-			f.Remote.Abort()
-			return nil, nil, errors.New("quicmux: a Flow with Remote needs Conn or Accept")
-		}
-		return local, f.Remote, nil
-	}
-	if f.Conn != nil {
-		sc, err := c.open(ctx, f.Target)
-		if err != nil {
-			f.Conn.Abort()
-			return nil, nil, err
-		}
-		return f.Conn, sc, nil
-	}
-	if f.Accept == nil || f.Reject == nil {
-		return nil, nil, errors.New("quicmux: a Flow needs Conn, or Accept and Reject")
-	}
-	sc, err := c.dial(ctx, f.Target)
-	if err != nil {
-		f.Reject(err)
-		return nil, nil, err
-	}
-	local, err = f.Accept()
-	if err != nil {
-		sc.Abort() // the destination must see a reset, not a clean empty flow
-		return nil, nil, err
-	}
-	return local, sc, nil
 }
 
 // dial opens a flow to t and waits for the server's status.
@@ -401,16 +480,22 @@ func (c *Client) ask(ctx context.Context, hdr []byte, answer func(io.Reader) err
 }
 
 // open opens a stream for t and writes its header; the status is left to the first Read.
+// While the connection is up and has a stream free, as it has for nearly every flow, that
+// takes neither a timer nor a context of its own (openNow); otherwise openStream waits,
+// bounded by the dial timeout.
 func (c *Client) open(ctx context.Context, t flow.Target) (*streamConn, error) {
-	hdr, err := AppendRequest(nil, Request{Kind: KindTCP, Target: t})
+	var buf [MaxHeaderLen]byte
+	hdr, err := AppendRequest(buf[:0], Request{Kind: KindTCP, Target: t})
 	if err != nil {
 		return nil, err
 	}
-	ctx, cancel := context.WithTimeout(ctx, c.cfg.DialTimeout)
-	defer cancel()
-	qc, str, err := c.openStream(ctx)
-	if err != nil {
-		return nil, err
+	qc, str := c.openNow()
+	if str == nil {
+		ctx, cancel := context.WithTimeout(ctx, c.cfg.DialTimeout)
+		defer cancel()
+		if qc, str, err = c.openStream(ctx); err != nil {
+			return nil, err
+		}
 	}
 	sc := newStreamConn(str, qc.LocalAddr(), targetAddr{t})
 	sc.conn = qc
@@ -422,11 +507,26 @@ func (c *Client) open(ctx context.Context, t flow.Target) (*streamConn, error) {
 	return sc, nil
 }
 
+// openNow opens a stream on the live connection if it has one free at once; nil if not
+// (no connection, or the server's stream limit reached: openStream then waits).
+func (c *Client) openNow() (*quic.Conn, *quic.Stream) {
+	c.mu.Lock()
+	conn := c.state.conn
+	c.mu.Unlock()
+	if conn == nil || conn.Context().Err() != nil {
+		return nil, nil
+	}
+	str, err := conn.OpenStream()
+	if err != nil {
+		return nil, nil
+	}
+	return conn, str
+}
+
 // waitConn returns the live connection, waiting for the supervisor to bring one up. A dial
 // that failed for a reason that retrying will not cure (pin, identity) fails at once.
 func (c *Client) waitConn(ctx context.Context) (*quic.Conn, error) {
-	timer := time.NewTimer(c.cfg.DialTimeout)
-	defer timer.Stop()
+	var timeout <-chan time.Time // made once the wait begins: a live connection needs none
 	for {
 		c.mu.Lock()
 		st := c.state
@@ -441,11 +541,16 @@ func (c *Client) waitConn(ctx context.Context) (*quic.Conn, error) {
 		case c.kick <- struct{}{}:
 		default:
 		}
+		if timeout == nil {
+			timer := time.NewTimer(c.cfg.DialTimeout)
+			defer timer.Stop()
+			timeout = timer.C
+		}
 		select {
 		case <-st.changed:
 		case <-ctx.Done():
 			return nil, c.unreachable(ctx.Err(), st.lastErr)
-		case <-timer.C:
+		case <-timeout:
 			return nil, c.unreachable(nil, st.lastErr)
 		case <-c.ctx.Done():
 			return nil, ErrClosed

@@ -3,8 +3,10 @@
 // the identities and pinning that guard the connection, and the forwarding policy.
 //
 // The core never knows where a flow came from. An ingress (package ingress: -L ports, the TUN
-// netstack) hands Client.Carry a Flow, a target plus a local end; a Go program dials through
-// Client.DialContext. Reverse forwards go the other way: Client.Listen has the server listen
+// netstack) hands Client.Carry a Local, the local end of a flow with its target: a Flow
+// (established already), a Pending (a handshake that waits for the server's answer) or a
+// Reverse (the server's accepted connection, carried to a local target); a Go program dials
+// through Client.DialContext. Reverse forwards go the other way: Client.Listen has the server listen
 // (reverse_server.go, under ServerConfig.ListenPolicy) and open a stream per connection it
 // accepts, which the client carries to a local target (reverse.go). What a flow is does not
 // live here but in package flow: its target (flow.Target, which the wire protocol encodes),

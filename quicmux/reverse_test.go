@@ -204,7 +204,7 @@ func TestReverseListenRecheck(t *testing.T) {
 	checkEchoVia(t, app, accept(t, ln))
 }
 
-// Carry with Remote: the accepted connection is carried to a local destination, and a
+// Carry with a Reverse: the accepted connection is carried to a local destination, and a
 // destination that refuses makes the app's connection a reset.
 func TestReverseCarry(t *testing.T) {
 	tn := newTunnel(t, withListenPolicy(listenAnywhere))
@@ -218,7 +218,7 @@ func TestReverseCarry(t *testing.T) {
 		done := make(chan error, 1)
 		conn := accept(t, ln)
 		tgt, _ := flow.ParseTarget(target)
-		tn.client.Carry(context.Background(), Flow{Target: tgt, Remote: conn.(flow.Conn), Ingress: "-R test", Accept: func() (flow.Conn, error) {
+		tn.client.Carry(context.Background(), Reverse{Target: tgt, Remote: conn.(flow.Conn), Ingress: "-R test", Dial: func() (flow.Conn, error) {
 			c, err := net.Dial("tcp", target)
 			if err != nil {
 				return nil, err

@@ -2,6 +2,7 @@
 // this machine, and writes a markdown table (stdout), JSON and a PNG chart (bench/results/).
 //
 //	qgbench [-quick] [-out DIR] [-paths "quicgate -L,ssh -L"] [-quicgate BINARY]
+//	        [-measure DURATION] [-flows] [-workers N] [-profile DIR]
 //	qgbench serve --ip IP     (the destination servers, run by qgbench itself)
 //	qgbench relay --to ADDR [--to ADDR]  (the plain Go TCP relay, run by qgbench itself)
 package main
@@ -38,6 +39,10 @@ func run() int {
 	only := flag.String("paths", "", "comma-separated path names to run (default: all)")
 	qg := flag.String("quicgate", "", "quicgate binary to measure (default: build ./cmd/quicgate)")
 	idle := flag.Int("idle", 0, "idle flows to open (default: 1,000 with -quick, else 10,000)")
+	measure := flag.Duration("measure", 0, "length of each throughput, flow-rate and latency measurement (default: 400ms with -quick, else 3s)")
+	workers := flag.Int("workers", 8, "workers opening flows in the flow-rate measurement (the report's figures are taken with 8)")
+	flowsOnly := flag.Bool("flows", false, "measure new flows per second alone (no bulk, latency or idle flows; no UDP rows)")
+	profile := flag.String("profile", "", "directory for CPU profiles of quicgate's client and server, taken while each path's flows open (PATH-PROCESS.pprof)")
 	flag.Parse()
 	if flag.NArg() > 0 {
 		return usage("unexpected argument %q", flag.Arg(0))
@@ -50,6 +55,17 @@ func run() int {
 	opt := bench.DefaultOptions(*quick)
 	if *idle > 0 {
 		opt.IdleFlows = *idle
+	}
+	if *measure > 0 {
+		opt.Measure = *measure
+	}
+	opt.FlowsOnly = *flowsOnly
+	opt.FlowWorkers = *workers
+	if *profile != "" {
+		if err := os.MkdirAll(*profile, 0o755); err != nil {
+			return usage("-profile: %v", err)
+		}
+		opt.Profile = *profile
 	}
 	if *only != "" {
 		opt.Only = map[string]bool{}
@@ -104,7 +120,7 @@ func run() int {
 	if err := json.NewDecoder(stdout).Decode(&addrs); err != nil {
 		return fail(fmt.Errorf("destination servers: %w", err))
 	}
-	env := &bench.Env{Quicgate: *qg, Self: self, Dir: dir, Sink: addrs.Sink, Echo: addrs.Echo}
+	env := &bench.Env{Quicgate: *qg, Self: self, Dir: dir, Sink: addrs.Sink, Echo: addrs.Echo, Profile: opt.Profile}
 	rep := bench.Run(ctx, env, opt)
 	rep.Command = "qgbench " + strings.Join(os.Args[1:], " ")
 	rep.Markdown(os.Stdout)
