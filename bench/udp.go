@@ -36,8 +36,8 @@ type UDPResult struct {
 	IdleFlows int     `json:"idle_flows,omitempty"`
 	ClientKiB float64 `json:"client_kib_per_idle_flow,omitempty"`
 	ServerKiB float64 `json:"server_kib_per_idle_flow,omitempty"`
-	Error   string  `json:"error,omitempty"`
-	Skipped string  `json:"skipped,omitempty"`
+	Error     string  `json:"error,omitempty"`
+	Skipped   string  `json:"skipped,omitempty"`
 }
 
 // UDPPacketSize is the UDP rows' payload: it fits a QUIC datagram on loopback's path, as a

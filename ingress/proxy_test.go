@@ -369,7 +369,7 @@ func (r rejectingTunnel) Carry(_ context.Context, l quicmux.Local, done func(flo
 }
 
 // OpenUDP turns every UDP flow down too (ListenProxy takes a tunnel that has UDP flows).
-func (r rejectingTunnel) OpenUDP(context.Context, flow.Target, string, string) (*quicmux.UDPFlow, error) {
+func (r rejectingTunnel) OpenUDP(context.Context, flow.Target, string, string) (flow.PacketConn, error) {
 	return nil, r.err
 }
 
