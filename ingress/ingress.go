@@ -4,13 +4,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"time"
 
 	"github.com/sirupsen/logrus"
 
 	"github.com/quicgate/quicgate/flow"
+	"github.com/quicgate/quicgate/internal/logging"
 	"github.com/quicgate/quicgate/quicmux"
 )
 
@@ -72,14 +72,7 @@ type Options struct {
 	Logger *logrus.Entry
 }
 
-func (o Options) logger() *logrus.Entry {
-	if o.Logger != nil {
-		return o.Logger
-	}
-	lg := logrus.New()
-	lg.SetOutput(io.Discard)
-	return logrus.NewEntry(lg)
-}
+func (o Options) logger() *logrus.Entry { return logging.OrDiscard(o.Logger) }
 
 // carry hands one flow, counted in flows by the caller, to the tunnel under the group's
 // context; when it ends, it logs how and marks it done in flows: the one place where every

@@ -4,12 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"net"
 	"net/netip"
 	"sync"
 	"syscall"
 
+	"github.com/quicgate/quicgate/internal/logging"
 	"github.com/sirupsen/logrus"
 	"golang.zx2c4.com/wireguard/tun"
 	"gvisor.dev/gvisor/pkg/tcpip"
@@ -122,12 +122,7 @@ func newStack(dev tun.Device, cfg Config) (*Stack, error) {
 	if cfg.MTU < header.IPv4MinimumMTU || cfg.MTU > MaxMTU {
 		return nil, fmt.Errorf("netstack: MTU %d out of range [%d, %d]", cfg.MTU, header.IPv4MinimumMTU, MaxMTU)
 	}
-	log := cfg.Logger
-	if log == nil {
-		l := logrus.New()
-		l.SetOutput(io.Discard)
-		log = logrus.NewEntry(l)
-	}
+	log := logging.OrDiscard(cfg.Logger)
 	if cfg.MaxInFlight <= 0 {
 		cfg.MaxInFlight = DefaultMaxInFlight
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/quicgate/quicgate/flow"
+	"github.com/quicgate/quicgate/internal/logging"
 	"github.com/quicgate/quicgate/netpath"
 	"github.com/quicgate/quicgate/third_party/quic-go"
 )
@@ -129,7 +130,7 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 	cfg.Metrics.setCongestion(cfg.Limits.Congestion)
 	c := &Client{
 		cfg:     cfg,
-		log:     loggerOrDiscard(cfg.Logger).WithField("server", cfg.Server),
+		log:     logging.OrDiscard(cfg.Logger).WithField("server", cfg.Server),
 		tlsConf: clientTLS(cfg.Identity, cfg.Pin),
 		state:   &connState{changed: make(chan struct{})},
 		kick:    make(chan struct{}, 1),

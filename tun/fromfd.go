@@ -3,6 +3,7 @@ package tun
 import (
 	"fmt"
 
+	"github.com/quicgate/quicgate/internal/logging"
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sys/unix"
 	wgtun "golang.zx2c4.com/wireguard/tun"
@@ -20,11 +21,7 @@ import (
 // device once no other process holds it, and with it the namespace's routes through it;
 // it has no routes of its own to remove.
 func FromFD(fd int, log *logrus.Entry) (*Device, error) {
-	if log == nil {
-		l := logrus.New()
-		l.SetOutput(discard{})
-		log = logrus.NewEntry(l)
-	}
+	log = logging.OrDiscard(log)
 	// Check that fd is a TUN device before wireguard wraps it in an *os.File: past that
 	// point a failure leaves the descriptor to the file's finalizer, and closing it here too
 	// could close a reused number.
