@@ -1937,6 +1937,24 @@ func (c *Conn) handleFrames(
 			wire.LogFrame(c.logger, ackFrame, false)
 			handleErr = c.handleAckFrame(ackFrame, encLevel, rcvTime)
 		} else if frameType.IsDatagramFrameType() {
+			// quicgate patch: a datagram handler takes the payload where it lies (no frame
+			// made, nothing copied), unless frames are being logged.
+			if h := c.datagramHandler.Load(); h != nil && log == nil {
+				payload, l, err := c.frameParser.ParseDatagramPayload(frameType, data)
+				if err != nil {
+					return false, false, nil, err
+				}
+				data = data[l:]
+				if skipHandling {
+					continue
+				}
+				if protocol.ByteCount(1+l) > wire.MaxDatagramSize {
+					return false, false, nil, &qerr.TransportError{ErrorCode: qerr.ProtocolViolation, ErrorMessage: "DATAGRAM frame too large"}
+				}
+				h.h.HandleDatagram(payload)
+				datagrams = h.h
+				continue
+			}
 			datagramFrame, l, err := c.frameParser.ParseDatagramFrame(frameType, data, c.version)
 			if err != nil {
 				return false, false, nil, err

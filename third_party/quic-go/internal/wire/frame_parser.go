@@ -117,6 +117,22 @@ func (p *FrameParser) ParseDatagramFrame(frameType FrameType, data []byte, v pro
 	return f, l, nil
 }
 
+// ParseDatagramPayload (quicgate patch) parses a DATAGRAM frame without making a frame or
+// copying its data: it returns the payload, a slice of data, and the bytes the frame took.
+func (p *FrameParser) ParseDatagramPayload(frameType FrameType, data []byte) ([]byte, int, error) {
+	if uint64(frameType)&0x1 == 0 { // no length: the rest of the packet
+		return data, len(data), nil
+	}
+	length, l, err := quicvarint.Parse(data)
+	if err != nil {
+		return nil, 0, &qerr.TransportError{ErrorCode: qerr.FrameEncodingError, FrameType: uint64(frameType), ErrorMessage: replaceUnexpectedEOF(err).Error()}
+	}
+	if length > uint64(len(data)-l) {
+		return nil, 0, &qerr.TransportError{ErrorCode: qerr.FrameEncodingError, FrameType: uint64(frameType), ErrorMessage: io.EOF.Error()}
+	}
+	return data[l : l+int(length)], l + int(length), nil
+}
+
 // ParseLessCommonFrame parses everything except STREAM, ACK or DATAGRAM.
 // These cases should be handled separately for performance reasons.
 func (p *FrameParser) ParseLessCommonFrame(frameType FrameType, data []byte, v protocol.Version) (Frame, int, error) {

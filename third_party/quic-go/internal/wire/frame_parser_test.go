@@ -1083,3 +1083,21 @@ func checkFrameInvariants(t *testing.T, frame Frame) {
 		}
 	}
 }
+
+// quicgate patch: ParseDatagramPayload returns the payload where it lies, with and without a
+// length, and refuses a length past the data.
+func TestParseDatagramPayload(t *testing.T) {
+	p := NewFrameParser(true, true, true)
+	withLen := []byte{5, 'h', 'e', 'l', 'l', 'o', 0xff}
+	payload, n, err := p.ParseDatagramPayload(FrameType(0x31), withLen)
+	require.NoError(t, err)
+	require.Equal(t, []byte("hello"), payload)
+	require.Equal(t, 6, n)
+	require.Same(t, &withLen[1], &payload[0])
+	payload, n, err = p.ParseDatagramPayload(FrameType(0x30), []byte("rest"))
+	require.NoError(t, err)
+	require.Equal(t, []byte("rest"), payload)
+	require.Equal(t, 4, n)
+	_, _, err = p.ParseDatagramPayload(FrameType(0x31), []byte{9, 'x'})
+	require.Error(t, err)
+}
