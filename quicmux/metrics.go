@@ -20,6 +20,7 @@ type Metrics struct {
 	flowsTotal        *prometheus.CounterVec // result
 	bytes             *prometheus.CounterVec // direction
 	dialResults       *prometheus.CounterVec // status
+	requests          *prometheus.CounterVec // kind, status (server)
 	handshakeFailures *prometheus.CounterVec // reason
 	reconnects        prometheus.Counter
 	failures          failureLog
@@ -58,6 +59,9 @@ func NewMetrics(reg prometheus.Registerer, side string) (*Metrics, error) {
 		dialResults: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "quicgate_dial_results_total", Help: "Flow requests by the status they got.", ConstLabels: constLabels},
 			[]string{"status"}),
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "quicgate_requests_total", Help: "Requests a client made of the server, by kind (tcp, udp, resolve, echo, listen, accepted, unknown) and the status they got.", ConstLabels: constLabels},
+			[]string{"kind", "status"}),
 		handshakeFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "quicgate_handshake_failures_total", Help: "Failed QUIC handshakes by reason.", ConstLabels: constLabels},
 			[]string{"reason"}),
@@ -76,7 +80,7 @@ func NewMetrics(reg prometheus.Registerer, side string) (*Metrics, error) {
 		pacingDesc: prometheus.NewDesc("quicgate_quic_pacing_rate_bits_per_second", "Pacing rates, summed over the open QUIC connections.", nil, constLabels),
 		congestion: CongestionBBR,
 	}
-	for _, c := range []prometheus.Collector{m.flowsActive, m.flowsTotal, m.bytes, m.dialResults, m.handshakeFailures, m.reconnects, connCollector{m}} {
+	for _, c := range []prometheus.Collector{m.flowsActive, m.flowsTotal, m.bytes, m.dialResults, m.requests, m.handshakeFailures, m.reconnects, connCollector{m}} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -129,6 +133,20 @@ func (m *Metrics) RecentFailures() []Failure {
 
 func (m *Metrics) flowRejected() {
 	if m != nil {
+		m.flowsTotal.WithLabelValues("rejected").Inc()
+	}
+}
+
+// requested counts a request's verdict on the server, the same way for every kind (see
+// admission.go): quicgate_dial_results_total by status, quicgate_requests_total by kind and
+// status, and a refused request in quicgate_flows_total as rejected.
+func (m *Metrics) requested(kind string, s Status) {
+	if m == nil {
+		return
+	}
+	m.dialResults.WithLabelValues(s.String()).Inc()
+	m.requests.WithLabelValues(kind, s.String()).Inc()
+	if s != StatusOK {
 		m.flowsTotal.WithLabelValues("rejected").Inc()
 	}
 }
