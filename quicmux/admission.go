@@ -9,7 +9,6 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/quicgate/quicgate/flow"
-	"github.com/quicgate/quicgate/third_party/quic-go"
 )
 
 // Admission is the one way a client's request becomes a flow on the server, or is refused,
@@ -35,81 +34,23 @@ import (
 // answered, a listen when its listener closes. "flow started" and "flow ended" are debug
 // lines.
 
-// A request is one stream's request as admission sees it.
-type request struct {
-	kind   Kind
-	target flow.Target
-	cl     *connInfo
-	str    *quic.Stream
-	id     uint64 // the flow's number in the log
-}
-
-// kindUnknown is the kind of a request whose header was not read: one that was malformed,
-// or refused before it was read (too many flows).
-const kindUnknown Kind = 0xff
-
-// kindLabel names a kind in metrics and logs.
-func kindLabel(k Kind) string {
-	if k == kindUnknown {
-		return "unknown"
-	}
-	return k.String()
-}
-
-// targetString is how logs and the failure list name a kind's target: a resolve's name, an
-// echo's address, a flow's or a listen's address (or name) and port.
-func targetString(k Kind, t flow.Target) string {
-	switch k {
-	case kindUnknown:
-		return ""
-	case KindResolve:
-		return t.Host
-	case KindEcho:
-		return t.Addr.String()
-	}
-	return t.String()
-}
-
-// entry is the request's log entry. It is made only for a line that is logged: an entry
-// per flow is garbage the collector must chase, and at 10,000 flows that shows in the RSS.
-func (rq *request) entry(f logrus.Fields) *logrus.Entry {
-	f["flow"] = rq.id
-	if rq.kind != kindUnknown {
-		f["kind"] = kindLabel(rq.kind)
-		f["target"] = targetString(rq.kind, rq.target)
-		if rq.kind == KindTCP || rq.kind == KindUDP {
-			f["proto"] = rq.kind.String()
-		}
-	}
-	return rq.cl.log.WithFields(f)
-}
-
-// failure is the request's entry in the recent failures: a TCP flow under its target, any
-// other kind under its kind and target ("udp 10.0.0.53:53", "resolve example.com", "listen
-// 127.0.0.1:8080").
-func (rq *request) failure(reason string) Failure {
-	target := targetString(rq.kind, rq.target)
-	if rq.kind != KindTCP && rq.kind != kindUnknown {
-		target = rq.kind.String() + " " + target
-	}
-	return Failure{Ingress: ingressServer, Peer: rq.cl.name, Target: target, Reason: reason}
-}
-
 // connectFunc is what a kind does, under its dial slot and within its time, with the
 // addresses admission found for it, in the order to try them: it returns the address it
 // used, or the status that says why none would do and the error behind it, if any.
 type connectFunc func(ctx context.Context, addrs []netip.Addr) (netip.Addr, Status, error)
 
 // admitted is a request the server took on: a flow until end, counted in the drain's group.
+// It lives in its request (one allocation a stream).
 type admitted struct {
 	s     *Server
 	rq    *request
 	ctx   context.Context // the connection's, under which the flow runs
 	addrs []netip.Addr    // what the target was judged to reach (a resolve's answer)
+	one   [1]netip.Addr   // addrs' room for an address target
 	at    dialedAddr      // the address connect used, for Recheck
 
 	active  prometheus.Gauge
-	begun   time.Time
+	begun   int64 // unix nanoseconds
 	live    liveFlow
 	watched bool
 }
@@ -123,9 +64,15 @@ func (s *Server) admit(ctx context.Context, rq *request, connect connectFunc) *a
 		s.refuse(rq, StatusShuttingDown, nil)
 		return nil
 	}
-	a := &admitted{s: s, rq: rq, ctx: ctx, begun: time.Now()}
+	a := &rq.adm
+	*a = admitted{s: s, rq: rq, ctx: ctx, begun: time.Now().UnixNano()}
 	if st, err := a.connect(ctx, connect); st != StatusOK {
 		s.flows.Done()
+		if ctx.Err() != nil {
+			// The connection or the server is going: the stream is reset as every open
+			// flow's is, whatever the dial made of the cancellation.
+			abortStream(rq.str, codeShutdown)
+		}
 		s.refuse(rq, st, err)
 		return nil
 	}
@@ -148,7 +95,7 @@ func (a *admitted) connect(ctx context.Context, connect connectFunc) (Status, er
 	case <-ctx.Done():
 		return StatusTimedOut, nil
 	}
-	addrs, fromHosts, st, err := s.judge(ctx, a.rq)
+	addrs, fromHosts, st, err := s.judge(ctx, a.rq, a.one[:0])
 	if st != StatusOK {
 		return st, err
 	}
@@ -242,7 +189,7 @@ func (a *admitted) end(result string, err error, st flow.Stats) {
 		f := logrus.Fields{
 			"bytes_up":   st.AtoB,
 			"bytes_down": st.BtoA,
-			"duration":   time.Since(a.begun).Round(time.Millisecond).String(),
+			"duration":   time.Since(time.Unix(0, a.begun)).Round(time.Millisecond).String(),
 			"result":     result,
 		}
 		if a.rq.kind == KindResolve {

@@ -76,20 +76,21 @@ func protoOf(k Kind) Proto {
 // judge is the addresses a request may go to, in the order to try them (an address
 // target's own, or what its name resolves to and the rules and the guard allow), or the
 // status that says why none (and an error that says more, if there is more to say).
-func (s *Server) judge(ctx context.Context, rq *request) (addrs []netip.Addr, fromHosts bool, status Status, err error) {
+// buf is room for the addresses.
+func (s *Server) judge(ctx context.Context, rq *request, buf []netip.Addr) (addrs []netip.Addr, fromHosts bool, status Status, err error) {
 	if rq.kind == KindListen {
 		// A bind, not a dial: ListenPolicy's rules say where, and no guard applies (a
 		// rule may let a client listen on 0.0.0.0 or on loopback).
 		if !s.listenAllowed(rq.cl.fp, netip.AddrPortFrom(rq.target.Addr, rq.target.Port)) {
 			return nil, false, StatusDenied, errListenDenied
 		}
-		return []netip.Addr{rq.target.Addr}, false, StatusOK, nil
+		return append(buf, rq.target.Addr), false, StatusOK, nil
 	}
 	allow := s.rulesFor(rq.kind)
 	if allow == nil {
 		return nil, false, StatusDenied, nil
 	}
-	addrs, fromHosts, status = s.destinationBy(ctx, rq.kind, allow, rq.target)
+	addrs, fromHosts, status = s.destinationBy(ctx, rq.kind, allow, rq.target, buf)
 	return addrs, fromHosts, status, nil
 }
 
@@ -100,26 +101,27 @@ func (s *Server) destination(ctx context.Context, p Proto, t flow.Target) (addrs
 	if p == ProtoUDP {
 		k = KindUDP
 	}
-	return s.destinationBy(ctx, k, s.rulesFor(k), t)
+	return s.destinationBy(ctx, k, s.rulesFor(k), t, nil)
 }
 
 // destinationBy judges t by allow: an address target is its own address if reaches lets
 // it; a name is looked up (lookup), and each address it resolves to is kept, in the order
-// found, if reaches lets it. A name that allow allows but whose addresses are all guarded is
+// found, if reaches lets it. The addresses are appended to buf. A name that allow allows but whose addresses are all guarded is
 // worth a warning: a DNS answer pointed an allowed name at the server itself (rebinding), or
 // the operator meant an address rule.
-func (s *Server) destinationBy(ctx context.Context, k Kind, allow func(flow.Target) bool, t flow.Target) (addrs []netip.Addr, fromHosts bool, status Status) {
+func (s *Server) destinationBy(ctx context.Context, k Kind, allow func(flow.Target) bool, t flow.Target, buf []netip.Addr) (addrs []netip.Addr, fromHosts bool, status Status) {
 	if t.Addr.IsValid() {
 		if !s.reaches(allow, t, t.Addr, false) {
 			return nil, false, StatusDenied
 		}
-		return []netip.Addr{t.Addr}, false, StatusOK
+		return append(buf, t.Addr), false, StatusOK
 	}
 	ips, fromHosts, err := s.lookup(ctx, t.Host)
 	if err != nil {
 		return nil, false, lookupStatus(k, ctx, err)
 	}
 	var guarded []netip.Addr
+	addrs = buf
 	for _, ip := range ips {
 		ip = ip.Unmap()
 		switch {

@@ -71,9 +71,8 @@ var errNoICMPSocket = errors.New("no ICMP socket allowed")
 // ICMP socket, one warning says so (once) and every echo is unreachable.
 func (s *Server) serveEcho(ctx context.Context, rq *request) {
 	str := rq.str
-	_ = str.SetReadDeadline(time.Now().Add(s.cfg.HeaderTimeout))
-	payload, err := readEchoPayload(str)
-	_ = str.SetReadDeadline(time.Time{})
+	payload, err := readEchoPayload(rq.in) // within the header timeout, from the header's end
+	rq.in.settle(time.Time{})
 	if err != nil {
 		if errors.Is(err, ErrBadRequest) {
 			s.refuse(rq, StatusBadRequest, err)

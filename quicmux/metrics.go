@@ -25,6 +25,9 @@ type Metrics struct {
 	reconnects        prometheus.Counter
 	failures          failureLog
 
+	countersOnce       sync.Once
+	countUp, countDown func(int) // quicgate_bytes_total's, for every relay (relayOptions)
+
 	mu        sync.Mutex
 	conns     map[*quic.Conn]struct{}
 	lostGone  uint64 // packets lost on connections that have closed
@@ -170,13 +173,17 @@ func (m *Metrics) reconnected() {
 }
 
 // relayOptions returns live byte counters for a relay whose a side is the app's and b side
-// the destination's (up is a to b).
+// the destination's (up is a to b). The counters are made once, at the first flow, and
+// shared by every flow's relay.
 func (m *Metrics) relayOptions(idle time.Duration) flow.RelayOptions {
 	opt := flow.RelayOptions{IdleTimeout: idle}
 	if m != nil {
-		up, down := m.bytes.WithLabelValues("up"), m.bytes.WithLabelValues("down")
-		opt.AtoB = func(n int) { up.Add(float64(n)) }
-		opt.BtoA = func(n int) { down.Add(float64(n)) }
+		m.countersOnce.Do(func() {
+			up, down := m.bytes.WithLabelValues("up"), m.bytes.WithLabelValues("down")
+			m.countUp = func(n int) { up.Add(float64(n)) }
+			m.countDown = func(n int) { down.Add(float64(n)) }
+		})
+		opt.AtoB, opt.BtoA = m.countUp, m.countDown
 	}
 	return opt
 }

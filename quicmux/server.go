@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -407,32 +408,18 @@ type connInfo struct {
 // returns once the flow is under way, so that an idle flow keeps no goroutine; the stream
 // is done with in cl.streams when its flow has ended.
 func (s *Server) serveStream(ctx context.Context, cl *connInfo, str *quic.Stream) {
-	slot := true // the stream holds one of its client's flow slots
-	releaseSlot := func() {
-		if slot {
-			s.releaseFlowSlot(cl.fp)
-			slot = false
-		}
-	}
-	release := func() {
-		releaseSlot()
-		cl.streams.Done()
-	}
+	rq := &request{kind: kindUnknown, cl: cl, str: str, id: s.flowSeq.Add(1), s: s, slot: true}
 	relaying := false
 	defer func() {
 		if !relaying {
-			release()
+			rq.release()
 		}
 	}()
-	rq := &request{kind: kindUnknown, cl: cl, str: str, id: s.flowSeq.Add(1)}
-	stop := context.AfterFunc(ctx, func() {
-		abortStream(str, codeShutdown)
-	})
-	defer stop()
+	rq.in = &headerRead{str: str, ctx: ctx, deadline: time.Now().Add(s.cfg.HeaderTimeout)}
+	defer rq.in.unwatch()
 
-	_ = str.SetReadDeadline(time.Now().Add(s.cfg.HeaderTimeout))
-	req, err := ReadRequestLimit(str, s.cfg.MaxHeaderBytes)
-	_ = str.SetReadDeadline(time.Time{})
+	req, err := ReadRequestLimit(rq.in, s.cfg.MaxHeaderBytes)
+	rq.in.settle(time.Now().Add(s.cfg.HeaderTimeout))
 	if err != nil {
 		if errors.Is(err, ErrBadRequest) {
 			s.refuse(rq, StatusBadRequest, err)
@@ -449,12 +436,12 @@ func (s *Server) serveStream(ctx context.Context, cl *connInfo, str *quic.Stream
 	case KindPing:
 		// The slot goes back before the answer: once the ping's stream is done, QUIC lets
 		// the client open its next one, which must not find the slot still taken.
-		releaseSlot()
-		_, _ = str.Write(AppendStatus(nil, StatusOK))
+		rq.releaseSlot()
+		_, _ = str.Write(statusOK)
 		_ = str.Close()
 		return
 	case KindTCP:
-		relaying = s.serveTCP(ctx, rq, release)
+		relaying = s.serveTCP(ctx, rq)
 	case KindListen:
 		s.serveListen(ctx, rq)
 	case KindUDP:
@@ -468,10 +455,14 @@ func (s *Server) serveStream(ctx context.Context, cl *connInfo, str *quic.Stream
 	}
 }
 
+// statusOK is the ok status's bytes, for answers that are nothing more; quic-go only reads
+// what it is given to write, so one slice serves every stream (full: appending copies it).
+var statusOK = slices.Clip(AppendStatus(nil, StatusOK))
+
 // serveTCP serves a TCP flow's request: admitted, its destination dialed (dialTCP), it
-// answers ok and starts the relay, and reports true; release runs when the flow has ended.
-// Refused, or failing before its relay, it reports false.
-func (s *Server) serveTCP(ctx context.Context, rq *request, release func()) bool {
+// answers ok and starts the relay, and reports true; the request is released when the flow
+// has ended. Refused, or failing before its relay, it reports false.
+func (s *Server) serveTCP(ctx context.Context, rq *request) bool {
 	var dst flow.Conn
 	a := s.admit(ctx, rq, func(ctx context.Context, addrs []netip.Addr) (netip.Addr, Status, error) {
 		var addr netip.Addr
@@ -484,7 +475,7 @@ func (s *Server) serveTCP(ctx context.Context, rq *request, release func()) bool
 		return false
 	}
 	str := rq.str
-	if _, err := str.Write(AppendStatus(nil, StatusOK)); err != nil {
+	if _, err := str.Write(statusOK); err != nil {
 		dst.Abort() // the destination must see a reset, not a clean empty flow
 		abortStream(str, codeFlowReset)
 		a.end("reset", err, flow.Stats{})
@@ -497,7 +488,7 @@ func (s *Server) serveTCP(ctx context.Context, rq *request, release func()) bool
 	a.watch()
 	abort := flow.StartRelay(ctx, sc, dst, opt, func(stats flow.Stats, err error) {
 		a.end(flow.Result(err), err, stats)
-		release()
+		rq.release()
 	})
 	// A reload between the dial's check and here found this flow without its abort (or
 	// not at all): abortWith judges it again under the rules in force now.
