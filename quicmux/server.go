@@ -53,8 +53,10 @@ type ServerConfig struct {
 	HeaderTimeout time.Duration // a stream must deliver its header within this; default 10s
 	// MaxHeaderBytes bounds a request header (at most, and by default, MaxHeaderLen).
 	MaxHeaderBytes int
-	// MaxPendingDials bounds destination dials in progress at once, over all clients; a flow
-	// that finds no slot within the dial timeout gets "timed out". Default 1024.
+	// MaxPendingDials bounds the requests resolving and connecting at once, over all
+	// clients: every kind holds a slot while its name is looked up and it connects (a TCP
+	// dial, a UDP socket, an echo, a bind; admission.go). One that finds no slot within the
+	// dial timeout (an echo: EchoTimeout) gets "timed out". Default 1024.
 	MaxPendingDials int
 	// MaxConnsPerClient bounds the connections one client identity may have open at once; a
 	// connection beyond it is closed right after its handshake. Default
