@@ -13,13 +13,11 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/sirupsen/logrus"
 	"golang.org/x/net/icmp"
 	"golang.org/x/net/ipv4"
 	"golang.org/x/net/ipv6"
 
 	"github.com/quicgate/quicgate/flow"
-	"github.com/quicgate/quicgate/third_party/quic-go"
 )
 
 // MaxEchoPayload bounds the payload of one echo (KindEcho): enough for ping's default 56
@@ -65,75 +63,57 @@ func readEchoPayload(r io.Reader) ([]byte, error) {
 // is outside net.ipv4.ping_group_range) nor a raw one (it lacks CAP_NET_RAW).
 var errNoICMPSocket = errors.New("no ICMP socket allowed")
 
-// serveEcho answers an echo request: the address must be one a flow could reach on some
-// port, for either protocol (an address rule: an echo has no port and no name); the
-// server sends one echo from its own ICMP socket and answers ok with the round-trip time,
-// timed out when no reply came within EchoTimeout, or unreachable when the echo could not
-// be sent. Where the host allows no ICMP socket, one warning says so (once) and every echo
-// is unreachable. Results are counted in the dial results; each echo is logged at debug.
-func (s *Server) serveEcho(ctx context.Context, cl *connInfo, str *quic.Stream, addr netip.Addr, log *logrus.Entry) {
-	if !s.flows.Start() {
-		s.cfg.Metrics.dialResult(StatusShuttingDown)
-		s.reject(str, StatusShuttingDown, codeShutdown)
-		return
-	}
-	defer s.flows.Done()
-	_ = str.SetReadDeadline(time.Now().Add(s.cfg.HeaderTimeout))
-	payload, err := readEchoPayload(str)
-	_ = str.SetReadDeadline(time.Time{})
+// serveEcho answers an echo request: its payload read, admission (admission.go) judges the
+// address as a flow's target on any port, for either protocol (an address rule: an echo has
+// no port and no name), and under its dial slot the server sends one echo from its own
+// ICMP socket; it answers ok with the round-trip time, timed out when no reply came within
+// EchoTimeout, or unreachable when the echo could not be sent. Where the host allows no
+// ICMP socket, one warning says so (once) and every echo is unreachable.
+func (s *Server) serveEcho(ctx context.Context, rq *request) {
+	str := rq.str
+	payload, err := readEchoPayload(rq.in) // within the header timeout, from the header's end
+	rq.in.settle(time.Time{})
 	if err != nil {
-		s.cfg.Metrics.dialResult(StatusBadRequest)
 		if errors.Is(err, ErrBadRequest) {
-			log.WithError(err).Info("bad request")
-			s.reject(str, StatusBadRequest, codeBadRequest)
+			s.refuse(rq, StatusBadRequest, err)
 			return
 		}
-		abortStream(str, codeBadRequest)
+		abortStream(str, codeBadRequest) // the stream ended before its payload
 		return
 	}
-	rtt, status := s.echoAllowed(ctx, addr, payload)
-	s.cfg.Metrics.dialResult(status)
-	if log.Logger.IsLevelEnabled(logrus.DebugLevel) {
-		log.WithFields(logrus.Fields{"addr": addr, "result": status.String(), "rtt": rtt}).Debug("echo")
-	}
-	if status != StatusOK {
-		s.reject(str, status, codeFlowReset)
+	var rtt time.Duration
+	a := s.admit(ctx, rq, func(ctx context.Context, addrs []netip.Addr) (netip.Addr, Status, error) {
+		var st Status
+		var e error
+		rtt, st, e = s.sendEchoTo(ctx, addrs[0], payload)
+		return addrs[0], st, e
+	})
+	if a == nil {
 		return
 	}
 	_ = str.SetWriteDeadline(time.Now().Add(s.cfg.HeaderTimeout))
-	_, _ = str.Write(binary.BigEndian.AppendUint32(AppendStatus(nil, StatusOK), uint32(min(rtt.Microseconds(), 1<<32-1))))
+	_, err = str.Write(binary.BigEndian.AppendUint32(AppendStatus(nil, StatusOK), uint32(min(rtt.Microseconds(), 1<<32-1))))
 	_ = str.Close()
 	str.CancelRead(codeFlowReset)
+	a.end(answered(err))
 }
 
-// echoAllowed applies the policy and sends the echo under a dial slot.
-func (s *Server) echoAllowed(ctx context.Context, addr netip.Addr, payload []byte) (time.Duration, Status) {
-	policy, ok := s.cfg.Policy.(AnyPortPolicy)
-	if !ok || !s.reaches(policy.AllowAnyPort, flow.Target{Addr: addr}, addr, false) {
-		return 0, StatusDenied
-	}
-	ctx, cancel := context.WithTimeout(ctx, EchoTimeout)
-	defer cancel()
-	select {
-	case s.dialSlots <- struct{}{}:
-		defer func() { <-s.dialSlots }()
-	case <-ctx.Done():
-		return 0, StatusTimedOut
-	}
+// sendEchoTo sends the echo and maps how it went to a status.
+func (s *Server) sendEchoTo(ctx context.Context, addr netip.Addr, payload []byte) (time.Duration, Status, error) {
 	rtt, err := s.echo(ctx, addr, payload)
 	switch {
 	case err == nil:
-		return rtt, StatusOK
+		return rtt, StatusOK, nil
 	case errors.Is(err, errNoICMPSocket):
 		s.noEchoOnce.Do(func() {
 			s.log.WithError(err).Warn("echo: this server may not open ICMP sockets, so pings through TUNs go unanswered; " +
 				"allow its group in net.ipv4.ping_group_range (e.g. sysctl -w net.ipv4.ping_group_range='0 2147483647') or give it CAP_NET_RAW")
 		})
-		return 0, StatusUnreachable
+		return 0, StatusUnreachable, err
 	case ctx.Err() != nil || errors.Is(err, os.ErrDeadlineExceeded):
-		return 0, StatusTimedOut
+		return 0, StatusTimedOut, err
 	}
-	return 0, StatusUnreachable
+	return 0, StatusUnreachable, err
 }
 
 // sendEcho sends one ICMP echo request to addr from an unprivileged ICMP socket (Linux: the

@@ -11,6 +11,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/quicgate/quicgate/internal/logging"
 	"github.com/quicgate/quicgate/internal/quichold"
 	"github.com/quicgate/quicgate/third_party/quic-go"
 )
@@ -160,7 +161,7 @@ func roundTrip(t *testing.T, tn *tunnel, target string) {
 // TestHandshakeReleasedOnce: a handshake ends once whether its connection is accepted, ends,
 // or both race; a refusal leaves nothing counted.
 func TestHandshakeReleasedOnce(t *testing.T) {
-	h := newHandshakes(ServerConfig{MaxHandshakes: 1, RetryHandshakes: -1}, loggerOrDiscard(nil))
+	h := newHandshakes(ServerConfig{MaxHandshakes: 1, RetryHandshakes: -1}, logging.Discard())
 	h.logEvery = hangLimit
 	defer h.stopLogging()
 	for range 200 {

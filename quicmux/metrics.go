@@ -20,9 +20,13 @@ type Metrics struct {
 	flowsTotal        *prometheus.CounterVec // result
 	bytes             *prometheus.CounterVec // direction
 	dialResults       *prometheus.CounterVec // status
+	requests          *prometheus.CounterVec // kind, status (server)
 	handshakeFailures *prometheus.CounterVec // reason
 	reconnects        prometheus.Counter
 	failures          failureLog
+
+	countersOnce       sync.Once
+	countUp, countDown func(int) // quicgate_bytes_total's, for every relay (relayOptions)
 
 	mu        sync.Mutex
 	conns     map[*quic.Conn]struct{}
@@ -58,6 +62,9 @@ func NewMetrics(reg prometheus.Registerer, side string) (*Metrics, error) {
 		dialResults: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "quicgate_dial_results_total", Help: "Flow requests by the status they got.", ConstLabels: constLabels},
 			[]string{"status"}),
+		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "quicgate_requests_total", Help: "Requests a client made of the server, by kind (tcp, udp, resolve, echo, listen, accepted, unknown) and the status they got.", ConstLabels: constLabels},
+			[]string{"kind", "status"}),
 		handshakeFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "quicgate_handshake_failures_total", Help: "Failed QUIC handshakes by reason.", ConstLabels: constLabels},
 			[]string{"reason"}),
@@ -76,7 +83,7 @@ func NewMetrics(reg prometheus.Registerer, side string) (*Metrics, error) {
 		pacingDesc: prometheus.NewDesc("quicgate_quic_pacing_rate_bits_per_second", "Pacing rates, summed over the open QUIC connections.", nil, constLabels),
 		congestion: CongestionBBR,
 	}
-	for _, c := range []prometheus.Collector{m.flowsActive, m.flowsTotal, m.bytes, m.dialResults, m.handshakeFailures, m.reconnects, connCollector{m}} {
+	for _, c := range []prometheus.Collector{m.flowsActive, m.flowsTotal, m.bytes, m.dialResults, m.requests, m.handshakeFailures, m.reconnects, connCollector{m}} {
 		if err := reg.Register(c); err != nil {
 			return nil, err
 		}
@@ -133,6 +140,20 @@ func (m *Metrics) flowRejected() {
 	}
 }
 
+// requested counts a request's verdict on the server, the same way for every kind (see
+// admission.go): quicgate_dial_results_total by status, quicgate_requests_total by kind and
+// status, and a refused request in quicgate_flows_total as rejected.
+func (m *Metrics) requested(kind string, s Status) {
+	if m == nil {
+		return
+	}
+	m.dialResults.WithLabelValues(s.String()).Inc()
+	m.requests.WithLabelValues(kind, s.String()).Inc()
+	if s != StatusOK {
+		m.flowsTotal.WithLabelValues("rejected").Inc()
+	}
+}
+
 func (m *Metrics) dialResult(s Status) {
 	if m != nil {
 		m.dialResults.WithLabelValues(s.String()).Inc()
@@ -152,13 +173,17 @@ func (m *Metrics) reconnected() {
 }
 
 // relayOptions returns live byte counters for a relay whose a side is the app's and b side
-// the destination's (up is a to b).
+// the destination's (up is a to b). The counters are made once, at the first flow, and
+// shared by every flow's relay.
 func (m *Metrics) relayOptions(idle time.Duration) flow.RelayOptions {
 	opt := flow.RelayOptions{IdleTimeout: idle}
 	if m != nil {
-		up, down := m.bytes.WithLabelValues("up"), m.bytes.WithLabelValues("down")
-		opt.AtoB = func(n int) { up.Add(float64(n)) }
-		opt.BtoA = func(n int) { down.Add(float64(n)) }
+		m.countersOnce.Do(func() {
+			up, down := m.bytes.WithLabelValues("up"), m.bytes.WithLabelValues("down")
+			m.countUp = func(n int) { up.Add(float64(n)) }
+			m.countDown = func(n int) { down.Add(float64(n)) }
+		})
+		opt.AtoB, opt.BtoA = m.countUp, m.countDown
 	}
 	return opt
 }

@@ -12,7 +12,7 @@ import (
 	"testing"
 
 	"github.com/quicgate/quicgate/flow"
-	"github.com/sirupsen/logrus"
+	"github.com/quicgate/quicgate/internal/logging"
 )
 
 // policyFunc adapts a function to Policy.
@@ -83,9 +83,7 @@ func TestAuthorizationOnResumedHandshake(t *testing.T) {
 	client, _ := NewEphemeralIdentity()
 	var allowed atomic.Bool
 	allowed.Store(true)
-	lg := logrus.New()
-	lg.SetOutput(discard{})
-	base := serverTLS(server, func(fp Fingerprint) bool { return allowed.Load() && fp == client.Fingerprint }, logrus.NewEntry(lg), func(string) {})
+	base := serverTLS(server, func(fp Fingerprint) bool { return allowed.Load() && fp == client.Fingerprint }, logging.Discard(), func(string) {})
 	conf, err := base.GetConfigForClient(&tls.ClientHelloInfo{})
 	if err != nil {
 		t.Fatal(err)

@@ -2,18 +2,13 @@ package quicmux
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"io"
-	"net"
 	"net/netip"
 	"strings"
 	"time"
 
-	"github.com/sirupsen/logrus"
-
 	"github.com/quicgate/quicgate/flow"
-	"github.com/quicgate/quicgate/third_party/quic-go"
 )
 
 // MaxResolveAddrs bounds the addresses one resolve answer carries; the server keeps the
@@ -72,76 +67,32 @@ func ReadAddrs(r io.Reader) ([]netip.Addr, error) {
 	return addrs, nil
 }
 
-// serveResolve answers a resolve request: the name is looked up as for a flow (hosts file
-// first, then the resolver with the name made absolute), and the answer keeps the
-// addresses a flow to the name could reach on some port under the policy (reachable). A
-// name that keeps none is denied; one that does not resolve is unreachable; a lookup that
-// fails otherwise, or not within the dial timeout, has timed out. Each is counted in the
-// dial results and logged at debug: resolves come often, and a denied one is no incident.
-func (s *Server) serveResolve(ctx context.Context, cl *connInfo, str *quic.Stream, name string, log *logrus.Entry) {
-	if !s.flows.Start() {
-		s.cfg.Metrics.dialResult(StatusShuttingDown)
-		s.reject(str, StatusShuttingDown, codeShutdown)
+// serveResolve answers a resolve request: admission (admission.go) judges the name as a
+// flow's target on any port (rulesFor), looked up the one way the server looks names up
+// (hosts file first, then the resolver with the name made absolute), and keeps the
+// addresses a flow to the name could reach on some port under the policy. A name that keeps
+// none is denied; one that does not exist is unreachable; a lookup that fails otherwise, or
+// not within the dial timeout, has timed out (lookupStatus). The answer is the addresses
+// kept, in the order found, and the stream's end.
+func (s *Server) serveResolve(ctx context.Context, rq *request) {
+	a := s.admit(ctx, rq, nil)
+	if a == nil {
 		return
 	}
-	defer s.flows.Done()
-	addrs, status := s.lookupAllowed(ctx, name)
-	s.cfg.Metrics.dialResult(status)
-	if log.Logger.IsLevelEnabled(logrus.DebugLevel) {
-		log.WithFields(logrus.Fields{"name": name, "result": status.String(), "addrs": addrs}).Debug("resolve")
-	}
-	if status != StatusOK {
-		if status != StatusDenied {
-			s.cfg.Metrics.failed(Failure{Ingress: ingressServer, Peer: cl.name, Target: "resolve " + name, Reason: status.String()})
-		}
-		s.reject(str, status, codeFlowReset)
-		return
-	}
-	_ = str.SetWriteDeadline(time.Now().Add(s.cfg.HeaderTimeout))
-	_, _ = str.Write(AppendAddrs(AppendStatus(nil, StatusOK), addrs))
-	_ = str.Close()
-	str.CancelRead(codeFlowReset) // a resolve has no payload to read
+	_ = rq.str.SetWriteDeadline(time.Now().Add(s.cfg.HeaderTimeout))
+	_, err := rq.str.Write(AppendAddrs(AppendStatus(nil, StatusOK), a.addrs))
+	_ = rq.str.Close()
+	rq.str.CancelRead(codeFlowReset) // a resolve has no payload to read
+	a.end(answered(err))
 }
 
-// lookupAllowed resolves name under the dial timeout and a dial slot, and keeps the
-// addresses that reachable allows.
-func (s *Server) lookupAllowed(ctx context.Context, name string) ([]netip.Addr, Status) {
-	policy, ok := s.cfg.Policy.(AnyPortPolicy)
-	if !ok {
-		return nil, StatusDenied
+// answered is how a request whose answer is all it carries (a resolve, an echo) ended: ok
+// once the answer was written, reset if the stream failed first.
+func answered(err error) (string, error, flow.Stats) {
+	if err != nil {
+		return "reset", err, flow.Stats{}
 	}
-	ctx, cancel := context.WithTimeout(ctx, s.cfg.DialTimeout)
-	defer cancel()
-	select {
-	case s.dialSlots <- struct{}{}:
-		defer func() { <-s.dialSlots }()
-	case <-ctx.Done():
-		return nil, StatusTimedOut
-	}
-	ips := s.hosts.lookup(name)
-	fromHosts := len(ips) > 0
-	if !fromHosts {
-		var err error
-		ips, err = s.cfg.Resolver.LookupNetIP(ctx, "ip", strings.TrimSuffix(name, ".")+".")
-		if err != nil {
-			var dnsErr *net.DNSError
-			if ctx.Err() == nil && errors.As(err, &dnsErr) && dnsErr.IsNotFound {
-				return nil, StatusUnreachable
-			}
-			return nil, StatusTimedOut
-		}
-	}
-	var addrs []netip.Addr
-	for _, ip := range ips {
-		// On some port, for either protocol: the rules' verdict on any flow to the name.
-		if ip = ip.Unmap(); s.reaches(policy.AllowAnyPort, flow.Target{Host: name}, ip, fromHosts) {
-			addrs = append(addrs, ip)
-		}
-	}
-	if len(addrs) == 0 {
-		return nil, StatusDenied
-	}
-	return addrs, StatusOK
+	return "ok", nil, flow.Stats{}
 }
 
 // Resolve asks the server for the addresses of name, as it resolves names for flows:

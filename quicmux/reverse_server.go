@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net"
 	"net/netip"
+	"sync"
 	"syscall"
 	"time"
 
@@ -18,7 +19,9 @@ import (
 type liveListener struct {
 	cl   *connInfo
 	addr netip.AddrPort
-	stop func() // closes the listener and ends its listen stream
+	// stop closes the listener and ends its listen stream; why is how its flow ends:
+	// context.Canceled for a drain, ErrPolicyChanged for a reload.
+	stop func(why error)
 }
 
 // closeListeners closes every reverse forward's listener and refuses new listens (the
@@ -32,7 +35,7 @@ func (s *Server) closeListeners() {
 	}
 	s.liveMu.Unlock()
 	for _, l := range lns {
-		l.stop()
+		l.stop(context.Canceled)
 	}
 }
 
@@ -41,62 +44,74 @@ func (s *Server) listenAllowed(fp Fingerprint, addr netip.AddrPort) bool {
 	return s.cfg.ListenPolicy != nil && s.cfg.ListenPolicy(fp, addr)
 }
 
-// serveListen serves a listen request (a reverse forward): if ListenPolicy allows the
-// client this address, it binds it, answers ok and accepts until the listen's stream ends
-// (the client closed its listener, or the connection ended) or a reload denies it; each
-// connection it accepts becomes a stream the server opens to the client. It returns once
-// the listener is closed; the flows it started go on, counted in cl.streams.
-func (s *Server) serveListen(ctx context.Context, cl *connInfo, str *quic.Stream, t flow.Target) {
-	addr := netip.AddrPortFrom(t.Addr, t.Port)
+// errListenDenied says why a listen was denied.
+var errListenDenied = errors.New("not allowed for this client (--allow-listen, permitlisten=)")
+
+// serveListen serves a listen request (a reverse forward): admission (admission.go) asks
+// ListenPolicy whether the client may have this address and binds it; the server answers ok
+// and accepts until the listen's stream ends (the client closed its listener, or the
+// connection ended), a reload denies it or the server drains; each connection it accepts
+// becomes a stream the server opens to the client. The listen is a flow until its listener
+// is closed; the flows it started go on, counted in cl.streams.
+func (s *Server) serveListen(ctx context.Context, rq *request) {
+	cl, str := rq.cl, rq.str
+	addr := netip.AddrPortFrom(rq.target.Addr, rq.target.Port)
 	log := cl.log.WithField("listen", addr.String())
-	if !s.listenAllowed(cl.fp, addr) {
-		log.Info("listen denied: not allowed for this client (--allow-listen, permitlisten=)")
-		s.cfg.Metrics.failed(Failure{Ingress: ingressServer, Peer: cl.name, Target: "listen " + addr.String(), Reason: StatusDenied.String()})
-		s.reject(str, StatusDenied, codeFlowReset)
-		return
-	}
-	s.liveMu.Lock()
-	draining := s.noListens
-	s.liveMu.Unlock()
-	if draining {
-		s.reject(str, StatusShuttingDown, codeShutdown)
-		return
-	}
-	lc := flow.TCPListenConfig(s.cfg.TCPKeepAlive)
-	ln, err := lc.Listen(ctx, "tcp", addr.String())
-	if err != nil {
-		st := listenStatus(err)
-		log.WithError(err).Info("listen failed")
-		s.cfg.Metrics.failed(Failure{Ingress: ingressServer, Peer: cl.name, Target: "listen " + addr.String(), Reason: err.Error()})
-		s.reject(str, st, codeFlowReset)
+	var ln net.Listener
+	a := s.admit(ctx, rq, func(ctx context.Context, _ []netip.Addr) (netip.Addr, Status, error) {
+		s.liveMu.Lock()
+		draining := s.noListens
+		s.liveMu.Unlock()
+		if draining {
+			return netip.Addr{}, StatusShuttingDown, nil
+		}
+		lc := flow.TCPListenConfig(s.cfg.TCPKeepAlive)
+		l, err := lc.Listen(ctx, "tcp", addr.String())
+		if err != nil {
+			return netip.Addr{}, listenStatus(err), err
+		}
+		ln = l
+		return addr.Addr(), StatusOK, nil
+	})
+	if a == nil {
 		return
 	}
 	if _, err := str.Write(AppendStatus(nil, StatusOK)); err != nil {
 		_ = ln.Close()
 		abortStream(str, codeFlowReset)
+		a.end("reset", err, flow.Stats{})
 		return
 	}
 	// The listener lives as long as its stream: the client ends the stream to close it, and
 	// the connection's end ends it too (ctx, the stream's reset).
-	stop := func() {
+	var once sync.Once
+	var why error
+	stop := func(w error) {
+		once.Do(func() { why = w })
 		_ = ln.Close()
 		abortStream(str, codeShutdown)
 	}
 	live := &liveListener{cl: cl, addr: addr, stop: stop}
 	s.liveMu.Lock()
 	s.liveLns[live] = struct{}{}
-	draining = s.noListens // a drain that began since the check above did not see this one
+	draining := s.noListens // a drain that began since admission did not see this one
 	s.liveMu.Unlock()
 	defer func() {
 		s.liveMu.Lock()
 		delete(s.liveLns, live)
 		s.liveMu.Unlock()
-		stop()
+		stop(nil) // why is set from here on
+		a.end(flow.Result(why), why, flow.Stats{})
 	}()
-	if draining || !s.listenAllowed(cl.fp, addr) { // a drain or reload since the checks above
+	switch {
+	case draining:
+		stop(context.Canceled)
+		return
+	case !s.listenAllowed(cl.fp, addr): // a reload since admission
+		stop(ErrPolicyChanged)
 		return
 	}
-	unwatch := context.AfterFunc(ctx, stop)
+	unwatch := context.AfterFunc(ctx, func() { stop(context.Canceled) })
 	defer unwatch()
 	lifeline := make(chan struct{})
 	go func() { // owned: serveListen waits for it below
@@ -104,7 +119,7 @@ func (s *Server) serveListen(ctx context.Context, cl *connInfo, str *quic.Stream
 		_, _ = str.Read(make([]byte, 1)) // the client sends nothing more: only its end comes
 		_ = ln.Close()
 	}()
-	defer func() { stop(); <-lifeline }()
+	defer func() { stop(nil); <-lifeline }()
 	log.Info("listening for the client (reverse forward)")
 	name := "-R " + addr.String()
 	var backoff time.Duration
@@ -112,6 +127,9 @@ func (s *Server) serveListen(ctx context.Context, cl *connInfo, str *quic.Stream
 		conn, err := ln.Accept()
 		if err != nil {
 			if errors.Is(err, net.ErrClosed) || ctx.Err() != nil {
+				if ctx.Err() != nil {
+					stop(context.Canceled)
+				}
 				log.Info("reverse forward closed")
 				return
 			}

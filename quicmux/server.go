@@ -7,13 +7,14 @@ import (
 	"net"
 	"net/netip"
 	"os"
-	"strings"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/quicgate/quicgate/flow"
+	"github.com/quicgate/quicgate/internal/logging"
 	"github.com/quicgate/quicgate/third_party/quic-go"
 	"github.com/sirupsen/logrus"
 )
@@ -53,8 +54,10 @@ type ServerConfig struct {
 	HeaderTimeout time.Duration // a stream must deliver its header within this; default 10s
 	// MaxHeaderBytes bounds a request header (at most, and by default, MaxHeaderLen).
 	MaxHeaderBytes int
-	// MaxPendingDials bounds destination dials in progress at once, over all clients; a flow
-	// that finds no slot within the dial timeout gets "timed out". Default 1024.
+	// MaxPendingDials bounds the requests resolving and connecting at once, over all
+	// clients: every kind holds a slot while its name is looked up and it connects (a TCP
+	// dial, a UDP socket, an echo, a bind; admission.go). One that finds no slot within the
+	// dial timeout (an echo: EchoTimeout) gets "timed out". Default 1024.
 	MaxPendingDials int
 	// MaxConnsPerClient bounds the connections one client identity may have open at once; a
 	// connection beyond it is closed right after its handshake. Default
@@ -127,6 +130,12 @@ type Server struct {
 	flowSeq   atomic.Uint64
 	hs        *handshakes // handshakes in progress (handshakes.go)
 
+	// The rules each kind of request is judged by (rulesFor), made once.
+	allowTCP, allowUDP, allowAnyPort func(flow.Target) bool
+	// Lines a client can make the server repeat: refused requests, and allowed names that
+	// resolve only to guarded addresses.
+	rejectLines, guardLines lineLimit
+
 	// echo sends one ICMP echo (echo.go): sendEcho, or a test's fake.
 	echo       func(ctx context.Context, addr netip.Addr, payload []byte) (time.Duration, error)
 	noEchoOnce sync.Once // the line that says ICMP sockets are not allowed is logged once
@@ -180,10 +189,15 @@ func NewServer(cfg ServerConfig) (*Server, error) {
 		cfg.MaxFlowsPerClient = int(cfg.Limits.MaxStreams)
 	}
 	cfg.Metrics.setCongestion(cfg.Limits.Congestion)
-	s := &Server{cfg: cfg, log: loggerOrDiscard(cfg.Logger), dialSlots: make(chan struct{}, cfg.MaxPendingDials), hosts: &hostsFile{path: cfg.HostsFile}, echo: cfg.echo,
+	s := &Server{cfg: cfg, log: logging.OrDiscard(cfg.Logger), dialSlots: make(chan struct{}, cfg.MaxPendingDials), hosts: &hostsFile{path: cfg.HostsFile}, echo: cfg.echo,
 		liveConns: map[*quic.Conn]Fingerprint{}, perClient: map[Fingerprint]int{}, flowsOf: map[Fingerprint]int{}, liveFlows: map[*liveFlow]struct{}{}, liveLns: map[*liveListener]struct{}{}}
 	if s.echo == nil {
 		s.echo = sendEcho
+	}
+	s.allowTCP = func(t flow.Target) bool { return allows(s.cfg.Policy, ProtoTCP, t) }
+	s.allowUDP = func(t flow.Target) bool { return allows(s.cfg.Policy, ProtoUDP, t) }
+	if ap, ok := cfg.Policy.(AnyPortPolicy); ok {
+		s.allowAnyPort = ap.AllowAnyPort
 	}
 	s.ctx, s.cancel = context.WithCancel(context.Background())
 	s.flows = flow.NewGroup(s.ctx)
@@ -375,13 +389,7 @@ func (s *Server) releaseFlowSlot(fp Fingerprint) {
 // tooManyFlows answers a stream beyond the client's MaxFlowsPerClient without reading it.
 func (s *Server) tooManyFlows(cl *connInfo, str *quic.Stream) {
 	defer cl.streams.Done()
-	s.cfg.Metrics.dialResult(StatusTooManyFlows)
-	s.cfg.Metrics.flowRejected()
-	s.cfg.Metrics.failed(Failure{Ingress: ingressServer, Peer: cl.name, Reason: StatusTooManyFlows.String()})
-	cl.limitLog.Do(func() {
-		cl.log.WithField("max_flows_per_client", s.cfg.MaxFlowsPerClient).Warn("client at its limit of open flows: refusing new ones (logged once a connection)")
-	})
-	s.reject(str, StatusTooManyFlows, codeFlowReset)
+	s.refuse(&request{kind: kindUnknown, cl: cl, str: str, id: s.flowSeq.Add(1)}, StatusTooManyFlows, nil)
 }
 
 // connInfo is what a connection's streams share.
@@ -396,154 +404,114 @@ type connInfo struct {
 	limitLog sync.Once    // the first stream beyond MaxFlowsPerClient
 }
 
-// serveStream serves one stream: its request, the destination's dial and the start of its
-// relay. It returns once the flow is under way, so that an idle flow keeps no goroutine; the
-// stream is done with in cl.streams when its flow has ended.
+// serveStream serves one stream: its request, which each kind takes through admission
+// (admission.go), and for a TCP flow the destination's dial and the start of its relay. It
+// returns once the flow is under way, so that an idle flow keeps no goroutine; the stream
+// is done with in cl.streams when its flow has ended.
 func (s *Server) serveStream(ctx context.Context, cl *connInfo, str *quic.Stream) {
-	qc, connLog, peer := cl.qc, cl.log, cl.name
-	slot := true // the stream holds one of its client's flow slots
-	releaseSlot := func() {
-		if slot {
-			s.releaseFlowSlot(cl.fp)
-			slot = false
-		}
-	}
-	release := func() {
-		releaseSlot()
-		cl.streams.Done()
-	}
+	rq := &request{kind: kindUnknown, cl: cl, str: str, id: s.flowSeq.Add(1), s: s, slot: true}
 	relaying := false
 	defer func() {
 		if !relaying {
-			release()
+			rq.release()
 		}
 	}()
-	id := s.flowSeq.Add(1)
-	// The flow's log entry is made only for a line that is logged: an entry per flow is
-	// garbage the collector must chase, and at 10,000 flows that shows in the RSS.
-	log := func(fields logrus.Fields) *logrus.Entry {
-		fields["flow"] = id
-		return connLog.WithFields(fields)
-	}
-	stop := context.AfterFunc(ctx, func() {
-		abortStream(str, codeShutdown)
-	})
-	defer stop()
+	rq.in = &headerRead{str: str, ctx: ctx, deadline: time.Now().Add(s.cfg.HeaderTimeout)}
+	defer rq.in.unwatch()
 
-	_ = str.SetReadDeadline(time.Now().Add(s.cfg.HeaderTimeout))
-	req, err := ReadRequestLimit(str, s.cfg.MaxHeaderBytes)
-	_ = str.SetReadDeadline(time.Time{})
+	req, err := ReadRequestLimit(rq.in, s.cfg.MaxHeaderBytes)
+	rq.in.settle(time.Now().Add(s.cfg.HeaderTimeout))
 	if err != nil {
 		if errors.Is(err, ErrBadRequest) {
-			log(logrus.Fields{}).WithError(err).Info("bad request")
-			s.cfg.Metrics.dialResult(StatusBadRequest)
-			s.cfg.Metrics.flowRejected()
-			s.cfg.Metrics.failed(Failure{Ingress: ingressServer, Peer: peer, Reason: err.Error()})
-			s.reject(str, StatusBadRequest, codeBadRequest)
+			s.refuse(rq, StatusBadRequest, err)
 			return
 		}
-		if connLog.Logger.IsLevelEnabled(logrus.DebugLevel) {
-			log(logrus.Fields{}).WithError(err).Debug("stream ended before its header")
+		if cl.log.Logger.IsLevelEnabled(logrus.DebugLevel) {
+			rq.entry(logrus.Fields{}).WithError(err).Debug("stream ended before its header")
 		}
 		abortStream(str, codeBadRequest)
 		return
 	}
+	rq.kind, rq.target = req.Kind, req.Target
 	switch req.Kind {
 	case KindPing:
 		// The slot goes back before the answer: once the ping's stream is done, QUIC lets
 		// the client open its next one, which must not find the slot still taken.
-		releaseSlot()
-		_, _ = str.Write(AppendStatus(nil, StatusOK))
+		rq.releaseSlot()
+		_, _ = str.Write(statusOK)
 		_ = str.Close()
 		return
+	case KindTCP:
+		relaying = s.serveTCP(ctx, rq)
 	case KindListen:
-		s.serveListen(ctx, cl, str, req.Target)
-		return
+		s.serveListen(ctx, rq)
 	case KindUDP:
-		relaying = s.serveUDP(ctx, cl, str, req.Target, log(logrus.Fields{}), release)
-		return
+		relaying = s.serveUDP(ctx, rq)
 	case KindResolve:
-		s.serveResolve(ctx, cl, str, req.Target.Host, log(logrus.Fields{}))
-		return
+		s.serveResolve(ctx, rq)
 	case KindEcho:
-		s.serveEcho(ctx, cl, str, req.Target.Addr, log(logrus.Fields{}))
-		return
-	case KindAccepted: // the server's to send, never a client's
-		log(logrus.Fields{}).Info("bad request: a client sent an accepted-connection header")
-		s.cfg.Metrics.dialResult(StatusBadRequest)
-		s.cfg.Metrics.flowRejected()
-		s.reject(str, StatusBadRequest, codeBadRequest)
-		return
+		s.serveEcho(ctx, rq)
+	default: // KindAccepted is the server's to send, never a client's
+		s.refuse(rq, StatusBadRequest, fmt.Errorf("%w: a client sent a %s header", ErrBadRequest, req.Kind))
 	}
+}
 
-	if !s.flows.Start() {
-		s.cfg.Metrics.dialResult(StatusShuttingDown)
-		s.cfg.Metrics.flowRejected()
-		s.reject(str, StatusShuttingDown, codeShutdown)
-		return
+// statusOK is the ok status's bytes, for answers that are nothing more; quic-go only reads
+// what it is given to write, so one slice serves every stream (full: appending copies it).
+var statusOK = slices.Clip(AppendStatus(nil, StatusOK))
+
+// serveTCP serves a TCP flow's request: admitted, its destination dialed (dialTCP), it
+// answers ok and starts the relay, and reports true; the request is released when the flow
+// has ended. Refused, or failing before its relay, it reports false.
+func (s *Server) serveTCP(ctx context.Context, rq *request) bool {
+	var dst flow.Conn
+	a := s.admit(ctx, rq, func(ctx context.Context, addrs []netip.Addr) (netip.Addr, Status, error) {
+		var addr netip.Addr
+		var st Status
+		var err error
+		dst, addr, st, err = s.dialTCP(ctx, addrs, rq.target.Port)
+		return addr, st, err
+	})
+	if a == nil {
+		return false
 	}
-	defer func() {
-		if !relaying {
-			s.flows.Done()
-		}
-	}()
-	start := time.Now()
-	dst, at, status := s.dial(ctx, req.Target)
-	s.cfg.Metrics.dialResult(status)
-	if status != StatusOK {
-		log(logrus.Fields{"target": req.Target.String(), "result": status.String()}).Info("flow rejected")
-		s.cfg.Metrics.flowRejected()
-		s.cfg.Metrics.failed(Failure{Ingress: ingressServer, Peer: peer, Target: req.Target.String(), Reason: status.String()})
-		s.reject(str, status, codeFlowReset)
-		return
-	}
-	if _, err := str.Write(AppendStatus(nil, StatusOK)); err != nil {
+	str := rq.str
+	if _, err := str.Write(statusOK); err != nil {
 		dst.Abort() // the destination must see a reset, not a clean empty flow
 		abortStream(str, codeFlowReset)
-		return
+		a.end("reset", err, flow.Stats{})
+		return false
 	}
-	if connLog.Logger.IsLevelEnabled(logrus.DebugLevel) {
-		log(logrus.Fields{"target": req.Target.String()}).Debug("flow started")
-	}
-	active := s.cfg.Metrics.flowStarted(ingressServer)
+	qc := rq.cl.qc
 	sc := newStreamConn(str, qc.LocalAddr(), qc.RemoteAddr())
-	relaying = true
-	target := req.Target
 	opt := s.cfg.Metrics.relayOptions(s.cfg.FlowIdleTimeout)
 	opt.Parker = s.parker
-	live := &liveFlow{proto: ProtoTCP, target: target, at: at}
-	s.liveMu.Lock()
-	s.liveFlows[live] = struct{}{}
-	s.liveMu.Unlock()
+	a.watch()
 	abort := flow.StartRelay(ctx, sc, dst, opt, func(stats flow.Stats, err error) {
-		s.liveMu.Lock()
-		delete(s.liveFlows, live)
-		s.liveMu.Unlock()
-		s.cfg.Metrics.flowEnded(active, flow.Result(err))
-		if flow.Result(err) == "error" && ctx.Err() == nil {
-			s.cfg.Metrics.failed(Failure{Ingress: ingressServer, Peer: peer, Target: target.String(), Reason: err.Error()})
-		}
-		if connLog.Logger.IsLevelEnabled(logrus.DebugLevel) {
-			connLog.WithFields(logrus.Fields{
-				"flow":       id,
-				"target":     target.String(),
-				"bytes_up":   stats.AtoB,
-				"bytes_down": stats.BtoA,
-				"duration":   time.Since(start).Round(time.Millisecond).String(),
-				"result":     flow.Result(err),
-			}).Debug("flow ended")
-		}
-		s.flows.Done()
-		release()
+		a.end(flow.Result(err), err, stats)
+		rq.release()
 	})
-	s.liveMu.Lock()
-	live.abort = abort
-	s.liveMu.Unlock()
 	// A reload between the dial's check and here found this flow without its abort (or
-	// not at all): judge it again under the rules in force now.
-	if !s.stillAllowed(live) {
-		abort(ErrPolicyChanged)
+	// not at all): abortWith judges it again under the rules in force now.
+	a.abortWith(abort)
+	return true
+}
+
+// dialTCP dials the addresses in turn, under ctx, until one answers, mapping the last
+// failure to its status.
+func (s *Server) dialTCP(ctx context.Context, addrs []netip.Addr, port uint16) (flow.Conn, netip.Addr, Status, error) {
+	st, last := StatusUnreachable, error(nil)
+	for _, a := range addrs {
+		c, err := s.cfg.Dialer.DialContext(ctx, "tcp", netip.AddrPortFrom(a, port).String())
+		if err == nil {
+			return flow.AsConn(c), a, StatusOK, nil
+		}
+		st, last = statusOf(err), err
+		if ctx.Err() != nil {
+			break
+		}
 	}
+	return nil, netip.Addr{}, st, last
 }
 
 // ingressServer is the ingress of the server's flows in its metrics: its QUIC listener.
@@ -619,7 +587,7 @@ func (s *Server) Recheck() (conns, flows, listeners int) {
 	}
 	for _, l := range lns {
 		l.cl.log.WithField("listen", l.addr.String()).Info("closing a reverse forward's listener the new rules deny")
-		l.stop()
+		l.stop(ErrPolicyChanged)
 	}
 	return len(revoked), len(denied), len(lns)
 }
@@ -649,116 +617,11 @@ func (s *Server) reject(str *quic.Stream, st Status, code quic.StreamErrorCode) 
 	str.CancelRead(code)
 }
 
-// dial applies the policy and dials the target under the connection's ctx, mapping each
-// failure to its status.
-func (s *Server) dial(ctx context.Context, t flow.Target) (flow.Conn, dialedAddr, Status) {
-	ctx, cancel := context.WithTimeout(ctx, s.cfg.DialTimeout)
-	defer cancel()
-	select {
-	case s.dialSlots <- struct{}{}:
-		defer func() { <-s.dialSlots }()
-	case <-ctx.Done():
-		return nil, dialedAddr{}, StatusTimedOut
-	}
-	var addrs []netip.Addr
-	fromHosts := false
-	addrs, fromHosts, status := s.destination(ctx, ProtoTCP, t)
-	if status != StatusOK {
-		return nil, dialedAddr{}, status
-	}
-	status = StatusUnreachable
-	for _, a := range addrs {
-		c, err := s.cfg.Dialer.DialContext(ctx, "tcp", netip.AddrPortFrom(a, t.Port).String())
-		if err == nil {
-			return flow.AsConn(c), dialedAddr{a, fromHosts}, StatusOK
-		}
-		status = statusOf(err)
-		if ctx.Err() != nil {
-			break
-		}
-	}
-	return nil, dialedAddr{}, status
-}
-
 // dialedAddr is the address a flow's destination was dialed at, and whether its name came
 // from the hosts file: what Recheck judges an open flow by.
 type dialedAddr struct {
 	addr      netip.Addr
 	fromHosts bool
-}
-
-// resolve turns a name target into the addresses the policy lets the server dial, in the
-// order found. The hosts file is asked first, then the resolver, with the name made absolute.
-// An address is dialed if an address rule allows it; or, when a name rule allows the name,
-// if it is not guarded, or if it came from the hosts file (the operator's own names, such
-// as localhost).
-// destination is the addresses a flow of protocol p to t may go to, in the order to try them
-// (an address target's own, or what its name resolves to), or the status that says why none.
-func (s *Server) destination(ctx context.Context, p Proto, t flow.Target) (addrs []netip.Addr, fromHosts bool, status Status) {
-	if t.Addr.IsValid() {
-		if !s.permits(p, t, t.Addr, false) {
-			return nil, false, StatusDenied
-		}
-		return []netip.Addr{t.Addr}, false, StatusOK
-	}
-	return s.resolve(ctx, p, t)
-}
-
-func (s *Server) resolve(ctx context.Context, p Proto, t flow.Target) (addrs []netip.Addr, fromHosts bool, status Status) {
-	ips := s.hosts.lookup(t.Host)
-	fromHosts = len(ips) > 0
-	if !fromHosts {
-		var err error
-		ips, err = s.cfg.Resolver.LookupNetIP(ctx, "ip", strings.TrimSuffix(t.Host, ".")+".")
-		if err != nil {
-			if ctx.Err() != nil {
-				return nil, false, StatusTimedOut
-			}
-			return nil, false, StatusUnreachable
-		}
-	}
-	var refused []netip.Addr
-	for _, ip := range ips {
-		ip = ip.Unmap()
-		switch {
-		case s.permits(p, t, ip, fromHosts):
-			addrs = append(addrs, ip)
-		case dialable(ip) && allows(s.cfg.Policy, p, t):
-			refused = append(refused, ip)
-		}
-	}
-	if len(addrs) == 0 {
-		if len(refused) > 0 {
-			s.log.WithFields(logrus.Fields{"target": t.String(), "addrs": refused}).Warn("denied: an allowed name resolves only to loopback, link-local or the server's own addresses, which only an address rule allows")
-		}
-		return nil, false, StatusDenied
-	}
-	return addrs, fromHosts, StatusOK
-}
-
-// permits is the policy's verdict on dialing t at addr with protocol p (reaches).
-func (s *Server) permits(p Proto, t flow.Target, addr netip.Addr, fromHosts bool) bool {
-	return s.reaches(func(x flow.Target) bool { return allows(s.cfg.Policy, p, x) }, t, addr, fromHosts)
-}
-
-// reaches is the one place the rules meet the guard: a flow to t may go to addr if allow
-// allows addr itself (an address rule); or if t is a name allow allows, and addr is not
-// guarded (loopback, link-local, the server's own) or the name came from the hosts file.
-func (s *Server) reaches(allow func(flow.Target) bool, t flow.Target, addr netip.Addr, fromHosts bool) bool {
-	if !dialable(addr) {
-		return false
-	}
-	if allow(flow.Target{Addr: addr, Port: t.Port}) {
-		return true
-	}
-	return !t.Addr.IsValid() && allow(t) && (fromHosts || !s.guarded(addr))
-}
-
-// dialable rejects addresses that are no single remote host: the unspecified address (which
-// connects to the server itself), multicast and the IPv4 broadcast address. A rule such as
-// 0.0.0.0/5 would otherwise let 0.0.0.0 reach the server's own loopback services.
-func dialable(a netip.Addr) bool {
-	return !a.IsUnspecified() && !a.IsMulticast() && a != netip.AddrFrom4([4]byte{255, 255, 255, 255})
 }
 
 // statusOf maps a dial error to the status the client sees.
@@ -778,16 +641,3 @@ func statusOf(err error) Status {
 	}
 	return StatusUnreachable
 }
-
-func loggerOrDiscard(l *logrus.Entry) *logrus.Entry {
-	if l != nil {
-		return l
-	}
-	lg := logrus.New()
-	lg.SetOutput(discard{})
-	return logrus.NewEntry(lg)
-}
-
-type discard struct{}
-
-func (discard) Write(p []byte) (int, error) { return len(p), nil }

@@ -42,7 +42,7 @@ func parseServerFlags(args []string, stderr io.Writer) (*serverFlags, error) {
 	f.dialTimeout = fs.Duration("dial-timeout", 10*time.Second, "how long to wait for a destination to answer")
 	f.headerTimeout = fs.Duration("header-timeout", 10*time.Second, "how long a new stream may take to send its header")
 	f.maxHeader = fs.Int("max-header-bytes", quicmux.MaxHeaderLen, "largest request header accepted (at most 263)")
-	f.maxDials = fs.Int("max-pending-dials", 1024, "destination dials in progress at once, over all clients")
+	f.maxDials = fs.Int("max-pending-dials", 1024, "requests resolving or connecting at once (a TCP dial, a UDP socket, a lookup, an echo, a listen), over all clients")
 	f.maxConnsPerClient = fs.Int("max-conns-per-client", quicmux.DefaultMaxConnsPerClient, "connections one client identity may have open at once (a client keeps one)")
 	f.maxFlowsPerClient = fs.Int("max-flows-per-client", 0, "streams one client identity may have open at once over all its connections (0: --max-streams); bounds what one client can make the server hold, about 14 KiB a stream")
 	f.udpIdle = fs.Duration("udp-idle-timeout", 0, "end a UDP flow that carried no packet either way for this long (0: 2m, and 15s for DNS, port 53)")
