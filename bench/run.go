@@ -50,7 +50,7 @@ func Run(ctx context.Context, env *Env, opt Options) *Report {
 		}
 		rep.Results = append(rep.Results, runPath(ctx, env, p, opt))
 	}
-	if !opt.FlowsOnly && (len(opt.Only) == 0 || opt.Only[UDPPathName] || opt.Only[UDPTUNPathName]) {
+	if !opt.FlowsOnly && (len(opt.Only) == 0 || opt.Only[UDPPathName] || opt.Only[UDPTUNPathName] || opt.Only[UDPWireGuardPathName]) {
 		rep.UDP = RunUDP(ctx, env, opt)
 	}
 	rep.Duration = time.Since(start).Round(time.Second).String()

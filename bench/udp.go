@@ -94,6 +94,9 @@ func RunUDP(ctx context.Context, env *Env, opt Options) []UDPResult {
 	if all || opt.Only[UDPTUNPathName] {
 		out = append(out, udpThroughTUN(ctx, env, opt, measure)...)
 	}
+	if all || opt.Only[UDPWireGuardPathName] {
+		out = append(out, udpThroughWireGuard(ctx, env, opt, measure)...)
+	}
 	return out
 }
 

@@ -5,6 +5,7 @@
 //	        [-measure DURATION] [-flows] [-workers N] [-profile DIR]
 //	qgbench serve --ip IP     (the destination servers, run by qgbench itself)
 //	qgbench relay --to ADDR [--to ADDR]  (the plain Go TCP relay, run by qgbench itself)
+//	qgbench wg --addr CIDR ...  (wireguard-go, the UDP rows' reference peer, run by qgbench itself)
 package main
 
 import (
@@ -30,6 +31,13 @@ func main() {
 	if len(os.Args) > 1 && os.Args[1] == "relay" {
 		os.Exit(relay(os.Args[2:]))
 	}
+	if len(os.Args) > 1 && os.Args[1] == "wg" {
+		if err := bench.WireGuard(os.Args[2:]); err != nil {
+			fmt.Fprintf(os.Stderr, "{\"msg\":\"wg failed\",\"error\":%q}\n", err.Error())
+			os.Exit(1)
+		}
+		os.Exit(0)
+	}
 	os.Exit(run())
 }
 
@@ -51,7 +59,7 @@ func run() int {
 	for _, p := range bench.AllPaths() {
 		names = append(names, p.Name())
 	}
-	names = append(names, bench.UDPPathName, bench.UDPTUNPathName) // the UDP rows: direct and through -U, through TUN
+	names = append(names, bench.UDPPathName, bench.UDPTUNPathName, bench.UDPWireGuardPathName) // the UDP rows: direct and through -U, TUN, wireguard-go
 	opt := bench.DefaultOptions(*quick)
 	if *idle > 0 {
 		opt.IdleFlows = *idle
