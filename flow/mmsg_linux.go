@@ -134,7 +134,7 @@ func (b *readBatch) cut(n int) {
 		}
 		data := b.bufs[i][:m.n]
 		from := sockaddrToAddrPort(&b.names[i], m.hdr.Namelen)
-		seg := groSegment(b.oobs[i][:m.hdr.Controllen])
+		seg := GROSegmentSize(b.oobs[i][:m.hdr.Controllen])
 		if seg <= 0 || seg >= len(data) {
 			b.ps, b.from = append(b.ps, data), append(b.from, from)
 			continue
@@ -147,8 +147,9 @@ func (b *readBatch) cut(n int) {
 	}
 }
 
-// groSegment finds the UDP_GRO control message (the size of each joined packet) in oob.
-func groSegment(oob []byte) int {
+// GROSegmentSize finds the UDP_GRO control message (the size of each joined packet) in oob,
+// a received message's control data; 0 if there is none.
+func GROSegmentSize(oob []byte) int {
 	for len(oob) > 0 {
 		hdr, body, rest, err := unix.ParseOneSocketControlMessage(oob)
 		if err != nil {

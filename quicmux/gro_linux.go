@@ -3,11 +3,12 @@
 package quicmux
 
 import (
-	"encoding/binary"
 	"net"
 
 	"golang.org/x/net/ipv4"
 	"golang.org/x/sys/unix"
+
+	"github.com/quicgate/quicgate/flow"
 )
 
 // UDP GRO on receive. quic-go sends with UDP GSO (one system call carries up to 64 KiB of
@@ -88,7 +89,7 @@ func (c *groConn) refill(flags int) error {
 	c.n, c.next, c.off = n, 0, 0
 	for i := range n {
 		m := &c.msgs[i]
-		c.seg[i] = groSegmentSize(m.OOB[:m.NN])
+		c.seg[i] = flow.GROSegmentSize(m.OOB[:m.NN])
 		if c.seg[i] <= 0 || c.seg[i] > m.N {
 			c.seg[i] = m.N
 		}
@@ -119,19 +120,4 @@ func (c *groConn) deal(d *ipv4.Message) bool {
 		c.off = 0
 	}
 	return true
-}
-
-// groSegmentSize finds the UDP_GRO control message (the size of each joined packet) in oob.
-func groSegmentSize(oob []byte) int {
-	for len(oob) > 0 {
-		hdr, body, rest, err := unix.ParseOneSocketControlMessage(oob)
-		if err != nil {
-			return 0
-		}
-		if hdr.Level == unix.IPPROTO_UDP && hdr.Type == unix.UDP_GRO && len(body) >= 4 {
-			return int(int32(binary.NativeEndian.Uint32(body)))
-		}
-		oob = rest
-	}
-	return 0
 }

@@ -12,6 +12,8 @@ import (
 
 	"golang.org/x/net/ipv4"
 	"golang.org/x/sys/unix"
+
+	"github.com/quicgate/quicgate/flow"
 )
 
 // sendGSO sends segs as one UDP GSO train (equal-sized segments, the last may be shorter)
@@ -114,7 +116,7 @@ func TestGROSplitsTrainsIntoPackets(t *testing.T) {
 		if m.Flags != 0 {
 			t.Errorf("packet %d: flags %#x", i, m.Flags)
 		}
-		if groSegmentSize(m.OOB[:m.NN]) <= 0 {
+		if flow.GROSegmentSize(m.OOB[:m.NN]) <= 0 {
 			t.Errorf("packet %d: the control messages were not passed on", i)
 		}
 	}

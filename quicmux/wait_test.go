@@ -6,6 +6,8 @@ import (
 	"time"
 
 	"github.com/sirupsen/logrus"
+
+	"github.com/quicgate/quicgate/internal/looptest"
 )
 
 // Waiting in tests. The tests wait for events (a channel, a log line, an error); these
@@ -45,19 +47,10 @@ func poll(cond func() bool) bool {
 	return true
 }
 
-// await waits for ch to deliver (or close) and fails the test if it does not within
-// hangLimit.
+// await is looptest.Await, under the name this package's tests use.
 func await[T any](t testing.TB, ch <-chan T, what string) T {
 	t.Helper()
-	timer := time.NewTimer(hangLimit)
-	defer timer.Stop()
-	select {
-	case v := <-ch:
-		return v
-	case <-timer.C:
-		t.Fatalf("%s: not within %v", what, hangLimit)
-		panic("unreachable")
-	}
+	return looptest.Await(t, ch, what)
 }
 
 // logEvents is a logrus hook that turns the code's own log lines into events a test can
