@@ -18,7 +18,17 @@
 //   - TCP keepalive for a flow's kernel sockets (keepalive.go): KeepAliveConfig, TCPDialer,
 //     TCPListenConfig, UserTimeout, and the defaults DefaultTCPKeepAlive and
 //     DefaultIdleTimeout;
-//   - MaxUDPPacket (packet.go), the largest packet a UDP flow carries.
+//   - the one packet relay (packet.go): PacketConn, the contract every end of a UDP flow has
+//     (Start hands its packets over as they come, WritePackets sends a batch without
+//     waiting, except the tunnel's end, Close tells the peer why), RelayPackets, which joins
+//     two ends holding no goroutine (an idle timeout is a timer), PacketRelayOptions,
+//     PacketStats; MaxUDPPacket, the largest packet a UDP flow carries;
+//   - kernel UDP sockets as packet ends: UDPSocket (udpsock.go), a connected socket (the
+//     server's to a UDP target) read in batches while packets come and watched by the
+//     Parker while none do; SharedUDPSocket (udpshared.go), one bound socket that many
+//     flows share, with one reader; both read with recvmmsg and UDP GRO and write with
+//     sendmmsg and UDP GSO (mmsg_linux.go), and GROSegmentSize reads the GRO control
+//     message for any socket, the QUIC connection's included.
 //
 // It knows nothing of QUIC or of where a flow came from: it imports neither quicmux nor
 // quic-go nor ingress (imports_test.go), so every layer can name a flow without the core.

@@ -3,9 +3,11 @@
 // (*quicmux.Client) with Carry, as a quicmux.Local: a quicmux.Flow for a socket established
 // already (-L), a quicmux.Pending for a handshake that waits for the server's answer (the
 // TUN's SYN, a proxy's request), a quicmux.Reverse for a connection the server accepted
-// (-R). It speaks package flow's vocabulary and needs quicmux only for the client behind
-// Tunnel and its other interfaces (its Local kinds, UDPFlow, MaxEchoPayload) and for the
-// server's verdicts (StatusError and its sentinels). It owns:
+// (-R). A UDP flow's local end is a flow.PacketConn, which it joins to the tunnel's
+// (UDPTunnel.OpenUDP) with flow.RelayPackets, the one packet relay. It speaks package flow's
+// vocabulary and needs quicmux only for the client behind Tunnel and its other interfaces
+// (its Local kinds, MaxEchoPayload) and for the server's verdicts (StatusError and its
+// sentinels). It owns:
 //
 //   - the ingress contract (ingress.go): Ingress, which Serve drains and Close releases, and
 //     the tunnel each kind of ingress takes, which declares what it uses: Tunnel (Carry)
@@ -19,7 +21,9 @@
 //   - the TUN ingress (tun.go): a TUN device (package tun) whose TCP flows a gVisor netstack
 //     (package netstack) terminates, each answered only once the server has reached its
 //     destination; UDP 5-tuples become UDP flows (tunudp.go); DNS queries to TUNConfig.DNS
-//     are answered by resolving at the server (tundns.go); pings are answered when the
+//     are answered by resolving at the server (tundns.go); a UDP flow's app end is the
+//     netstack's UDPConn.Packets, and once the flow is open no goroutine is left waiting on
+//     it; pings are answered when the
 //     server's echo is (tunecho.go); AdoptTUN (tunfd.go) serves a
 //     device made in another namespace (quicgate run's, package rootless) the same way;
 //   - -R reverse forwards (reverse.go): a listener the server keeps on its side
@@ -28,10 +32,14 @@
 //     any net.Listener, each request a flow to the target it names, answered only once the
 //     server has (with the SOCKS5 reply code or HTTP status of its verdict).
 //   - -U UDP forwards (udpport.go): a local UDP socket whose source addresses each get a UDP
-//     flow (quicmux.Client.DialUDP) to the forward's target, as a NAT gives each a mapping.
+//     flow (UDPTunnel.OpenUDP) to the forward's target, as a NAT gives each a mapping;
+//   - the flows of a shared UDP socket (udpshared.go): sharedFlow, the flow.PacketConn of one
+//     source of a -U port or one target of a SOCKS5 UDP association (socksudp.go), fed by
+//     the socket's one reader (flow.SharedUDPSocket), with at most 64 packets kept while
+//     the server answers the flow's request.
 //
-// A local end is a flow.Conn: it can half-close (FIN) and abort (RST), so every flow
-// ends at the app the way it ended at the far side, whichever ingress it came through.
-// cmd/quicgate only parses flags and wires ingresses to a client; UDP is meant to plug in
-// here the same way.
+// A TCP flow's local end is a flow.Conn: it can half-close (FIN) and abort (RST), so every
+// flow ends at the app the way it ended at the far side, whichever ingress it came through;
+// a UDP flow's ends as UDP's do, with an ICMP port unreachable where the far side refused.
+// cmd/quicgate only parses flags and wires ingresses to a client.
 package ingress

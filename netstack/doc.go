@@ -12,10 +12,15 @@
 //     TCPRequest passed to Handler.HandleTCP in its own goroutine, before the handshake
 //     (dial before accept); Accept sends the SYN-ACK, Reject a RST;
 //   - the UDP forwarder (udp.go): every new 5-tuple becomes a connected UDPConn, created
-//     at once so the first packets wait in it, passed to UDPHandler.HandleUDP in its own
-//     goroutine; replies leave from the original destination, and UDPConn.Refuse answers
-//     with an ICMP port unreachable built here (gVisor offers no API to send one) and
-//     queued on the link. Config.MaxUDPFlows bounds the open flows;
+//     at once so the first packets wait in it (1 MiB receive buffer), passed to
+//     UDPHandler.HandleUDP in its own goroutine, which may return once the flow is set up;
+//     replies leave from the original destination, and UDPConn.Refuse answers with an
+//     ICMP port unreachable built here (gVisor offers no API to send one) and queued on
+//     the link. Config.MaxUDPFlows bounds the open flows. UDPConn.Packets (udppackets.go)
+//     is the flow's app end as a flow.PacketConn: a gVisor waiter entry wakes a batched
+//     read when packets come, so an idle flow holds no goroutine and no buffer. The link's
+//     read loop yields every 64 UDP packets (endpoint.go) so that those reads keep up
+//     with a flood rather than let the stack's queues overflow;
 //   - echo requests (echo.go): ICMP and ICMPv6 echo requests to hosts other than the
 //     stack's own addresses are taken off the link before gVisor sees them and passed to
 //     EchoHandler.HandleEcho in their own goroutine (Config.MaxEchoes at once); the echo

@@ -39,7 +39,7 @@ const udpReceiveBuffer = 1 << 20
 type UDPHandler interface {
 	// HandleUDP is called in its own goroutine for each new 5-tuple. conn is connected
 	// already and holds the flow's first packet: what the app sends while the handler sets
-	// up the far side waits in conn's receive buffer (256 KiB; more is dropped, as a full
+	// up the far side waits in conn's receive buffer (1 MiB; more is dropped, as a full
 	// socket buffer drops it). Packets written to conn reach the app
 	// with the original destination as their source.
 	//

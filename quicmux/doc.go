@@ -19,4 +19,13 @@
 // and its flows drain through a flow.Group as the ingresses' do. A reload of its rules and
 // authorized clients (reload.go) is a LiveAccess, which the server's config reads, and a
 // Reloader that rereads the files on an edit or SIGHUP and calls Server.Recheck.
+//
+// A UDP flow (udpflow.go, udp_client.go, udp_server.go) is set up on a stream like a TCP
+// flow and then carries its packets as QUIC datagrams, which the connection's loop hands to
+// one datagram handler (datagramMux) with no queue and no goroutine; Client.OpenUDP returns
+// its end as a flow.PacketConn for flow.RelayPackets, and the server relays it to a
+// flow.UDPSocket. Every request kind (TCP, UDP, a reverse listen, a resolve, an echo) is
+// admitted on one path (admission.go: the policy, the client's limits, the metrics).
+// The client notices a server that stopped answering, and moves to another path when the
+// host has one (liveness.go), within seconds.
 package quicmux
