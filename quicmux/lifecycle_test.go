@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
 	"github.com/quicgate/quicgate/flow"
 )
 
@@ -147,5 +149,43 @@ func TestHalfClosedFlowEndsWithConnection(t *testing.T) {
 		}
 	case <-time.After(resetLimit):
 		t.Fatalf("the half-closed flow outlived its connection by %v", resetLimit)
+	}
+}
+
+// A Go program that closes a DialContext conn (a full Close, not CloseWrite) after its
+// request ends the flow in order on the server too, as a TCP socket closed with nothing
+// left to read does: the destination's FIN that follows is no failure.
+func TestDialContextCloseEndsInOrder(t *testing.T) {
+	reg := prometheus.NewRegistry()
+	m, err := NewMetrics(reg, "server")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tn := newTunnel(t, withRules("127.0.0.1/32"), withServerConfig(func(c *ServerConfig) { c.Metrics = m }))
+	got := make(chan string, 1)
+	dst := destination(t, func(c *net.TCPConn) {
+		b, _ := io.ReadAll(c) // until the client's FIN
+		got <- string(b)
+		_ = c.Close()
+	})
+	c, err := tn.client.DialContext(context.Background(), "tcp", dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.Write([]byte("request")); err != nil {
+		t.Fatal(err)
+	}
+	_ = c.Close()
+	if b := await(t, got, "the destination's read"); b != "request" {
+		t.Fatalf("destination read %q, want %q", b, "request")
+	}
+	result := func(r string) float64 { // flows ended with result r (metricValue: -1 for none)
+		return max(0, metricValue(t, reg, "quicgate_flows_total", map[string]string{"result": r}))
+	}
+	if !poll(func() bool { return result("ok")+result("error")+result("reset") >= 1 }) {
+		t.Fatal("the flow did not end on the server")
+	}
+	if result("ok") != 1 {
+		t.Fatalf("flows ended ok %v, error %v, reset %v; want one ok", result("ok"), result("error"), result("reset"))
 	}
 }

@@ -76,14 +76,10 @@ func (s *Server) serveListen(ctx context.Context, rq *request) {
 	if a == nil {
 		return
 	}
-	if _, err := str.Write(AppendStatus(nil, StatusOK)); err != nil {
-		_ = ln.Close()
-		abortStream(str, codeFlowReset)
-		a.end("reset", err, flow.Stats{})
-		return
-	}
 	// The listener lives as long as its stream: the client ends the stream to close it, and
-	// the connection's end ends it too (ctx, the stream's reset).
+	// the connection's end ends it too (ctx, the stream's reset). It is registered for
+	// Recheck before the client hears ok, so that a reload the client makes after its
+	// listen returned always finds it.
 	var once sync.Once
 	var why error
 	stop := func(w error) {
@@ -96,6 +92,15 @@ func (s *Server) serveListen(ctx context.Context, rq *request) {
 	s.liveLns[live] = struct{}{}
 	draining := s.noListens // a drain that began since admission did not see this one
 	s.liveMu.Unlock()
+	if _, err := str.Write(AppendStatus(nil, StatusOK)); err != nil {
+		s.liveMu.Lock()
+		delete(s.liveLns, live)
+		s.liveMu.Unlock()
+		_ = ln.Close()
+		abortStream(str, codeFlowReset)
+		a.end("reset", err, flow.Stats{})
+		return
+	}
 	defer func() {
 		s.liveMu.Lock()
 		delete(s.liveLns, live)

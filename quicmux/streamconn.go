@@ -1,6 +1,7 @@
 package quicmux
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -89,11 +90,25 @@ func (c *streamConn) Write(p []byte) (int, error) {
 	return n, mapStreamErr(err)
 }
 
-// CloseWrite sends FIN; reading goes on.
+// CloseWrite sends FIN; reading goes on. When the peer has closed its end in order
+// already (Close: STOP_SENDING with code 0), there is no one left to send the FIN to, as a
+// TCP peer that closed its socket takes a FIN without a reset: that is no error. A peer that
+// stopped reading with another code reset the flow.
 func (c *streamConn) CloseWrite() error {
 	c.writeMu.Lock()
 	defer c.writeMu.Unlock()
-	return c.str.Close()
+	err := c.str.Close()
+	if err == nil {
+		return nil
+	}
+	var se *quic.StreamError
+	if errors.As(context.Cause(c.str.Context()), &se) && se.Remote {
+		if se.ErrorCode == 0 {
+			return nil
+		}
+		return mapStreamErr(se)
+	}
+	return err
 }
 
 // Close ends the flow gracefully where it can: FIN for what was written, STOP_SENDING for
