@@ -458,7 +458,7 @@ func (c *Client) ask(ctx context.Context, hdr []byte, answer func(io.Reader) err
 		return err
 	}
 	if _, err := str.Write(hdr); err != nil {
-		return fail(mapStreamErr(err))
+		return fail(noAnswer(err))
 	}
 	_ = str.Close() // the request is all there is to send
 	// The server answers within its own dial timeout; ours bounds the wait, and ctx ending
@@ -501,9 +501,9 @@ func (c *Client) open(ctx context.Context, t flow.Target) (*streamConn, error) {
 	sc := newStreamConn(str, qc.LocalAddr(), targetAddr{t})
 	sc.conn = qc
 	sc.pendingStatus = true
-	if _, err := sc.Write(hdr); err != nil {
+	if _, err := str.Write(hdr); err != nil {
 		sc.Abort()
-		return nil, err
+		return nil, noAnswer(err)
 	}
 	return sc, nil
 }

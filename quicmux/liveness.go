@@ -173,7 +173,8 @@ func (c *Client) watch(s *session) (silent bool) {
 }
 
 // noAnswer maps the error of a wait for a request's status (mapStreamErr): a connection
-// that ended first means that the server never answered, not that it reset the flow.
+// that ended first means that the server never answered, not that it reset the flow, and
+// one the server closed because this client is no longer authorized is ErrUnauthorized.
 func noAnswer(err error) error {
 	var (
 		ite *quic.IdleTimeoutError
@@ -181,6 +182,9 @@ func noAnswer(err error) error {
 		ae  *quic.ApplicationError
 		te  *quic.TransportError
 	)
+	if errors.As(err, &ae) && ae.Remote && ae.ErrorCode == connRevoked {
+		return fmt.Errorf("%w: the server closed the connection: %s", ErrUnauthorized, ae.ErrorMessage)
+	}
 	if errors.As(err, &ite) || errors.As(err, &sre) || errors.As(err, &ae) || errors.As(err, &te) {
 		return fmt.Errorf("%w: connection lost before the server answered: %v", ErrServerUnreachable, err)
 	}

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"testing"
 	"time"
+
+	"github.com/quicgate/quicgate/third_party/quic-go"
 )
 
 // A server that falls silent (its host died: every packet to and from it is lost) is given
@@ -84,5 +86,24 @@ func TestSilentServer(t *testing.T) {
 	// Only the one line for the whole outage: the failed redials say nothing more.
 	if n := events.count("cannot connect to server"); n != 0 {
 		t.Fatalf("the redials logged %d warnings, want none after the silence line", n)
+	}
+}
+
+// A request whose connection the server closes before answering is one the server never
+// answered (ErrServerUnreachable), unless it closed it because this client is no longer
+// authorized: then the request fails as the reconnection will, with ErrUnauthorized.
+func TestNoAnswerNamesRevocation(t *testing.T) {
+	revoked := &quic.ApplicationError{Remote: true, ErrorCode: connRevoked, ErrorMessage: "client no longer authorized"}
+	if err := noAnswer(revoked); !errors.Is(err, ErrUnauthorized) {
+		t.Fatalf("revoked: %v, want ErrUnauthorized", err)
+	}
+	for _, err := range []error{
+		&quic.ApplicationError{Remote: true, ErrorCode: connShutdown},
+		&quic.ApplicationError{Remote: false, ErrorCode: connRevoked}, // our own close
+		&quic.IdleTimeoutError{},
+	} {
+		if got := noAnswer(err); !errors.Is(got, ErrServerUnreachable) || errors.Is(got, ErrUnauthorized) {
+			t.Fatalf("%v: %v, want ErrServerUnreachable", err, got)
+		}
 	}
 }

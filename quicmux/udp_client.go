@@ -107,7 +107,7 @@ func (c *Client) dialUDP(ctx context.Context, t flow.Target, ingress string) (*c
 	}
 	tun.listen() // the first answers may come right behind the status
 	if _, err := str.Write(hdr); err != nil {
-		return fail(mapStreamErr(err))
+		return fail(noAnswer(err))
 	}
 	deadline, _ := ctx.Deadline()
 	_ = str.SetReadDeadline(deadline)
