@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/quicgate/quicgate/flow"
+	"github.com/quicgate/quicgate/internal/looptest"
 	"github.com/quicgate/quicgate/quicmux"
 )
 
@@ -171,13 +172,7 @@ func echoServer(t *testing.T, network string) string {
 // closedPort is a loopback port nothing listens on.
 func closedPort(t *testing.T) string {
 	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	_ = ln.Close()
-	return addr
+	return looptest.ClosedPort(t)
 }
 
 // --- a raw-socket SOCKS5 client ---
