@@ -14,6 +14,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"runtime"
+	"slices"
 	"strings"
 	"sync"
 	"syscall"
@@ -251,6 +252,28 @@ func (p *process) waitFor(t *testing.T, msg string) map[string]any {
 			t.Fatalf("no %q log line within %v", msg, hangLimit)
 		}
 	}
+}
+
+// waitForAll waits until each of msgs has been logged, in any order (a client connects to its
+// server while its TUN comes up), and returns the first line of each by msg.
+func (p *process) waitForAll(t *testing.T, msgs ...string) map[string]map[string]any {
+	t.Helper()
+	got := map[string]map[string]any{}
+	timeout := time.After(hangLimit)
+	for len(got) < len(msgs) {
+		select {
+		case m := <-p.lines:
+			msg, _ := m["msg"].(string)
+			if _, seen := got[msg]; !seen && slices.Contains(msgs, msg) {
+				got[msg] = m
+			}
+		case <-p.done:
+			t.Fatalf("process exited before logging all of %q (got %d)", msgs, len(got))
+		case <-timeout:
+			t.Fatalf("not all of %q logged within %v (got %d)", msgs, hangLimit, len(got))
+		}
+	}
+	return got
 }
 
 // stop sends SIGTERM, checks that the process exits 0, and returns how long the exit took

@@ -211,10 +211,9 @@ func TestFullTunnel(t *testing.T) {
 	})
 	t.Run("--exclude-connected=false", func(t *testing.T) {
 		cli := startIn(t, tp.a, append(clientArgs, "--exclude-connected=false")...)
-		cli.waitFor(t, "tun ready")
-		// The server's address is kept off the TUN's routes when the client dials it, after
-		// "tun ready": the route below is looked up once it has connected.
-		cli.waitFor(t, "connected to server")
+		// The server's address is kept off the TUN's routes when the client dials it: the
+		// route below is looked up once it has connected.
+		cli.waitForAll(t, "tun ready", "connected to server")
 		if got := tp.routeDev(t, fullLAN, ""); got != tunDev {
 			t.Fatalf("A routes its own subnet by %s with --exclude-connected=false, want %s", got, tunDev)
 		}

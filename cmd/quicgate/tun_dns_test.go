@@ -55,10 +55,9 @@ func TestTUNDNSEndToEnd(t *testing.T) {
 	srv.waitFor(t, "server ready")
 	cli := startIn(t, tp.a, "client", "--server", addrB+":4433", "--state-dir", filepath.Join(dir, "client"), "--pin", p.pin,
 		"--tun", tunDev, "--tun-addr", "10.77.0.1/24", "--route", "10.99.0.0/16", "--tun-dns", dns)
-	if got := cli.waitFor(t, "tun ready")["dns"]; got != dns {
+	if got := cli.waitForAll(t, "tun ready", "connected to server")["tun ready"]["dns"]; got != dns {
 		t.Fatalf("tun ready with dns %v, want %s", got, dns)
 	}
-	cli.waitFor(t, "connected to server")
 
 	run := func(args ...string) (string, error) {
 		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)

@@ -28,8 +28,7 @@ func TestTUNPingEndToEnd(t *testing.T) {
 	srv.waitFor(t, "server ready")
 	cli := startIn(t, tp.a, "client", "--server", addrB+":4433", "--state-dir", filepath.Join(dir, "client"), "--pin", p.pin,
 		"--tun", tunDev, "--tun-addr", "10.77.0.1/24", "--tun-addr", "fd00:77::1/64", "--route", "10.99.0.0/16", "--route", "fd00:99::/64")
-	cli.waitFor(t, "tun ready")
-	cli.waitFor(t, "connected to server")
+	cli.waitForAll(t, "tun ready", "connected to server")
 
 	ping := func(addr string, wait int) (string, error) {
 		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
