@@ -402,18 +402,7 @@ func (c *Client) dial(ctx context.Context, t flow.Target) (*streamConn, error) {
 	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
 		deadline = d
 	}
-	_ = sc.SetReadDeadline(deadline)
-	fired := make(chan struct{})
-	stop := context.AfterFunc(ctx, func() {
-		defer close(fired)
-		_ = sc.SetReadDeadline(time.Now())
-	})
-	err = noAnswer(sc.readStatus())
-	if !stop() {
-		<-fired // the callback ran or is running: let it finish before the deadline is cleared
-	}
-	_ = sc.SetReadDeadline(time.Time{})
-	if err != nil {
+	if err = noAnswer(readWithin(ctx, sc.str, deadline, sc.readStatus)); err != nil {
 		sc.Abort()
 		if ctx.Err() != nil {
 			return nil, ctx.Err()
@@ -461,23 +450,52 @@ func (c *Client) ask(ctx context.Context, hdr []byte, answer func(io.Reader) err
 		return fail(noAnswer(err))
 	}
 	_ = str.Close() // the request is all there is to send
-	// The server answers within its own dial timeout; ours bounds the wait, and ctx ending
-	// stops it at once.
+	// The server answers within its own dial timeout; ours bounds the wait for the status
+	// and the answer, and ctx ending stops it at once.
 	deadline, _ := ctx.Deadline()
-	_ = str.SetReadDeadline(deadline)
-	stop := context.AfterFunc(ctx, func() { _ = str.SetReadDeadline(time.Now()) })
-	defer stop()
-	if err := ReadStatus(str); err != nil {
-		if ctx.Err() != nil && !errors.As(err, new(*StatusError)) {
-			return fail(fmt.Errorf("%w: no answer within %s", ErrServerUnreachable, c.cfg.DialTimeout))
+	answered := false // the status was ok: an error is answer's
+	err = readWithin(ctx, str, deadline, func() error {
+		if err := ReadStatus(str); err != nil {
+			return err
 		}
-		return fail(noAnswer(err))
-	}
-	if err := answer(str); err != nil {
+		answered = true
+		return answer(str)
+	})
+	switch {
+	case err == nil:
+		str.CancelRead(codeFlowReset) // nothing more is read; the server ends its side
+		return nil
+	case answered:
 		return fail(err)
 	}
-	str.CancelRead(codeFlowReset) // nothing more is read; the server ends its side
-	return nil
+	return fail(c.statusErr(ctx, err))
+}
+
+// statusErr maps the error of a wait for a request's status within ctx, which the dial
+// timeout bounds: ctx ending first means no answer in time (the server's own verdict, a
+// *StatusError, stands); otherwise noAnswer.
+func (c *Client) statusErr(ctx context.Context, err error) error {
+	if ctx.Err() != nil && !errors.As(err, new(*StatusError)) {
+		return fmt.Errorf("%w: no answer within %s", ErrServerUnreachable, c.cfg.DialTimeout)
+	}
+	return noAnswer(err)
+}
+
+// readWithin runs read (of the server's answer on str) until deadline (none if zero), and
+// cuts it short when ctx ends; str is left without a read deadline.
+func readWithin(ctx context.Context, str *quic.Stream, deadline time.Time, read func() error) error {
+	_ = str.SetReadDeadline(deadline)
+	fired := make(chan struct{})
+	stop := context.AfterFunc(ctx, func() {
+		defer close(fired)
+		_ = str.SetReadDeadline(time.Now())
+	})
+	err := read()
+	if !stop() {
+		<-fired // the callback ran or is running: let it finish before the deadline is cleared
+	}
+	_ = str.SetReadDeadline(time.Time{})
+	return err
 }
 
 // open opens a stream for t and writes its header; the status is left to the first Read.

@@ -109,15 +109,15 @@ func (c *Client) dialUDP(ctx context.Context, t flow.Target, ingress string) (*c
 	if _, err := str.Write(hdr); err != nil {
 		return fail(noAnswer(err))
 	}
+	// The server answers within its own dial timeout; ours bounds the wait, and ctx ending
+	// stops it at once.
 	deadline, _ := ctx.Deadline()
-	_ = str.SetReadDeadline(deadline)
-	if err := ReadStatus(str); err != nil {
-		if ctx.Err() != nil && !errors.As(err, new(*StatusError)) {
-			err = fmt.Errorf("%w: no answer within %s", ErrServerUnreachable, c.cfg.DialTimeout)
+	if err := readWithin(ctx, str, deadline, func() error { return ReadStatus(str) }); err != nil {
+		if errors.Is(ctx.Err(), context.Canceled) {
+			return fail(ctx.Err())
 		}
-		return fail(noAnswer(err))
+		return fail(c.statusErr(ctx, err))
 	}
-	_ = str.SetReadDeadline(time.Time{})
 	active := c.cfg.Metrics.flowStarted(ingress)
 	return &clientUDP{t: tun, count: func(err error) { c.cfg.Metrics.flowEnded(active, udpResult(err)) }}, nil
 }

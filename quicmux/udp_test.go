@@ -269,3 +269,27 @@ func mustDialUDP(t *testing.T, c *Client, addr string) *UDPFlow {
 	}
 	return f
 }
+
+// A UDP flow's request is cut short when its context is canceled while the server has not
+// answered yet (its lookup of the target's name hangs), not only at the dial timeout.
+func TestDialUDPCanceledWhileWaiting(t *testing.T) {
+	entered := make(chan struct{})
+	tn := newTunnel(t, withRules("*.test"), withDialTimeout(10*hangLimit),
+		withClientConfig(func(c *ClientConfig) { c.DialTimeout = 10 * hangLimit }),
+		withResolver(resolverFunc(func(ctx context.Context, _, _ string) ([]netip.Addr, error) {
+			close(entered)
+			<-ctx.Done()
+			return nil, ctx.Err()
+		})))
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() {
+		_, err := tn.client.DialUDP(ctx, "udp", "hang.test:53")
+		done <- err
+	}()
+	await(t, entered, "the server's lookup")
+	cancel()
+	if err := await(t, done, "DialUDP after its context was canceled"); !errors.Is(err, context.Canceled) {
+		t.Fatalf("DialUDP: %v, want context.Canceled", err)
+	}
+}
