@@ -632,7 +632,8 @@ func (c *Client) supervise() {
 		c.setState(sess.conn, nil)
 		c.wg.Add(1)
 		go c.acceptStreams(sess.conn) // ends with conn
-		fields := logrus.Fields{"rtt": sess.conn.ConnectionStats().SmoothedRTT.String(), "congestion": string(c.cfg.Limits.Congestion),
+		c.lastRTT = sess.conn.ConnectionStats().SmoothedRTT
+		fields := logrus.Fields{"rtt": c.lastRTT.String(), "congestion": string(c.cfg.Limits.Congestion),
 			"local": sess.conn.LocalAddr().String()}
 		if wasUp {
 			c.log.WithFields(fields).Info("reconnected to server")
@@ -640,7 +641,6 @@ func (c *Client) supervise() {
 			c.log.WithFields(fields).Info("connected to server")
 		}
 		wasUp = true
-		c.lastRTT = sess.conn.ConnectionStats().SmoothedRTT
 		silent = c.watch(sess)
 	}
 	c.setState(nil, ErrClosed)

@@ -5,7 +5,6 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
-	"io"
 	"sync"
 	"time"
 
@@ -54,26 +53,6 @@ func parseDatagram(b []byte) (quic.StreamID, []byte, error) {
 		return 0, nil, fmt.Errorf("%w: datagram without a flow ID", ErrProtocol)
 	}
 	return quic.StreamID(q * 4), b[n:], nil
-}
-
-// readStreamPacket reads one length-prefixed packet from a flow's stream into buf (at
-// least flow.MaxUDPPacket long).
-func readStreamPacket(r io.Reader, buf []byte) (int, error) {
-	var hdr [2]byte
-	if _, err := io.ReadFull(r, hdr[:]); err != nil {
-		return 0, err
-	}
-	n := int(binary.BigEndian.Uint16(hdr[:]))
-	if n > flow.MaxUDPPacket {
-		return 0, fmt.Errorf("%w: UDP packet of %d bytes on the stream", ErrProtocol, n)
-	}
-	if _, err := io.ReadFull(r, buf[:n]); err != nil {
-		if errors.Is(err, io.EOF) {
-			err = io.ErrUnexpectedEOF
-		}
-		return 0, err
-	}
-	return n, nil
 }
 
 // datagramMux hands a connection's datagrams to the UDP flows they belong to, on the
@@ -184,7 +163,8 @@ const earlyPackets = 64
 // answers may come right behind the status), keeping them until Start.
 func (t *udpTunnel) listen() { t.mux.add(t) }
 
-// Start delivers the flow's packets to out from now on, those that came before it first.
+// Start delivers the flow's packets to out from now on, those that came before it first
+// (listen, called before the request or its answer went out, took them).
 func (t *udpTunnel) Start(out func(ps [][]byte), ended func(error)) {
 	t.mu.Lock()
 	if t.closed {
@@ -198,7 +178,6 @@ func (t *udpTunnel) Start(out func(ps [][]byte), ended func(error)) {
 		out(early)
 	}
 	t.mu.Unlock()
-	t.mux.add(t)
 	t.str.NotifyReadable(t.onReadable)
 }
 
