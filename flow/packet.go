@@ -73,9 +73,7 @@ func RelayPackets(ctx context.Context, a, b PacketConn, opt PacketRelayOptions, 
 	r := &packetRelay{a: a, b: b, done: done}
 	r.mu.Lock() // nothing ends the flow before its timer and ctx's watch are set
 	if opt.IdleTimeout > 0 {
-		r.touch()
-		r.idle = opt.IdleTimeout
-		r.timer = time.AfterFunc(opt.IdleTimeout, r.checkIdle)
+		r.idle = newIdleTimer(opt.IdleTimeout, func() { r.end(ErrIdle) })
 	}
 	r.stopCtx = context.AfterFunc(ctx, func() { r.end(context.Cause(ctx)) })
 	r.mu.Unlock()
@@ -90,9 +88,7 @@ type packetRelay struct {
 	a, b    PacketConn
 	done    func(PacketStats, error)
 	stopCtx func() bool
-	timer   *time.Timer
-	idle    time.Duration
-	active  atomic.Int64 // when a packet last moved, in unix nanoseconds
+	idle    *idleTimer // nil: no idle timeout
 
 	stats struct{ AtoB, PacketsAtoB, BtoA, PacketsBtoA atomic.Int64 }
 
@@ -100,12 +96,10 @@ type packetRelay struct {
 	ended bool
 }
 
-func (r *packetRelay) touch() { r.active.Store(time.Now().UnixNano()) }
-
 // move hands a batch from one end to the other.
 func (r *packetRelay) move(ps [][]byte, to PacketConn, bytes, packets *atomic.Int64) {
-	if r.timer != nil {
-		r.touch()
+	if r.idle != nil {
+		r.idle.touch()
 	}
 	var n int64
 	for _, p := range ps {
@@ -115,21 +109,6 @@ func (r *packetRelay) move(ps [][]byte, to PacketConn, bytes, packets *atomic.In
 	packets.Add(int64(len(ps)))
 	if err := to.WritePackets(ps); err != nil {
 		r.end(err)
-	}
-}
-
-// checkIdle ends the flow once no packet has moved for the idle timeout, and otherwise
-// waits for the rest of it.
-func (r *packetRelay) checkIdle() {
-	quiet := time.Since(time.Unix(0, r.active.Load()))
-	if quiet >= r.idle {
-		r.end(ErrIdle)
-		return
-	}
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	if !r.ended {
-		r.timer.Reset(r.idle - quiet)
 	}
 }
 
@@ -143,8 +122,8 @@ func (r *packetRelay) end(why error) {
 	r.ended = true
 	r.mu.Unlock()
 	r.stopCtx()
-	if r.timer != nil {
-		r.timer.Stop()
+	if r.idle != nil {
+		r.idle.stop()
 	}
 	r.a.Close(why)
 	r.b.Close(why)

@@ -102,9 +102,7 @@ func StartRelay(ctx context.Context, a, b Conn, opt RelayOptions, done func(Stat
 	defer r.mu.Unlock()
 	r.pending.Store(2)
 	if opt.IdleTimeout > 0 {
-		r.activity = new(atomic.Int64)
-		r.activity.Store(time.Now().UnixNano())
-		r.idle = r.watchIdle(opt.IdleTimeout)
+		r.idle = newIdleTimer(opt.IdleTimeout, func() { r.fail(ErrIdle) })
 	}
 	// ctx ending is a failure like any other: it is recorded (so the flow's result says why)
 	// and both sides are reset.
@@ -121,10 +119,9 @@ func StartRelay(ctx context.Context, a, b Conn, opt RelayOptions, done func(Stat
 type relay struct {
 	a, b      Conn
 	done      func(Stats, error)
-	parker    *Parker       // nil: kernel sockets wait in a goroutine each
-	aborting  atomic.Bool   // fail is resetting the flow: park no more
-	activity  *atomic.Int64 // when a byte last moved, if there is an idle timeout
-	idle      *time.Timer
+	parker    *Parker     // nil: kernel sockets wait in a goroutine each
+	aborting  atomic.Bool // fail is resetting the flow: park no more
+	idle      *idleTimer  // nil: no idle timeout
 	stop      func() bool
 	stopUntil func() bool  // nil without RelayOptions.Until
 	pending   atomic.Int32 // directions still running
@@ -229,8 +226,8 @@ func work(f func()) {
 // forward writes p, just read from src, to dst: it marks the flow active (for the idle
 // timeout) and counts what was written.
 func (d *dir) forward(p []byte) error {
-	if d.r.activity != nil {
-		d.r.activity.Store(time.Now().UnixNano())
+	if d.r.idle != nil {
+		d.r.idle.touch()
 	}
 	nw, err := d.dst.Write(p)
 	d.n += int64(nw)
@@ -421,30 +418,11 @@ func (d *dir) end(err error) {
 		r.stopUntil()
 	}
 	if r.idle != nil {
-		r.idle.Stop()
+		r.idle.stop()
 	}
 	_ = r.a.Close()
 	_ = r.b.Close()
 	r.done(Stats{AtoB: r.atob.n, BtoA: r.btoa.n}, err)
-}
-
-// watchIdle resets the flow once activity is older than idle. It holds a timer, not a
-// goroutine, so idle flows cost nothing while they wait.
-func (r *relay) watchIdle(idle time.Duration) *time.Timer {
-	var t *time.Timer
-	t = time.AfterFunc(idle, func() {
-		quiet := time.Since(time.Unix(0, r.activity.Load()))
-		if quiet >= idle {
-			r.fail(ErrIdle)
-			return
-		}
-		r.mu.Lock()
-		defer r.mu.Unlock()
-		if !r.finished {
-			t.Reset(idle - quiet)
-		}
-	})
-	return t
 }
 
 // fail records err and, for a real error, resets both sides at once so that the other
