@@ -126,7 +126,6 @@ func (b *readBatch) prepare() {
 
 // cut splits the n messages received into packets: a GRO train into its segments.
 func (b *readBatch) cut(n int) {
-	b.ps, b.from = b.ps[:0], b.from[:0]
 	for i := range n {
 		m := &b.msgs[i]
 		if m.hdr.Flags&unix.MSG_TRUNC != 0 {
@@ -178,10 +177,10 @@ func sockaddrToAddrPort(sa *unix.RawSockaddrInet6, n uint32) netip.AddrPort {
 
 // writeBatch builds the messages of one sendmmsg; pooled like readBatch.
 type writeBatch struct {
-	iovs  []unix.Iovec
-	msgs  []mmsghdr
-	names []unix.RawSockaddrInet6
-	oobs  [][unix.SizeofCmsghdr + 8]byte
+	iovs []unix.Iovec
+	msgs []mmsghdr
+	name unix.RawSockaddrInet6 // every message's destination, on an unconnected socket
+	oobs [][unix.SizeofCmsghdr + 8]byte
 }
 
 var writeBatches = sync.Pool{New: func() any { return new(writeBatch) }}
@@ -190,24 +189,24 @@ var writeBatches = sync.Pool{New: func() any { return new(writeBatch) }}
 // sends a packet per message, as kernels without UDP GSO (before 4.18) need.
 var gsoOff atomic.Bool
 
-// sendBatch sends ps (to to[i] each, unless to is nil: a connected socket) without waiting:
-// what the socket cannot take now is dropped. v6 says the socket is an IPv6 one (its
-// addresses are written as IPv6, IPv4 ones mapped). Runs of packets of one size to one
-// address go out as one GSO message. It returns the first error other than EAGAIN.
-func sendBatch(rc syscall.RawConn, ps [][]byte, to []netip.AddrPort, v6 bool) error {
+// sendBatch sends ps to to (unless to is the zero AddrPort: a connected socket) without
+// waiting: what the socket cannot take now is dropped. v6 says the socket is an IPv6 one
+// (its addresses are written as IPv6, IPv4 ones mapped). Runs of packets of one size go out
+// as one GSO message. It returns the first error other than EAGAIN.
+func sendBatch(rc syscall.RawConn, ps [][]byte, to netip.AddrPort, v6 bool) error {
 	return send(rc, ps, to, v6, !gsoOff.Load())
 }
 
-// sendSingly is sendBatch with a packet per message.
-func sendSingly(rc syscall.RawConn, ps [][]byte, to []netip.AddrPort, v6 bool) error {
-	return send(rc, ps, to, v6, false)
-}
-
-func send(rc syscall.RawConn, ps [][]byte, to []netip.AddrPort, v6, gso bool) error {
+// send is sendBatch, with GSO or a packet per message.
+func send(rc syscall.RawConn, ps [][]byte, to netip.AddrPort, v6, gso bool) error {
 	w := writeBatches.Get().(*writeBatch)
 	defer writeBatches.Put(w)
-	w.iovs, w.msgs, w.names, w.oobs = w.iovs[:0], w.msgs[:0], w.names[:0], w.oobs[:0]
-	// Messages first (iovecs and names are addressed once their slices stop growing).
+	w.iovs, w.msgs, w.oobs = w.iovs[:0], w.msgs[:0], w.oobs[:0]
+	var nameLen uint32
+	if to.IsValid() {
+		nameLen = putSockaddr(&w.name, to, v6)
+	}
+	// Messages first (iovecs are addressed once their slice stops growing).
 	type msgSpan struct{ first, count, seg int }
 	var spans []msgSpan
 	for i := 0; i < len(ps); {
@@ -215,8 +214,7 @@ func send(rc syscall.RawConn, ps [][]byte, to []netip.AddrPort, v6, gso bool) er
 		if gso && len(ps[i]) > 0 && len(ps[i]) <= maxGSOSegment {
 			total := len(ps[i])
 			for j < len(ps) && j-i < maxGSOSegments && total+len(ps[j]) <= maxGSOTotal &&
-				len(ps[j]) > 0 && len(ps[j]) <= len(ps[i]) && len(ps[j-1]) == len(ps[i]) &&
-				(to == nil || to[j] == to[i]) {
+				len(ps[j]) > 0 && len(ps[j]) <= len(ps[i]) && len(ps[j-1]) == len(ps[i]) {
 				total += len(ps[j])
 				j++
 			}
@@ -233,15 +231,14 @@ func send(rc syscall.RawConn, ps [][]byte, to []netip.AddrPort, v6, gso bool) er
 		w.iovs = append(w.iovs, iov)
 	}
 	for range spans {
-		w.names = append(w.names, unix.RawSockaddrInet6{})
 		w.oobs = append(w.oobs, [unix.SizeofCmsghdr + 8]byte{})
 	}
 	for k, sp := range spans {
 		m := mmsghdr{hdr: unix.Msghdr{Iov: &w.iovs[sp.first]}}
 		m.hdr.SetIovlen(sp.count)
-		if to != nil {
-			m.hdr.Name = (*byte)(unsafe.Pointer(&w.names[k]))
-			m.hdr.Namelen = putSockaddr(&w.names[k], to[sp.first], v6)
+		if nameLen > 0 {
+			m.hdr.Name = (*byte)(unsafe.Pointer(&w.name))
+			m.hdr.Namelen = nameLen
 		}
 		if sp.count > 1 {
 			oob := w.oobs[k][:unix.CmsgSpace(2)]
@@ -280,13 +277,7 @@ func send(rc syscall.RawConn, ps [][]byte, to []netip.AddrPort, v6, gso bool) er
 			if errno == unix.EIO {
 				gsoOff.Store(true)
 			}
-			first := spans[sent].first
-			rest := ps[first:]
-			var restTo []netip.AddrPort
-			if to != nil {
-				restTo = to[first:]
-			}
-			return errors.Join(firstErr, sendSingly(rc, rest, restTo, v6))
+			return errors.Join(firstErr, send(rc, ps[spans[sent].first:], to, v6, false))
 		case errno != 0:
 			// This message failed (its address unreachable, say); go on with the next.
 			if firstErr == nil {

@@ -60,23 +60,24 @@ func recvBatch(rc syscall.RawConn, wait bool) (*readBatch, error) {
 	return b, nil
 }
 
-func sendBatch(rc syscall.RawConn, ps [][]byte, to []netip.AddrPort, v6 bool) error {
+func sendBatch(rc syscall.RawConn, ps [][]byte, to netip.AddrPort, v6 bool) error {
+	var sa syscall.Sockaddr
+	switch {
+	case !to.IsValid(): // a connected socket
+	case to.Addr().Is4() && !v6:
+		sa = &syscall.SockaddrInet4{Addr: to.Addr().As4(), Port: int(to.Port())}
+	default:
+		sa = &syscall.SockaddrInet6{Addr: to.Addr().As16(), Port: int(to.Port())}
+	}
 	var first error
-	for i, p := range ps {
+	for _, p := range ps {
 		var werr error
 		err := rc.Write(func(fd uintptr) bool {
-			if to == nil {
+			if sa == nil {
 				_, werr = syscall.Write(int(fd), p)
-				return true
-			}
-			a := to[i]
-			var sa syscall.Sockaddr
-			if a.Addr().Is4() && !v6 {
-				sa = &syscall.SockaddrInet4{Addr: a.Addr().As4(), Port: int(a.Port())}
 			} else {
-				sa = &syscall.SockaddrInet6{Addr: a.Addr().As16(), Port: int(a.Port())}
+				werr = syscall.Sendto(int(fd), p, 0, sa)
 			}
-			werr = syscall.Sendto(int(fd), p, 0, sa)
 			return true
 		})
 		if err == nil {

@@ -4,7 +4,6 @@ import (
 	"errors"
 	"net"
 	"net/netip"
-	"sync"
 	"syscall"
 )
 
@@ -14,9 +13,8 @@ import (
 // with UDP GRO on Linux), and each flow's answers go out in batches (sendmmsg with UDP GSO)
 // without waiting: what the socket cannot take now is dropped.
 type SharedUDPSocket struct {
-	c  *net.UDPConn
 	rc syscall.RawConn
-	v6 bool
+	v6 bool // an IPv6 socket: destinations are written as IPv6 addresses
 }
 
 // NewSharedUDPSocket takes c for batched reads and writes; c stays the caller's to close.
@@ -25,7 +23,7 @@ func NewSharedUDPSocket(c *net.UDPConn) (*SharedUDPSocket, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &SharedUDPSocket{c: c, rc: rc}
+	s := &SharedUDPSocket{rc: rc}
 	if a, ok := c.LocalAddr().(*net.UDPAddr); ok {
 		s.v6 = a.IP.To4() == nil
 	}
@@ -49,18 +47,9 @@ func (s *SharedUDPSocket) ReadLoop(fn func(ps [][]byte, from []netip.AddrPort)) 
 	}
 }
 
-var toSlices = sync.Pool{New: func() any { s := make([]netip.AddrPort, 0, 64); return &s }}
-
 // WriteTo sends ps to to without waiting; what the socket cannot take now is dropped.
 func (s *SharedUDPSocket) WriteTo(ps [][]byte, to netip.AddrPort) error {
-	tp := toSlices.Get().(*[]netip.AddrPort)
-	dst := (*tp)[:0]
-	for range ps {
-		dst = append(dst, to)
-	}
-	err := sendBatch(s.rc, ps, dst, s.v6)
-	*tp = dst
-	toSlices.Put(tp)
+	err := sendBatch(s.rc, ps, to, s.v6)
 	if errors.Is(err, syscall.EAGAIN) {
 		return nil
 	}

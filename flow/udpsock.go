@@ -4,7 +4,6 @@ import (
 	"errors"
 	"net"
 	"net/netip"
-	"sync"
 	"sync/atomic"
 	"syscall"
 )
@@ -19,14 +18,13 @@ type UDPSocket struct {
 	c      *net.UDPConn
 	rc     syscall.RawConn
 	parker *Parker // nil: a goroutine waits in the netpoller instead
-	v6     bool
 
 	closing atomic.Bool // Close has begun: no park, no out, no ended
 
-	mu    sync.Mutex
+	// Set by Start before the first read; read by the one reading goroutine at a time
+	// (Start's, then each one the parker wakes).
 	out   func([][]byte)
 	ended func(error)
-	done  bool // ended was called, or Close
 }
 
 var _ PacketConn = (*UDPSocket)(nil)
@@ -39,23 +37,18 @@ func NewUDPSocket(c *net.UDPConn, p *Parker) (*UDPSocket, error) {
 		return nil, err
 	}
 	s := &UDPSocket{c: c, rc: rc, parker: p}
-	if a, ok := c.LocalAddr().(*net.UDPAddr); ok {
-		s.v6 = a.IP.To4() == nil
-	}
 	enableGRO(rc)
 	return s, nil
 }
 
-// Start begins delivering the socket's packets to out.
+// Start begins delivering the socket's packets to out. After Close it does nothing (a read
+// it starts as Close begins finds closing set and ends).
 func (s *UDPSocket) Start(out func(ps [][]byte), ended func(error)) {
-	s.mu.Lock()
-	if s.done {
-		s.mu.Unlock()
+	if s.closing.Load() {
 		return
 	}
 	s.out, s.ended = out, ended
-	s.mu.Unlock()
-	go s.read()
+	spawn(s.read)
 }
 
 // read delivers what the socket holds, batch after batch, then waits for more: parked (the
@@ -85,28 +78,23 @@ func (s *UDPSocket) read() {
 	}
 }
 
-func (s *UDPSocket) wake() { go s.read() }
+func (s *UDPSocket) wake() { spawn(s.read) }
 
 // fail ends the socket's side of the flow with err (ECONNREFUSED: the port is
-// unreachable), unless Close came first.
+// unreachable), unless Close came first. It runs once: the read that calls it is the last.
 func (s *UDPSocket) fail(err error) {
-	s.mu.Lock()
-	if s.done || s.closing.Load() {
-		s.mu.Unlock()
+	if s.closing.Load() {
 		return
 	}
-	s.done = true
-	ended := s.ended
-	s.mu.Unlock()
 	if errors.Is(err, net.ErrClosed) {
 		err = nil
 	}
-	ended(err)
+	s.ended(err)
 }
 
 // WritePackets sends ps to the destination, dropping what the socket cannot take now.
 func (s *UDPSocket) WritePackets(ps [][]byte) error {
-	err := sendBatch(s.rc, ps, nil, s.v6)
+	err := sendBatch(s.rc, ps, netip.AddrPort{}, false)
 	if errors.Is(err, syscall.ECONNREFUSED) {
 		return err // the destination's port is unreachable: the flow ends
 	}
@@ -118,9 +106,6 @@ func (s *UDPSocket) Close(error) {
 	if s.closing.Swap(true) {
 		return
 	}
-	s.mu.Lock()
-	s.done = true
-	s.mu.Unlock()
 	// A parked socket leaves the parker before it is closed, so that no later socket that
 	// reuses its descriptor number is taken for it.
 	if s.parker != nil {
@@ -128,6 +113,3 @@ func (s *UDPSocket) Close(error) {
 	}
 	_ = s.c.Close()
 }
-
-// LocalAddr is the socket's address.
-func (s *UDPSocket) LocalAddr() netip.AddrPort { return s.c.LocalAddr().(*net.UDPAddr).AddrPort() }
