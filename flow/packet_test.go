@@ -81,15 +81,14 @@ func (f *fakePacketConn) waitGot(t *testing.T, n int) [][]byte {
 	}
 }
 
-// udpEcho serves a UDP port that sends every packet back; it counts what it got.
-func udpEcho(t *testing.T) (*net.UDPConn, *int64) {
+// udpEcho serves a UDP port that sends every packet back.
+func udpEcho(t *testing.T) *net.UDPConn {
 	t.Helper()
 	c, err := net.ListenUDP("udp", &net.UDPAddr{IP: net.IPv4(127, 0, 0, 1)})
 	if err != nil {
 		t.Fatal(err)
 	}
 	_ = c.SetReadBuffer(4 << 20)
-	var n int64
 	go func() {
 		buf := make([]byte, MaxUDPPacket)
 		for {
@@ -97,12 +96,11 @@ func udpEcho(t *testing.T) (*net.UDPConn, *int64) {
 			if err != nil {
 				return
 			}
-			n++
 			_, _ = c.WriteToUDPAddrPort(buf[:k], from)
 		}
 	}()
 	t.Cleanup(func() { _ = c.Close() })
-	return c, &n
+	return c
 }
 
 func dialUDPSocket(t *testing.T, to net.Addr, p *Parker) *UDPSocket {
@@ -132,7 +130,7 @@ func TestRelayPacketsUDPSocket(t *testing.T) {
 				t.Skip("no parker here")
 			}
 		}
-		echoSrv, _ := udpEcho(t)
+		echoSrv := udpEcho(t)
 		sock := dialUDPSocket(t, echoSrv.LocalAddr(), p)
 		app := newFakePacketConn()
 		done := make(chan error, 1)
