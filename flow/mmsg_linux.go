@@ -307,8 +307,15 @@ func putSockaddr(sa *unix.RawSockaddrInet6, a netip.AddrPort, v6 bool) uint32 {
 	return unix.SizeofSockaddrInet6
 }
 
-// enableGRO asks the kernel to join a flow's packets on rc's socket (UDP_GRO); where it
-// cannot, packets come one per message, which recvBatch reads as well.
-func enableGRO(rc syscall.RawConn) {
-	_ = rc.Control(func(fd uintptr) { _ = unix.SetsockoptInt(int(fd), unix.IPPROTO_UDP, unix.UDP_GRO, 1) })
+// EnableGRO asks the kernel to join a flow's packets on rc's UDP socket (UDP_GRO), and
+// says whether it would not; where it cannot, packets come one per message, which
+// recvBatch reads as well.
+func EnableGRO(rc syscall.RawConn) error {
+	var serr error
+	if err := rc.Control(func(fd uintptr) {
+		serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_UDP, unix.UDP_GRO, 1)
+	}); err != nil {
+		return err
+	}
+	return serr
 }

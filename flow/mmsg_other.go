@@ -90,4 +90,5 @@ func sendBatch(rc syscall.RawConn, ps [][]byte, to netip.AddrPort, v6 bool) erro
 	return first
 }
 
-func enableGRO(syscall.RawConn) {}
+// EnableGRO: UDP GRO is a Linux socket option.
+func EnableGRO(syscall.RawConn) error { return errors.ErrUnsupported }

@@ -27,7 +27,7 @@ func NewSharedUDPSocket(c *net.UDPConn) (*SharedUDPSocket, error) {
 	if a, ok := c.LocalAddr().(*net.UDPAddr); ok {
 		s.v6 = a.IP.To4() == nil
 	}
-	enableGRO(rc)
+	_ = EnableGRO(rc) // without it, a packet a message
 	return s, nil
 }
 

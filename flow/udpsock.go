@@ -37,7 +37,7 @@ func NewUDPSocket(c *net.UDPConn, p *Parker) (*UDPSocket, error) {
 		return nil, err
 	}
 	s := &UDPSocket{c: c, rc: rc, parker: p}
-	enableGRO(rc)
+	_ = EnableGRO(rc) // without it, a packet a message
 	return s, nil
 }
 

@@ -43,10 +43,7 @@ func withGRO(conn *net.UDPConn) net.PacketConn {
 	if err != nil {
 		return conn
 	}
-	var serr error
-	if err := rc.Control(func(fd uintptr) {
-		serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_UDP, unix.UDP_GRO, 1)
-	}); err != nil || serr != nil {
+	if flow.EnableGRO(rc) != nil {
 		return conn
 	}
 	c := &groConn{UDPConn: conn, pc: ipv4.NewPacketConn(conn), msgs: make([]ipv4.Message, groBatch)}
