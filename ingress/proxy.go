@@ -158,8 +158,7 @@ type Proxy struct {
 	ln    net.Listener
 	name  string // "-D bind:port", with the bound port
 	tun   Tunnel
-	udp   UDPTunnel // nil: no UDP ASSOCIATE
-	cfg   ProxyConfig
+	cfg   ProxyConfig // cfg.UDP nil: no UDP ASSOCIATE
 	opt   Options
 	log   *logrus.Entry
 	flows *flow.Group
@@ -202,7 +201,6 @@ func NewProxy(ln net.Listener, t Tunnel, opt Options, cfg ProxyConfig) *Proxy {
 		ln:    ln,
 		name:  "-D " + ln.Addr().String(),
 		tun:   t,
-		udp:   cfg.UDP,
 		cfg:   cfg,
 		opt:   opt,
 		log:   opt.logger().WithField("listen", ln.Addr().String()),

@@ -29,7 +29,7 @@ const maxAssociationTargets = 64
 // dropped, as RFC 1928 allows. The association ends with its control connection.
 func (p *Proxy) serveAssociate(conn net.Conn, local flow.Conn, peer string) {
 	defer p.flows.Done()
-	ut := p.udp
+	ut := p.cfg.UDP
 	if ut == nil {
 		_, _ = conn.Write(socksReply(socksCommandNotSupported, nil))
 		closeAfterReply(conn, local)
@@ -56,7 +56,7 @@ func (p *Proxy) serveAssociate(conn net.Conn, local flow.Conn, peer string) {
 	}
 	ctx, cancel := context.WithCancel(p.flows.Context())
 	a := &association{
-		ctx: ctx, tun: ut, uc: uc, shared: shared, name: p.name, peer: peer,
+		ctx: ctx, tun: ut, shared: shared, name: p.name, peer: peer,
 		client: conn.RemoteAddr().(*net.TCPAddr).AddrPort().Addr().Unmap(),
 		flows:  map[string]*associationFlow{},
 		log:    p.log.WithFields(logrus.Fields{"peer": peer, "proto": "socks5 udp", "udp": uc.LocalAddr().String()}),
@@ -72,7 +72,7 @@ func (p *Proxy) serveAssociate(conn net.Conn, local flow.Conn, peer string) {
 	})
 	a.log.Debug("socks5 UDP association open")
 	a.wg = &wg
-	_ = shared.ReadLoop(func(ps [][]byte, from []netip.AddrPort) { a.route(ps, from) })
+	_ = shared.ReadLoop(a.route)
 	cancel()
 	stop()
 	_ = uc.Close()
@@ -85,7 +85,6 @@ func (p *Proxy) serveAssociate(conn net.Conn, local flow.Conn, peer string) {
 type association struct {
 	ctx    context.Context
 	tun    UDPTunnel
-	uc     *net.UDPConn
 	shared *flow.SharedUDPSocket
 	name   string // the -D ingress
 	peer   string
@@ -164,10 +163,8 @@ func (a *association) open(f *associationFlow) {
 		return
 	}
 	a.wg.Add(1)
-	flow.RelayPackets(a.ctx, &f.sharedFlow, tun, flow.PacketRelayOptions{}, func(flow.PacketStats, error) {
-		defer a.wg.Done()
-		a.remove(f)
-	})
+	// The relay closes f when the flow ends, which removes it (onClose).
+	flow.RelayPackets(a.ctx, &f.sharedFlow, tun, flow.PacketRelayOptions{}, func(flow.PacketStats, error) { a.wg.Done() })
 }
 
 // answer sends the target's packets to the client, each after the header that names the

@@ -240,9 +240,9 @@ func (u *UDPPort) open(s *udpSource) {
 		return
 	}
 	u.wg.Add(1) // the relay's: Serve and Close wait for the flows to end
+	// The relay closes s when the flow ends, which removes it (onClose).
 	flow.RelayPackets(u.ctx, &s.sharedFlow, tun, flow.PacketRelayOptions{}, func(st flow.PacketStats, err error) {
 		defer u.wg.Done()
-		u.remove(s)
 		u.logEnd(s, err, st.AtoB, st.BtoA)
 	})
 }

@@ -75,5 +75,6 @@ func (f *sharedFlow) WritePackets(ps [][]byte) error {
 	return nil
 }
 
-// Close forgets the flow. The app hears nothing, as a UDP app behind a NAT does not.
+// Close forgets the flow (the relay closes it when the flow ends). The app hears nothing, as
+// a UDP app behind a NAT does not.
 func (f *sharedFlow) Close(error) { f.onClose() }
