@@ -53,10 +53,26 @@ func TCPDialer(idle time.Duration) *net.Dialer {
 }
 
 // TCPListenConfig is a net.ListenConfig whose accepted sockets keep alive as
-// KeepAliveConfig(idle) says.
+// KeepAliveConfig(idle) says. On Linux the settings are made once, on the listener, which
+// every accepted socket inherits (keepalive_linux.go): a new flow costs four system calls
+// fewer.
 func TCPListenConfig(idle time.Duration) net.ListenConfig {
 	ka := KeepAliveConfig(idle)
-	return net.ListenConfig{KeepAliveConfig: ka, KeepAlive: keepAliveField(ka), Control: userTimeout(ka)}
+	if !ka.Enable || !listenerKeepAlive {
+		return net.ListenConfig{KeepAliveConfig: ka, KeepAlive: keepAliveField(ka), Control: userTimeout(ka)}
+	}
+	ms := int(UserTimeout(ka).Milliseconds())
+	return net.ListenConfig{KeepAlive: -1, Control: func(_, _ string, c syscall.RawConn) error {
+		var serr error
+		if err := c.Control(func(fd uintptr) {
+			if serr = setUserTimeout(int(fd), ms); serr == nil {
+				serr = setKeepAlive(int(fd), ka)
+			}
+		}); err != nil {
+			return err
+		}
+		return serr
+	}}
 }
 
 // UserTimeout is how long a TCP end of a flow may leave bytes unacknowledged before it

@@ -17,7 +17,7 @@
 //     (flow.Group);
 //   - -L ports (ports.go): a kernel TCP listener per forward, ssh -L's syntax, accepted
 //     sockets with TCP keepalive (set once on the listener, which Linux copies to each
-//     accepted socket: listen_linux.go);
+//     accepted socket: flow.TCPListenConfig);
 //   - the TUN ingress (tun.go): a TUN device (package tun) whose TCP flows a gVisor netstack
 //     (package netstack) terminates, each answered only once the server has reached its
 //     destination; UDP 5-tuples become UDP flows (tunudp.go); DNS queries to TUNConfig.DNS

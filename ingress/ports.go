@@ -134,7 +134,7 @@ var _ Ingress = (*Port)(nil)
 
 // ListenPort binds f's local address.
 func ListenPort(f LocalForward, t Tunnel, opt Options) (*Port, error) {
-	lc := listenConfig(opt.TCPKeepAlive)
+	lc := flow.TCPListenConfig(opt.TCPKeepAlive)
 	ln, err := lc.Listen(context.Background(), "tcp", f.Bind.String())
 	if err != nil {
 		return nil, fmt.Errorf("ingress: -L %s: %w", f, err)

@@ -176,7 +176,7 @@ var _ Ingress = (*Proxy)(nil)
 // and returns the proxy on it, which carries UDP ASSOCIATE's datagrams through t as well
 // unless cfg.UDP says otherwise.
 func ListenProxy(f DynamicForward, t ProxyTunnel, opt Options, cfg ProxyConfig) (*Proxy, error) {
-	lc := listenConfig(opt.TCPKeepAlive)
+	lc := flow.TCPListenConfig(opt.TCPKeepAlive)
 	ln, err := lc.Listen(context.Background(), "tcp", f.Bind.String())
 	if err != nil {
 		return nil, fmt.Errorf("ingress: -D %s: %w", f, err)

@@ -1,4 +1,4 @@
-package ingress
+package flow
 
 import (
 	"context"
@@ -7,16 +7,14 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
-
-	"github.com/quicgate/quicgate/flow"
 )
 
 // TestAcceptedSocketsInheritKeepAlive: the keepalive settings and the user timeout set once
-// on a -L or -D listener are those of every socket it accepts (listenConfig), as if each
+// on a listener (TCPListenConfig: -L, -D, -R) are those of every socket it accepts, as if each
 // had been set on its own; and keepalive off leaves them off.
 func TestAcceptedSocketsInheritKeepAlive(t *testing.T) {
 	for _, keepalive := range []time.Duration{0, 7 * time.Second, -1} {
-		lc := listenConfig(keepalive)
+		lc := TCPListenConfig(keepalive)
 		ln, err := lc.Listen(context.Background(), "tcp", "127.0.0.1:0")
 		if err != nil {
 			t.Fatal(err)
@@ -29,7 +27,7 @@ func TestAcceptedSocketsInheritKeepAlive(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		ka := flow.KeepAliveConfig(keepalive)
+		ka := KeepAliveConfig(keepalive)
 		want := map[string]int{"SO_KEEPALIVE": 0, "TCP_USER_TIMEOUT": 0}
 		if ka.Enable {
 			want = map[string]int{
@@ -37,7 +35,7 @@ func TestAcceptedSocketsInheritKeepAlive(t *testing.T) {
 				"TCP_KEEPIDLE":     seconds(ka.Idle),
 				"TCP_KEEPINTVL":    seconds(ka.Interval), // rounded up, as net.KeepAliveConfig does
 				"TCP_KEEPCNT":      ka.Count,
-				"TCP_USER_TIMEOUT": int(flow.UserTimeout(ka) / time.Millisecond),
+				"TCP_USER_TIMEOUT": int(UserTimeout(ka) / time.Millisecond),
 			}
 		}
 		opts := map[string][2]int{
