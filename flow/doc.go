@@ -17,8 +17,7 @@
 //     (which the tunnel's own errors match), and Result, the name logs and metrics give it;
 //   - TCP keepalive for a flow's kernel sockets (keepalive.go): KeepAliveConfig, TCPDialer,
 //     TCPListenConfig (on Linux set once on the listener, keepalive_linux.go), UserTimeout,
-//     and the defaults DefaultTCPKeepAlive and
-//     DefaultIdleTimeout;
+//     and the defaults DefaultTCPKeepAlive and DefaultIdleTimeout;
 //   - the one packet relay (packet.go): PacketConn, the contract every end of a UDP flow has
 //     (Start hands its packets over as they come, WritePackets sends a batch without
 //     waiting, except the tunnel's end, Close tells the peer why), RelayPackets, which joins
