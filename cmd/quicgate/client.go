@@ -14,6 +14,7 @@ import (
 
 	"github.com/quicgate/quicgate/ingress"
 	"github.com/quicgate/quicgate/quicmux"
+	"github.com/quicgate/quicgate/tun"
 )
 
 // slowConnect is how long the client waits for its first connection before it says it is
@@ -134,12 +135,13 @@ func (f *clientFlags) check() (*clientSpec, error) {
 }
 
 // mark is the firewall mark of the client's sockets: a TUN's routes are policy routing in
-// their own table, which the mark (the table's number) keeps the tunnel's own packets out of.
+// their own table, which the mark keeps the tunnel's own packets out of. It is the TUN
+// device's own (tun.Config.Mark): DefaultTable for --route-table 0, none for the main table.
 func (s *clientSpec) mark() uint32 {
 	if s.tunCfg == nil || len(s.tunCfg.Routes) == 0 {
 		return 0
 	}
-	return uint32(s.tunCfg.Table)
+	return tun.Config{Table: s.tunCfg.Table}.Mark()
 }
 
 // serverBypass keeps the address the client dials the server at off the TUN's routes
