@@ -184,7 +184,7 @@ type clientHooks struct {
 	ingress func(client *quicmux.Client, opt ingress.Options, log *logrus.Entry) (ingress.Ingress, error)
 	// connected, if set, runs once the client has connected and every ingress is ready,
 	// before they serve; an error stops the client.
-	connected func(log *logrus.Entry) error
+	connected func() error
 }
 
 // serveClient runs the client spec describes until ctx ends, then drains.
@@ -302,7 +302,7 @@ func serveClient(ctx context.Context, spec *clientSpec, stderr io.Writer, hooks 
 		log.WithFields(logrus.Fields{"remote_listen": f.Bind.String(), "target": f.Target.String()}).Info("reverse forwarding")
 	}
 	if hooks.connected != nil {
-		if err := hooks.connected(log); err != nil {
+		if err := hooks.connected(); err != nil {
 			return err
 		}
 	}
