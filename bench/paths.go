@@ -429,16 +429,7 @@ func (p *tunPath) Setup(ctx context.Context, env *Env) (DialFunc, error) {
 	}
 	id := strconv.Itoa(os.Getpid())
 	p.a, p.b = "qgbA"+id, "qgbB"+id
-	cmds := [][]string{
-		{"ip", "netns", "add", p.a}, {"ip", "netns", "add", p.b},
-		{"ip", "link", "add", "qgba" + id, "netns", p.a, "type", "veth", "peer", "name", "qgbb" + id, "netns", p.b},
-		// The veth is a same-host link like loopback, which -L rides: give it a like MTU, so
-		// that the two rows differ only by the TUN and the netstack.
-		{"ip", "-n", p.a, "link", "set", "qgba" + id, "mtu", "65535"}, {"ip", "-n", p.b, "link", "set", "qgbb" + id, "mtu", "65535"},
-		{"ip", "-n", p.a, "link", "set", "lo", "up"}, {"ip", "-n", p.b, "link", "set", "lo", "up"},
-		{"ip", "-n", p.a, "addr", "add", "10.201.0.1/24", "dev", "qgba" + id}, {"ip", "-n", p.a, "link", "set", "qgba" + id, "up"},
-		{"ip", "-n", p.b, "addr", "add", "10.201.0.2/24", "dev", "qgbb" + id}, {"ip", "-n", p.b, "link", "set", "qgbb" + id, "up"},
-		{"ip", "-n", p.b, "addr", "add", "10.98.0.5/32", "dev", "lo"},
+	if err := twoNamespaces(p.a, p.b, "qgba"+id, "qgbb"+id,
 		// Every flow of the rate test goes to the one echo address, and the side that
 		// closes first (the generator in A, the server's dialed socket in B) keeps each
 		// port in TIME_WAIT for a minute: at thousands of flows a second the ephemeral
@@ -446,13 +437,10 @@ func (p *tunPath) Setup(ctx context.Context, env *Env) (DialFunc, error) {
 		// server's profile). On loopback, where the -L, -D and ssh rows run, the kernel's
 		// default (tcp_tw_reuse=2) reuses such ports; 10.98.0.5 is no loopback address,
 		// so these namespaces get the same reuse for all addresses.
-		{"ip", "netns", "exec", p.a, "sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1"},
-		{"ip", "netns", "exec", p.b, "sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1"},
-	}
-	for _, c := range cmds {
-		if out, err := exec.Command(c[0], c[1:]...).CombinedOutput(); err != nil {
-			return nil, fmt.Errorf("%s: %v: %s", strings.Join(c, " "), err, out)
-		}
+		[]string{"ip", "netns", "exec", p.a, "sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1"},
+		[]string{"ip", "netns", "exec", p.b, "sysctl", "-qw", "net.ipv4.tcp_tw_reuse=1"},
+	); err != nil {
+		return nil, err
 	}
 	var err error
 	p.dests, err = StartProc("destinations in B", exec.Command("ip", "netns", "exec", p.b, env.Self, "serve", "--ip", "10.98.0.5"))
@@ -505,6 +493,39 @@ func (p *tunPath) Setup(ctx context.Context, env *Env) (DialFunc, error) {
 	}, nil
 }
 
+// twoNamespaces makes network namespaces a and b (the TUN row's topology, which the UDP
+// rows through a TUN share): a veth pair, va in a at 10.201.0.1/24 and vb in b at
+// 10.201.0.2/24, loopback up in both, and 10.98.0.5 on b's loopback for the destinations.
+// Then it runs the commands extra. delNetns removes the namespaces, also after a failure.
+func twoNamespaces(a, b, va, vb string, extra ...[]string) error {
+	cmds := [][]string{
+		{"ip", "netns", "add", a}, {"ip", "netns", "add", b},
+		{"ip", "link", "add", va, "netns", a, "type", "veth", "peer", "name", vb, "netns", b},
+		// The veth is a same-host link like loopback, which -L rides: give it a like MTU, so
+		// that the two rows differ only by the TUN and the netstack.
+		{"ip", "-n", a, "link", "set", va, "mtu", "65535"}, {"ip", "-n", b, "link", "set", vb, "mtu", "65535"},
+		{"ip", "-n", a, "link", "set", "lo", "up"}, {"ip", "-n", b, "link", "set", "lo", "up"},
+		{"ip", "-n", a, "addr", "add", "10.201.0.1/24", "dev", va}, {"ip", "-n", a, "link", "set", va, "up"},
+		{"ip", "-n", b, "addr", "add", "10.201.0.2/24", "dev", vb}, {"ip", "-n", b, "link", "set", vb, "up"},
+		{"ip", "-n", b, "addr", "add", "10.98.0.5/32", "dev", "lo"},
+	}
+	for _, c := range append(cmds, extra...) {
+		if out, err := exec.Command(c[0], c[1:]...).CombinedOutput(); err != nil {
+			return fmt.Errorf("%s: %v: %s", strings.Join(c, " "), err, out)
+		}
+	}
+	return nil
+}
+
+// delNetns deletes the network namespaces named (those not "").
+func delNetns(names ...string) {
+	for _, ns := range names {
+		if ns != "" {
+			_ = exec.Command("ip", "netns", "del", ns).Run()
+		}
+	}
+}
+
 // dialInNetns creates the socket on a thread inside ns; once made, it works from anywhere.
 func dialInNetns(ctx context.Context, ns netns.NsHandle, addr string) (c net.Conn, err error) {
 	err = inNetns(ns, func() error {
@@ -540,9 +561,5 @@ func (p *tunPath) Close() {
 	if p.nsA != 0 {
 		_ = p.nsA.Close()
 	}
-	for _, ns := range []string{p.a, p.b} {
-		if ns != "" {
-			_ = exec.Command("ip", "netns", "del", ns).Run()
-		}
-	}
+	delNetns(p.a, p.b)
 }

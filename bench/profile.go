@@ -91,14 +91,8 @@ func (p *Proc) fetchProfile(ctx context.Context, secs int, file string) error {
 			return err
 		}
 		defer ns.Close()
-		dial = func(ctx context.Context, network, addr string) (c net.Conn, err error) {
-			err = inNetns(ns, func() error {
-				var d net.Dialer
-				c, err = d.DialContext(ctx, network, addr)
-				return err
-			})
-			return c, err
-		}
+		// HTTP dials "tcp" only, which dialInNetns does.
+		dial = func(ctx context.Context, _, addr string) (net.Conn, error) { return dialInNetns(ctx, ns, addr) }
 	}
 	client := &http.Client{Transport: &http.Transport{DialContext: dial}}
 	url := fmt.Sprintf("http://%s/debug/pprof/profile?seconds=%d", p.pprofAddr, secs)

@@ -21,10 +21,7 @@ type Options struct {
 	FlowsOnly bool
 	// FlowWorkers is how many workers open flows in the flow-rate measurement; 0 means 8.
 	FlowWorkers int
-	// Profile, if set, is where CPU profiles of quicgate's processes go, taken during the
-	// flow-rate measurement (Env.Profile; the caller sets both).
-	Profile  string
-	Progress io.Writer
+	Progress    io.Writer
 }
 
 // DefaultOptions are the default and quick sizes.
@@ -85,7 +82,7 @@ func runPath(ctx context.Context, env *Env, p Path, opt Options) Result {
 		return fail("warm-up", err)
 	}
 	measureRate := func() error {
-		return profileWhile(ctx, opt.Profile, p, opt.Measure, opt.Progress, func() (err error) {
+		return profileWhile(ctx, env.Profile, p, opt.Measure, opt.Progress, func() (err error) {
 			workers := opt.FlowWorkers
 			if workers <= 0 {
 				workers = 8

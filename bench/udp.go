@@ -259,18 +259,28 @@ func udpThroughTUN(ctx context.Context, env *Env, opt Options, measure udpMeasur
 		}
 		return []UDPResult{{Path: name, Error: err.Error()}}
 	}
-	nsB, err := netns.GetFromName(p.b)
-	if err != nil {
+	if err := measureAcross(name, p.nsA, p.b, opt, measure); err != nil {
 		return []UDPResult{{Path: name, Error: err.Error()}}
+	}
+	return nil
+}
+
+// measureAcross measures UDP through a tunnel in the TUN row's topology (twoNamespaces):
+// the sink on 10.98.0.5 in namespace b, the sender's sockets made in nsA. An error is one
+// before the measurement.
+func measureAcross(name string, nsA netns.NsHandle, b string, opt Options, measure udpMeasure) error {
+	nsB, err := netns.GetFromName(b)
+	if err != nil {
+		return err
 	}
 	defer nsB.Close()
 	var sink *UDPSink
 	if err := inNetns(nsB, func() (err error) { sink, err = ListenUDPSink("10.98.0.5:0"); return err }); err != nil {
-		return []UDPResult{{Path: name, Error: err.Error()}}
+		return err
 	}
 	defer sink.Close()
 	dial := func() (c net.Conn, err error) {
-		err = inNetns(p.nsA, func() error { c, err = net.Dial("udp", sink.Addr()); return err })
+		err = inNetns(nsA, func() error { c, err = net.Dial("udp", sink.Addr()); return err })
 		return c, err
 	}
 	measure(name, dial, sink, min(opt.Measure, udpTUNWindow))

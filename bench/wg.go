@@ -6,7 +6,6 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"os/signal"
@@ -49,25 +48,10 @@ func udpThroughWireGuard(ctx context.Context, env *Env, opt Options, measure udp
 	}
 	id := strconv.Itoa(os.Getpid())
 	a, b := "qgwA"+id, "qgwB"+id
-	defer func() {
-		for _, ns := range []string{a, b} {
-			_ = exec.Command("ip", "netns", "del", ns).Run()
-		}
-	}()
+	defer delNetns(a, b)
 	fail := func(err error) []UDPResult { return []UDPResult{{Path: name, Error: err.Error()}} }
-	cmds := [][]string{
-		{"ip", "netns", "add", a}, {"ip", "netns", "add", b},
-		{"ip", "link", "add", "qgwa" + id, "netns", a, "type", "veth", "peer", "name", "qgwb" + id, "netns", b},
-		{"ip", "-n", a, "link", "set", "qgwa" + id, "mtu", "65535"}, {"ip", "-n", b, "link", "set", "qgwb" + id, "mtu", "65535"},
-		{"ip", "-n", a, "link", "set", "lo", "up"}, {"ip", "-n", b, "link", "set", "lo", "up"},
-		{"ip", "-n", a, "addr", "add", "10.201.0.1/24", "dev", "qgwa" + id}, {"ip", "-n", a, "link", "set", "qgwa" + id, "up"},
-		{"ip", "-n", b, "addr", "add", "10.201.0.2/24", "dev", "qgwb" + id}, {"ip", "-n", b, "link", "set", "qgwb" + id, "up"},
-		{"ip", "-n", b, "addr", "add", "10.98.0.5/32", "dev", "lo"},
-	}
-	for _, c := range cmds {
-		if out, err := exec.Command(c[0], c[1:]...).CombinedOutput(); err != nil {
-			return fail(fmt.Errorf("%s: %v: %s", strings.Join(c, " "), err, out))
-		}
+	if err := twoNamespaces(a, b, "qgwa"+id, "qgwb"+id); err != nil {
+		return fail(err)
 	}
 	privA, pubA, err := wgKeys()
 	if err != nil {
@@ -108,21 +92,9 @@ func udpThroughWireGuard(ctx context.Context, env *Env, opt Options, measure udp
 		return fail(err)
 	}
 	defer nsA.Close()
-	nsB, err := netns.GetFromName(b)
-	if err != nil {
+	if err := measureAcross(name, nsA, b, opt, measure); err != nil {
 		return fail(err)
 	}
-	defer nsB.Close()
-	var sink *UDPSink
-	if err := inNetns(nsB, func() (err error) { sink, err = ListenUDPSink("10.98.0.5:0"); return err }); err != nil {
-		return fail(err)
-	}
-	defer sink.Close()
-	dial := func() (c net.Conn, err error) {
-		err = inNetns(nsA, func() error { c, err = net.Dial("udp", sink.Addr()); return err })
-		return c, err
-	}
-	measure(name, dial, sink, min(opt.Measure, udpTUNWindow))
 	return nil
 }
 

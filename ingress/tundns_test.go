@@ -17,6 +17,8 @@ import (
 	"golang.org/x/net/dns/dnsmessage"
 
 	"github.com/quicgate/quicgate/flow"
+	"github.com/quicgate/quicgate/internal/looptest"
+	"github.com/quicgate/quicgate/internal/quicmuxtest"
 	"github.com/quicgate/quicgate/netstack"
 	"github.com/quicgate/quicgate/netstack/memtun"
 	"github.com/quicgate/quicgate/quicmux"
@@ -44,10 +46,7 @@ func newTUNDNSRig(t *testing.T) (*netstack.Stack, *countingResolver, *TUN) {
 	if err := os.WriteFile(hosts, []byte("192.0.2.7 far.internal\n2001:db8::7 far.internal\n192.0.2.8 secret.internal\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	rules, err := quicmux.ParseRules([]string{"far.internal:80"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	rules := quicmuxtest.Rules(t, "far.internal:80")
 	nx := resolverFunc(func(_ context.Context, _, host string) ([]netip.Addr, error) {
 		return nil, &net.DNSError{Err: "no such host", Name: host, IsNotFound: true}
 	})
@@ -75,11 +74,8 @@ func newTUNDNSRig(t *testing.T) (*netstack.Stack, *countingResolver, *TUN) {
 	return app, res, ing
 }
 
-type resolverFunc func(ctx context.Context, network, host string) ([]netip.Addr, error)
-
-func (f resolverFunc) LookupNetIP(ctx context.Context, network, host string) ([]netip.Addr, error) {
-	return f(ctx, network, host)
-}
+// resolverFunc adapts a function to quicmux.Resolver.
+type resolverFunc = looptest.ResolverFunc
 
 func dnsQuery(t *testing.T, id uint16, name string, typ dnsmessage.Type) []byte {
 	t.Helper()

@@ -13,6 +13,7 @@ import (
 	"gvisor.dev/gvisor/pkg/tcpip/header"
 
 	"github.com/quicgate/quicgate/flow"
+	"github.com/quicgate/quicgate/internal/quicmuxtest"
 	"github.com/quicgate/quicgate/netstack"
 	"github.com/quicgate/quicgate/netstack/memtun"
 	"github.com/quicgate/quicgate/quicmux"
@@ -40,10 +41,7 @@ func icmpEcho4(src, dst netip.Addr, typ uint8, id, seq uint16, payload []byte) [
 // (127.0.0.1, which an address rule allows); the reply is the request turned around. A
 // ping the server's policy denies goes unanswered.
 func TestTUNEcho(t *testing.T) {
-	rules, err := quicmux.ParseRules([]string{"127.0.0.1:22"})
-	if err != nil {
-		t.Fatal(err)
-	}
+	rules := quicmuxtest.Rules(t, "127.0.0.1:22")
 	_, client := startTunnel(t, quicmux.ServerConfig{Policy: rules}, quicmux.ClientConfig{DialTimeout: 5 * time.Second}, nil)
 	if _, err := client.Echo(context.Background(), netip.MustParseAddr("127.0.0.1"), nil); errors.Is(err, quicmux.ErrUnreachable) {
 		t.Skip("this host allows no ICMP socket (net.ipv4.ping_group_range, CAP_NET_RAW)")

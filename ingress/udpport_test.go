@@ -20,6 +20,7 @@ import (
 	logtest "github.com/sirupsen/logrus/hooks/test"
 
 	"github.com/quicgate/quicgate/flow"
+	"github.com/quicgate/quicgate/internal/quicmuxtest"
 	"github.com/quicgate/quicgate/quicmux"
 )
 
@@ -72,10 +73,7 @@ type udpRigConfig struct {
 func newUDPRig(t *testing.T, cfg udpRigConfig) *udpRig {
 	t.Helper()
 	r := &udpRig{t: t, echo: udpEchoServer(t), tcpEcho: tcpEchoServer(t), reg: prometheus.NewRegistry()}
-	rules, err := quicmux.ParseRules([]string{"udp:" + r.echo, "udp:127.0.0.1:9", "tcp:" + r.tcpEcho})
-	if err != nil {
-		t.Fatal(err)
-	}
+	rules := quicmuxtest.Rules(t, "udp:"+r.echo, "udp:127.0.0.1:9", "tcp:"+r.tcpEcho)
 	m, err := quicmux.NewMetrics(r.reg, "server")
 	if err != nil {
 		t.Fatal(err)

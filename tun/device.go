@@ -55,6 +55,7 @@ type Device struct {
 	nl     *netlink.Handle
 	routes []*netlink.Route // MainTable: the routes to remove on Close
 	policy *policyRouting   // nil: MainTable, or FromFD
+	mark   uint32           // Config.Mark; 0 for FromFD
 	log    *logrus.Entry
 
 	closeOnce sync.Once
@@ -121,6 +122,17 @@ func (cfg Config) table() int {
 	return cfg.Table
 }
 
+// Mark is the firewall mark (SO_MARK) the tunnel's own sockets must carry so that their
+// packets bypass a device Open makes with cfg and take the host's routes: the routing
+// table's number (DefaultTable for 0), and 0 for MainTable, which has no rule to bypass.
+// Device.Mark is this, for the device Open made.
+func (cfg Config) Mark() uint32 {
+	if t := cfg.table(); t != MainTable {
+		return uint32(t)
+	}
+	return 0
+}
+
 // Open creates the device, sets its MTU, addresses and routes, and brings it up. With a
 // table of its own (every Table but MainTable) it first takes the table's lock and clears
 // what a quicgate that died left there, then sets up policy routing (policy.go). On any
@@ -137,7 +149,7 @@ func Open(cfg Config) (*Device, error) {
 	if err != nil {
 		return nil, fmt.Errorf("tun: netlink: %w", err)
 	}
-	d := &Device{nl: h, name: cfg.Name, log: log}
+	d := &Device{nl: h, name: cfg.Name, mark: cfg.Mark(), log: log}
 	if t := cfg.table(); t != MainTable {
 		if d.policy, err = openPolicy(h, t, log); err != nil {
 			h.Close()
@@ -211,14 +223,10 @@ func (d *Device) TUN() wgtun.Device { return d.dev }
 func (d *Device) Name() string { return d.name }
 
 // Mark is the firewall mark (SO_MARK) the tunnel's own sockets must carry so that their
-// packets bypass the device and take the host's routes: the routing table's number. It is
-// 0 for MainTable and for a device from FromFD, which have no rule to bypass.
-func (d *Device) Mark() uint32 {
-	if d.policy == nil {
-		return 0
-	}
-	return d.policy.mark()
-}
+// packets bypass the device and take the host's routes: its Config's Mark, the routing
+// table's number. It is 0 for MainTable and for a device from FromFD, which have no rule
+// to bypass.
+func (d *Device) Mark() uint32 { return d.mark }
 
 // Bypass keeps addrs, the addresses the tunnel's server is dialed at, off the device: a
 // throw route for each in the device's table, replacing those of an earlier call (see

@@ -66,6 +66,25 @@ func TestValidate(t *testing.T) {
 	}
 }
 
+// Mark is the table's number, DefaultTable's for Table 0, and none for MainTable.
+func TestConfigMark(t *testing.T) {
+	for _, tt := range []struct {
+		table int
+		want  uint32
+	}{
+		{0, DefaultTable},
+		{DefaultTable, DefaultTable},
+		{1, 1},
+		{100, 100},
+		{32765, 32765},
+		{MainTable, 0},
+	} {
+		if got := (Config{Table: tt.table}).Mark(); got != tt.want {
+			t.Errorf("Table %d: Mark %d, want %d", tt.table, got, tt.want)
+		}
+	}
+}
+
 // Open makes the device with its MTU, addresses and routes, up and batched: with a table of
 // its own, routes in that table and one rule per family; with MainTable, routes in the main
 // table, no rule and no mark. Close removes it all, and twice is fine.

@@ -14,6 +14,7 @@ import (
 
 	"github.com/quicgate/quicgate/ingress"
 	"github.com/quicgate/quicgate/quicmux"
+	"github.com/quicgate/quicgate/tun"
 )
 
 // slowConnect is how long the client waits for its first connection before it says it is
@@ -134,12 +135,13 @@ func (f *clientFlags) check() (*clientSpec, error) {
 }
 
 // mark is the firewall mark of the client's sockets: a TUN's routes are policy routing in
-// their own table, which the mark (the table's number) keeps the tunnel's own packets out of.
+// their own table, which the mark keeps the tunnel's own packets out of. It is the TUN
+// device's own (tun.Config.Mark): DefaultTable for --route-table 0, none for the main table.
 func (s *clientSpec) mark() uint32 {
 	if s.tunCfg == nil || len(s.tunCfg.Routes) == 0 {
 		return 0
 	}
-	return uint32(s.tunCfg.Table)
+	return tun.Config{Table: s.tunCfg.Table}.Mark()
 }
 
 // serverBypass keeps the address the client dials the server at off the TUN's routes
@@ -182,7 +184,7 @@ type clientHooks struct {
 	ingress func(client *quicmux.Client, opt ingress.Options, log *logrus.Entry) (ingress.Ingress, error)
 	// connected, if set, runs once the client has connected and every ingress is ready,
 	// before they serve; an error stops the client.
-	connected func(log *logrus.Entry) error
+	connected func() error
 }
 
 // serveClient runs the client spec describes until ctx ends, then drains.
@@ -300,7 +302,7 @@ func serveClient(ctx context.Context, spec *clientSpec, stderr io.Writer, hooks 
 		log.WithFields(logrus.Fields{"remote_listen": f.Bind.String(), "target": f.Target.String()}).Info("reverse forwarding")
 	}
 	if hooks.connected != nil {
-		if err := hooks.connected(log); err != nil {
+		if err := hooks.connected(); err != nil {
 			return err
 		}
 	}

@@ -7,6 +7,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/quicgate/quicgate/tun"
 )
 
 // testFlags is a flag set shaped like the client's: a string, a duration, a bool, and
@@ -94,4 +96,34 @@ func FuzzConfig(f *testing.F) {
 			t.Fatalf("error %v is not a usage error naming the file", err)
 		}
 	})
+}
+
+// The client's sockets carry the mark its TUN device's rule skips: the table's number,
+// DefaultTable's for --route-table 0, and none for the main table.
+func TestClientMark(t *testing.T) {
+	for _, tt := range []struct {
+		args []string
+		want uint32
+	}{
+		{nil, 0},
+		{[]string{"--tun", "qg0", "--route", "10.99.0.0/16"}, tun.DefaultTable},
+		{[]string{"--tun", "qg0", "--route", "10.99.0.0/16", "--route-table", "0"}, tun.DefaultTable},
+		{[]string{"--tun", "qg0", "--route", "10.99.0.0/16", "--route-table", "100"}, 100},
+		{[]string{"--tun", "qg0", "--route", "10.99.0.0/16", "--route-table", "254"}, 0},
+	} {
+		fs := flag.NewFlagSet("t", flag.ContinueOnError)
+		fs.SetOutput(io.Discard)
+		var tf tunFlags
+		tf.register(fs)
+		if err := fs.Parse(tt.args); err != nil {
+			t.Fatal(err)
+		}
+		c, err := tf.config()
+		if err != nil {
+			t.Fatalf("%q: %v", tt.args, err)
+		}
+		if got := (&clientSpec{tunCfg: c}).mark(); got != tt.want {
+			t.Errorf("%q: mark %d, want %d", tt.args, got, tt.want)
+		}
+	}
 }

@@ -2,7 +2,6 @@ package main
 
 import (
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -32,13 +31,8 @@ func newFullTopology(t *testing.T) *fullTopology {
 	t.Helper()
 	id := strconv.Itoa(os.Getpid())
 	tp := &fullTopology{a: "qgFA" + id, b: "qgFB" + id, c: "qgFC" + id}
-	t.Cleanup(func() {
-		for _, ns := range []string{tp.a, tp.b, tp.c} {
-			_ = exec.Command("ip", "netns", "del", ns).Run()
-		}
-	})
+	addNetns(t, tp.a, tp.b, tp.c)
 	for _, ns := range []string{tp.a, tp.b, tp.c} {
-		sh(t, "ip", "netns", "add", ns)
 		sh(t, "ip", "-n", ns, "link", "set", "lo", "up")
 	}
 	sh(t, "ip", "link", "add", "qgfa"+id, "netns", tp.a, "type", "veth", "peer", "name", "qgfb"+id, "netns", tp.b)

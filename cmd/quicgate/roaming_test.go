@@ -4,7 +4,6 @@ import (
 	"encoding/hex"
 	"fmt"
 	"os"
-	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -34,12 +33,7 @@ func newRoamTopology(t *testing.T) *roamTopology {
 	t.Helper()
 	id := strconv.Itoa(os.Getpid()) + "r" + strconv.Itoa(int(roamSeq.Add(1)))
 	tp := &roamTopology{a: "qgA" + id, b: "qgB" + id}
-	t.Cleanup(func() {
-		_ = exec.Command("ip", "netns", "del", tp.a).Run()
-		_ = exec.Command("ip", "netns", "del", tp.b).Run()
-	})
-	sh(t, "ip", "netns", "add", tp.a)
-	sh(t, "ip", "netns", "add", tp.b)
+	addNetns(t, tp.a, tp.b)
 	for i, link := range []string{"1", "2"} {
 		sh(t, "ip", "link", "add", "qga"+link+id, "netns", tp.a, "type", "veth", "peer", "name", "qgb"+link+id, "netns", tp.b)
 		subnet := "10.21" + strconv.Itoa(i) + ".0."
@@ -86,20 +80,17 @@ func TestRoaming(t *testing.T) {
 	privtest.Require(t, "ip")
 	const size, rate = 16 << 20, 4 << 20 // 4 s of transfer
 	want := demoBodySum(size)
+	linkDown := func(tp *roamTopology) []string { return []string{"ip", "-n", tp.a, "link", "set", "veth1", "down"} }
 	cases := []struct {
 		name       string
 		fullTunnel bool
 		fail       func(tp *roamTopology) []string // the command that breaks link 1
 		moved      bool                            // the client moves its path itself
 	}{
-		{"link down, -L", false, func(tp *roamTopology) []string { return []string{"ip", "-n", tp.a, "link", "set", "veth1", "down"} }, false},
-		{"link down, full tunnel", true, func(tp *roamTopology) []string { return []string{"ip", "-n", tp.a, "link", "set", "veth1", "down"} }, false},
-		{"captive, full tunnel", true, func(tp *roamTopology) []string {
-			return captive(tp)
-		}, true},
-		{"captive, -L", false, func(tp *roamTopology) []string {
-			return captive(tp)
-		}, true},
+		{"link down, -L", false, linkDown, false},
+		{"link down, full tunnel", true, linkDown, false},
+		{"captive, full tunnel", true, captive, true},
+		{"captive, -L", false, captive, true},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
@@ -125,13 +116,7 @@ func TestRoaming(t *testing.T) {
 				url = strings.Replace(url, roamDst, local, 1)
 			}
 
-			self, err := os.Executable()
-			if err != nil {
-				t.Fatal(err)
-			}
-			fetch := exec.Command("ip", "netns", "exec", tp.a, self)
-			fetch.Env = append(os.Environ(), "QUICGATE_TEST_FETCH="+url)
-			f := startProc(t, "fetch in "+tp.a, fetch)
+			f := startSelfIn(t, tp.a, "fetch", "QUICGATE_TEST_FETCH="+url)
 			// A quarter into the transfer, link 1 fails.
 			for {
 				if m := f.waitFor(t, "fetch progress"); m["bytes"].(float64) >= size/4 {

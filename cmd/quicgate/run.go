@@ -91,7 +91,7 @@ func runRun(args []string, stderr io.Writer) error {
 				}
 				return ingress.AdoptTUN(dev, fmt.Sprintf("run %d", s.PID()), cf.tun.mtu, dns, client, opt)
 			},
-			connected: func(*logrus.Entry) error { return s.Exec() },
+			connected: s.Exec,
 		})
 	})
 }

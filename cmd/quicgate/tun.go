@@ -70,7 +70,7 @@ func (t *tunFlags) config() (*ingress.TUNConfig, error) {
 		c.Exclude = append(c.Exclude, p)
 	}
 	if err := (tun.Config{Name: t.name, MTU: t.mtu, Addrs: addrs, Routes: c.Routes, Table: t.table, Exclude: c.Exclude}).Validate(); err != nil {
-		return nil, usageErr("%v", strings.TrimPrefix(err.Error(), "tun: bad configuration: "))
+		return nil, usageErr("%v", strings.TrimPrefix(err.Error(), tun.ErrConfig.Error()+": "))
 	}
 	if c.DNS, err = t.dnsAddr(c.Addrs, c.Routes); err != nil {
 		return nil, err

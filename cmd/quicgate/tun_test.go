@@ -54,12 +54,7 @@ func newTopology(t *testing.T) *topology {
 	t.Helper()
 	id := strconv.Itoa(os.Getpid())
 	tp := &topology{t: t, a: "qgA" + id, b: "qgB" + id}
-	t.Cleanup(func() {
-		_ = exec.Command("ip", "netns", "del", tp.a).Run()
-		_ = exec.Command("ip", "netns", "del", tp.b).Run()
-	})
-	sh(t, "ip", "netns", "add", tp.a)
-	sh(t, "ip", "netns", "add", tp.b)
+	addNetns(t, tp.a, tp.b)
 	sh(t, "ip", "link", "add", "qgva"+id, "netns", tp.a, "type", "veth", "peer", "name", "qgvb"+id, "netns", tp.b)
 	for _, c := range [][]string{
 		{tp.a, "ip", "link", "set", "lo", "up"},
@@ -80,9 +75,37 @@ func newTopology(t *testing.T) *topology {
 	return tp
 }
 
+// addNetns makes the network namespaces names, which the test's cleanup deletes with
+// everything in them. The cleanup comes first, so that it deletes those made before a
+// failure too.
+func addNetns(t *testing.T, names ...string) {
+	t.Helper()
+	t.Cleanup(func() {
+		for _, ns := range names {
+			_ = exec.Command("ip", "netns", "del", ns).Run()
+		}
+	})
+	for _, ns := range names {
+		sh(t, "ip", "netns", "add", ns)
+	}
+}
+
 // in runs a command inside namespace ns.
 func in(ns string, args ...string) *exec.Cmd {
 	return exec.Command("ip", append([]string{"netns", "exec", ns}, args...)...)
+}
+
+// startSelfIn starts this test binary inside ns as the helper env asks for (see TestMain),
+// as the process "name in ns".
+func startSelfIn(t *testing.T, ns, name string, env ...string) *process {
+	t.Helper()
+	self, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	cmd := in(ns, self)
+	cmd.Env = append(os.Environ(), env...)
+	return startProc(t, name+" in "+ns, cmd)
 }
 
 // startIn starts a long-running quicgate inside ns, as start does on the host.
@@ -95,13 +118,7 @@ func startIn(t *testing.T, ns string, args ...string) *process {
 // startHTTPIn serves the demo's HTTP handler on addrs inside ns, from this test binary.
 func startHTTPIn(t *testing.T, ns string, addrs ...string) *process {
 	t.Helper()
-	self, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := exec.Command("ip", "netns", "exec", ns, self)
-	cmd.Env = append(os.Environ(), "QUICGATE_TEST_HTTP="+strings.Join(addrs, ","))
-	p := startProc(t, "http in "+ns, cmd)
+	p := startSelfIn(t, ns, "http", "QUICGATE_TEST_HTTP="+strings.Join(addrs, ","))
 	for range addrs {
 		p.waitFor(t, "http serving")
 	}

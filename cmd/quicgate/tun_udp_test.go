@@ -350,13 +350,7 @@ func readICMPError(c *net.UDPConn) (*icmpReport, error) {
 // startUDPEchoIn runs the echo helper on addrs inside ns.
 func startUDPEchoIn(t *testing.T, ns string, addrs ...string) *process {
 	t.Helper()
-	self, err := os.Executable()
-	if err != nil {
-		t.Fatal(err)
-	}
-	cmd := in(ns, self)
-	cmd.Env = append(os.Environ(), udpHelperEnv+"=echo", udpEchoEnv+"="+strings.Join(addrs, ","))
-	p := startProc(t, "udp echo in "+ns, cmd)
+	p := startSelfIn(t, ns, "udp echo", udpHelperEnv+"=echo", udpEchoEnv+"="+strings.Join(addrs, ","))
 	for range addrs {
 		p.waitFor(t, "udp echo serving")
 	}

@@ -73,7 +73,6 @@ func run() int {
 		if err := os.MkdirAll(*profile, 0o755); err != nil {
 			return usage("-profile: %v", err)
 		}
-		opt.Profile = *profile
 	}
 	if *only != "" {
 		opt.Only = map[string]bool{}
@@ -128,7 +127,7 @@ func run() int {
 	if err := json.NewDecoder(stdout).Decode(&addrs); err != nil {
 		return fail(fmt.Errorf("destination servers: %w", err))
 	}
-	env := &bench.Env{Quicgate: *qg, Self: self, Dir: dir, Sink: addrs.Sink, Echo: addrs.Echo, Profile: opt.Profile}
+	env := &bench.Env{Quicgate: *qg, Self: self, Dir: dir, Sink: addrs.Sink, Echo: addrs.Echo, Profile: *profile}
 	rep := bench.Run(ctx, env, opt)
 	rep.Command = "qgbench " + strings.Join(os.Args[1:], " ")
 	rep.Markdown(os.Stdout)
