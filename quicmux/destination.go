@@ -94,16 +94,6 @@ func (s *Server) judge(ctx context.Context, rq *request, buf []netip.Addr) (addr
 	return addrs, fromHosts, status, nil
 }
 
-// destination is the addresses a flow of protocol p to t may go to (judge, for a TCP or UDP
-// flow).
-func (s *Server) destination(ctx context.Context, p Proto, t flow.Target) (addrs []netip.Addr, fromHosts bool, status Status) {
-	k := KindTCP
-	if p == ProtoUDP {
-		k = KindUDP
-	}
-	return s.destinationBy(ctx, k, s.rulesFor(k), t, nil)
-}
-
 // destinationBy judges t by allow: an address target is its own address if reaches lets
 // it; a name is looked up (lookup), and each address it resolves to is kept, in the order
 // found, if reaches lets it. The addresses are appended to buf. A name that allow allows but whose addresses are all guarded is
