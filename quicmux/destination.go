@@ -65,14 +65,6 @@ func (s *Server) rulesFor(k Kind) func(flow.Target) bool {
 	return nil
 }
 
-// protoOf is the protocol of a flow kind's policy.
-func protoOf(k Kind) Proto {
-	if k == KindUDP {
-		return ProtoUDP
-	}
-	return ProtoTCP
-}
-
 // judge is the addresses a request may go to, in the order to try them (an address
 // target's own, or what its name resolves to and the rules and the guard allow), or the
 // status that says why none (and an error that says more, if there is more to say).
@@ -131,16 +123,6 @@ func (s *Server) destinationBy(ctx context.Context, k Kind, allow func(flow.Targ
 		return nil, false, StatusDenied
 	}
 	return addrs, fromHosts, StatusOK
-}
-
-// permits is the policy's verdict on a flow of protocol p to t at addr (reaches), as
-// Recheck asks it of an open flow.
-func (s *Server) permits(p Proto, t flow.Target, addr netip.Addr, fromHosts bool) bool {
-	k := KindTCP
-	if p == ProtoUDP {
-		k = KindUDP
-	}
-	return s.reaches(s.rulesFor(k), t, addr, fromHosts)
 }
 
 // reaches is the one place the rules meet the guard: a flow to t may go to addr if allow

@@ -517,9 +517,10 @@ func (s *Server) dialTCP(ctx context.Context, addrs []netip.Addr, port uint16) (
 // ingressServer is the ingress of the server's flows in its metrics: its QUIC listener.
 const ingressServer = "quic"
 
-// stillAllowed is the policy's verdict, as it is now, on an open flow.
+// stillAllowed is the policy's verdict, as it is now, on an open flow (reaches, by the rules
+// for its kind).
 func (s *Server) stillAllowed(f *liveFlow) bool {
-	return s.permits(f.proto, f.target, f.at.addr, f.at.fromHosts)
+	return s.reaches(s.rulesFor(f.kind), f.target, f.at.addr, f.at.fromHosts)
 }
 
 // revoke closes the connection of a client no longer authorized.
@@ -530,7 +531,7 @@ func (s *Server) revoke(qc *quic.Conn, fp Fingerprint) {
 
 // liveFlow is an open flow as Recheck sees it.
 type liveFlow struct {
-	proto  Proto
+	kind   Kind // KindTCP or KindUDP
 	target flow.Target
 	at     dialedAddr
 	abort  func(error) // nil for the moment between registration and the relay's start
