@@ -91,10 +91,7 @@ func (s *Server) serveEcho(ctx context.Context, rq *request) {
 	if a == nil {
 		return
 	}
-	_ = str.SetWriteDeadline(time.Now().Add(s.cfg.HeaderTimeout))
-	_, err = str.Write(binary.BigEndian.AppendUint32(AppendStatus(nil, StatusOK), uint32(min(rtt.Microseconds(), 1<<32-1))))
-	_ = str.Close()
-	str.CancelRead(codeFlowReset)
+	err = s.answer(str, binary.BigEndian.AppendUint32(AppendStatus(nil, StatusOK), uint32(min(rtt.Microseconds(), 1<<32-1))), codeFlowReset)
 	a.end(answered(err))
 }
 

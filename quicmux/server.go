@@ -612,10 +612,18 @@ func linger(qc *quic.Conn) {
 // reject answers a request with a non-ok status and ends the stream: FIN after the status,
 // STOP_SENDING for whatever payload the client already sent.
 func (s *Server) reject(str *quic.Stream, st Status, code quic.StreamErrorCode) {
+	_ = s.answer(str, AppendStatus(nil, st), code)
+}
+
+// answer writes a request's whole answer b (its status and what follows it) within
+// HeaderTimeout and ends the stream: FIN after b, STOP_SENDING with code for whatever the
+// client sent. It returns the write's error.
+func (s *Server) answer(str *quic.Stream, b []byte, code quic.StreamErrorCode) error {
 	_ = str.SetWriteDeadline(time.Now().Add(s.cfg.HeaderTimeout))
-	_, _ = str.Write(AppendStatus(nil, st))
+	_, err := str.Write(b)
 	_ = str.Close()
 	str.CancelRead(code)
+	return err
 }
 
 // dialedAddr is the address a flow's destination was dialed at, and whether its name came
