@@ -71,7 +71,7 @@ var errNoICMPSocket = errors.New("no ICMP socket allowed")
 // ICMP socket, one warning says so (once) and every echo is unreachable.
 func (s *Server) serveEcho(ctx context.Context, rq *request) {
 	str := rq.str
-	payload, err := readEchoPayload(rq.in) // within the header timeout, from the header's end
+	payload, err := readEchoPayload(&rq.in) // within the header timeout, from the header's end
 	rq.in.settle(time.Time{})
 	if err != nil {
 		if errors.Is(err, ErrBadRequest) {

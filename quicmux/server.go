@@ -416,10 +416,10 @@ func (s *Server) serveStream(ctx context.Context, cl *connInfo, str *quic.Stream
 			rq.release()
 		}
 	}()
-	rq.in = &headerRead{str: str, ctx: ctx, deadline: time.Now().Add(s.cfg.HeaderTimeout)}
+	rq.in = headerRead{str: str, ctx: ctx, deadline: time.Now().Add(s.cfg.HeaderTimeout)}
 	defer rq.in.unwatch()
 
-	req, err := ReadRequestLimit(rq.in, s.cfg.MaxHeaderBytes)
+	req, err := ReadRequestLimit(&rq.in, s.cfg.MaxHeaderBytes)
 	rq.in.settle(time.Now().Add(s.cfg.HeaderTimeout))
 	if err != nil {
 		if errors.Is(err, ErrBadRequest) {
