@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"io"
-	"net"
 	"net/netip"
 	"slices"
 	"testing"
@@ -63,7 +62,7 @@ func TestAdmissionCountsEveryKind(t *testing.T) {
 	if _, err := tn.client.Echo(ctx, netip.MustParseAddr("192.0.2.1"), nil); !errors.Is(err, ErrDenied) {
 		t.Fatalf("echo 192.0.2.1: %v, want denied", err)
 	}
-	ln, err := listen(t, tn.client, freeAddr(t))
+	ln, err := listen(t, tn.client, closedPort(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -204,15 +203,4 @@ func TestAdmissionRefusesUnreadRequests(t *testing.T) {
 	if want := []string{"bad request", "too many flows"}; !slices.Equal(reasons, want) {
 		t.Fatalf("failures %q, want %q", reasons, want)
 	}
-}
-
-// freeAddr is a loopback address with a TCP port free a moment ago.
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
 }
