@@ -3,6 +3,7 @@ package quicmux
 import (
 	"context"
 	"errors"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
@@ -134,19 +135,11 @@ func (rl *reloadLog) Fire(e *logrus.Entry) error {
 	rl.mu.Lock()
 	defer rl.mu.Unlock()
 	if e.Message == "reloaded" || strings.HasPrefix(e.Message, "reload failed") {
-		rl.entries = append(rl.entries, &logrus.Entry{Message: e.Message, Data: maps(e.Data), Level: e.Level})
+		rl.entries = append(rl.entries, &logrus.Entry{Message: e.Message, Data: maps.Clone(e.Data), Level: e.Level})
 		close(rl.wake)
 		rl.wake = make(chan struct{})
 	}
 	return nil
-}
-
-func maps(d logrus.Fields) logrus.Fields {
-	out := logrus.Fields{}
-	for k, v := range d {
-		out[k] = v
-	}
-	return out
 }
 
 // wait returns the next reload line, which must say msg.
