@@ -9,7 +9,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/sirupsen/logrus"
 	logtest "github.com/sirupsen/logrus/hooks/test"
 
@@ -20,11 +19,7 @@ import (
 // same way: by kind and status, a refusal as a rejected flow with a failure entry and a
 // "flow rejected" line, an admitted request as a flow until it ends.
 func TestAdmissionCountsEveryKind(t *testing.T) {
-	reg := prometheus.NewRegistry()
-	m, err := NewMetrics(reg, "server")
-	if err != nil {
-		t.Fatal(err)
-	}
+	reg, m := newTestMetrics(t, "server")
 	logger, hook := logtest.NewNullLogger()
 	tn := newTunnel(t, withRules("127.0.0.1/32"),
 		withListenPolicy(func(_ Fingerprint, ap netip.AddrPort) bool { return ap.Addr() == netip.MustParseAddr("127.0.0.1") }),
@@ -160,11 +155,7 @@ func TestAdmissionSharesDialSlots(t *testing.T) {
 // A request beyond the client's flows and a malformed one are refused as every request is:
 // counted under kind "unknown", rejected, listed.
 func TestAdmissionRefusesUnreadRequests(t *testing.T) {
-	reg := prometheus.NewRegistry()
-	m, err := NewMetrics(reg, "server")
-	if err != nil {
-		t.Fatal(err)
-	}
+	reg, m := newTestMetrics(t, "server")
 	tn := newTunnel(t, withServerConfig(func(c *ServerConfig) { c.Metrics = m; c.MaxFlowsPerClient = 1 }))
 	qc, err := quic.DialAddr(context.Background(), tn.serverAddr, clientTLS(tn.clientID, tn.serverID.Fingerprint), nil)
 	if err != nil {

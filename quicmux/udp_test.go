@@ -12,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/quicgate/quicgate/flow"
 )
 
@@ -215,11 +214,7 @@ func TestUDPFlowRecheck(t *testing.T) {
 
 // UDP flows count in the client's metrics under their ingress, and end there as they end.
 func TestUDPFlowMetrics(t *testing.T) {
-	creg := prometheus.NewRegistry()
-	cm, err := NewMetrics(creg, "client")
-	if err != nil {
-		t.Fatal(err)
-	}
+	creg, cm := newTestMetrics(t, "client")
 	tn := newTunnel(t, withClientConfig(func(c *ClientConfig) { c.Metrics = cm }))
 	target, _ := flow.ParseTarget(udpEcho(t))
 	ctx, cancel := context.WithTimeout(context.Background(), hangLimit)
