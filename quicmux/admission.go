@@ -151,7 +151,7 @@ func (s *Server) refuse(rq *request, st Status, err error) {
 // watch puts an admitted flow (TCP or UDP) where Recheck finds it; end takes it away.
 // abortWith gives Recheck the way to end it.
 func (a *admitted) watch() {
-	a.live = liveFlow{proto: protoOf(a.rq.kind), target: a.rq.target, at: a.at}
+	a.live = liveFlow{kind: a.rq.kind, target: a.rq.target, at: a.at}
 	a.s.liveMu.Lock()
 	a.s.liveFlows[&a.live] = struct{}{}
 	a.watched = true

@@ -4,13 +4,11 @@ import (
 	"context"
 	"errors"
 	"io"
-	"net"
 	"net/netip"
 	"slices"
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/sirupsen/logrus"
 	logtest "github.com/sirupsen/logrus/hooks/test"
 
@@ -21,11 +19,7 @@ import (
 // same way: by kind and status, a refusal as a rejected flow with a failure entry and a
 // "flow rejected" line, an admitted request as a flow until it ends.
 func TestAdmissionCountsEveryKind(t *testing.T) {
-	reg := prometheus.NewRegistry()
-	m, err := NewMetrics(reg, "server")
-	if err != nil {
-		t.Fatal(err)
-	}
+	reg, m := newTestMetrics(t, "server")
 	logger, hook := logtest.NewNullLogger()
 	tn := newTunnel(t, withRules("127.0.0.1/32"),
 		withListenPolicy(func(_ Fingerprint, ap netip.AddrPort) bool { return ap.Addr() == netip.MustParseAddr("127.0.0.1") }),
@@ -63,7 +57,7 @@ func TestAdmissionCountsEveryKind(t *testing.T) {
 	if _, err := tn.client.Echo(ctx, netip.MustParseAddr("192.0.2.1"), nil); !errors.Is(err, ErrDenied) {
 		t.Fatalf("echo 192.0.2.1: %v, want denied", err)
 	}
-	ln, err := listen(t, tn.client, freeAddr(t))
+	ln, err := listen(t, tn.client, closedPort(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -161,11 +155,7 @@ func TestAdmissionSharesDialSlots(t *testing.T) {
 // A request beyond the client's flows and a malformed one are refused as every request is:
 // counted under kind "unknown", rejected, listed.
 func TestAdmissionRefusesUnreadRequests(t *testing.T) {
-	reg := prometheus.NewRegistry()
-	m, err := NewMetrics(reg, "server")
-	if err != nil {
-		t.Fatal(err)
-	}
+	reg, m := newTestMetrics(t, "server")
 	tn := newTunnel(t, withServerConfig(func(c *ServerConfig) { c.Metrics = m; c.MaxFlowsPerClient = 1 }))
 	qc, err := quic.DialAddr(context.Background(), tn.serverAddr, clientTLS(tn.clientID, tn.serverID.Fingerprint), nil)
 	if err != nil {
@@ -204,15 +194,4 @@ func TestAdmissionRefusesUnreadRequests(t *testing.T) {
 	if want := []string{"bad request", "too many flows"}; !slices.Equal(reasons, want) {
 		t.Fatalf("failures %q, want %q", reasons, want)
 	}
-}
-
-// freeAddr is a loopback address with a TCP port free a moment ago.
-func freeAddr(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().String()
 }

@@ -65,14 +65,6 @@ func (s *Server) rulesFor(k Kind) func(flow.Target) bool {
 	return nil
 }
 
-// protoOf is the protocol of a flow kind's policy.
-func protoOf(k Kind) Proto {
-	if k == KindUDP {
-		return ProtoUDP
-	}
-	return ProtoTCP
-}
-
 // judge is the addresses a request may go to, in the order to try them (an address
 // target's own, or what its name resolves to and the rules and the guard allow), or the
 // status that says why none (and an error that says more, if there is more to say).
@@ -92,16 +84,6 @@ func (s *Server) judge(ctx context.Context, rq *request, buf []netip.Addr) (addr
 	}
 	addrs, fromHosts, status = s.destinationBy(ctx, rq.kind, allow, rq.target, buf)
 	return addrs, fromHosts, status, nil
-}
-
-// destination is the addresses a flow of protocol p to t may go to (judge, for a TCP or UDP
-// flow).
-func (s *Server) destination(ctx context.Context, p Proto, t flow.Target) (addrs []netip.Addr, fromHosts bool, status Status) {
-	k := KindTCP
-	if p == ProtoUDP {
-		k = KindUDP
-	}
-	return s.destinationBy(ctx, k, s.rulesFor(k), t, nil)
 }
 
 // destinationBy judges t by allow: an address target is its own address if reaches lets
@@ -141,16 +123,6 @@ func (s *Server) destinationBy(ctx context.Context, k Kind, allow func(flow.Targ
 		return nil, false, StatusDenied
 	}
 	return addrs, fromHosts, StatusOK
-}
-
-// permits is the policy's verdict on a flow of protocol p to t at addr (reaches), as
-// Recheck asks it of an open flow.
-func (s *Server) permits(p Proto, t flow.Target, addr netip.Addr, fromHosts bool) bool {
-	k := KindTCP
-	if p == ProtoUDP {
-		k = KindUDP
-	}
-	return s.reaches(s.rulesFor(k), t, addr, fromHosts)
 }
 
 // reaches is the one place the rules meet the guard: a flow to t may go to addr if allow

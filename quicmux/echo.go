@@ -71,7 +71,7 @@ var errNoICMPSocket = errors.New("no ICMP socket allowed")
 // ICMP socket, one warning says so (once) and every echo is unreachable.
 func (s *Server) serveEcho(ctx context.Context, rq *request) {
 	str := rq.str
-	payload, err := readEchoPayload(rq.in) // within the header timeout, from the header's end
+	payload, err := readEchoPayload(&rq.in) // within the header timeout, from the header's end
 	rq.in.settle(time.Time{})
 	if err != nil {
 		if errors.Is(err, ErrBadRequest) {
@@ -91,10 +91,7 @@ func (s *Server) serveEcho(ctx context.Context, rq *request) {
 	if a == nil {
 		return
 	}
-	_ = str.SetWriteDeadline(time.Now().Add(s.cfg.HeaderTimeout))
-	_, err = str.Write(binary.BigEndian.AppendUint32(AppendStatus(nil, StatusOK), uint32(min(rtt.Microseconds(), 1<<32-1))))
-	_ = str.Close()
-	str.CancelRead(codeFlowReset)
+	err = s.answer(str, binary.BigEndian.AppendUint32(AppendStatus(nil, StatusOK), uint32(min(rtt.Microseconds(), 1<<32-1))), codeFlowReset)
 	a.end(answered(err))
 }
 

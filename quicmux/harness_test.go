@@ -45,13 +45,17 @@ func withDialTimeout(d time.Duration) tunnelOption {
 }
 func withResolver(r Resolver) tunnelOption { return func(tn *tunnel) { tn.serverCfg.Resolver = r } }
 func withRules(specs ...string) tunnelOption {
-	return func(tn *tunnel) {
-		rules, err := ParseRules(specs)
-		if err != nil {
-			tn.t.Fatal(err)
-		}
-		tn.serverCfg.Policy = rules
+	return func(tn *tunnel) { tn.serverCfg.Policy = mustRules(tn.t, specs...) }
+}
+
+// mustRules parses rule specs (ParseRules), failing t if they do not parse.
+func mustRules(t testing.TB, specs ...string) Rules {
+	t.Helper()
+	rules, err := ParseRules(specs)
+	if err != nil {
+		t.Fatal(err)
 	}
+	return rules
 }
 
 func testLogger(t testing.TB) *logrus.Entry { return testlog.New(t) }

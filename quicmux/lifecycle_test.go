@@ -12,8 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
-
 	"github.com/quicgate/quicgate/flow"
 )
 
@@ -156,11 +154,7 @@ func TestHalfClosedFlowEndsWithConnection(t *testing.T) {
 // request ends the flow in order on the server too, as a TCP socket closed with nothing
 // left to read does: the destination's FIN that follows is no failure.
 func TestDialContextCloseEndsInOrder(t *testing.T) {
-	reg := prometheus.NewRegistry()
-	m, err := NewMetrics(reg, "server")
-	if err != nil {
-		t.Fatal(err)
-	}
+	reg, m := newTestMetrics(t, "server")
 	tn := newTunnel(t, withRules("127.0.0.1/32"), withServerConfig(func(c *ServerConfig) { c.Metrics = m }))
 	got := make(chan string, 1)
 	dst := destination(t, func(c *net.TCPConn) {

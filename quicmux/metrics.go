@@ -154,12 +154,6 @@ func (m *Metrics) requested(kind string, s Status) {
 	}
 }
 
-func (m *Metrics) dialResult(s Status) {
-	if m != nil {
-		m.dialResults.WithLabelValues(s.String()).Inc()
-	}
-}
-
 func (m *Metrics) handshakeFailed(reason string) {
 	if m != nil {
 		m.handshakeFailures.WithLabelValues(reason).Inc()

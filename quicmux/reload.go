@@ -5,6 +5,7 @@ import (
 	"errors"
 	"net/netip"
 	"os"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -261,18 +262,6 @@ func stamps(paths []string) []fileStamp {
 	return out
 }
 
-func sameStamps(a, b []fileStamp) bool {
-	if len(a) != len(b) {
-		return false
-	}
-	for i := range a {
-		if a[i] != b[i] {
-			return false
-		}
-	}
-	return true
-}
-
 // watchFiles starts watching paths (empty ones are skipped) as they are now.
 func watchFiles(paths ...string) *fileWatch {
 	w := &fileWatch{}
@@ -297,7 +286,7 @@ func (w *fileWatch) reloading(paths ...string) {
 // not changed since the previous poll.
 func (w *fileWatch) changed() bool {
 	now := stamps(w.paths)
-	settled := sameStamps(now, w.seen)
+	settled := slices.Equal(now, w.seen)
 	w.seen = now
-	return settled && !sameStamps(now, w.applied)
+	return settled && !slices.Equal(now, w.applied)
 }

@@ -3,6 +3,7 @@ package quicmux
 import (
 	"context"
 	"errors"
+	"maps"
 	"net"
 	"net/netip"
 	"os"
@@ -23,14 +24,6 @@ import (
 // listen (the listen rules, or its own permitlisten=).
 func TestLiveAccess(t *testing.T) {
 	alice, bob := Fingerprint{1}, Fingerprint{2}
-	parse := func(specs ...string) Rules {
-		t.Helper()
-		rs, err := ParseRules(specs)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return rs
-	}
 	listen, err := ParseListenRules([]string{"127.0.0.1:8080"})
 	if err != nil {
 		t.Fatal(err)
@@ -40,7 +33,7 @@ func TestLiveAccess(t *testing.T) {
 		t.Fatal(err)
 	}
 	live := NewLiveAccess(&Access{
-		Rules:      parse("10.0.0.0/8:80", "udp:10.0.0.53:53"),
+		Rules:      mustRules(t, "10.0.0.0/8:80", "udp:10.0.0.53:53"),
 		Listen:     listen,
 		Authorized: AuthorizedClients{alice: {Name: "alice", PermitListen: Rules{permit}}},
 	})
@@ -73,7 +66,7 @@ func TestLiveAccess(t *testing.T) {
 			t.Errorf("%s: %v, want %v", c.what, c.got, c.want)
 		}
 	}
-	live.Store(&Access{Rules: parse("192.0.2.0/24"), Authorized: AuthorizedClients{bob: {}}})
+	live.Store(&Access{Rules: mustRules(t, "192.0.2.0/24"), Authorized: AuthorizedClients{bob: {}}})
 	if live.Allow(target("10.1.2.3:80")) || !live.Allow(target("192.0.2.1:22")) || live.Authorized(alice) || !live.Authorized(bob) ||
 		live.ListenAllowed(bob, ap("127.0.0.1:8080")) {
 		t.Fatal("a stored Access is not the one in force")
@@ -142,19 +135,11 @@ func (rl *reloadLog) Fire(e *logrus.Entry) error {
 	rl.mu.Lock()
 	defer rl.mu.Unlock()
 	if e.Message == "reloaded" || strings.HasPrefix(e.Message, "reload failed") {
-		rl.entries = append(rl.entries, &logrus.Entry{Message: e.Message, Data: maps(e.Data), Level: e.Level})
+		rl.entries = append(rl.entries, &logrus.Entry{Message: e.Message, Data: maps.Clone(e.Data), Level: e.Level})
 		close(rl.wake)
 		rl.wake = make(chan struct{})
 	}
 	return nil
-}
-
-func maps(d logrus.Fields) logrus.Fields {
-	out := logrus.Fields{}
-	for k, v := range d {
-		out[k] = v
-	}
-	return out
 }
 
 // wait returns the next reload line, which must say msg.

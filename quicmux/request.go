@@ -20,9 +20,9 @@ type request struct {
 	id     uint64 // the flow's number in the log
 
 	s    *Server
-	slot bool        // the stream holds one of its client's flow slots (MaxFlowsPerClient)
-	in   *headerRead // the header's (and an echo's payload's) reads; not kept by a flow
-	adm  admitted    // the request once admitted
+	slot bool       // the stream holds one of its client's flow slots (MaxFlowsPerClient)
+	in   headerRead // the header's (and an echo's payload's) reads; not used by a flow
+	adm  admitted   // the request once admitted
 }
 
 // releaseSlot gives the client's flow slot back, once.

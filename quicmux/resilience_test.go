@@ -329,15 +329,8 @@ func TestRetry(t *testing.T) {
 // The metrics count flows, bytes, statuses, handshake failures and connections, with no
 // per-flow labels.
 func TestMetrics(t *testing.T) {
-	sreg, creg := prometheus.NewRegistry(), prometheus.NewRegistry()
-	sm, err := NewMetrics(sreg, "server")
-	if err != nil {
-		t.Fatal(err)
-	}
-	cm, err := NewMetrics(creg, "client")
-	if err != nil {
-		t.Fatal(err)
-	}
+	sreg, sm := newTestMetrics(t, "server")
+	creg, cm := newTestMetrics(t, "client")
 	tn := newTunnel(t,
 		withRules("127.0.0.1/32"),
 		withServerConfig(func(c *ServerConfig) { c.Metrics = sm }),
@@ -394,6 +387,17 @@ func TestUnknownCongestionControl(t *testing.T) {
 	if !errors.Is(err, ErrCongestion) {
 		t.Fatalf("client: %v, want ErrCongestion", err)
 	}
+}
+
+// newTestMetrics is a side's Metrics (NewMetrics) in a registry of its own.
+func newTestMetrics(t *testing.T, side string) (*prometheus.Registry, *Metrics) {
+	t.Helper()
+	reg := prometheus.NewRegistry()
+	m, err := NewMetrics(reg, side)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return reg, m
 }
 
 // waitMetric waits for a metric to reach want. Metrics are updated after the event they

@@ -6,7 +6,6 @@ import (
 	"io"
 	"net/netip"
 	"strings"
-	"time"
 
 	"github.com/quicgate/quicgate/flow"
 )
@@ -79,10 +78,7 @@ func (s *Server) serveResolve(ctx context.Context, rq *request) {
 	if a == nil {
 		return
 	}
-	_ = rq.str.SetWriteDeadline(time.Now().Add(s.cfg.HeaderTimeout))
-	_, err := rq.str.Write(AppendAddrs(AppendStatus(nil, StatusOK), a.addrs))
-	_ = rq.str.Close()
-	rq.str.CancelRead(codeFlowReset) // a resolve has no payload to read
+	err := s.answer(rq.str, AppendAddrs(AppendStatus(nil, StatusOK), a.addrs), codeFlowReset) // a resolve has no payload to read
 	a.end(answered(err))
 }
 

@@ -92,7 +92,7 @@ func (s *Server) serveListen(ctx context.Context, rq *request) {
 	s.liveLns[live] = struct{}{}
 	draining := s.noListens // a drain that began since admission did not see this one
 	s.liveMu.Unlock()
-	if _, err := str.Write(AppendStatus(nil, StatusOK)); err != nil {
+	if _, err := str.Write(statusOK); err != nil {
 		s.liveMu.Lock()
 		delete(s.liveLns, live)
 		s.liveMu.Unlock()

@@ -416,10 +416,10 @@ func (s *Server) serveStream(ctx context.Context, cl *connInfo, str *quic.Stream
 			rq.release()
 		}
 	}()
-	rq.in = &headerRead{str: str, ctx: ctx, deadline: time.Now().Add(s.cfg.HeaderTimeout)}
+	rq.in = headerRead{str: str, ctx: ctx, deadline: time.Now().Add(s.cfg.HeaderTimeout)}
 	defer rq.in.unwatch()
 
-	req, err := ReadRequestLimit(rq.in, s.cfg.MaxHeaderBytes)
+	req, err := ReadRequestLimit(&rq.in, s.cfg.MaxHeaderBytes)
 	rq.in.settle(time.Now().Add(s.cfg.HeaderTimeout))
 	if err != nil {
 		if errors.Is(err, ErrBadRequest) {
@@ -517,9 +517,10 @@ func (s *Server) dialTCP(ctx context.Context, addrs []netip.Addr, port uint16) (
 // ingressServer is the ingress of the server's flows in its metrics: its QUIC listener.
 const ingressServer = "quic"
 
-// stillAllowed is the policy's verdict, as it is now, on an open flow.
+// stillAllowed is the policy's verdict, as it is now, on an open flow (reaches, by the rules
+// for its kind).
 func (s *Server) stillAllowed(f *liveFlow) bool {
-	return s.permits(f.proto, f.target, f.at.addr, f.at.fromHosts)
+	return s.reaches(s.rulesFor(f.kind), f.target, f.at.addr, f.at.fromHosts)
 }
 
 // revoke closes the connection of a client no longer authorized.
@@ -530,7 +531,7 @@ func (s *Server) revoke(qc *quic.Conn, fp Fingerprint) {
 
 // liveFlow is an open flow as Recheck sees it.
 type liveFlow struct {
-	proto  Proto
+	kind   Kind // KindTCP or KindUDP
 	target flow.Target
 	at     dialedAddr
 	abort  func(error) // nil for the moment between registration and the relay's start
@@ -611,10 +612,18 @@ func linger(qc *quic.Conn) {
 // reject answers a request with a non-ok status and ends the stream: FIN after the status,
 // STOP_SENDING for whatever payload the client already sent.
 func (s *Server) reject(str *quic.Stream, st Status, code quic.StreamErrorCode) {
+	_ = s.answer(str, AppendStatus(nil, st), code)
+}
+
+// answer writes a request's whole answer b (its status and what follows it) within
+// HeaderTimeout and ends the stream: FIN after b, STOP_SENDING with code for whatever the
+// client sent. It returns the write's error.
+func (s *Server) answer(str *quic.Stream, b []byte, code quic.StreamErrorCode) error {
 	_ = str.SetWriteDeadline(time.Now().Add(s.cfg.HeaderTimeout))
-	_, _ = str.Write(AppendStatus(nil, st))
+	_, err := str.Write(b)
 	_ = str.Close()
 	str.CancelRead(code)
+	return err
 }
 
 // dialedAddr is the address a flow's destination was dialed at, and whether its name came

@@ -12,7 +12,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/prometheus/client_golang/prometheus"
 	"github.com/quicgate/quicgate/flow"
 )
 
@@ -91,10 +90,7 @@ func echoPacket(t *testing.T, f *UDPFlow, p []byte) {
 // datagram on the flow's stream; the client's Close ends it on the server.
 func TestUDPFlowEcho(t *testing.T) {
 	tn := newTunnel(t)
-	f, err := dialUDP(t, tn.client, udpEcho(t))
-	if err != nil {
-		t.Fatal(err)
-	}
+	f := mustDialUDP(t, tn.client, udpEcho(t))
 	echoPacket(t, f, []byte("hello over a datagram"))
 	big := bytes.Repeat([]byte("0123456789abcdef"), 4000) // 64,000 bytes: no datagram holds it
 	echoPacket(t, f, big)
@@ -128,10 +124,7 @@ func TestUDPFlowPolicy(t *testing.T) {
 // ECONNREFUSED, as on a connected UDP socket.
 func TestUDPFlowPortUnreachable(t *testing.T) {
 	tn := newTunnel(t)
-	f, err := dialUDP(t, tn.client, closedUDPPort(t))
-	if err != nil {
-		t.Fatal(err)
-	}
+	f := mustDialUDP(t, tn.client, closedUDPPort(t))
 	_ = f.SetReadDeadline(time.Now().Add(hangLimit))
 	buf := make([]byte, 16)
 	for {
@@ -154,10 +147,7 @@ func TestUDPFlowPortUnreachable(t *testing.T) {
 // A UDP flow that carries nothing for its idle timeout ends: the app's Read says so.
 func TestUDPFlowIdle(t *testing.T) {
 	tn := newTunnel(t, withServerConfig(func(c *ServerConfig) { c.UDPIdleTimeout = 200 * time.Millisecond }))
-	f, err := dialUDP(t, tn.client, udpEcho(t))
-	if err != nil {
-		t.Fatal(err)
-	}
+	f := mustDialUDP(t, tn.client, udpEcho(t))
 	echoPacket(t, f, []byte("once"))
 	_ = f.SetReadDeadline(time.Now().Add(hangLimit))
 	if _, err := f.Read(make([]byte, 16)); !errors.Is(err, flow.ErrIdle) {
@@ -198,10 +188,7 @@ func TestUDPFlowRecheck(t *testing.T) {
 	tn := newTunnel(t, withServerConfig(func(c *ServerConfig) {
 		c.Policy = policyFunc(func(tg flow.Target) bool { return !denied.Load() && rules.Allow(tg) })
 	}))
-	f, err := dialUDP(t, tn.client, echo.String())
-	if err != nil {
-		t.Fatal(err)
-	}
+	f := mustDialUDP(t, tn.client, echo.String())
 	echoPacket(t, f, []byte("before"))
 	denied.Store(true)
 	if _, flows, _ := tn.server.Recheck(); flows != 1 {
@@ -215,11 +202,7 @@ func TestUDPFlowRecheck(t *testing.T) {
 
 // UDP flows count in the client's metrics under their ingress, and end there as they end.
 func TestUDPFlowMetrics(t *testing.T) {
-	creg := prometheus.NewRegistry()
-	cm, err := NewMetrics(creg, "client")
-	if err != nil {
-		t.Fatal(err)
-	}
+	creg, cm := newTestMetrics(t, "client")
 	tn := newTunnel(t, withClientConfig(func(c *ClientConfig) { c.Metrics = cm }))
 	target, _ := flow.ParseTarget(udpEcho(t))
 	ctx, cancel := context.WithTimeout(context.Background(), hangLimit)
