@@ -853,6 +853,11 @@ type ConnectionStats struct {
 
 // ConnectionStats returns statistics about the connection.
 // It can be called concurrently with other connection operations.
+// OpenStreams is how many bidirectional streams of either side have not completed yet
+// (quicgate patch: a client that moves its new flows to another connection closes this
+// one once its flows have ended).
+func (c *Conn) OpenStreams() int { return c.streamsMap.openBidiStreams() }
+
 func (c *Conn) ConnectionStats() ConnectionStats {
 	s := c.connectionStats()
 	// quicgate patch: Reno and Cubic keep no bandwidth model; derive theirs. (BBR always

@@ -372,3 +372,12 @@ func (m *streamsMap) UseResetMaps() {
 	m.reset = false
 	m.mutex.Unlock()
 }
+
+// quicgate patch: openBidiStreams counts the bidirectional streams of either side that have
+// not completed yet (an incoming one completed before it was accepted included).
+func (m *streamsMap) openBidiStreams() int {
+	m.mutex.Lock()
+	out, in := m.outgoingBidiStreams, m.incomingBidiStreams
+	m.mutex.Unlock()
+	return out.len() + in.len()
+}

@@ -234,3 +234,10 @@ func (m *incomingStreamsMap[T]) CloseWithError(err error) {
 	m.mutex.Unlock()
 	close(m.newStreamChan)
 }
+
+// quicgate patch: len is how many streams the map holds.
+func (m *incomingStreamsMap[T]) len() int {
+	m.mutex.RLock()
+	defer m.mutex.RUnlock()
+	return len(m.streams)
+}

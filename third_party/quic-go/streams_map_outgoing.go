@@ -251,3 +251,10 @@ func (m *outgoingStreamsMap[T]) CloseWithError(err error) {
 	}
 	m.openQueue = nil
 }
+
+// quicgate patch: len is how many streams the map holds.
+func (m *outgoingStreamsMap[T]) len() int {
+	m.mutex.RLock()
+	defer m.mutex.RUnlock()
+	return len(m.streams)
+}
