@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"net"
 	"net/netip"
+	"net/url"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -16,6 +17,7 @@ import (
 	"github.com/sirupsen/logrus"
 
 	"github.com/quicgate/quicgate/flow"
+	"github.com/quicgate/quicgate/httpproxy"
 	"github.com/quicgate/quicgate/internal/logging"
 	"github.com/quicgate/quicgate/netpath"
 	"github.com/quicgate/quicgate/third_party/quic-go"
@@ -23,7 +25,7 @@ import (
 
 // ClientConfig configures a Client. Server, Identity and Pin are required.
 type ClientConfig struct {
-	Server   string      // host:port of the server (UDP)
+	Server   string      // host:port of the server (UDP, and TCP unless ServerTCP says otherwise)
 	Identity *Identity   // this client's identity, which the server must authorize
 	Pin      Fingerprint // the server's fingerprint
 
@@ -46,6 +48,19 @@ type ClientConfig struct {
 	// the client's supervisor goroutine; it must not block): a full tunnel keeps that
 	// address off its routes (tun.Device.Bypass).
 	Dialing func(server netip.AddrPort)
+
+	// Transport is how the server is reached: TransportAuto (the default: QUIC, and the TCP
+	// transport when QUIC does not answer), TransportQUIC or TransportTCP.
+	Transport Transport
+	// ServerTCP is the host:port of the server's TCP transport; default Server.
+	ServerTCP string
+	// Proxy, if set, is an HTTP CONNECT proxy (package httpproxy) that the TCP transport goes
+	// through; QUIC is then not tried.
+	Proxy *url.URL
+	// QUICRetry is how long a client in TransportAuto that connected over TCP waits before
+	// it tries QUIC again (doubling after each failure, to five minutes); default
+	// DefaultQUICRetry.
+	QUICRetry time.Duration
 }
 
 // Client keeps one QUIC connection to the server and opens a stream on it per flow. A
@@ -66,6 +81,8 @@ type Client struct {
 	// lastRTT is the smoothed round trip of the last connection (0 before the first one);
 	// the supervisor alone uses it.
 	lastRTT time.Duration
+	// lastTransport is the transport of the last connection; the supervisor alone uses it.
+	lastTransport Transport
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -122,6 +139,23 @@ func NewClient(cfg ClientConfig) (*Client, error) {
 	}
 	if cfg.DialTimeout <= 0 {
 		cfg.DialTimeout = 10 * time.Second
+	}
+	if cfg.Transport == "" {
+		cfg.Transport = TransportAuto
+	}
+	if _, err := ParseTransport(string(cfg.Transport)); err != nil {
+		return nil, err
+	}
+	if cfg.Proxy != nil && cfg.Transport == TransportQUIC {
+		return nil, errors.New("quicmux: a proxy carries only the TCP transport; use transport auto or tcp with it")
+	}
+	if cfg.ServerTCP != "" {
+		if _, _, err := net.SplitHostPort(cfg.ServerTCP); err != nil {
+			return nil, fmt.Errorf("quicmux: server TCP address %q: %w", cfg.ServerTCP, err)
+		}
+	}
+	if cfg.QUICRetry <= 0 {
+		cfg.QUICRetry = DefaultQUICRetry
 	}
 	cfg.Limits = cfg.Limits.withDefaults(false)
 	if err := cfg.Limits.check(); err != nil {
@@ -543,7 +577,8 @@ func (c *Client) openNow() (*quic.Conn, *quic.Stream) {
 }
 
 // waitConn returns the live connection, waiting for the supervisor to bring one up. A dial
-// that failed for a reason that retrying will not cure (pin, identity) fails at once.
+// that failed for a reason that retrying will not cure (pin, identity, a proxy's demand for
+// credentials) fails at once.
 func (c *Client) waitConn(ctx context.Context) (*quic.Conn, error) {
 	var timeout <-chan time.Time // made once the wait begins: a live connection needs none
 	for {
@@ -553,7 +588,7 @@ func (c *Client) waitConn(ctx context.Context) (*quic.Conn, error) {
 		if st.conn != nil && st.conn.Context().Err() == nil {
 			return st.conn, nil
 		}
-		if errors.Is(st.lastErr, ErrPinMismatch) || errors.Is(st.lastErr, ErrUnauthorized) {
+		if errors.Is(st.lastErr, ErrPinMismatch) || errors.Is(st.lastErr, ErrUnauthorized) || errors.Is(st.lastErr, httpproxy.ErrAuth) {
 			return nil, st.lastErr
 		}
 		select {
@@ -601,8 +636,13 @@ func (c *Client) supervise() {
 	defer c.wg.Done()
 	backoff := minBackoff
 	wasUp, silent, failures := false, false, 0
+	var next *session // a connection the last one's watch made (back to QUIC from TCP)
 	for c.ctx.Err() == nil {
-		sess, err := c.dialServer()
+		sess, err := next, error(nil)
+		if sess == nil {
+			sess, err = c.dialServer()
+		}
+		next = nil
 		if err != nil {
 			if c.ctx.Err() != nil {
 				break
@@ -625,7 +665,7 @@ func (c *Client) supervise() {
 		}
 		backoff, failures = minBackoff, 0
 		c.dials.Add(1)
-		c.cfg.Metrics.trackConn(sess.conn)
+		c.cfg.Metrics.trackConn(sess.conn, string(sess.transport))
 		if wasUp {
 			c.cfg.Metrics.reconnected()
 		}
@@ -634,14 +674,25 @@ func (c *Client) supervise() {
 		go c.acceptStreams(sess.conn) // ends with conn
 		c.lastRTT = sess.conn.ConnectionStats().SmoothedRTT
 		fields := logrus.Fields{"rtt": c.lastRTT.String(), "congestion": string(c.cfg.Limits.Congestion),
-			"local": sess.conn.LocalAddr().String()}
-		if wasUp {
+			"local": sess.conn.LocalAddr().String(), "transport": string(sess.transport)}
+		if sess.why != "" {
+			fields["why"] = sess.why
+		}
+		switch {
+		case sess.moved:
+			c.log.WithFields(fields).Info("QUIC answers again; new flows go over it")
+		case wasUp && sess.transport != c.lastTransport:
+			c.log.WithFields(fields).Warn("reconnected to server over another transport")
+		case wasUp:
 			c.log.WithFields(fields).Info("reconnected to server")
-		} else {
+		case sess.why != "":
+			c.log.WithFields(fields).Warn("connected to server over TCP")
+		default:
 			c.log.WithFields(fields).Info("connected to server")
 		}
+		c.lastTransport = sess.transport
 		wasUp = true
-		silent = c.watch(sess)
+		silent, next = c.watch(sess)
 	}
 	c.setState(nil, ErrClosed)
 }
@@ -665,45 +716,6 @@ func (c *Client) sleep(d time.Duration) {
 	case <-c.kick:
 	case <-c.ctx.Done():
 	}
-}
-
-// dialServer makes one connection attempt, from a new UDP socket (so that a load balancer
-// that hashes addresses may pick a live server), and proves it with a ping, which fails if
-// the server rejected this client's certificate after the handshake.
-func (c *Client) dialServer() (*session, error) {
-	timeout := c.attemptTimeout()
-	ctx, cancel := context.WithTimeout(c.ctx, timeout)
-	defer cancel()
-	raddr, err := c.resolveServer(ctx)
-	if err != nil {
-		return nil, fmt.Errorf("%w: %w", ErrServerUnreachable, err)
-	}
-	// A host with no route to the server says so at once (a socket's connect looks the
-	// route up), where the handshake would only time out: its packets are lost, not
-	// fatal, once a connection is up (third_party/quic-go, isNetworkSendErr).
-	if err := c.routeCheck(ctx, raddr); err != nil {
-		return nil, classifyDialErr(err, c.cfg.Server, timeout, c.cfg.Identity.Fingerprint)
-	}
-	if c.cfg.Dialing != nil {
-		c.cfg.Dialing(raddr)
-	}
-	tr, err := c.newSocket("")
-	if err != nil {
-		return nil, err
-	}
-	sess := &session{sockets: []*quic.Transport{tr}}
-	conn, err := tr.Dial(ctx, net.UDPAddrFromAddrPort(raddr), c.tlsConf, c.cfg.Limits.quicConfig(false))
-	if err != nil {
-		sess.close()
-		return nil, classifyDialErr(err, c.cfg.Server, timeout, c.cfg.Identity.Fingerprint)
-	}
-	sess.conn = conn
-	if err := ping(ctx, conn); err != nil {
-		_ = conn.CloseWithError(connShutdown, "")
-		sess.close()
-		return nil, classifyDialErr(err, c.cfg.Server, timeout, c.cfg.Identity.Fingerprint)
-	}
-	return sess, nil
 }
 
 // attemptTimeout bounds one connection attempt: the dial timeout for the first, and once

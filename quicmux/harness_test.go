@@ -29,6 +29,10 @@ type tunnel struct {
 	server     *Server
 	serverAddr string
 	client     *Client
+	// tcp: the server serves the TCP transport too (withTCPTransport), and tcpAddr is
+	// where (a port of its own: the UDP port's number may be taken on TCP by another test).
+	tcp     bool
+	tcpAddr string
 }
 
 type tunnelOption func(*tunnel)
@@ -42,6 +46,19 @@ func withClientConfig(f func(*ClientConfig)) tunnelOption {
 }
 func withDialTimeout(d time.Duration) tunnelOption {
 	return func(tn *tunnel) { tn.serverCfg.DialTimeout = d }
+}
+// withTCPTransport has the server serve the TCP transport too, and the client use it alone.
+func withTCPTransport() tunnelOption {
+	return func(tn *tunnel) {
+		tn.tcp = true
+		prev := tn.clientMut
+		tn.clientMut = func(c *ClientConfig) {
+			c.Transport, c.ServerTCP = TransportTCP, tn.tcpAddr
+			if prev != nil {
+				prev(c)
+			}
+		}
+	}
 }
 func withResolver(r Resolver) tunnelOption { return func(tn *tunnel) { tn.serverCfg.Resolver = r } }
 func withRules(specs ...string) tunnelOption {
@@ -102,10 +119,24 @@ func (tn *tunnel) startServer(addr string) {
 	}
 	tn.server, tn.serverAddr = srv, a.String()
 	tn.t.Cleanup(func() { _ = srv.Close() })
+	if tn.tcp {
+		ta, err := srv.ListenTCP("127.0.0.1:0")
+		if err != nil {
+			tn.t.Fatal(err)
+		}
+		tn.tcpAddr = ta.String()
+	}
 }
 
 func (tn *tunnel) newClient(id *Identity, pin Fingerprint) *Client {
 	tn.t.Helper()
+	return tn.newClientWith(func(c *ClientConfig) { c.Identity, c.Pin = id, pin })
+}
+
+// newClientWith is a client of tn's identity, changed by mut after the tunnel's options.
+func (tn *tunnel) newClientWith(mut func(*ClientConfig)) *Client {
+	tn.t.Helper()
+	id, pin := tn.clientID, tn.serverID.Fingerprint
 	cfg := ClientConfig{
 		Server:      tn.serverAddr,
 		Identity:    id,
@@ -116,6 +147,7 @@ func (tn *tunnel) newClient(id *Identity, pin Fingerprint) *Client {
 	if tn.clientMut != nil {
 		tn.clientMut(&cfg)
 	}
+	mut(&cfg)
 	c, err := NewClient(cfg)
 	if err != nil {
 		tn.t.Fatal(err)

@@ -37,9 +37,12 @@ import (
 // lives (quic-go closes the connections a closed Transport knows), so there are at most
 // maxSockets; they all close when the connection has ended.
 type session struct {
-	conn    *quic.Conn
-	sockets []*quic.Transport
-	dev     string // the interface the connection's path is bound to; "": the host's routes
+	conn      *quic.Conn
+	sockets   []*quic.Transport
+	dev       string    // the interface the connection's path is bound to; "": the host's routes
+	transport Transport // TransportQUIC or TransportTCP
+	why       string    // why TransportAuto connected over TCP
+	moved     bool      // the connection new flows moved to from a TCP one
 }
 
 // maxSockets bounds the sockets of one connection: the one it was dialed on and those of
@@ -91,9 +94,30 @@ type pathFound struct {
 
 // watch keeps s until its connection is lost or the client closes, and closes its sockets.
 // It reports whether the connection was given up because the server fell silent (that
-// was logged then).
-func (c *Client) watch(s *session) (silent bool) {
-	defer s.close()
+// was logged then). A connection over the TCP transport in TransportAuto tries QUIC now and
+// then; when QUIC answers, watch returns its new connection as next, and s is retired
+// (kept until its flows have ended).
+func (c *Client) watch(s *session) (silent bool, next *session) {
+	retiring := false
+	defer func() {
+		if !retiring {
+			s.close()
+		}
+	}()
+	var retry <-chan time.Time // QUIC's next try, while on TCP
+	var retried chan *session  // not nil while QUIC is tried
+	retryWait := c.cfg.QUICRetry
+	if useQUIC, _ := c.plan(); useQUIC && s.transport == TransportTCP {
+		retry = time.After(retryWait)
+		defer func() { // the try is this loop's goroutine: it ends before watch returns
+			if retried != nil {
+				if n := <-retried; n != nil {
+					_ = n.conn.CloseWithError(connShutdown, "")
+					n.close()
+				}
+			}
+		}()
+	}
 	ka := c.cfg.Limits.KeepAlive
 	tick := time.NewTicker(c.watchTick())
 	defer tick.Stop()
@@ -130,7 +154,7 @@ func (c *Client) watch(s *session) (silent bool) {
 				err := fmt.Errorf("%w: no answer from %s for %s", ErrServerUnreachable, c.cfg.Server, quiet.Round(time.Millisecond))
 				c.setState(nil, err)
 				_ = s.conn.CloseWithError(connSilent, "no answer from the server for "+quiet.Round(time.Millisecond).String())
-				return true
+				return true, nil
 			}
 			if quiet >= ka || now.Sub(lastProbe) >= ka {
 				probe()
@@ -139,13 +163,36 @@ func (c *Client) watch(s *session) (silent bool) {
 					unanswered++
 				}
 			}
-			if quiet >= limit/2 && !probedPaths && found == nil && len(s.sockets) < maxSockets {
+			if quiet >= limit/2 && !probedPaths && found == nil && len(s.sockets) < maxSockets && s.transport == TransportQUIC {
 				probedPaths = true
 				found = make(chan pathFound, 1)
 				go func() { found <- c.probePaths(probeCtx, s.conn, s.dev, maxSockets-len(s.sockets), limit/2) }()
 			}
 		case <-changes:
 			probe()
+		case <-retry:
+			retry = nil
+			retried = make(chan *session, 1)
+			go func() {
+				n, err := c.retryQUIC(probeCtx)
+				if err != nil {
+					c.log.WithError(err).Debug("QUIC still does not answer; staying on TCP")
+				}
+				retried <- n
+			}()
+		case n := <-retried:
+			retried = nil
+			if n == nil {
+				retryWait = min(2*retryWait, maxQUICRetry)
+				retry = time.After(retryWait)
+				break
+			}
+			n.moved = true
+			retiring = true
+			c.setState(n.conn, nil) // new flows go over QUIC before the old connection's end begins
+			c.wg.Add(1)
+			go c.retire(s)
+			return false, n
 		case f := <-found:
 			found = nil
 			s.sockets = append(s.sockets, f.sockets...)
@@ -163,11 +210,11 @@ func (c *Client) watch(s *session) (silent bool) {
 		case <-s.conn.Context().Done():
 			c.log.WithError(context.Cause(s.conn.Context())).Warn("connection to server lost; reconnecting")
 			c.setState(nil, fmt.Errorf("%w: connection lost", ErrServerUnreachable))
-			return false
+			return false, nil
 		case <-c.ctx.Done():
 			linger(s.conn)
 			_ = s.conn.CloseWithError(connShutdown, "client shutting down")
-			return false
+			return false, nil
 		}
 	}
 }
@@ -277,7 +324,13 @@ func (c *Client) newSocket(dev string) (*quic.Transport, error) {
 // uses the address of the last lookup that worked when this one fails: in a full tunnel,
 // the host's resolver may be reached only through the tunnel that is down.
 func (c *Client) resolveServer(ctx context.Context) (netip.AddrPort, error) {
-	host, portStr, err := net.SplitHostPort(c.cfg.Server)
+	return c.resolve(ctx, c.cfg.Server, &c.lastServer)
+}
+
+// resolve looks hostport up (through sockets with the client's mark); last, if not nil, keeps
+// the address of the last lookup that worked, for when one fails.
+func (c *Client) resolve(ctx context.Context, hostport string, last *netip.AddrPort) (netip.AddrPort, error) {
+	host, portStr, err := net.SplitHostPort(hostport)
 	if err != nil {
 		return netip.AddrPort{}, err
 	}
@@ -302,9 +355,9 @@ func (c *Client) resolveServer(ctx context.Context) (netip.AddrPort, error) {
 	}
 	addrs, err := r.LookupNetIP(ctx, "ip", host)
 	if err != nil || len(addrs) == 0 {
-		if c.lastServer.IsValid() {
-			c.log.WithError(err).WithField("address", c.lastServer.String()).Debug("cannot look the server's name up; using its last address")
-			return c.lastServer, nil
+		if last != nil && last.IsValid() {
+			c.log.WithError(err).WithField("address", last.String()).Debug("cannot look the server's name up; using its last address")
+			return *last, nil
 		}
 		if err == nil {
 			err = fmt.Errorf("no address for %s", host)
@@ -319,8 +372,11 @@ func (c *Client) resolveServer(ctx context.Context) (netip.AddrPort, error) {
 			break
 		}
 	}
-	c.lastServer = netip.AddrPortFrom(pick, uint16(port))
-	return c.lastServer, nil
+	ap := netip.AddrPortFrom(pick, uint16(port))
+	if last != nil {
+		*last = ap
+	}
+	return ap, nil
 }
 
 // routeCheck fails at once when the host has no route to raddr for the client's sockets.

@@ -29,8 +29,8 @@ type Metrics struct {
 	countUp, countDown func(int) // quicgate_bytes_total's, for every relay (relayOptions)
 
 	mu        sync.Mutex
-	conns     map[*quic.Conn]struct{}
-	lostGone  uint64 // packets lost on connections that have closed
+	conns     map[*quic.Conn]string // the transport each came over
+	lostGone  uint64                // packets lost on connections that have closed
 	sentGone  uint64
 	connsDesc *prometheus.Desc
 	rttDesc   *prometheus.Desc
@@ -70,8 +70,8 @@ func NewMetrics(reg prometheus.Registerer, side string) (*Metrics, error) {
 			[]string{"reason"}),
 		reconnects: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "quicgate_reconnects_total", Help: "Connections to the server made after the first (client).", ConstLabels: constLabels}),
-		conns:     map[*quic.Conn]struct{}{},
-		connsDesc: prometheus.NewDesc("quicgate_connections_active", "QUIC connections open now.", nil, constLabels),
+		conns:     map[*quic.Conn]string{},
+		connsDesc: prometheus.NewDesc("quicgate_connections_active", "QUIC connections open now, by the transport they run over (quic: UDP; tcp: the TCP fallback).", []string{"transport"}, constLabels),
 		rttDesc:   prometheus.NewDesc("quicgate_quic_rtt_seconds", "Smoothed RTT, averaged over the open QUIC connections.", nil, constLabels),
 		lostDesc:  prometheus.NewDesc("quicgate_quic_packets_lost_total", "QUIC packets declared lost.", nil, constLabels),
 		sentDesc:  prometheus.NewDesc("quicgate_quic_packets_sent_total", "QUIC packets sent.", nil, constLabels),
@@ -182,13 +182,14 @@ func (m *Metrics) relayOptions(idle time.Duration) flow.RelayOptions {
 	return opt
 }
 
-// trackConn counts a QUIC connection in the connection, RTT and loss metrics until it ends.
-func (m *Metrics) trackConn(c *quic.Conn) {
+// trackConn counts a QUIC connection over transport ("quic" or "tcp") in the connection, RTT
+// and loss metrics until it ends.
+func (m *Metrics) trackConn(c *quic.Conn, transport string) {
 	if m == nil {
 		return
 	}
 	m.mu.Lock()
-	m.conns[c] = struct{}{}
+	m.conns[c] = transport
 	m.mu.Unlock()
 	context.AfterFunc(c.Context(), func() {
 		st := c.ConnectionStats()
@@ -221,7 +222,9 @@ func (c connCollector) Collect(ch chan<- prometheus.Metric) {
 	lost, sent := m.lostGone, m.sentGone
 	var rtt, minRTT time.Duration
 	var bw, cwnd, pacing uint64
-	for conn := range m.conns {
+	byTransport := map[string]int{"quic": 0, "tcp": 0}
+	for conn, transport := range m.conns {
+		byTransport[transport]++
 		st := conn.ConnectionStats()
 		lost += st.PacketsLost
 		sent += st.PacketsSent
@@ -238,7 +241,9 @@ func (c connCollector) Collect(ch chan<- prometheus.Metric) {
 		rtt /= time.Duration(n)
 		minRTT /= time.Duration(n)
 	}
-	ch <- prometheus.MustNewConstMetric(m.connsDesc, prometheus.GaugeValue, float64(n))
+	for transport, k := range byTransport {
+		ch <- prometheus.MustNewConstMetric(m.connsDesc, prometheus.GaugeValue, float64(k), transport)
+	}
 	ch <- prometheus.MustNewConstMetric(m.rttDesc, prometheus.GaugeValue, rtt.Seconds())
 	ch <- prometheus.MustNewConstMetric(m.lostDesc, prometheus.CounterValue, float64(lost))
 	ch <- prometheus.MustNewConstMetric(m.sentDesc, prometheus.CounterValue, float64(sent))

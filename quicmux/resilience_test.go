@@ -354,7 +354,7 @@ func TestMetrics(t *testing.T) {
 	waitMetric(t, sreg, "quicgate_dial_results_total", map[string]string{"status": "denied"}, 1)
 	waitMetric(t, sreg, "quicgate_dial_results_total", map[string]string{"status": "ok"}, 1)
 	waitMetric(t, sreg, "quicgate_handshake_failures_total", map[string]string{"reason": "unauthorized"}, 1)
-	waitMetric(t, sreg, "quicgate_connections_active", nil, 1)
+	waitMetric(t, sreg, "quicgate_connections_active", map[string]string{"transport": "quic"}, 1)
 	waitMetric(t, creg, "quicgate_flows_total", map[string]string{"result": "ok"}, 1)
 	waitMetric(t, creg, "quicgate_bytes_total", map[string]string{"direction": "up"}, 100000)
 	waitMetric(t, sreg, "quicgate_flows_active", nil, 0)

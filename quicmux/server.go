@@ -15,6 +15,7 @@ import (
 
 	"github.com/quicgate/quicgate/flow"
 	"github.com/quicgate/quicgate/internal/logging"
+	"github.com/quicgate/quicgate/streamlink"
 	"github.com/quicgate/quicgate/third_party/quic-go"
 	"github.com/sirupsen/logrus"
 )
@@ -112,6 +113,12 @@ type Server struct {
 	tr     *quic.Transport
 	ln     *quic.Listener
 	closed bool
+	// The TCP transport (tcptransport.go), when ListenTCP was called.
+	tcpTr   *quic.Transport
+	tcpLn   *quic.Listener
+	streams *streamlink.Server
+	// tcpLines limits the debug line of a TCP connection closed before its handshake.
+	tcpLines lineLimit
 
 	flows  *flow.Group
 	parker *flow.Parker // idle destination sockets; nil: a goroutine each
@@ -237,7 +244,7 @@ func (s *Server) Listen(addr string) (net.Addr, error) {
 	}
 	s.tr, s.ln = tr, ln
 	s.wg.Add(1)
-	go s.acceptConns(ln)
+	go s.acceptConns(ln, nil)
 	s.log.WithFields(logrus.Fields{"addr": ln.Addr().String(), "congestion": string(s.cfg.Limits.Congestion)}).Info("server listening")
 	return ln.Addr(), nil
 }
@@ -247,10 +254,12 @@ func (s *Server) Listen(addr string) (net.Addr, error) {
 // then closes, resetting whatever is still open. It returns ctx's error if it had to reset.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
-	ln := s.ln
+	lns := []*quic.Listener{s.ln, s.tcpLn}
 	s.mu.Unlock()
-	if ln != nil {
-		_ = ln.Close()
+	for _, ln := range lns {
+		if ln != nil {
+			_ = ln.Close()
+		}
 	}
 	s.closeListeners() // reverse forwards take no new connections either
 	stop := context.AfterFunc(ctx, func() {
@@ -271,25 +280,31 @@ func (s *Server) Close() error {
 		return nil
 	}
 	s.closed = true
-	ln, tr := s.ln, s.tr
+	lns, trs := []*quic.Listener{s.ln, s.tcpLn}, []*quic.Transport{s.tr, s.tcpTr}
 	s.mu.Unlock()
 
 	s.cancel()
-	if ln != nil {
-		_ = ln.Close()
+	for _, ln := range lns {
+		if ln != nil {
+			_ = ln.Close()
+		}
 	}
 	s.wg.Wait()
 	if s.parker != nil {
 		s.parker.Close() // every flow has ended
 	}
-	if tr != nil {
-		_ = tr.Close()
-		_ = tr.Conn.Close() // the transport leaves a socket it was given open
+	for _, tr := range trs {
+		if tr != nil {
+			_ = tr.Close()
+			_ = tr.Conn.Close() // the transport leaves a socket it was given open
+		}
 	}
 	return nil
 }
 
-func (s *Server) acceptConns(ln *quic.Listener) {
+// acceptConns serves the connections ln accepts; sl is the TCP transport's streams when ln
+// is that transport's listener, else nil.
+func (s *Server) acceptConns(ln *quic.Listener, sl *streamlink.Server) {
 	defer s.wg.Done()
 	defer s.hs.stopLogging()
 	for {
@@ -299,13 +314,17 @@ func (s *Server) acceptConns(ln *quic.Listener) {
 		}
 		s.hs.accepted(qc)
 		s.wg.Add(1)
-		go s.serveConn(qc)
+		go s.serveConn(qc, sl)
 	}
 }
 
-func (s *Server) serveConn(qc *quic.Conn) {
+func (s *Server) serveConn(qc *quic.Conn, sl *streamlink.Server) {
 	defer s.wg.Done()
+	overStream(sl, qc)
 	log := s.log.WithField("peer", qc.RemoteAddr().String())
+	if sl != nil {
+		log = log.WithField("transport", "tcp")
+	}
 	cl := &connInfo{qc: qc, name: qc.RemoteAddr().String(), dgrams: newDatagramMux()}
 	if certs := qc.ConnectionState().TLS.PeerCertificates; len(certs) > 0 {
 		fp := FingerprintOf(certs[0])
@@ -337,7 +356,11 @@ func (s *Server) serveConn(qc *quic.Conn) {
 	}
 	log.Info("client connected")
 	cl.log = log
-	s.cfg.Metrics.trackConn(qc)
+	transport := "quic"
+	if sl != nil {
+		transport = "tcp"
+	}
+	s.cfg.Metrics.trackConn(qc, transport)
 
 	// The connection's flows, their dials included, live as long as both the connection and
 	// the server's flow group: a client that goes away takes its pending dials with it.

@@ -1,0 +1,309 @@
+package quicmux
+
+import (
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"errors"
+	"io"
+	"net"
+	"net/url"
+	"testing"
+	"time"
+
+	"github.com/quicgate/quicgate/httpproxy"
+	"github.com/quicgate/quicgate/httpproxy/proxytest"
+)
+
+// Over the TCP transport, every kind of flow works as over QUIC: a TCP flow with its bytes
+// both ways and its half-close, a UDP flow with small and oversize datagrams, a reverse
+// forward; and the connection's packets are the stream transport's large ones.
+func TestTCPTransport(t *testing.T) {
+	sreg, smetrics := newTestMetrics(t, "server")
+	tn := newTunnel(t, withTCPTransport(), withListenPolicy(listenAnywhere), withServerConfig(func(c *ServerConfig) { c.Metrics = smetrics }))
+	waitMetric(t, sreg, "quicgate_connections_active", map[string]string{"transport": "tcp"}, 1)
+	waitMetric(t, sreg, "quicgate_connections_active", map[string]string{"transport": "quic"}, 0)
+	tn.client.mu.Lock()
+	conn := tn.client.state.conn
+	tn.client.mu.Unlock()
+	if conn.RemoteAddr().Network() != "tcp" {
+		t.Fatalf("the client's connection runs over %s, want tcp", conn.RemoteAddr().Network())
+	}
+
+	c, err := tn.client.DialContext(t.Context(), "tcp", destination(t, echo))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	payload := bytes.Repeat([]byte("0123456789abcdef"), 1<<16) // 1 MiB
+	go func() {
+		_, _ = c.Write(payload)
+		_ = c.(interface{ CloseWrite() error }).CloseWrite()
+	}()
+	got, err := io.ReadAll(c)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if sha256.Sum256(got) != sha256.Sum256(payload) {
+		t.Fatalf("echoed %d bytes, not the %d sent", len(got), len(payload))
+	}
+
+	f := mustDialUDP(t, tn.client, udpEcho(t))
+	echoPacket(t, f, []byte("a datagram over TCP"))
+	echoPacket(t, f, bytes.Repeat([]byte("x"), 60000)) // larger than a packet: framed on the stream
+	_ = f.Close()
+
+	ln, err := listen(t, tn.client, closedPort(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	app, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer app.Close()
+	checkEchoVia(t, app, accept(t, ln))
+
+	if st := conn.ConnectionStats(); st.PacketsSent == 0 {
+		t.Fatal("no packets counted on the connection")
+	}
+}
+
+// An unauthorized client and a wrong pin fail over TCP as they do over QUIC.
+func TestTCPTransportRefusals(t *testing.T) {
+	tn := newTunnel(t, withTCPTransport())
+	stranger, err := NewEphemeralIdentity()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		name string
+		id   *Identity
+		pin  Fingerprint
+		want error
+	}{
+		{"unauthorized", stranger, tn.serverID.Fingerprint, ErrUnauthorized},
+		{"wrong pin", tn.clientID, stranger.Fingerprint, ErrPinMismatch},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			c := tn.newClient(tc.id, tc.pin)
+			ctx, cancel := context.WithTimeout(t.Context(), hangLimit)
+			defer cancel()
+			if err := c.Connect(ctx); !errors.Is(err, tc.want) {
+				t.Fatalf("connect: %v, want %v", err, tc.want)
+			}
+		})
+	}
+}
+
+// autoClient is a TransportAuto client whose QUIC goes through proxy (a UDP path the test
+// can black-hole) and whose TCP transport reaches tn's server directly.
+func autoClient(t *testing.T, tn *tunnel, proxy *impairProxy, retry time.Duration) (*Client, *logEvents) {
+	t.Helper()
+	log, events := watchLog(t)
+	c, err := NewClient(ClientConfig{Server: proxy.addr(), ServerTCP: tn.tcpAddr, Identity: tn.clientID,
+		Pin: tn.serverID.Fingerprint, DialTimeout: 3 * time.Second, QUICRetry: retry, Logger: log.WithField("side", "client")})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	return c, events
+}
+
+// transportOf is the transport of the client's live connection.
+func transportOf(c *Client) string {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.state.conn == nil {
+		return "none"
+	}
+	return c.state.conn.RemoteAddr().Network()
+}
+
+// Where UDP does not pass from the start, TransportAuto connects over TCP after QUIC's head
+// start, and says so once.
+func TestAutoFallsBackToTCP(t *testing.T) {
+	tn := newTunnel(t, withTCPTransport())
+	proxy := newImpairProxy(t, tn.serverAddr, 1, 0, 0) // UDP is black-holed
+	c, events := autoClient(t, tn, proxy, time.Hour)
+	start := time.Now()
+	conn, err := c.DialContext(t.Context(), "tcp", destination(t, echo))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	checkEcho(t, conn, "over the fallback")
+	t.Logf("first flow over the fallback after %v", time.Since(start).Round(time.Millisecond))
+	if got := transportOf(c); got != "tcp" {
+		t.Fatalf("connected over %s, want tcp", got)
+	}
+	if n := events.count("connected to server over TCP"); n != 1 {
+		t.Fatalf("the fallback was logged %d times, want once", n)
+	}
+	if proxy.dropped.Load() == 0 {
+		t.Fatal("QUIC was not tried first")
+	}
+}
+
+// Where UDP stops passing in the middle, the open flow is reset, new flows work over TCP,
+// and once UDP passes again new flows go over QUIC while the flow opened over TCP goes on
+// there until it ends, when the TCP connection is closed.
+func TestAutoMovesBetweenTransports(t *testing.T) {
+	tn := newTunnel(t, withTCPTransport())
+	serverLog, serverEvents := watchLog(t)
+	tn.server.log = serverLog
+	proxy := newImpairProxy(t, tn.serverAddr, 0, 0, 0)
+	c, events := autoClient(t, tn, proxy, 200*time.Millisecond)
+	dst := destination(t, echo)
+	first, err := c.DialContext(t.Context(), "tcp", dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer first.Close()
+	checkEcho(t, first, "over QUIC")
+	if got := transportOf(c); got != "udp" {
+		t.Fatalf("connected over %s, want QUIC (udp)", got)
+	}
+
+	proxy.setLoss(1) // a firewall starts dropping UDP
+	cut := time.Now()
+	expectReset(t, first, 2*c.cfg.Limits.KeepAlive+2*time.Second)
+	events.wait(t, "reconnected to server over another transport", 1)
+	t.Logf("on TCP %v after UDP was cut", time.Since(cut).Round(time.Millisecond))
+	onTCP, err := c.DialContext(t.Context(), "tcp", dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer onTCP.Close()
+	checkEcho(t, onTCP, "over TCP")
+	if got := transportOf(c); got != "tcp" {
+		t.Fatalf("reconnected over %s, want tcp", got)
+	}
+
+	proxy.setLoss(0) // UDP passes again
+	events.wait(t, "QUIC answers again; new flows go over it", 1)
+	if got := transportOf(c); got != "udp" {
+		t.Fatalf("moved to %s, want QUIC (udp)", got)
+	}
+	onQUIC, err := c.DialContext(t.Context(), "tcp", dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer onQUIC.Close()
+	checkEcho(t, onQUIC, "over QUIC again")
+	checkEcho(t, onTCP, "the TCP flow goes on") // its connection is kept for it
+	disconnected := serverEvents.count("client disconnected")
+	_ = onTCP.Close()
+	serverEvents.wait(t, "client disconnected", disconnected+1) // the TCP connection, retired
+	checkEcho(t, onQUIC, "still over QUIC")
+}
+
+// Through an HTTP CONNECT proxy, with and without authentication: the client reaches the
+// server's TCP transport and never tries QUIC; a proxy that wants credentials it was not
+// given is one clear error.
+func TestTCPTransportThroughProxy(t *testing.T) {
+	tn := newTunnel(t, withTCPTransport())
+	for _, tc := range []struct {
+		name       string
+		proxy      *proxytest.Proxy
+		user, pass string
+		want       error
+	}{
+		{"open proxy", &proxytest.Proxy{}, "", "", nil},
+		{"with auth", &proxytest.Proxy{User: "u", Pass: "p"}, "u", "p", nil},
+		{"auth missing", &proxytest.Proxy{User: "u", Pass: "p"}, "", "", httpproxy.ErrAuth},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			u := &url.URL{Scheme: "http", Host: tc.proxy.Start(t)}
+			if tc.user != "" {
+				u.User = url.UserPassword(tc.user, tc.pass)
+			}
+			c := tn.newClientWith(func(cfg *ClientConfig) { cfg.Proxy = u; cfg.Transport = TransportAuto })
+			ctx, cancel := context.WithTimeout(t.Context(), hangLimit)
+			defer cancel()
+			err := c.Connect(ctx)
+			if tc.want != nil {
+				if !errors.Is(err, tc.want) || !errors.Is(err, ErrServerUnreachable) {
+					t.Fatalf("connect: %v, want %v", err, tc.want)
+				}
+				if tc.proxy.Refused() == 0 {
+					t.Fatal("the proxy refused nothing")
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			conn, err := c.DialContext(ctx, "tcp", destination(t, echo))
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer conn.Close()
+			checkEcho(t, conn, "through the proxy")
+			if tc.proxy.Connects() != 1 {
+				t.Fatalf("the proxy opened %d tunnels, want 1", tc.proxy.Connects())
+			}
+		})
+	}
+}
+
+// readAll reads c until it ends, within hangLimit, and returns what it read.
+func readUntilClosed(t *testing.T, c net.Conn) []byte {
+	t.Helper()
+	_ = c.SetReadDeadline(time.Now().Add(hangLimit))
+	b, err := io.ReadAll(c)
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		t.Fatal("the server kept the connection open")
+	}
+	return b
+}
+
+// Peers that do not complete the handshake learn nothing and are not kept: one that sends
+// nothing is closed at the handshake timeout, one that speaks something else than TLS is
+// closed without a byte, and a source with too many handshakes pending is closed at once.
+func TestTCPTransportUnauthenticatedPeers(t *testing.T) {
+	t.Run("silent", func(t *testing.T) {
+		tn := newTunnel(t, withTCPTransport(), withServerConfig(func(c *ServerConfig) { c.Limits.HandshakeTimeout = 300 * time.Millisecond }))
+		c, err := net.Dial("tcp", tn.tcpAddr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if b := readUntilClosed(t, c); len(b) != 0 {
+			t.Fatalf("the server sent %q to a silent peer", b)
+		}
+	})
+	t.Run("not TLS", func(t *testing.T) {
+		tn := newTunnel(t, withTCPTransport())
+		c, err := net.Dial("tcp", tn.tcpAddr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if _, err := io.WriteString(c, "GET / HTTP/1.1\r\nHost: x\r\n\r\n"); err != nil {
+			t.Fatal(err)
+		}
+		if b := readUntilClosed(t, c); len(b) != 0 {
+			t.Fatalf("the server answered %q to HTTP", b)
+		}
+	})
+	t.Run("too many pending", func(t *testing.T) {
+		tn := newTunnel(t, withTCPTransport(), withServerConfig(func(c *ServerConfig) { c.Limits.HandshakeTimeout = time.Hour }))
+		for range 16 { // streamlink.DefaultMaxPendingPerSource
+			c, err := net.Dial("tcp", tn.tcpAddr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+		}
+		c, err := net.Dial("tcp", tn.tcpAddr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		if b := readUntilClosed(t, c); len(b) != 0 { // long before the hour-long handshake timeout
+			t.Fatalf("the server sent %q", b)
+		}
+	})
+}
