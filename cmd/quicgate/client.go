@@ -5,13 +5,17 @@ import (
 	"errors"
 	"flag"
 	"io"
+	"net"
 	"net/netip"
+	"net/url"
+	"os"
 	"sync"
 	"time"
 
 	"github.com/sirupsen/logrus"
 	"golang.org/x/sync/errgroup"
 
+	"github.com/quicgate/quicgate/httpproxy"
 	"github.com/quicgate/quicgate/ingress"
 	"github.com/quicgate/quicgate/quicmux"
 	"github.com/quicgate/quicgate/tun"
@@ -43,6 +47,7 @@ func runClient(ctx context.Context, args []string, stderr io.Writer) error {
 // clientFlags are the client's flags, which `client` and `run` both take.
 type clientFlags struct {
 	server, pin, proxyAuth       string
+	transport, proxy, serverTCP  string
 	forwards, dynamics, reverses multiFlag
 	udpForwards                  multiFlag
 	dialTimeout                  time.Duration
@@ -52,7 +57,10 @@ type clientFlags struct {
 
 func registerClientFlags(fs *flag.FlagSet) *clientFlags {
 	f := &clientFlags{}
-	fs.StringVar(&f.server, "server", "", "server's UDP address, host:port (required)")
+	fs.StringVar(&f.server, "server", "", "server's address, host:port: UDP for QUIC, and TCP for the fallback transport unless --server-tcp says otherwise (required)")
+	fs.StringVar(&f.transport, "transport", "auto", "how to reach the server: auto (QUIC, and TCP/TLS when QUIC has not answered within 300 ms; back to QUIC when it answers again), quic, or tcp")
+	fs.StringVar(&f.serverTCP, "server-tcp", "", "the server's TCP transport address, host:port (default: --server's)")
+	fs.StringVar(&f.proxy, "proxy", "", "reach the server's TCP transport through this HTTP CONNECT proxy, http://[user:pass@]host:port (default: $HTTPS_PROXY or $ALL_PROXY; 'none': no proxy); QUIC is not tried through a proxy")
 	fs.StringVar(&f.pin, "pin", "", "the server's fingerprint, as 'quicgate fingerprint' prints it (required)")
 	fs.Var(&f.forwards, "L", "forward [bind_address:]port:host:hostport through the tunnel, as ssh -L (repeatable)")
 	fs.Var(&f.udpForwards, "U", "forward local UDP port [bind_address:]port to UDP host:hostport through the tunnel, a flow per source address (repeatable)")
@@ -76,6 +84,9 @@ type clientSpec struct {
 	revs        []ingress.RemoteForward
 	tunCfg      *ingress.TUNConfig
 	dialTimeout time.Duration
+	transport   quicmux.Transport
+	serverTCP   string
+	proxy       *url.URL
 	common      *common
 }
 
@@ -91,7 +102,32 @@ func (f *clientFlags) check() (*clientSpec, error) {
 	if err != nil {
 		return nil, usageErr("--pin: %v", err)
 	}
-	spec := &clientSpec{server: f.server, pin: pin, dialTimeout: f.dialTimeout, common: f.common}
+	spec := &clientSpec{server: f.server, pin: pin, dialTimeout: f.dialTimeout, common: f.common, serverTCP: f.serverTCP}
+	if spec.transport, err = quicmux.ParseTransport(f.transport); err != nil {
+		return nil, usageErr("--transport: %q: want auto, quic or tcp", f.transport)
+	}
+	if f.serverTCP != "" {
+		if _, _, err := net.SplitHostPort(f.serverTCP); err != nil {
+			return nil, usageErr("--server-tcp: %v", err)
+		}
+	}
+	switch {
+	case f.proxy != "":
+		if spec.proxy, err = httpproxy.Parse(f.proxy); err != nil {
+			return nil, usageErr("--proxy: %v", err)
+		}
+	case spec.transport != quicmux.TransportQUIC:
+		target := f.server
+		if f.serverTCP != "" {
+			target = f.serverTCP
+		}
+		if spec.proxy, err = httpproxy.FromEnvironment(target, os.Getenv); err != nil {
+			return nil, usageErr("%v (or give --proxy none)", err)
+		}
+	}
+	if spec.proxy != nil && spec.transport == quicmux.TransportQUIC {
+		return nil, usageErr("--proxy carries only the TCP transport: give --transport auto or tcp with it")
+	}
 	for _, s := range f.forwards {
 		fw, err := ingress.ParseLocalForward(s)
 		if err != nil {
@@ -209,6 +245,9 @@ func serveClient(ctx context.Context, spec *clientSpec, stderr io.Writer, hooks 
 		Logger:          log,
 		Mark:            spec.mark(),
 		Dialing:         bypass.dialing,
+		Transport:       spec.transport,
+		ServerTCP:       spec.serverTCP,
+		Proxy:           spec.proxy,
 	})
 	if err != nil {
 		return err

@@ -3,7 +3,9 @@ package main
 import (
 	"context"
 	"flag"
+	"fmt"
 	"io"
+	"net"
 	"os"
 	"os/signal"
 	"runtime"
@@ -19,6 +21,7 @@ import (
 // serverFlags are the server's own flags.
 type serverFlags struct {
 	listen, authFile           *string
+	listenTCP                  *string
 	allow, allowListen         multiFlag
 	dialTimeout, headerTimeout *time.Duration
 	maxHeader, maxDials        *int
@@ -35,7 +38,8 @@ type serverFlags struct {
 func parseServerFlags(args []string, stderr io.Writer) (*serverFlags, error) {
 	fs := newFlagSet("server", stderr)
 	f := &serverFlags{}
-	f.listen = fs.String("listen", "127.0.0.1:4433", "UDP address to listen on")
+	f.listen = fs.String("listen", "127.0.0.1:4433", "address to listen on: UDP for QUIC, and TCP for the fallback transport unless --listen-tcp says otherwise")
+	f.listenTCP = fs.String("listen-tcp", "", "TCP address of the fallback transport (TLS; for clients whose networks block UDP or allow only an HTTP proxy); default: --listen's; 'off': none")
 	f.authFile = fs.String("authorized-clients", "", "file of client fingerprints to accept, one a line ('#' comments) (required; reread when it changes, and on SIGHUP)")
 	fs.Var(&f.allow, "allow", "destination the server may dial: CIDR, CIDR:PORT, CIDR:LOW-HIGH or a host name (repeatable; at least one; the config file's are reread when it changes, and on SIGHUP)")
 	fs.Var(&f.allowListen, "allow-listen", "where clients may have the server listen for their reverse forwards (-R): ADDR:PORT, ADDR:LOW-HIGH or CIDR:PORTS (repeatable; none by default; permitlisten= in the authorized-clients file allows one client more)")
@@ -155,6 +159,23 @@ func runServer(ctx context.Context, args []string, stderr io.Writer) error {
 	addr, err := srv.Listen(*f.listen)
 	if err != nil {
 		return err
+	}
+	tcpAddr := addr.String() // the same port, when --listen asked for port 0
+	switch *f.listenTCP {
+	case "off":
+		tcpAddr = ""
+	case "":
+		if host, _, err := net.SplitHostPort(*f.listen); err == nil {
+			_, port, _ := net.SplitHostPort(addr.String())
+			tcpAddr = net.JoinHostPort(host, port)
+		}
+	default:
+		tcpAddr = *f.listenTCP
+	}
+	if tcpAddr != "" {
+		if _, err := srv.ListenTCP(tcpAddr); err != nil {
+			return fmt.Errorf("--listen-tcp %s: %w (give --listen-tcp off to serve QUIC alone)", tcpAddr, err)
+		}
 	}
 	// SIGHUP is caught before the server says it is ready: from then on it reloads.
 	hup := make(chan os.Signal, 1)

@@ -148,6 +148,7 @@ func printStatus(w io.Writer, addr string, m *metricSet, failures []quicmux.Fail
 	} else {
 		fmt.Fprintf(w, "connections:        %.0f open, RTT %s (min %s), congestion control %s\n", conns,
 			seconds(m.total("quicgate_quic_rtt_seconds")), seconds(m.total("quicgate_quic_min_rtt_seconds")), cc)
+		fmt.Fprintf(w, "transport:          %s\n", m.byLabel("quicgate_connections_active", "transport"))
 	}
 	if m.side == "client" {
 		fmt.Fprintf(w, "reconnects:         %.0f\n", m.total("quicgate_reconnects_total"))
