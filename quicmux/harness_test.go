@@ -47,6 +47,7 @@ func withClientConfig(f func(*ClientConfig)) tunnelOption {
 func withDialTimeout(d time.Duration) tunnelOption {
 	return func(tn *tunnel) { tn.serverCfg.DialTimeout = d }
 }
+
 // withTCPTransport has the server serve the TCP transport too, and the client use it alone.
 func withTCPTransport() tunnelOption {
 	return func(tn *tunnel) {
