@@ -55,7 +55,12 @@ func BenchmarkStreamOpen(b *testing.B) {
 // BenchmarkRelayThroughput: bulk bytes from a TCP app through -L, the tunnel and the
 // server's relay to a TCP sink.
 func BenchmarkRelayThroughput(b *testing.B) {
-	tn := newTunnel(b)
+	b.Run("quic", func(b *testing.B) { benchRelayThroughput(b) })
+	b.Run("tcp", func(b *testing.B) { benchRelayThroughput(b, withTCPTransport()) })
+}
+
+func benchRelayThroughput(b *testing.B, opts ...tunnelOption) {
+	tn := newTunnel(b, opts...)
 	dst := destination(b, func(c *net.TCPConn) { _, _ = io.Copy(io.Discard, c) })
 	c, err := net.Dial("tcp", tn.forward(dst))
 	if err != nil {
@@ -72,4 +77,11 @@ func BenchmarkRelayThroughput(b *testing.B) {
 		}
 	}
 	b.ReportMetric(float64(b.N)*float64(len(buf))*8/time.Since(start).Seconds()/1e9, "Gbit/s")
+	tn.client.mu.Lock()
+	conn := tn.client.state.conn
+	tn.client.mu.Unlock()
+	if conn != nil {
+		st := conn.ConnectionStats()
+		b.ReportMetric(float64(st.PacketsLost)/float64(max(st.PacketsSent, 1))*100, "%lost")
+	}
 }

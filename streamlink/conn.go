@@ -1,7 +1,6 @@
 package streamlink
 
 import (
-	"bufio"
 	"net"
 	"sync"
 	"time"
@@ -19,7 +18,7 @@ const readBuffer = 64 << 10
 // queued and closes the stream.
 type Conn struct {
 	c     net.Conn
-	fr    frameReader
+	fr    *frameReader
 	s     *sender
 	close sync.Once
 }
@@ -28,7 +27,7 @@ var _ net.PacketConn = (*Conn)(nil)
 
 // NewConn returns the packet conn over c, which it owns from now on.
 func NewConn(c net.Conn) *Conn {
-	return &Conn{c: c, fr: frameReader{bufio.NewReaderSize(c, readBuffer)}, s: newSender(c)}
+	return &Conn{c: c, fr: newFrameReader(c), s: newSender(c)}
 }
 
 // ReadFrom reads the next packet; its address is the stream's far end. It fails when the

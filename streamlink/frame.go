@@ -1,6 +1,8 @@
 package streamlink
 
 import (
+	"bufio"
+	"crypto/tls"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -25,28 +27,33 @@ func appendFrame(b, p []byte) []byte {
 	return append(b, p...)
 }
 
-// frameReader reads frames from a buffered stream.
+// frameReader reads frames from a stream.
 type frameReader struct {
-	r interface {
-		io.Reader
-		io.ByteReader
+	r   io.Reader
+	hdr [2]byte
+}
+
+// newFrameReader reads frames from c: through a buffer, unless c buffers already (a TLS
+// session holds a decrypted record, and a buffer on top of it would only copy it again).
+func newFrameReader(c io.Reader) *frameReader {
+	if _, ok := c.(*tls.Conn); ok {
+		return &frameReader{r: c}
 	}
+	return &frameReader{r: bufio.NewReaderSize(c, readBuffer)}
 }
 
 // readFrame reads the next frame into p and returns the packet's length. A packet longer
 // than p is read and dropped (as a UDP socket truncates a datagram, but whole), and the
 // next one is read instead.
-func (fr frameReader) readFrame(p []byte) (int, error) {
+func (fr *frameReader) readFrame(p []byte) (int, error) {
 	for {
-		hi, err := fr.r.ReadByte()
-		if err != nil {
+		if n, err := io.ReadFull(fr.r, fr.hdr[:]); err != nil {
+			if n > 0 {
+				return 0, unexpected(err)
+			}
 			return 0, err
 		}
-		lo, err := fr.r.ReadByte()
-		if err != nil {
-			return 0, unexpected(err)
-		}
-		n := int(hi)<<8 | int(lo)
+		n := int(binary.BigEndian.Uint16(fr.hdr[:]))
 		if n <= len(p) {
 			if _, err := io.ReadFull(fr.r, p[:n]); err != nil {
 				return 0, unexpected(err)
@@ -61,7 +68,7 @@ func (fr frameReader) readFrame(p []byte) (int, error) {
 
 // unexpected turns an EOF inside a frame into io.ErrUnexpectedEOF.
 func unexpected(err error) error {
-	if errors.Is(err, io.EOF) {
+	if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
 		return fmt.Errorf("streamlink: stream ended inside a frame: %w", io.ErrUnexpectedEOF)
 	}
 	return err

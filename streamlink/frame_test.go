@@ -9,8 +9,8 @@ import (
 	"testing/iotest"
 )
 
-func frameReaderOf(b []byte) frameReader {
-	return frameReader{bufio.NewReader(bytes.NewReader(b))}
+func frameReaderOf(b []byte) *frameReader {
+	return &frameReader{r: bufio.NewReader(bytes.NewReader(b))}
 }
 
 // TestFrameHeader checks the framing's bytes: a 2-byte big-endian length, then the packet,
@@ -48,7 +48,7 @@ func TestFrameRoundTrip(t *testing.T) {
 		if name != "whole" {
 			r = iotest.OneByteReader(r)
 		}
-		fr := frameReader{bufio.NewReader(r)}
+		fr := frameReader{r: bufio.NewReader(r)}
 		p := make([]byte, MaxPacket)
 		for i, w := range want {
 			n, err := fr.readFrame(p)
@@ -145,7 +145,7 @@ func TestFrameUnexpectedEOF(t *testing.T) {
 func TestFrameReadError(t *testing.T) {
 	boom := errors.New("boom")
 	for _, prefix := range [][]byte{nil, {0}, {0, 5, 'a'}} {
-		fr := frameReader{bufio.NewReader(io.MultiReader(bytes.NewReader(prefix), iotest.ErrReader(boom)))}
+		fr := frameReader{r: bufio.NewReader(io.MultiReader(bytes.NewReader(prefix), iotest.ErrReader(boom)))}
 		_, err := fr.readFrame(make([]byte, 10))
 		if !errors.Is(err, boom) || errors.Is(err, io.ErrUnexpectedEOF) {
 			t.Errorf("after % x: %v; want the reader's error", prefix, err)
@@ -165,7 +165,7 @@ func TestSendTooLarge(t *testing.T) {
 	send(t, c, big, nil)
 	got := make(chan []byte, 1)
 	go func() {
-		fr := frameReader{bufio.NewReader(peer)}
+		fr := frameReader{r: bufio.NewReader(peer)}
 		p := make([]byte, MaxPacket)
 		n, err := fr.readFrame(p)
 		if err != nil {

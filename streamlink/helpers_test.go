@@ -214,7 +214,7 @@ func packet(seq uint32, n int) []byte {
 // readFrames reads frames from r until it ends, and returns them and the error that ended
 // them.
 func readFrames(r io.Reader) ([][]byte, error) {
-	fr := frameReader{bufio.NewReaderSize(r, readBuffer)}
+	fr := frameReader{r: bufio.NewReaderSize(r, readBuffer)}
 	var frames [][]byte
 	p := make([]byte, MaxPacket)
 	for {

@@ -1,7 +1,6 @@
 package streamlink
 
 import (
-	"bufio"
 	"context"
 	"errors"
 	"net"
@@ -250,7 +249,7 @@ func (s *Server) end(st *stream) {
 
 // read hands the stream's packets to ReadFrom until the stream ends.
 func (s *Server) read(st *stream) error {
-	fr := frameReader{bufio.NewReaderSize(st.c, readBuffer)}
+	fr := newFrameReader(st.c)
 	for {
 		b := s.bufs.Get().(*[]byte)
 		n, err := fr.readFrame(*b)
