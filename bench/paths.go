@@ -136,7 +136,11 @@ func startQuicgate(env *Env, dir string, clientArgs ...string) (srv, cli *Proc, 
 		srv.Stop()
 		return nil, nil, err
 	}
-	args := append([]string{"client", "--server", ready["addr"].(string), "--state-dir", filepath.Join(dir, "client"), "--pin", pin, "--log-format", "json"}, clientArgs...)
+	args := []string{"client", "--server", ready["addr"].(string), "--state-dir", filepath.Join(dir, "client"), "--pin", pin, "--log-format", "json"}
+	if tcp, ok := ready["tcp_addr"].(string); ok {
+		args = append(args, "--server-tcp", tcp)
+	}
+	args = append(args, clientArgs...)
 	cli, err = StartProc("quicgate client", exec.Command(env.Quicgate, env.pprofArgs(args...)...))
 	if err != nil {
 		srv.Stop()
@@ -150,13 +154,26 @@ func startQuicgate(env *Env, dir string, clientArgs ...string) (srv, cli *Proc, 
 	return srv, cli, nil
 }
 
-type quicgateLPath struct{ srv, cli *Proc }
+// quicgateLPath is -L over QUIC, or over the TCP fallback transport (tcp).
+type quicgateLPath struct {
+	tcp      bool
+	srv, cli *Proc
+}
 
-func (*quicgateLPath) Name() string { return "quicgate -L" }
+func (p *quicgateLPath) Name() string {
+	if p.tcp {
+		return "quicgate -L over TCP"
+	}
+	return "quicgate -L"
+}
 
 func (p *quicgateLPath) Setup(ctx context.Context, env *Env) (DialFunc, error) {
 	var err error
-	p.srv, p.cli, err = startQuicgate(env, filepath.Join(env.Dir, "qg"), "-L", "0:"+env.Sink, "-L", "0:"+env.Echo)
+	args, dir := []string{"-L", "0:" + env.Sink, "-L", "0:" + env.Echo}, "qg"
+	if p.tcp {
+		args, dir = append(args, "--transport", "tcp"), "qg-tcp"
+	}
+	p.srv, p.cli, err = startQuicgate(env, filepath.Join(env.Dir, dir), args...)
 	if err != nil {
 		return nil, err
 	}

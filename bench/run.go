@@ -34,7 +34,7 @@ func DefaultOptions(quick bool) Options {
 
 // AllPaths in report order.
 func AllPaths() []Path {
-	return []Path{directPath{}, &rawQUICPath{}, &goRelayPath{}, &quicgateLPath{}, &tunPath{}, newRootlessPath(), &quicgateDPath{}, &sshPath{}, &sshDPath{}, &socatPath{}}
+	return []Path{directPath{}, &rawQUICPath{}, &goRelayPath{}, &quicgateLPath{}, &quicgateLPath{tcp: true}, &tunPath{}, newRootlessPath(), &quicgateDPath{}, &sshPath{}, &sshDPath{}, &socatPath{}}
 }
 
 // Run measures every path in turn and returns the report (with targets evaluated).

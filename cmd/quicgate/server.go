@@ -9,6 +9,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
+	"strings"
 	"syscall"
 	"time"
 
@@ -172,8 +173,15 @@ func runServer(ctx context.Context, args []string, stderr io.Writer) error {
 	default:
 		tcpAddr = *f.listenTCP
 	}
+	var tcpBound net.Addr
 	if tcpAddr != "" {
-		if _, err := srv.ListenTCP(tcpAddr); err != nil {
+		if tcpBound, err = srv.ListenTCP(tcpAddr); err != nil && *f.listenTCP == "" && strings.HasSuffix(*f.listen, ":0") {
+			// --listen asked for any port: the TCP transport takes any port too when UDP's
+			// number is taken on TCP ("server ready" says which).
+			host, _, _ := net.SplitHostPort(tcpAddr)
+			tcpBound, err = srv.ListenTCP(net.JoinHostPort(host, "0"))
+		}
+		if err != nil {
 			return fmt.Errorf("--listen-tcp %s: %w (give --listen-tcp off to serve QUIC alone)", tcpAddr, err)
 		}
 	}
@@ -181,7 +189,11 @@ func runServer(ctx context.Context, args []string, stderr io.Writer) error {
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
-	log.WithFields(logrus.Fields{"addr": addr.String(), "fingerprint": id.Fingerprint.String(), "rules": len(acc.Rules), "clients": len(acc.Authorized)}).Info("server ready")
+	ready := logrus.Fields{"addr": addr.String(), "fingerprint": id.Fingerprint.String(), "rules": len(acc.Rules), "clients": len(acc.Authorized)}
+	if tcpBound != nil {
+		ready["tcp_addr"] = tcpBound.String()
+	}
+	log.WithFields(ready).Info("server ready")
 	// An edit of the files, or SIGHUP, rereads them (quicmux.Reloader): the flags and the
 	// config file are parsed anew each time, so the config file's allow rules, and the
 	// authorized-clients file it may name, are reread with the file.
