@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"net/url"
 	"os"
+	"slices"
 	"sync"
 	"time"
 
@@ -184,16 +185,27 @@ func (s *clientSpec) mark() uint32 {
 // (ingress.TUN.Bypass): the client may dial before the TUN exists, and again at another
 // address when the server's name resolves anew.
 type serverBypass struct {
-	log  *logrus.Entry
-	mu   sync.Mutex
-	addr netip.Addr
-	tun  *ingress.TUN
+	log   *logrus.Entry
+	mu    sync.Mutex
+	addrs []netip.Addr // the last addresses the client dialed: the server's (UDP, TCP) and a proxy's
+	tun   *ingress.TUN
 }
+
+// maxBypass is how many addresses stay off the tunnel: the server's, its TCP transport's when
+// it is elsewhere, a proxy's, and one more for a name whose address changed.
+const maxBypass = 4
 
 func (b *serverBypass) dialing(server netip.AddrPort) {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	b.addr = server.Addr()
+	a := server.Addr()
+	if i := slices.Index(b.addrs, a); i >= 0 {
+		b.addrs = slices.Delete(b.addrs, i, i+1)
+	}
+	b.addrs = append(b.addrs, a)
+	if len(b.addrs) > maxBypass {
+		b.addrs = b.addrs[len(b.addrs)-maxBypass:]
+	}
 	b.apply()
 }
 
@@ -206,10 +218,10 @@ func (b *serverBypass) setTUN(t *ingress.TUN) {
 
 // apply runs under mu.
 func (b *serverBypass) apply() {
-	if b.tun == nil || !b.addr.IsValid() {
+	if b.tun == nil || len(b.addrs) == 0 {
 		return
 	}
-	if err := b.tun.Bypass(b.addr); err != nil {
+	if err := b.tun.Bypass(b.addrs...); err != nil {
 		b.log.WithError(err).Warn("cannot keep the server's address off the tunnel's routes")
 	}
 }
