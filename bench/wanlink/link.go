@@ -102,6 +102,16 @@ func (l *Link) Stats() Stats {
 	return s
 }
 
+// BlockUDP drops every UDP packet both ways while on is true, as a firewall that blocks UDP
+// (or starts to, in the middle of a transfer); other packets pass as before.
+func (l *Link) BlockUDP(on bool) {
+	l.up.dropUDP.Store(on)
+	l.down.dropUDP.Store(on)
+}
+
+// Blocked is how many UDP packets BlockUDP dropped, both ways.
+func (l *Link) Blocked() int64 { return l.up.c.blocked.Load() + l.down.c.blocked.Load() }
+
 // Close stops the pumps and removes both devices. It is idempotent.
 func (l *Link) Close() error {
 	var err error

@@ -6,6 +6,7 @@ import (
 	"io/fs"
 	"os"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -46,6 +47,8 @@ type pump struct {
 	done    chan struct{}
 	timer   *timer
 	c       counters
+	// dropUDP: every UDP packet is dropped (Link.BlockUDP), as a firewall that blocks UDP.
+	dropUDP atomic.Bool
 }
 
 func newPump(in, out wgtun.Device, mtu int, p Params) (*pump, error) {
@@ -107,6 +110,10 @@ func (p *pump) read() error {
 			storeMax(&p.c.maxSize, int64(size))
 			if size > p.mtu || size > slabSize-offset {
 				p.c.oversize.Add(1) // a frame the wire could not carry
+				continue
+			}
+			if p.dropUDP.Load() && isUDP(bufs[i][offset:offset+size]) {
+				p.c.blocked.Add(1)
 				continue
 			}
 			switch v, _ := p.line.Push(now, size, packet{slab: held[i], n: size}); v {
@@ -252,4 +259,15 @@ func (p *pump) release() {
 	for _, pk := range p.line.Pop(time.Now().Add(24*time.Hour), nil, p.line.Len()) {
 		slabs.Put(pk.slab)
 	}
+}
+
+// isUDP says whether an IP packet carries UDP (IPv4's protocol, IPv6's first next header).
+func isUDP(b []byte) bool {
+	switch {
+	case len(b) >= 20 && b[0]>>4 == 4:
+		return b[9] == syscall.IPPROTO_UDP
+	case len(b) >= 40 && b[0]>>4 == 6:
+		return b[6] == syscall.IPPROTO_UDP
+	}
+	return false
 }

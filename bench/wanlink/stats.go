@@ -15,6 +15,7 @@ const LateAfter = 2 * time.Millisecond
 type counters struct {
 	packets, bytes          atomic.Int64 // read from the device, after GSO splitting
 	lost, queueFull         atomic.Int64
+	blocked                 atomic.Int64 // UDP packets dropped while UDP is blocked
 	oversize, maxSize       atomic.Int64
 	delivered, deliveredB   atomic.Int64
 	late, maxLateNs         atomic.Int64
