@@ -7,6 +7,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"net/netip"
 	"net/url"
 	"testing"
 	"time"
@@ -15,12 +16,18 @@ import (
 	"github.com/quicgate/quicgate/httpproxy/proxytest"
 )
 
-// Over the TCP transport, every kind of flow works as over QUIC: a TCP flow with its bytes
+// Over the TCP transport, every kind of request works as over QUIC: a TCP flow with its bytes
 // both ways and its half-close, a UDP flow with small and oversize datagrams, a reverse
-// forward; and the connection's packets are the stream transport's large ones.
+// forward, a lookup and an echo; and the server counts the connection under transport tcp.
 func TestTCPTransport(t *testing.T) {
 	sreg, smetrics := newTestMetrics(t, "server")
-	tn := newTunnel(t, withTCPTransport(), withListenPolicy(listenAnywhere), withServerConfig(func(c *ServerConfig) { c.Metrics = smetrics }))
+	tn := newTunnel(t, withTCPTransport(), withListenPolicy(listenAnywhere), withServerConfig(func(c *ServerConfig) {
+		c.Metrics = smetrics
+		c.Resolver = resolverFunc(func(ctx context.Context, network, host string) ([]netip.Addr, error) {
+			return []netip.Addr{netip.MustParseAddr("127.0.0.9")}, nil
+		})
+		c.echo = func(context.Context, netip.Addr, []byte) (time.Duration, error) { return time.Millisecond, nil }
+	}))
 	waitMetric(t, sreg, "quicgate_connections_active", map[string]string{"transport": "tcp"}, 1)
 	waitMetric(t, sreg, "quicgate_connections_active", map[string]string{"transport": "quic"}, 0)
 	tn.client.mu.Lock()
@@ -63,6 +70,14 @@ func TestTCPTransport(t *testing.T) {
 	}
 	defer app.Close()
 	checkEchoVia(t, app, accept(t, ln))
+
+	// A lookup (the TUN's DNS) and an echo (its ping).
+	if addrs, err := tn.client.Resolve(t.Context(), "name.test"); err != nil || len(addrs) != 1 || addrs[0] != netip.MustParseAddr("127.0.0.9") {
+		t.Fatalf("resolve over TCP: %v, %v", addrs, err)
+	}
+	if _, err := tn.client.Echo(t.Context(), netip.MustParseAddr("127.0.0.1"), []byte("ping")); err != nil {
+		t.Fatalf("echo over TCP: %v", err)
+	}
 
 	if st := conn.ConnectionStats(); st.PacketsSent == 0 {
 		t.Fatal("no packets counted on the connection")
