@@ -743,7 +743,7 @@ func TestStatus(t *testing.T) {
 			break
 		}
 	}
-	for _, want := range []string{"quicgate server (metrics at " + metrics + ")", "connections:        1 open, RTT ", "congestion control bbr",
+	for _, want := range []string{"quicgate server (metrics at " + metrics + ")", "connections:        1 open, RTT ", "congestion control bbr", "transport:          quic 1\n",
 		"flows open:         0", "flows ended:        ok 1, rejected 1", "dial results:       denied 1, ok 1",
 		"recent failures (newest first):\n", "  quic from " + p.clientFP + " to 127.0.0.2:9: denied\n"} {
 		if !strings.Contains(out, want) {
