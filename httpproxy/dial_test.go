@@ -12,6 +12,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/quicgate/quicgate/httpproxy/proxytest"
 )
 
 // secret is the password of every test that has one: no error may show it.
@@ -36,9 +38,9 @@ func testContext(t *testing.T) context.Context {
 	return ctx
 }
 
-// roundTrip writes msg on c, ends its side and checks that the echo server sent msg back
-// and ended its own.
-func roundTrip(t *testing.T, c net.Conn, msg string) {
+// exchange writes msg on c, ends its side and returns what c reads until the far end ends
+// its own.
+func exchange(t *testing.T, c net.Conn, msg string) string {
 	t.Helper()
 	if _, err := io.WriteString(c, msg); err != nil {
 		t.Fatal(err)
@@ -51,7 +53,14 @@ func roundTrip(t *testing.T, c net.Conn, msg string) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if string(got) != msg {
+	return string(got)
+}
+
+// roundTrip checks that the echo server at the tunnel's end sends msg back and ends its side
+// once c has ended its own.
+func roundTrip(t *testing.T, c net.Conn, msg string) {
+	t.Helper()
+	if got := exchange(t, c, msg); got != msg {
 		t.Fatalf("echo through the tunnel = %q, want %q", got, msg)
 	}
 }
@@ -66,31 +75,33 @@ func checkNoSecret(t *testing.T, err error) {
 
 func TestTunnel(t *testing.T) {
 	target := echoServer(t)
-	p := &testProxy{}
-	srv := p.start(t, false)
+	p := &proxytest.Proxy{}
+	proxy := p.Start(t)
 
-	c, err := dialer(t, srv.URL).DialContext(testContext(t), "tcp", target)
+	c, err := dialer(t, "http://"+proxy).DialContext(testContext(t), "tcp", target)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
 	roundTrip(t, c, "hello through the proxy")
 
-	req := <-p.seen
-	if req.method != "CONNECT" || req.host != target {
-		t.Errorf("proxy saw %s %s, want CONNECT %s", req.method, req.host, target)
+	seen := p.Seen()
+	if len(seen) != 1 {
+		t.Fatalf("proxy saw %d requests, want 1: %+v", len(seen), seen)
 	}
-	if h := req.header.Get("Proxy-Authorization"); h != "" {
+	req := seen[0]
+	if req.Method != "CONNECT" || req.Host != target {
+		t.Errorf("proxy saw %s %s, want CONNECT %s", req.Method, req.Host, target)
+	}
+	if h := req.Header.Get("Proxy-Authorization"); h != "" {
 		t.Errorf("Proxy-Authorization %q sent without user info", h)
 	}
 }
 
 func TestTunnelAuth(t *testing.T) {
 	target := echoServer(t)
-	p := &testProxy{user: "alice", pass: secret}
-	srv := p.start(t, false)
-	u, _ := url.Parse(srv.URL)
-	u.User = url.UserPassword("alice", secret)
+	p := &proxytest.Proxy{User: "alice", Pass: secret}
+	u := &url.URL{Scheme: "http", Host: p.Start(t), User: url.UserPassword("alice", secret)}
 
 	c, err := dialer(t, u.String()).DialContext(testContext(t), "tcp", target)
 	if err != nil {
@@ -101,9 +112,8 @@ func TestTunnelAuth(t *testing.T) {
 }
 
 func TestAuthFailures(t *testing.T) {
-	p := &testProxy{user: "alice", pass: secret}
-	srv := p.start(t, false)
-	addr := srv.Listener.Addr().String()
+	p := &proxytest.Proxy{User: "alice", Pass: secret}
+	addr := p.Start(t)
 	const target = "example.com:443"
 
 	for _, tc := range []struct {
@@ -116,8 +126,7 @@ func TestAuthFailures(t *testing.T) {
 		{"wrong user", url.UserPassword("bob", secret), "(it did not accept the user:pass in the proxy URL)"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			u, _ := url.Parse(srv.URL)
-			u.User = tc.user
+			u := &url.URL{Scheme: "http", Host: addr, User: tc.user}
 			c, err := dialer(t, u.String()).DialContext(testContext(t), "tcp", target)
 			if err == nil {
 				c.Close()
@@ -149,11 +158,9 @@ func TestAuthSchemeNotBasic(t *testing.T) {
 }
 
 func TestForbidden(t *testing.T) {
-	p := &testProxy{status: 403}
-	srv := p.start(t, false)
-	addr := srv.Listener.Addr().String()
-	u, _ := url.Parse(srv.URL)
-	u.User = url.UserPassword("alice", secret)
+	p := &proxytest.Proxy{Status: 403}
+	addr := p.Start(t)
+	u := &url.URL{Scheme: "http", Host: addr, User: url.UserPassword("alice", secret)}
 
 	_, err := dialer(t, u.String()).DialContext(testContext(t), "tcp", "example.com:443")
 	if !errors.Is(err, ErrRefused) {
@@ -167,9 +174,8 @@ func TestForbidden(t *testing.T) {
 }
 
 func TestOtherStatus(t *testing.T) {
-	p := &testProxy{} // dials the target itself: a closed port gives 502
-	srv := p.start(t, false)
-	_, err := dialer(t, srv.URL).DialContext(testContext(t), "tcp", closedPort(t))
+	p := &proxytest.Proxy{} // dials the target itself: a closed port gives 502
+	_, err := dialer(t, "http://"+p.Start(t)).DialContext(testContext(t), "tcp", closedPort(t))
 	if !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), "answered 502 Bad Gateway") {
 		t.Errorf("error %v: want ErrRefused after 502", err)
 	}
@@ -292,26 +298,14 @@ func TestSilentProxyCancel(t *testing.T) {
 
 func TestEarlyBytes(t *testing.T) {
 	target := echoServer(t)
-	p := &testProxy{early: "early bytes|"}
-	srv := p.start(t, false)
+	p := &proxytest.Proxy{Early: "early bytes|"}
 
-	c, err := dialer(t, srv.URL).DialContext(testContext(t), "tcp", target)
+	c, err := dialer(t, "http://"+p.Start(t)).DialContext(testContext(t), "tcp", target)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
-	if _, err := io.WriteString(c, "echoed"); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.(interface{ CloseWrite() error }).CloseWrite(); err != nil {
-		t.Fatal(err)
-	}
-	_ = c.SetReadDeadline(time.Now().Add(wait))
-	got, err := io.ReadAll(c)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if want := "early bytes|echoed"; string(got) != want {
+	if got, want := exchange(t, c, "echoed"), "early bytes|echoed"; got != want {
 		t.Errorf("tunnel read %q, want %q", got, want)
 	}
 }
@@ -399,9 +393,7 @@ func TestBadDialArguments(t *testing.T) {
 
 func TestCustomDial(t *testing.T) {
 	target := echoServer(t)
-	p := &testProxy{}
-	srv := p.start(t, false)
-	proxy := srv.Listener.Addr().String()
+	proxy := (&proxytest.Proxy{}).Start(t)
 
 	var gotNetwork, gotAddr string
 	d := dialer(t, "http://"+proxy)
@@ -422,8 +414,8 @@ func TestCustomDial(t *testing.T) {
 
 func TestHTTPSProxy(t *testing.T) {
 	target := echoServer(t)
-	p := &testProxy{user: "alice", pass: secret}
-	srv := p.start(t, true)
+	p := &proxytest.Proxy{User: "alice", Pass: secret}
+	srv := p.StartTLS(t)
 	u, _ := url.Parse(srv.URL) // https://127.0.0.1:port
 	u.User = url.UserPassword("alice", secret)
 	roots := x509.NewCertPool()

@@ -8,6 +8,8 @@ import (
 	"os"
 	"testing"
 	"time"
+
+	"github.com/quicgate/quicgate/internal/looptest"
 )
 
 // TestConnFullQueueDrops writes three queues' worth of packets to a Conn whose peer does not
@@ -34,7 +36,7 @@ func TestConnFullQueueDrops(t *testing.T) {
 	}()
 	// The peer reads nothing until every WriteTo has returned: one that blocked would
 	// never return, and the guard fails the test.
-	for i, r := range wait(t, done, "the WriteTo calls (blocked on the full queue?)") {
+	for i, r := range looptest.Await(t, done, "the WriteTo calls (blocked on the full queue?)") {
 		if r.n != size || r.err != nil {
 			t.Fatalf("WriteTo %d = %d, %v; want %d, nil", i, r.n, r.err, size)
 		}
@@ -59,10 +61,10 @@ func TestConnFullQueueDrops(t *testing.T) {
 	}()
 	closed := make(chan error, 1)
 	go func() { closed <- c.Close() }()
-	if err := wait(t, closed, "Close"); err != nil {
+	if err := looptest.Await(t, closed, "Close"); err != nil {
 		t.Fatalf("Close: %v", err)
 	}
-	r := wait(t, got, "the peer's reads")
+	r := looptest.Await(t, got, "the peer's reads")
 	if r.err != io.EOF {
 		t.Fatalf("peer: stream ended with %v; want io.EOF", r.err)
 	}
@@ -105,7 +107,7 @@ func TestConnCloseFlushes(t *testing.T) {
 			t.Fatalf("packet %d: read %d bytes, differing from the %d written", i, len(frames[i]), len(want[i]))
 		}
 	}
-	if err := wait(t, closed, "Close"); err != nil {
+	if err := looptest.Await(t, closed, "Close"); err != nil {
 		t.Fatalf("Close: %v", err)
 	}
 	if d := c.Dropped(); d != 0 {
@@ -125,7 +127,7 @@ func TestConnWriteError(t *testing.T) {
 	c, peer := pipeConn(t)
 	_ = peer.Close()
 	send(t, c, []byte("lost"), nil) // queued; the sender's write then fails
-	wait(t, c.s.done, "the sender's end after its write failed")
+	looptest.Await(t, c.s.done, "the sender's end after its write failed")
 	if n, err := c.WriteTo([]byte("after"), nil); !errors.Is(err, io.ErrClosedPipe) || n != 0 {
 		t.Fatalf("WriteTo on a broken stream = %d, %v; want 0, io.ErrClosedPipe", n, err)
 	}

@@ -7,6 +7,8 @@ import (
 	"io"
 	"testing"
 	"testing/iotest"
+
+	"github.com/quicgate/quicgate/internal/looptest"
 )
 
 func frameReaderOf(b []byte) *frameReader {
@@ -174,7 +176,7 @@ func TestSendTooLarge(t *testing.T) {
 		}
 		got <- p[:n]
 	}()
-	if p := wait(t, got, "the MaxPacket frame"); !bytes.Equal(p, big) {
+	if p := looptest.Await(t, got, "the MaxPacket frame"); !bytes.Equal(p, big) {
 		t.Fatalf("peer read %d bytes, want the %d sent", len(p), len(big))
 	}
 	if d := c.Dropped(); d != 0 {

@@ -10,11 +10,14 @@ import (
 	"net"
 	"testing"
 	"time"
+
+	"github.com/quicgate/quicgate/internal/looptest"
 )
 
-// guard bounds every wait of these tests: an event that does not come within it fails the
-// test (it is a hang guard, not a delay: nothing waits for it to pass).
-const guard = 10 * time.Second
+// guard bounds every wait of these tests, as looptest.Await's on a channel: an event that
+// does not come within it fails the test (it is a hang guard, not a delay: nothing waits for
+// it to pass).
+const guard = looptest.HangLimit
 
 // listen listens on 127.0.0.1 until the test ends.
 func listen(t *testing.T) net.Listener {
@@ -130,25 +133,10 @@ func expectEOF(t *testing.T, c *Conn) {
 	}
 }
 
-// wait waits for ch to be closed (or to deliver).
-func wait[T any](t *testing.T, ch <-chan T, what string) T {
-	t.Helper()
-	timer := time.NewTimer(guard)
-	defer timer.Stop()
-	select {
-	case v := <-ch:
-		return v
-	case <-timer.C:
-		t.Fatalf("%s: nothing within %v", what, guard)
-		var zero T
-		return zero
-	}
-}
-
 // waitDone waits for ctx to end.
 func waitDone(t *testing.T, ctx context.Context, what string) {
 	t.Helper()
-	wait(t, ctx.Done(), what)
+	looptest.Await(t, ctx.Done(), what)
 }
 
 // sameAddr checks that a and b are the same address.
@@ -183,7 +171,7 @@ func newRejections() (rejections, func(net.Addr, string, error)) {
 // next waits for the next rejection and checks its peer and reason.
 func (r rejections) next(t *testing.T, peer net.Addr, reason string) rejection {
 	t.Helper()
-	got := wait(t, r, "Rejected("+reason+")")
+	got := looptest.Await(t, r, "Rejected("+reason+")")
 	if got.peer != peer.String() || got.reason != reason {
 		t.Fatalf("Rejected(%s, %q, %v); want (%v, %q)", got.peer, got.reason, got.err, peer, reason)
 	}

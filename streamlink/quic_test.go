@@ -18,6 +18,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/quicgate/quicgate/internal/looptest"
 	quic "github.com/quicgate/quicgate/third_party/quic-go"
 )
 
@@ -136,7 +137,7 @@ func TestQUIC(t *testing.T) {
 		t.Fatalf("Dial: %v", err)
 	}
 	t.Cleanup(func() { _ = qc.CloseWithError(0, "") })
-	a := wait(t, acceptc, "the server's Accept")
+	a := looptest.Await(t, acceptc, "the server's Accept")
 	if a.conn != nil {
 		t.Cleanup(func() { _ = a.conn.CloseWithError(0, "") })
 	}
@@ -175,17 +176,17 @@ func TestQUIC(t *testing.T) {
 		copy(r.sum[:], h.Sum(nil))
 		readc <- r
 	}()
-	if err := wait(t, wrote, "the client's write"); err != nil {
+	if err := looptest.Await(t, wrote, "the client's write"); err != nil {
 		t.Fatalf("client write: %v", err)
 	}
-	r := wait(t, readc, "the echo")
+	r := looptest.Await(t, readc, "the echo")
 	if r.err != nil {
 		t.Fatalf("client read: %v", r.err)
 	}
 	if r.n != size || r.sum != sha256.Sum256(data) {
 		t.Fatalf("echo: %d bytes with sha256 %x; want %d bytes with sha256 %x", r.n, r.sum, size, sha256.Sum256(data))
 	}
-	if err := wait(t, echoed, "the server's echo"); err != nil {
+	if err := looptest.Await(t, echoed, "the server's echo"); err != nil {
 		t.Fatalf("server echo: %v", err)
 	}
 	if l := sized.largest.Load(); l != 16383 {

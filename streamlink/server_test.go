@@ -11,6 +11,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/quicgate/quicgate/internal/looptest"
 )
 
 // TestServerExchange runs packets both ways over one stream between a Conn and a Server:
@@ -250,7 +252,7 @@ func TestServerHandshake(t *testing.T) {
 	if got := recvConn(t, good); string(got) != "and back" {
 		t.Fatalf("client read %q", got)
 	}
-	cc := wait(t, wrapped, "the handshake")
+	cc := looptest.Await(t, wrapped, "the handshake")
 	if cc.reads.Load() == 0 || cc.writes.Load() == 0 {
 		t.Fatalf("the stream the handshake returned saw %d reads and %d writes; want it to carry the packets", cc.reads.Load(), cc.writes.Load())
 	}
@@ -373,19 +375,19 @@ func TestServerReadDeadline(t *testing.T) {
 	if err := srv.SetReadDeadline(time.Now()); err != nil {
 		t.Fatal(err)
 	}
-	checkTimeout("deadline set to now", wait(t, errc, "ReadFrom after SetReadDeadline(now)"))
+	checkTimeout("deadline set to now", looptest.Await(t, errc, "ReadFrom after SetReadDeadline(now)"))
 	_, _, err := srv.ReadFrom(p)
 	checkTimeout("deadline in the past", err)
 
 	// A deadline ahead, reached while ReadFrom waits.
 	_ = srv.SetReadDeadline(time.Now().Add(20 * time.Millisecond))
-	checkTimeout("deadline reached", wait(t, readErr(), "ReadFrom with a deadline 20 ms ahead"))
+	checkTimeout("deadline reached", looptest.Await(t, readErr(), "ReadFrom with a deadline 20 ms ahead"))
 
 	// A far deadline, brought to now while ReadFrom waits.
 	_ = srv.SetReadDeadline(time.Now().Add(time.Hour))
 	errc = readErr()
 	_ = srv.SetDeadline(time.Now())
-	checkTimeout("deadline moved to now", wait(t, errc, "ReadFrom after its deadline moved to now"))
+	checkTimeout("deadline moved to now", looptest.Await(t, errc, "ReadFrom after its deadline moved to now"))
 
 	// Cleared: ReadFrom waits for the next packet.
 	if err := srv.SetReadDeadline(time.Time{}); err != nil {
@@ -393,7 +395,7 @@ func TestServerReadDeadline(t *testing.T) {
 	}
 	errc = readErr()
 	send(t, c, []byte("again"), nil)
-	if err := wait(t, errc, "ReadFrom after the deadline was cleared"); err != nil {
+	if err := looptest.Await(t, errc, "ReadFrom after the deadline was cleared"); err != nil {
 		t.Fatalf("ReadFrom after the deadline was cleared: %v", err)
 	}
 	if string(p[:5]) != "again" {
@@ -440,7 +442,7 @@ func TestServerClose(t *testing.T) {
 	if _, err := hanging.Write([]byte("h")); err != nil {
 		t.Fatal(err)
 	}
-	wait(t, entered, "the handshake")
+	looptest.Await(t, entered, "the handshake")
 
 	errc := make(chan error, 1)
 	go func() {
@@ -456,7 +458,7 @@ func TestServerClose(t *testing.T) {
 	if ctx.Err() == nil {
 		t.Fatal("Close returned with the claimed stream's context alive")
 	}
-	if err := wait(t, errc, "ReadFrom during Close"); !errors.Is(err, net.ErrClosed) {
+	if err := looptest.Await(t, errc, "ReadFrom during Close"); !errors.Is(err, net.ErrClosed) {
 		t.Fatalf("ReadFrom during Close: %v; want net.ErrClosed", err)
 	}
 	if _, _, err := srv.ReadFrom(make([]byte, 100)); !errors.Is(err, net.ErrClosed) {
