@@ -83,6 +83,9 @@ type Client struct {
 	lastRTT time.Duration
 	// lastTransport is the transport of the last connection; the supervisor alone uses it.
 	lastTransport Transport
+	// quicRetry is how long a connection over TCP waits before it tries QUIC again (0:
+	// ClientConfig.QUICRetry); the supervisor alone uses it (transport.go, quicLost).
+	quicRetry time.Duration
 
 	ctx    context.Context
 	cancel context.CancelFunc
@@ -692,7 +695,11 @@ func (c *Client) supervise() {
 		}
 		c.lastTransport = sess.transport
 		wasUp = true
+		began := time.Now()
 		silent, next = c.watch(sess)
+		if sess.transport == TransportQUIC && next == nil {
+			c.quicLost(time.Since(began))
+		}
 	}
 	c.setState(nil, ErrClosed)
 }

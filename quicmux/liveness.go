@@ -106,7 +106,7 @@ func (c *Client) watch(s *session) (silent bool, next *session) {
 	}()
 	var retry <-chan time.Time // QUIC's next try, while on TCP
 	var retried chan *session  // not nil while QUIC is tried
-	retryWait := c.cfg.QUICRetry
+	retryWait := c.quicRetryWait()
 	if useQUIC, _ := c.plan(); useQUIC && s.transport == TransportTCP {
 		retry = time.After(retryWait)
 		defer func() { // the try is this loop's goroutine: it ends before watch returns
@@ -184,6 +184,7 @@ func (c *Client) watch(s *session) (silent bool, next *session) {
 			retried = nil
 			if n == nil {
 				retryWait = min(2*retryWait, maxQUICRetry)
+				c.quicRetry = retryWait
 				retry = time.After(retryWait)
 				break
 			}

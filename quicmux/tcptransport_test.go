@@ -322,3 +322,32 @@ func TestTCPTransportUnauthenticatedPeers(t *testing.T) {
 		}
 	})
 }
+
+// A QUIC connection lost soon after it began (UDP let through for a while, then blocked)
+// doubles the wait before the next try from TCP, up to its bound; one that lasted resets it.
+func TestQUICRetryBacksOffOnFlaps(t *testing.T) {
+	c := &Client{cfg: ClientConfig{QUICRetry: time.Second}}
+	if got := c.quicRetryWait(); got != time.Second {
+		t.Fatalf("first wait %v, want 1s", got)
+	}
+	for _, want := range []time.Duration{2 * time.Second, 4 * time.Second, 8 * time.Second} {
+		c.quicLost(5 * time.Second)
+		if got := c.quicRetryWait(); got != want {
+			t.Fatalf("after a flap: %v, want %v", got, want)
+		}
+	}
+	c.quicLost(2 * flapWindow) // neither a flap nor stable: unchanged
+	if got := c.quicRetryWait(); got != 8*time.Second {
+		t.Fatalf("after a middling connection: %v, want 8s", got)
+	}
+	for range 20 {
+		c.quicLost(time.Second)
+	}
+	if got := c.quicRetryWait(); got != maxQUICRetry {
+		t.Fatalf("after many flaps: %v, want the bound %v", got, maxQUICRetry)
+	}
+	c.quicLost(stableQUIC)
+	if got := c.quicRetryWait(); got != time.Second {
+		t.Fatalf("after a stable connection: %v, want 1s", got)
+	}
+}

@@ -293,6 +293,33 @@ func (c *Client) race(ctx context.Context, tg target, timeout time.Duration) (*s
 	return nil, fmt.Errorf("%w (and %v)", quicErr, tcpErr)
 }
 
+// flapWindow and stableQUIC judge a QUIC connection that ended: one lost within flapWindow
+// of its start (a network that lets UDP through for a while, then blocks it) doubles the
+// wait before the next try of QUIC from TCP, so that the client does not move its flows
+// back and forth every few seconds; one that lived stableQUIC resets it.
+const (
+	flapWindow = time.Minute
+	stableQUIC = 10 * time.Minute
+)
+
+// quicRetryWait is how long a connection over TCP waits before it tries QUIC.
+func (c *Client) quicRetryWait() time.Duration {
+	if c.quicRetry == 0 {
+		c.quicRetry = c.cfg.QUICRetry
+	}
+	return c.quicRetry
+}
+
+// quicLost takes note of a QUIC connection that ended after lived.
+func (c *Client) quicLost(lived time.Duration) {
+	switch {
+	case lived < flapWindow:
+		c.quicRetry = min(2*c.quicRetryWait(), maxQUICRetry)
+	case lived >= stableQUIC:
+		c.quicRetry = c.cfg.QUICRetry
+	}
+}
+
 // retryQUIC tries QUIC once, for a client on the TCP transport.
 func (c *Client) retryQUIC(ctx context.Context) (*session, error) {
 	timeout := c.attemptTimeout()

@@ -145,7 +145,7 @@ func TestUDPBlockedMidway(t *testing.T) {
 	tp.link.BlockUDP(false)
 	opened := time.Now()
 	cli.waitFor(t, "QUIC answers again; new flows go over it")
-	t.Logf("back on QUIC %v after UDP passed again (the first retry is 10 s after the move to TCP)",
+	t.Logf("back on QUIC %v after UDP passed again (the first retry is 20 s after the move to TCP: the QUIC connection had been lost within a minute)",
 		time.Since(opened).Round(time.Millisecond))
 	if m := srv.waitFor(t, "client connected"); m["transport"] != nil {
 		t.Fatalf("the client came back over %v, want QUIC", m["transport"])
