@@ -1,8 +1,9 @@
 // Package wan is the WAN-profile benchmark (make bench-wan): each way users would carry one
 // TCP flow across a slow, lossy link (direct TCP and ssh -L, each over cubic and over bbr;
-// quicgate -L with either congestion control; quicgate TUN), measured across a link emulated
-// in userspace (package wanlink) between two network namespaces, for several rate, round
-// trip and loss profiles. A UDP flow's ways (direct UDP, quicgate -U, quicgate TUN) are
+// quicgate -L with either congestion control, and over its TCP transport, QUIC over TLS over
+// one kernel bbr TCP connection; quicgate TUN), measured across a link emulated in
+// userspace (package wanlink) between two network namespaces, for several rate, round trip
+// and loss profiles. A UDP flow's ways (direct UDP, quicgate -U, quicgate TUN) are
 // measured on the same link after the TCP rows: 1200-byte packets one way at half and nine
 // tenths of the link rate, sent and counted by the harness itself on sockets made in the
 // two namespaces (udp.go).

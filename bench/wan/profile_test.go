@@ -74,6 +74,12 @@ func TestFindRow(t *testing.T) {
 		}
 		seen[r.ID], seen[r.Name] = true, true
 	}
+	if r, ok := FindRow("quicgate-tcp"); !ok || r.Name != "quicgate -L over TCP (bbr)" || r.Transport != "tcp" || r.TCP != "bbr" || r.QUIC != "bbr" || r.kind != kindQuicgateL {
+		t.Errorf("FindRow(quicgate-tcp) = %+v, %v", r, ok)
+	}
+	if r, _ := FindRow("quicgate-bbr"); r.Transport != "" {
+		t.Errorf("quicgate-bbr has transport %q", r.Transport)
+	}
 	order := runOrder(AllRows())
 	for i, r := range order {
 		if r.TCP == "cubic" && i > 0 && order[i-1].TCP != "cubic" {

@@ -15,7 +15,7 @@ func testReport() *Report {
 		profs = append(profs, p)
 	}
 	rows := []Row{}
-	for _, id := range []string{"ssh-bbr", "quicgate-bbr", "tun-bbr", "ssh-cubic"} {
+	for _, id := range []string{"ssh-bbr", "quicgate-bbr", "quicgate-tcp", "tun-bbr", "ssh-cubic"} {
 		r, _ := FindRow(id)
 		rows = append(rows, r)
 	}
@@ -23,6 +23,9 @@ func testReport() *Report {
 		{Row: "ssh -L (bbr)", Profile: "100M/40ms/0%", Mbps1: 90, Mbps8: 92, TTFBMs: 120, Loaded: Latency{P50: 100, P99: 400, Requests: 100}},
 		{Row: "quicgate -L (bbr)", Profile: "100M/40ms/0%", Mbps1: 93, Mbps8: 94, TTFBMs: 41, Loaded: Latency{P50: 45, P99: 60, Requests: 100}},
 		{Row: "quicgate TUN (bbr)", Profile: "100M/40ms/0%", Mbps1: 92, TTFBMs: 82},
+		{Row: "quicgate -L over TCP (bbr)", Profile: "100M/40ms/0%", Mbps1: 91, Mbps8: 93, TTFBMs: 44, Loaded: Latency{P50: 60, P99: 120, Requests: 100}},
+		{Row: "quicgate -L over TCP (bbr)", Profile: "100M/40ms/1%", Mbps1: 72, TTFBMs: 45, Loaded: Latency{P50: 90, P99: 1000, Requests: 100}},
+		{Row: "quicgate -L over TCP (bbr)", Profile: "20M/200ms/1%", Mbps1: 12, TTFBMs: 650},
 		{Row: "ssh -L (bbr)", Profile: "100M/40ms/1%", Mbps1: 80, TTFBMs: 125, Loaded: Latency{P50: 900, P99: 5000, P99Censored: true, Requests: 100, Unanswered: 3}},
 		{Row: "quicgate -L (bbr)", Profile: "100M/40ms/1%", Mbps1: 85, TTFBMs: 42, Loaded: Latency{P50: 50, P99: 200, Requests: 100}},
 		{Row: "quicgate TUN (bbr)", Profile: "100M/40ms/1%", Mbps1: 70, TTFBMs: 84},
@@ -82,6 +85,8 @@ func TestMarkdown(t *testing.T) {
 		"| quicgate -L (bbr) | 93.0 (1.03x) | 85.0 (1.06x) | 18.0 (1.20x) |",
 		"| ssh -L (bbr) | 100 / 400 (1.00x) | 900 / > 5000 (1.00x) |", // a censored p99 says so
 		"| quicgate TUN (bbr) | 92.0 (1.02x) | 70.0 (0.88x) | error (1) |",
+		"| quicgate -L over TCP (bbr) | 91.0 (1.01x) | 72.0 (0.90x) | 12.0 (0.80x) |",
+		"| quicgate -L over TCP (bbr) | 60.0 / 120 (0.30x) | 90.0 / 1000 (0.20x) | – |",
 		"| ssh -L (cubic) | skipped (2) | skipped (2) | skipped (2) |",
 		"1. error: setting up: boom — quicgate TUN (bbr) on 20M/200ms/1%",
 		"2. skipped: no sshd — ssh -L (cubic) on every profile",

@@ -28,11 +28,15 @@ type Row struct {
 	ID   string `json:"id"`   // for -rows: "ssh-bbr"
 	Name string `json:"name"` // in the report: "ssh -L (bbr)"
 	// TCP is the kernel's congestion control in both namespaces while the row runs (for
-	// quicgate rows it only governs the loopback hops at either end).
+	// quicgate rows over QUIC it only governs the loopback hops at either end; over the TCP
+	// transport it is also the outer TCP connection's across the link).
 	TCP string `json:"tcp_cc"`
 	// QUIC is quicgate's --congestion.
 	QUIC string `json:"quic_cc,omitempty"`
-	kind rowKind
+	// Transport is the quicgate client's --transport when not QUIC: "tcp" carries the QUIC
+	// packets over TLS over one kernel TCP connection (package streamlink).
+	Transport string `json:"transport,omitempty"`
+	kind      rowKind
 }
 
 // Baseline is the row every ratio is to.
@@ -47,6 +51,9 @@ func AllRows() []Row {
 		{ID: "ssh-bbr", Name: "ssh -L (bbr)", TCP: "bbr", kind: kindSSH},
 		{ID: "quicgate-bbr", Name: "quicgate -L (bbr)", TCP: "bbr", QUIC: "bbr", kind: kindQuicgateL},
 		{ID: "quicgate-cubic", Name: "quicgate -L (cubic)", TCP: "bbr", QUIC: "cubic", kind: kindQuicgateL},
+		// QUIC (with its bbr) over TLS over one kernel TCP connection, whose congestion
+		// control is the kernel's bbr, as ssh -L (bbr)'s: the UDP-blocked fallback against ssh.
+		{ID: "quicgate-tcp", Name: "quicgate -L over TCP (bbr)", TCP: "bbr", QUIC: "bbr", Transport: "tcp", kind: kindQuicgateL},
 		{ID: "tun-bbr", Name: "quicgate TUN (bbr)", TCP: "bbr", QUIC: "bbr", kind: kindQuicgateTUN},
 	}
 }
@@ -224,11 +231,22 @@ func (p *quicgatePath) start(ctx context.Context) (string, string, error) {
 	if p.srv, err = bench.StartProc("quicgate server in "+h.topo.Server, inNS(h.topo.Server, srvArgs...)); err != nil {
 		return "", "", err
 	}
-	if _, err := p.srv.WaitJSON("server ready", 10*time.Second); err != nil {
+	ready, err := p.srv.WaitJSON("server ready", 10*time.Second)
+	if err != nil {
 		return "", "", flagErr(err, cc)
 	}
 	cliArgs := []string{h.env.Quicgate, "client", "--server", net.JoinHostPort(ServerIP, quicgatePort),
 		"--state-dir", filepath.Join(dir, "client"), "--pin", pin, "--log-format", "json"}
+	if p.row.Transport != "" {
+		// The server serves its TCP transport on --listen's port unless it had to take
+		// another (tcp_addr says which); no proxy, whatever the environment says.
+		cliArgs = append(cliArgs, "--transport", p.row.Transport, "--proxy", "none")
+		a, _ := ready["tcp_addr"].(string)
+		if a == "" {
+			return "", "", fmt.Errorf("the quicgate server serves no TCP transport (no tcp_addr in its ready line): %s", p.srv.Tail())
+		}
+		cliArgs = append(cliArgs, "--server-tcp", a)
+	}
 	if p.tun {
 		cliArgs = append(cliArgs, "--tun", tunDevice, "--tun-addr", "10.78.0.1/24", "--route", TargetNet)
 	} else if p.udpTo != "" {

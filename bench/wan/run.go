@@ -29,7 +29,7 @@ type Options struct {
 	Progress io.Writer
 }
 
-// DefaultOptions are a full run (about 30 s a cell: 7 rows x 6 profiles in about 20
+// DefaultOptions are a full run (about 30 s a cell: 8 rows x 6 profiles in about 23
 // minutes, and the 3 UDP ways about 30 s a profile) or a quick one (for development;
 // figures are rougher).
 func DefaultOptions(quick bool) Options {

@@ -47,7 +47,7 @@ func main() {
 
 func run(args []string) int {
 	fs := flag.NewFlagSet("qgwan", flag.ContinueOnError)
-	quick := fs.Bool("quick", false, "short measurements (about 9 minutes for every row and profile; rougher figures)")
+	quick := fs.Bool("quick", false, "short measurements (about 10 minutes for every row and profile; rougher figures)")
 	out := fs.String("out", "bench/results", "directory for wan-latest.json, a timestamped copy and wan-latest.png")
 	profiles := fs.String("profiles", "", "comma-separated RATE/RTT/LOSS% profiles (default: "+names(wan.DefaultProfiles())+")")
 	rows := fs.String("rows", "", "comma-separated rows by id or name, or none (default: all: "+rowIDs()+")")
