@@ -134,6 +134,12 @@ func newCubicSender(
 		qlogger:                    qlogger,
 		maxDatagramSize:            initialMaxDatagramSize,
 	}
+	// quicgate patch: the pacer paces packets of the sender's size from the start. Upstream
+	// leaves it at protocol.InitialPacketSize until path MTU discovery changes the size;
+	// where there is none (a connection over a stream, whose packets are 16,383 bytes from
+	// the first) a pacer whose burst is ten 1,280-byte packets never has budget for one
+	// packet at rates below 8 MB/s, and the connection stalls.
+	c.pacer.SetMaxDatagramSize(initialMaxDatagramSize)
 	c.connStats.CongestionWindow.Store(uint64(c.congestionWindow))
 	if c.qlogger != nil {
 		c.lastState = qlog.CongestionStateSlowStart
