@@ -52,7 +52,7 @@ func validateConfig(config *Config) error {
 	if config.InitialPacketSize > protocol.MaxPacketBufferSize {
 		config.InitialPacketSize = protocol.MaxPacketBufferSize
 	}
-	if config.Congestion > CongestionBBR {
+	if config.Congestion > CongestionNone {
 		return fmt.Errorf("invalid congestion control: %s", config.Congestion)
 	}
 	// check that all QUIC versions are actually supported

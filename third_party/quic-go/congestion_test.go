@@ -17,8 +17,11 @@ import (
 func TestConfigCongestion(t *testing.T) {
 	require.Equal(t, CongestionBBR, populateConfig(&Config{Congestion: CongestionBBR}).Congestion)
 	require.Equal(t, CongestionReno, populateConfig(nil).Congestion)
-	require.Error(t, validateConfig(&Config{Congestion: CongestionBBR + 1}))
+	require.Equal(t, CongestionNone, populateConfig(&Config{Congestion: CongestionNone}).Congestion)
+	require.NoError(t, validateConfig(&Config{Congestion: CongestionNone}))
+	require.Error(t, validateConfig(&Config{Congestion: CongestionNone + 1}))
 	require.Equal(t, "bbr", CongestionBBR.String())
+	require.Equal(t, "none", CongestionNone.String())
 }
 
 // appLimitedRecorder is a sent packet handler that counts OnAppLimited calls.

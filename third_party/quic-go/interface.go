@@ -213,6 +213,11 @@ const (
 	// it paces at its estimate of the path's bottleneck bandwidth and keeps its rate
 	// through random loss.
 	CongestionBBR
+	// CongestionNone is no congestion window and no pacing: the connection sends as fast as
+	// its packet conn takes packets, bounded by flow control. It is for a packet conn that is
+	// congestion controlled itself and whose WriteTo blocks while it is busy (a TCP stream:
+	// quicgate's TCP transport), never for a network path.
+	CongestionNone
 )
 
 func (c CongestionControl) String() string {
@@ -223,6 +228,8 @@ func (c CongestionControl) String() string {
 		return "cubic"
 	case CongestionBBR:
 		return "bbr"
+	case CongestionNone:
+		return "none"
 	}
 	return fmt.Sprintf("CongestionControl(%d)", uint8(c))
 }

@@ -15,6 +15,7 @@ const (
 	AlgReno Algorithm = iota // NewReno, quic-go's default
 	AlgCubic
 	AlgBBR
+	AlgNone // no window and no pacing (none_sender.go)
 )
 
 // New makes the sender of an algorithm.
@@ -29,6 +30,8 @@ func New(
 	switch alg {
 	case AlgBBR:
 		return NewBBRSender(clock, rttStats, connStats, initialMaxDatagramSize, qlogger)
+	case AlgNone:
+		return newNoneSender(connStats)
 	case AlgCubic:
 		return NewCubicSender(clock, rttStats, connStats, initialMaxDatagramSize, false, qlogger)
 	default:
