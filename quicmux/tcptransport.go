@@ -30,10 +30,14 @@ const ALPNTCP = "quicgate-tcp/1"
 // for its size, so there is nothing for path MTU discovery to find.
 const streamPacketSize = 16383
 
-// streamQUICConfig is a QUIC config for a connection over a stream.
+// streamQUICConfig is a QUIC config for a connection over a stream: the stream is TCP's,
+// congestion controlled and with backpressure (package streamlink), so the connection has no
+// congestion control of its own (quic.CongestionNone) and sends as fast as the stream takes
+// packets, as an application writing to a TCP socket; --congestion is QUIC's over UDP.
 func streamQUICConfig(c *quic.Config) *quic.Config {
 	c.InitialPacketSize = streamPacketSize
 	c.DisablePathMTUDiscovery = true
+	c.Congestion = quic.CongestionNone
 	return c
 }
 

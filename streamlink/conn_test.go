@@ -12,38 +12,47 @@ import (
 	"github.com/quicgate/quicgate/internal/looptest"
 )
 
-// TestConnFullQueueDrops writes three queues' worth of packets to a Conn whose peer does not
-// read: every WriteTo returns at once with the packet taken (a full queue drops, as a
-// router does, and does not block), some are dropped, and what was taken is bounded by the
-// queue and the one write in progress. Once the peer reads, it gets every packet taken, in
-// order, and then the stream's end.
-func TestConnFullQueueDrops(t *testing.T) {
+// TestConnFullQueueWaits writes three queues' worth of packets to a Conn whose peer does
+// not read: a WriteTo that finds the queue full waits for room (the stream's backpressure)
+// and, when none comes within maxWait, drops its packet and returns; what was taken is
+// bounded by the queue and the one write in progress. Once the peer reads, it gets every
+// packet taken, in order, and then the stream's end.
+func TestConnFullQueueWaits(t *testing.T) {
+	defer func(d time.Duration) { maxWait = d }(maxWait)
+	maxWait = 50 * time.Millisecond
 	c, peer := pipeConn(t)
 	const size = 16 << 10
 	const count = 3 * QueueBytes / size
 	type result struct {
-		n   int
-		err error
+		n    int
+		err  error
+		took time.Duration
 	}
 	done := make(chan []result, 1)
 	go func() {
 		var rs []result
 		for i := range count {
+			start := time.Now()
 			n, err := c.WriteTo(packet(uint32(i), size), nil)
-			rs = append(rs, result{n, err})
+			rs = append(rs, result{n, err, time.Since(start)})
 		}
 		done <- rs
 	}()
-	// The peer reads nothing until every WriteTo has returned: one that blocked would
-	// never return, and the guard fails the test.
+	// The peer reads nothing until every WriteTo has returned: one that waited for good
+	// would never return, and the guard fails the test.
+	waited := false
 	for i, r := range looptest.Await(t, done, "the WriteTo calls (blocked on the full queue?)") {
 		if r.n != size || r.err != nil {
 			t.Fatalf("WriteTo %d = %d, %v; want %d, nil", i, r.n, r.err, size)
 		}
+		waited = waited || r.took >= maxWait
 	}
 	dropped := c.Dropped()
 	if dropped == 0 || dropped >= count {
 		t.Fatalf("Dropped() = %d of %d packets; want some but not all", dropped, count)
+	}
+	if !waited {
+		t.Fatal("no WriteTo waited for room before its packet was dropped")
 	}
 	taken := count - int(dropped)
 	if taken*(size+2) > 2*QueueBytes {
@@ -78,6 +87,34 @@ func TestConnFullQueueDrops(t *testing.T) {
 			t.Fatalf("peer read packet %d (%d bytes) after %d: want the packets taken, whole and in order", seq, len(f), last)
 		}
 		last = seq
+	}
+}
+
+// TestConnBackpressure writes many queues' worth of packets while the peer reads: the
+// writer waits for room instead of dropping, and every packet arrives, in order.
+func TestConnBackpressure(t *testing.T) {
+	c, peer := pipeConn(t)
+	const size = 16 << 10
+	const count = 20 * QueueBytes / size
+	go func() {
+		for i := range count {
+			if _, err := c.WriteTo(packet(uint32(i), size), nil); err != nil {
+				return
+			}
+		}
+		_ = c.Close()
+	}()
+	frames, err := readFrames(peer)
+	if err != io.EOF {
+		t.Fatalf("peer: stream ended with %v; want io.EOF", err)
+	}
+	if len(frames) != count || c.Dropped() != 0 {
+		t.Fatalf("peer read %d packets of %d, %d dropped; want all, none dropped", len(frames), count, c.Dropped())
+	}
+	for i, f := range frames {
+		if string(f) != string(packet(uint32(i), size)) {
+			t.Fatalf("packet %d differs", i)
+		}
 	}
 }
 

@@ -12,11 +12,11 @@ import (
 // MaxPacket is the largest packet a frame carries: its length is two bytes.
 const MaxPacket = 1<<16 - 1
 
-// QueueBytes bounds the frames waiting to be written on one stream; a packet that would go
-// beyond it is dropped. 1 MiB is about 80 ms at 100 Mbit/s and 2 ms at 4 Gbit/s: enough
-// for a burst of packets, little enough that a flow's round trip does not grow by seconds
-// behind a slow stream.
-const QueueBytes = 1 << 20
+// QueueBytes bounds the frames waiting to be written on one stream. It is small on purpose:
+// the stream's own buffers (the kernel's, which NotSentLowat keeps short too) hold what is in
+// flight, and what waits beyond them waits inside QUIC, per QUIC stream, where a small
+// request of one flow can pass the bulk of another instead of queueing behind it.
+const QueueBytes = 128 << 10
 
 // ErrTooLarge is returned for a packet larger than MaxPacket.
 var ErrTooLarge = errors.New("streamlink: packet too large for a frame")

@@ -8,12 +8,17 @@ import (
 )
 
 // closeFlush bounds how long closing a stream waits for its queued frames (the QUIC
-// connection's CONNECTION_CLOSE among them) to be written to a peer that stopped reading.
+// connection's CONNECTION_CLOSE among them) to be written to a peer that stopped reading;
+// maxWait, how long a packet waits for room in a full queue before it is dropped.
 const closeFlush = time.Second
 
-// sender writes a stream's frames from its queue in one goroutine, so that a writer (quic-go's
-// send loop, or the transport answering a stray packet) never blocks on the stream. The queue
-// is two buffers that trade places: one fills while the other is written in one call.
+var maxWait = time.Second // a variable for the tests
+
+// sender writes a stream's frames from its queue in one goroutine. The queue is two buffers
+// that trade places: one fills while the other is written in one call. A writer that finds
+// it full waits for room (at most maxWait): that wait is the stream's backpressure, which
+// quic-go's send loop takes as a busy socket (its send queue fills and the connection packs
+// nothing more), so a connection sends exactly as fast as the stream carries.
 type sender struct {
 	c       net.Conn
 	dropped atomic.Uint64
@@ -23,16 +28,19 @@ type sender struct {
 	closed bool
 	err    error         // why the stream cannot be written any more
 	wake   chan struct{} // capacity 1: the queue was empty and is not
+	room   chan struct{} // closed (and replaced) when the writer takes the queue
 	done   chan struct{} // run has returned
 }
 
 func newSender(c net.Conn) *sender {
-	s := &sender{c: c, wake: make(chan struct{}, 1), done: make(chan struct{})}
+	tuneStream(c)
+	s := &sender{c: c, wake: make(chan struct{}, 1), room: make(chan struct{}), done: make(chan struct{})}
 	go s.run()
 	return s
 }
 
-// send queues p's frame, or drops it when the queue is full. It fails only once the stream
+// send queues p's frame, waiting while the queue is full; a packet that finds no room
+// within maxWait (a stream that carries nothing) is dropped. It fails only once the stream
 // is closed or broken.
 func (s *sender) send(p []byte) error {
 	if len(p) > MaxPacket {
@@ -40,12 +48,28 @@ func (s *sender) send(p []byte) error {
 	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	var timeout <-chan time.Time
+	for s.err == nil && len(s.queue) > 0 && len(s.queue)+2+len(p) > QueueBytes {
+		if timeout == nil {
+			t := time.NewTimer(maxWait)
+			defer t.Stop()
+			timeout = t.C
+		}
+		room := s.room
+		s.mu.Unlock()
+		select {
+		case <-room:
+			s.mu.Lock()
+		case <-timeout:
+			s.mu.Lock()
+			if s.err == nil && len(s.queue)+2+len(p) > QueueBytes {
+				s.dropped.Add(1)
+				return nil
+			}
+		}
+	}
 	if s.err != nil {
 		return s.err
-	}
-	if len(s.queue)+2+len(p) > QueueBytes {
-		s.dropped.Add(1)
-		return nil
 	}
 	if len(s.queue) == 0 {
 		select {
@@ -65,6 +89,8 @@ func (s *sender) run() {
 		s.mu.Lock()
 		b := s.queue
 		s.queue = spare[:0]
+		close(s.room)
+		s.room = make(chan struct{})
 		s.mu.Unlock()
 		if len(b) > 0 {
 			if _, err := s.c.Write(b); err != nil {
@@ -87,6 +113,8 @@ func (s *sender) fail(err error) {
 		s.err = err
 	}
 	s.queue = nil
+	close(s.room) // writers waiting for room see the error
+	s.room = make(chan struct{})
 }
 
 // close stops taking frames, writes those queued (for at most closeFlush) and waits for the
@@ -103,6 +131,8 @@ func (s *sender) close() {
 		s.err = net.ErrClosed
 	}
 	close(s.wake)
+	close(s.room)
+	s.room = make(chan struct{})
 	s.mu.Unlock()
 	_ = s.c.SetWriteDeadline(time.Now().Add(closeFlush))
 	<-s.done

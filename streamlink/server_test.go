@@ -25,15 +25,24 @@ func TestServerExchange(t *testing.T) {
 	sameAddr(t, "Server.LocalAddr", srv.LocalAddr(), srv.Addr())
 	c := dialConn(t, srv.Addr())
 
-	// Sizes up to 16383 bytes (quic-go's largest), in all under QueueBytes, so that none
-	// is dropped at the queue.
+	// Sizes up to 16383 bytes (quic-go's largest), more in all than the queues hold: the
+	// writers wait for room (backpressure), and none is dropped.
 	sizes := []int{4, 16383, 1452, 5, 16383, 16384}
 	for i := range 200 {
 		sizes = append(sizes, 4+i*97%5000)
 	}
-	for i, n := range sizes {
-		send(t, c, packet(uint32(i), n), srv.Addr())
+	sent := make(chan error, 1)
+	sendAll := func(pc net.PacketConn, to func() net.Addr) {
+		for i, n := range sizes {
+			p := packet(uint32(i), n)
+			if k, err := pc.WriteTo(p, to()); err != nil || k != len(p) {
+				sent <- fmt.Errorf("WriteTo packet %d: %d, %v", i, k, err)
+				return
+			}
+		}
+		sent <- nil
 	}
+	go sendAll(c, srv.Addr)
 	var peer net.Addr
 	for i, n := range sizes {
 		got, addr := recvServer(t, srv)
@@ -43,13 +52,17 @@ func TestServerExchange(t *testing.T) {
 		}
 		peer = addr
 	}
-	for i, n := range sizes {
-		send(t, srv, packet(uint32(i), n), peer)
+	if err := <-sent; err != nil {
+		t.Fatal(err)
 	}
+	go sendAll(srv, func() net.Addr { return peer })
 	for i, n := range sizes {
 		if got := recvConn(t, c); !bytes.Equal(got, packet(uint32(i), n)) {
 			t.Fatalf("client read packet %d: %d bytes, differing from the %d sent", i, len(got), n)
 		}
+	}
+	if err := <-sent; err != nil {
+		t.Fatal(err)
 	}
 
 	// No stream: taken, and not sent on the one stream there is.

@@ -1,0 +1,30 @@
+package streamlink
+
+import (
+	"net"
+
+	"golang.org/x/sys/unix"
+)
+
+// NotSentLowat is the most unsent data the kernel keeps in a stream's socket
+// (TCP_NOTSENT_LOWAT): a write waits beyond it, so the queue in front of a stream's
+// congestion window stays short and QUIC, not the socket, holds what waits.
+const NotSentLowat = 128 << 10
+
+// tuneStream sets NotSentLowat on c's TCP socket (under a TLS session too), where it is one.
+func tuneStream(c net.Conn) {
+	if tc, ok := c.(interface{ NetConn() net.Conn }); ok {
+		c = tc.NetConn()
+	}
+	tcp, ok := c.(*net.TCPConn)
+	if !ok {
+		return
+	}
+	rc, err := tcp.SyscallConn()
+	if err != nil {
+		return
+	}
+	_ = rc.Control(func(fd uintptr) {
+		_ = unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_NOTSENT_LOWAT, NotSentLowat)
+	})
+}
