@@ -77,8 +77,8 @@ bench:
 bench-quick:
 	$(GO) run ./bench/cmd/qgbench -quick
 
-## bench-wan: one TCP flow's ways (direct TCP and ssh -L over cubic and over bbr, quicgate -L
-## and TUN) and a UDP flow's (direct, quicgate -U and TUN, at 50 and 90 % of the link rate)
+## bench-wan: one TCP flow's ways (direct TCP and ssh -L over cubic and over bbr, quicgate -L,
+## -L over the TCP transport and TUN) and a UDP flow's (direct, quicgate -U and TUN, at 50 and 90 % of the link rate)
 ## across a userspace-emulated WAN link (rate, one-BDP queue, delay, loss) between two
 ## network namespaces, on six profiles; markdown on stdout, JSON and a PNG chart in
 ## bench/results/ (wan-*). Needs root. About 23 minutes; WANFLAGS passes qgwan's flags, e.g.
