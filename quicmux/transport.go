@@ -261,7 +261,9 @@ func (c *Client) race(ctx context.Context, tg target, timeout time.Duration) (*s
 				tcpErr = r.err
 			case r.err != nil:
 				quicErr = r.err
-				if !started && won == nil {
+				// A refusal of this client (its pin, its identity) would only be repeated
+				// over TCP; a path that does not carry QUIC is worth the other transport.
+				if !started && won == nil && !refused(r.err) {
 					startTCP()
 				}
 			case won == nil:
@@ -286,11 +288,17 @@ func (c *Client) race(ctx context.Context, tg target, timeout time.Duration) (*s
 	}
 	// Both failed: a refusal that retrying cannot cure says the most, then QUIC's.
 	for _, err := range []error{quicErr, tcpErr} {
-		if errors.Is(err, ErrPinMismatch) || errors.Is(err, ErrUnauthorized) || errors.Is(err, ErrTooManyConns) {
+		if refused(err) {
 			return nil, err
 		}
 	}
 	return nil, fmt.Errorf("%w (and %v)", quicErr, tcpErr)
+}
+
+// refused says whether a dial failed because the server refused this client (or the
+// client the server), which the other transport would only repeat.
+func refused(err error) bool {
+	return errors.Is(err, ErrPinMismatch) || errors.Is(err, ErrUnauthorized) || errors.Is(err, ErrTooManyConns)
 }
 
 // flapWindow and stableQUIC judge a QUIC connection that ended: one lost within flapWindow
