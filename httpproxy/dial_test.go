@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/quicgate/quicgate/httpproxy/proxytest"
+	"github.com/quicgate/quicgate/internal/looptest"
 )
 
 // secret is the password of every test that has one: no error may show it.
@@ -175,26 +176,14 @@ func TestForbidden(t *testing.T) {
 
 func TestOtherStatus(t *testing.T) {
 	p := &proxytest.Proxy{} // dials the target itself: a closed port gives 502
-	_, err := dialer(t, "http://"+p.Start(t)).DialContext(testContext(t), "tcp", closedPort(t))
+	_, err := dialer(t, "http://"+p.Start(t)).DialContext(testContext(t), "tcp", looptest.ClosedPort(t))
 	if !errors.Is(err, ErrRefused) || !strings.Contains(err.Error(), "answered 502 Bad Gateway") {
 		t.Errorf("error %v: want ErrRefused after 502", err)
 	}
 }
 
-// closedPort returns a 127.0.0.1 address whose listener was just closed.
-func closedPort(t *testing.T) string {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	addr := ln.Addr().String()
-	ln.Close()
-	return addr
-}
-
 func TestUnreachable(t *testing.T) {
-	addr := closedPort(t)
+	addr := looptest.ClosedPort(t)
 	_, err := dialer(t, "http://alice:"+secret+"@"+addr).DialContext(testContext(t), "tcp", "example.com:443")
 	if !errors.Is(err, ErrUnreachable) {
 		t.Fatalf("error %v is not ErrUnreachable", err)
