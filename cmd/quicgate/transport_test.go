@@ -1,9 +1,11 @@
 package main
 
 import (
+	"context"
 	"fmt"
 	"net/netip"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -155,5 +157,45 @@ func TestUDPBlockedMidway(t *testing.T) {
 		if m = srv.waitFor(t, "client disconnected"); m["transport"] != "tcp" {
 			t.Fatalf("the TCP connection was not closed once its flows had ended: %v", m)
 		}
+	}
+}
+
+// The TUN over the TCP transport: DNS (the client's resolve requests), a TCP flow to the
+// name it answered, and a ping (the server's echo) all go through, as over QUIC.
+func TestTUNOverTCP(t *testing.T) {
+	privtest.Require(t, "ip", "curl", "getent", "ping", "sysctl")
+	tp := newTopology(t)
+	dir := t.TempDir()
+	p := newPairIn(t, dir)
+	const dns = "10.77.0.53"
+	netnsFile(t, tp.b, "hosts", "127.0.0.1 localhost\n"+dst4+" web.farside.test\n")
+	netnsFile(t, tp.a, "resolv.conf", "nameserver "+dns+"\noptions timeout:5 attempts:1\n")
+	sh(t, "ip", "netns", "exec", tp.b, "sysctl", "-q", "-w", "net.ipv4.ping_group_range=0 2147483647")
+	startHTTPIn(t, tp.b, dst4+":80")
+	srv := startIn(t, tp.b, "server", "--listen", addrB+":4433", "--state-dir", filepath.Join(dir, "server"),
+		"--authorized-clients", p.auth, "--allow", "web.farside.test:80", "--allow", dst4+":80")
+	srv.waitFor(t, "server ready")
+	cli := startIn(t, tp.a, "client", "--server", addrB+":4433", "--state-dir", filepath.Join(dir, "client"), "--pin", p.pin,
+		"--transport", "tcp", "--tun", tunDev, "--tun-addr", "10.77.0.1/24", "--route", "10.99.0.0/16", "--tun-dns", dns)
+	if m := cli.waitForAll(t, "tun ready", "connected to server")["connected to server"]; m["transport"] != "tcp" {
+		t.Fatalf("connected over %v, want tcp", m["transport"])
+	}
+	run := func(args ...string) (string, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+		defer cancel()
+		out, err := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", tp.a}, args...)...).CombinedOutput()
+		return string(out), err
+	}
+	if out, err := run("getent", "ahostsv4", "web.farside.test"); err != nil || !strings.HasPrefix(out, dst4+" ") {
+		t.Fatalf("getent ahostsv4 web.farside.test: %q, %v; want %s", out, err, dst4)
+	}
+	if out, err := run("curl", "--silent", "--show-error", "--max-time", "50", "http://web.farside.test/"); err != nil || !strings.HasPrefix(out, "hello from the far side") {
+		t.Fatalf("curl http://web.farside.test/: %q, %v", out, err)
+	}
+	if out, err := run("ping", "-n", "-c", "1", "-W", "5", dst4); err != nil || !strings.Contains(out, "1 received") {
+		t.Fatalf("ping %s: %v\n%s", dst4, err, out)
+	}
+	if m := srv.waitFor(t, "client connected"); m["transport"] != "tcp" {
+		t.Fatalf("the server's client came over %v, want tcp", m["transport"])
 	}
 }
