@@ -162,9 +162,10 @@ func TestAutoFallsBackToTCP(t *testing.T) {
 
 // Where UDP stops passing in the middle, the open flow is reset, new flows work over TCP,
 // and once UDP passes again new flows go over QUIC while the flow opened over TCP goes on
-// there until it ends, when the TCP connection is closed.
+// there until it ends, when the TCP connection is closed; a reverse forward moves to QUIC
+// at once.
 func TestAutoMovesBetweenTransports(t *testing.T) {
-	tn := newTunnel(t, withTCPTransport())
+	tn := newTunnel(t, withTCPTransport(), withListenPolicy(listenAnywhere))
 	serverLog, serverEvents := watchLog(t)
 	tn.server.log = serverLog
 	proxy := newImpairProxy(t, tn.serverAddr, 0, 0, 0)
@@ -194,6 +195,10 @@ func TestAutoMovesBetweenTransports(t *testing.T) {
 	if got := transportOf(c); got != "tcp" {
 		t.Fatalf("reconnected over %s, want tcp", got)
 	}
+	ln, err := listen(t, c, closedPort(t))
+	if err != nil {
+		t.Fatal(err)
+	}
 
 	proxy.setLoss(0) // UDP passes again
 	events.wait(t, "QUIC answers again; new flows go over it", 1)
@@ -207,6 +212,20 @@ func TestAutoMovesBetweenTransports(t *testing.T) {
 	defer onQUIC.Close()
 	checkEcho(t, onQUIC, "over QUIC again")
 	checkEcho(t, onTCP, "the TCP flow goes on") // its connection is kept for it
+	events.wait(t, "reverse forward back", 1) // asked for again, on the QUIC connection
+	rl := ln.(*reverseListener)
+	rl.mu.Lock()
+	regOver := rl.reg.conn.RemoteAddr().Network()
+	rl.mu.Unlock()
+	if regOver != "udp" {
+		t.Fatalf("the reverse forward is registered over %s, want QUIC (udp)", regOver)
+	}
+	app, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer app.Close()
+	checkEchoVia(t, app, accept(t, ln))
 	disconnected := serverEvents.count("client disconnected")
 	_ = onTCP.Close()
 	serverEvents.wait(t, "client disconnected", disconnected+1) // the TCP connection, retired
