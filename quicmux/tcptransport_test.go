@@ -165,9 +165,8 @@ func TestAutoFallsBackToTCP(t *testing.T) {
 // there until it ends, when the TCP connection is closed; a reverse forward moves to QUIC
 // at once.
 func TestAutoMovesBetweenTransports(t *testing.T) {
-	tn := newTunnel(t, withTCPTransport(), withListenPolicy(listenAnywhere))
 	serverLog, serverEvents := watchLog(t)
-	tn.server.log = serverLog
+	tn := newTunnel(t, withTCPTransport(), withListenPolicy(listenAnywhere), withServerConfig(func(c *ServerConfig) { c.Logger = serverLog }))
 	proxy := newImpairProxy(t, tn.serverAddr, 0, 0, 0)
 	c, events := autoClient(t, tn, proxy, 200*time.Millisecond)
 	dst := destination(t, echo)

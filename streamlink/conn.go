@@ -72,3 +72,11 @@ func (c *Conn) SetReadDeadline(t time.Time) error { return c.c.SetReadDeadline(t
 
 // SetWriteDeadline does nothing: writes never block.
 func (c *Conn) SetWriteDeadline(time.Time) error { return nil }
+
+// SetReadBuffer and SetWriteBuffer do nothing: a stream's buffers are its TCP socket's, which
+// the kernel sizes. quic-go asks for larger ones on every packet conn it is given (and warns
+// when it cannot), as a UDP socket needs them.
+func (c *Conn) SetReadBuffer(int) error { return nil }
+
+// SetWriteBuffer does nothing: see SetReadBuffer.
+func (c *Conn) SetWriteBuffer(int) error { return nil }

@@ -384,3 +384,9 @@ func (s *Server) SetReadDeadline(t time.Time) error {
 
 // SetWriteDeadline does nothing: writes never block.
 func (s *Server) SetWriteDeadline(time.Time) error { return nil }
+
+// SetReadBuffer and SetWriteBuffer do nothing: see Conn.SetReadBuffer.
+func (s *Server) SetReadBuffer(int) error { return nil }
+
+// SetWriteBuffer does nothing: see Conn.SetReadBuffer.
+func (s *Server) SetWriteBuffer(int) error { return nil }
