@@ -2,7 +2,7 @@
 GO      ?= go
 BIN     ?= bin/quicgate
 # Packages whose tests run a second time under the race detector (the relay in flow, the core and the stack).
-RACE_PKGS ?= ./flow/ ./quicmux/ ./netstack/ ./ingress/
+RACE_PKGS ?= ./flow/ ./quicmux/ ./netstack/ ./ingress/ ./streamlink/ ./httpproxy/
 # How long each fuzz target runs in `make test`: a count of executions, not a duration. Go 1.26's
 # fuzz coordinator can fail a duration-bounded run with a bare "context deadline exceeded" when
 # a starved worker misses the deadline (go.dev/issue/75804, fixed in Go 1.27); a count has no
