@@ -211,7 +211,7 @@ func TestAutoMovesBetweenTransports(t *testing.T) {
 	defer onQUIC.Close()
 	checkEcho(t, onQUIC, "over QUIC again")
 	checkEcho(t, onTCP, "the TCP flow goes on") // its connection is kept for it
-	events.wait(t, "reverse forward back", 1) // asked for again, on the QUIC connection
+	events.wait(t, "reverse forward back", 1)   // asked for again, on the QUIC connection
 	rl := ln.(*reverseListener)
 	rl.mu.Lock()
 	regOver := rl.reg.conn.RemoteAddr().Network()
