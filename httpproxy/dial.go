@@ -280,3 +280,7 @@ func (c *bufferedConn) CloseWrite() error {
 	}
 	return fmt.Errorf("httpproxy: %T cannot half-close: %w", c.Conn, errors.ErrUnsupported)
 }
+
+// NetConn is the conn to the proxy under the buffer, as tls.Conn's NetConn is: a caller
+// that tunes the socket (TCP_NOTSENT_LOWAT) finds it.
+func (c *bufferedConn) NetConn() net.Conn { return c.Conn }

@@ -55,8 +55,12 @@ type ClientConfig struct {
 	// ServerTCP is the host:port of the server's TCP transport; default Server.
 	ServerTCP string
 	// Proxy, if set, is an HTTP CONNECT proxy (package httpproxy) that the TCP transport goes
-	// through; QUIC is then not tried.
+	// through; QUIC is then not tried, unless ProxyForTCPOnly.
 	Proxy *url.URL
+	// ProxyForTCPOnly keeps TransportAuto's QUIC attempt beside a Proxy (one the environment
+	// named, HTTPS_PROXY: a host that sets it for everything may still pass UDP): QUIC goes
+	// first and directly, and only the TCP transport goes through the proxy.
+	ProxyForTCPOnly bool
 	// QUICRetry is how long a client in TransportAuto that connected over TCP waits before
 	// it tries QUIC again (doubling after each failure, to five minutes); default
 	// DefaultQUICRetry.
@@ -76,7 +80,9 @@ type Client struct {
 	netWatch *netpath.Watcher
 	// lastServer is the server's address the last lookup of its name gave, for when a
 	// lookup fails (a full tunnel's DNS may go through the tunnel itself); the
-	// supervisor alone uses it.
+	// supervisor alone uses it. (The supervisor's fields are also used by the QUIC retry
+	// that watch runs while on TCP: watch waits for it, doing nothing else meanwhile with
+	// these fields, and Dialing is called from it then.)
 	lastServer netip.AddrPort
 	// lastRTT is the smoothed round trip of the last connection (0 before the first one);
 	// the supervisor alone uses it.
@@ -700,6 +706,10 @@ func (c *Client) supervise() {
 		if sess.transport == TransportQUIC && next == nil {
 			c.quicLost(time.Since(began))
 		}
+	}
+	if next != nil { // made just as the client closed
+		_ = next.conn.CloseWithError(connShutdown, "client shutting down")
+		next.close()
 	}
 	c.setState(nil, ErrClosed)
 }

@@ -320,7 +320,7 @@ func (s *Server) acceptConns(ln *quic.Listener, sl *streamlink.Server) {
 
 func (s *Server) serveConn(qc *quic.Conn, sl *streamlink.Server) {
 	defer s.wg.Done()
-	overStream(sl, qc)
+	defer overStream(sl, qc)()
 	log := s.log.WithField("peer", qc.RemoteAddr().String())
 	if sl != nil {
 		log = log.WithField("transport", "tcp")

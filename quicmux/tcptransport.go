@@ -106,17 +106,22 @@ func (s *Server) ListenTCP(addr string) (net.Addr, error) {
 
 // overStream ties a connection that came over the TCP transport (sl) to its stream: the
 // connection ends with the stream (a client that went away: no need to wait for the idle
-// timeout), and the stream is closed once the connection has ended. The stream stops
-// counting as pending (streamlink.Server.Claim).
-func overStream(sl *streamlink.Server, qc *quic.Conn) {
+// timeout), and the stream stops counting as pending (streamlink.Server.Claim). serveConn
+// calls what it returns once the connection has ended: it closes the stream, after writing
+// what is queued (the connection's close), in serveConn's goroutine, which the server waits
+// for.
+func overStream(sl *streamlink.Server, qc *quic.Conn) (done func()) {
 	if sl == nil {
-		return
+		return func() {}
 	}
 	sctx, ok := sl.Claim(qc.RemoteAddr())
 	if !ok {
 		_ = qc.CloseWithError(connShutdown, "stream closed")
-		return
+		return func() {}
 	}
-	context.AfterFunc(sctx, func() { _ = qc.CloseWithError(connShutdown, "stream closed") })
-	context.AfterFunc(qc.Context(), func() { sl.CloseStream(qc.RemoteAddr()) })
+	stop := context.AfterFunc(sctx, func() { _ = qc.CloseWithError(connShutdown, "stream closed") })
+	return func() {
+		stop()
+		sl.CloseStream(qc.RemoteAddr())
+	}
 }

@@ -369,3 +369,25 @@ func TestQUICRetryBacksOffOnFlaps(t *testing.T) {
 		t.Fatalf("after a stable connection: %v, want 1s", got)
 	}
 }
+
+// A proxy given explicitly carries the client alone (QUIC cannot go through it); one from the
+// environment carries the TCP transport, and TransportAuto still tries QUIC first.
+func TestProxyPlan(t *testing.T) {
+	u := &url.URL{Scheme: "http", Host: "127.0.0.1:3128"}
+	for _, tc := range []struct {
+		name         string
+		cfg          ClientConfig
+		quic, tcpLeg bool
+	}{
+		{"no proxy, auto", ClientConfig{Transport: TransportAuto}, true, true},
+		{"--proxy, auto", ClientConfig{Transport: TransportAuto, Proxy: u}, false, true},
+		{"environment's proxy, auto", ClientConfig{Transport: TransportAuto, Proxy: u, ProxyForTCPOnly: true}, true, true},
+		{"environment's proxy, tcp", ClientConfig{Transport: TransportTCP, Proxy: u, ProxyForTCPOnly: true}, false, true},
+		{"quic", ClientConfig{Transport: TransportQUIC}, true, false},
+	} {
+		c := &Client{cfg: tc.cfg}
+		if q, tl := c.plan(); q != tc.quic || tl != tc.tcpLeg {
+			t.Errorf("%s: plan = QUIC %v, TCP %v; want %v, %v", tc.name, q, tl, tc.quic, tc.tcpLeg)
+		}
+	}
+}

@@ -57,8 +57,8 @@ const (
 // plan is which transports a connection attempt tries.
 func (c *Client) plan() (useQUIC, useTCP bool) {
 	switch {
-	case c.cfg.Proxy != nil: // QUIC is not tried through a proxy
-		return false, true
+	case c.cfg.Proxy != nil && !(c.cfg.ProxyForTCPOnly && c.cfg.Transport == TransportAuto):
+		return false, true // QUIC cannot go through a proxy, and is not tried beside it
 	case c.cfg.Transport == TransportQUIC:
 		return true, false
 	case c.cfg.Transport == TransportTCP:

@@ -12,8 +12,9 @@ const readBuffer = 64 << 10
 
 // Conn is the client's end: a net.PacketConn over one stream (a TLS connection to the server,
 // say), for a quic.Transport. Every packet read comes from, and every packet written goes to,
-// the stream's peer, whatever address WriteTo names. Writes never block: a packet is queued
-// (at most QueueBytes) or dropped. A read deadline ends the stream's use once it fires inside
+// the stream's peer, whatever address WriteTo names. A write waits while the queue
+// (QueueBytes) is full, up to a second, and then drops its packet: that wait is the stream's
+// backpressure. A read deadline ends the stream's use once it fires inside
 // a frame (quic-go sets one only to stop reading when it closes). Close writes what is
 // queued and closes the stream.
 type Conn struct {
@@ -27,7 +28,7 @@ var _ net.PacketConn = (*Conn)(nil)
 
 // NewConn returns the packet conn over c, which it owns from now on.
 func NewConn(c net.Conn) *Conn {
-	return &Conn{c: c, fr: newFrameReader(c), s: newSender(c)}
+	return &Conn{c: c, fr: newFrameReader(c), s: newSender(c, true)}
 }
 
 // ReadFrom reads the next packet; its address is the stream's far end. It fails when the
@@ -49,8 +50,7 @@ func (c *Conn) WriteTo(p []byte, _ net.Addr) (int, error) {
 func (c *Conn) Close() error {
 	var err error
 	c.close.Do(func() {
-		c.s.close()
-		err = c.c.Close()
+		err = closeStream(c.c, c.s.close())
 	})
 	return err
 }
@@ -64,13 +64,13 @@ func (c *Conn) LocalAddr() net.Addr { return c.c.LocalAddr() }
 // RemoteAddr is the stream's far end, the address every packet comes from.
 func (c *Conn) RemoteAddr() net.Addr { return c.c.RemoteAddr() }
 
-// SetDeadline sets the read deadline (writes never block).
+// SetDeadline sets the read deadline (a write's wait has its own bound).
 func (c *Conn) SetDeadline(t time.Time) error { return c.c.SetReadDeadline(t) }
 
 // SetReadDeadline sets the read deadline.
 func (c *Conn) SetReadDeadline(t time.Time) error { return c.c.SetReadDeadline(t) }
 
-// SetWriteDeadline does nothing: writes never block.
+// SetWriteDeadline does nothing: a write's wait has its own bound (a second).
 func (c *Conn) SetWriteDeadline(time.Time) error { return nil }
 
 // SetReadBuffer and SetWriteBuffer do nothing: a stream's buffers are its TCP socket's, which

@@ -11,12 +11,10 @@ import (
 // congestion window stays short and QUIC, not the socket, holds what waits.
 const NotSentLowat = 128 << 10
 
-// tuneStream sets NotSentLowat on c's TCP socket (under a TLS session too), where it is one.
+// tuneStream sets NotSentLowat on c's TCP socket (under TLS sessions and a proxy's
+// buffered conn too), where it is one.
 func tuneStream(c net.Conn) {
-	if tc, ok := c.(interface{ NetConn() net.Conn }); ok {
-		c = tc.NetConn()
-	}
-	tcp, ok := c.(*net.TCPConn)
+	tcp, ok := innermost(c).(*net.TCPConn)
 	if !ok {
 		return
 	}

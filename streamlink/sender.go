@@ -10,7 +10,7 @@ import (
 // closeFlush bounds how long closing a stream waits for its queued frames (the QUIC
 // connection's CONNECTION_CLOSE among them) to be written to a peer that stopped reading;
 // maxWait, how long a packet waits for room in a full queue before it is dropped.
-const closeFlush = time.Second
+const closeFlush = 250 * time.Millisecond
 
 var maxWait = time.Second // a variable for the tests
 
@@ -22,19 +22,26 @@ var maxWait = time.Second // a variable for the tests
 type sender struct {
 	c       net.Conn
 	dropped atomic.Uint64
+	// patient: a writer that finds the queue full waits for room. A server's stream is not
+	// until its QUIC connection is accepted (Server.Claim): quic-go's transport answers
+	// strangers (stateless resets, refusals) from one goroutine for every peer, which a peer
+	// that reads nothing must not hold up.
+	patient atomic.Bool
 
-	mu     sync.Mutex
-	queue  []byte
-	closed bool
-	err    error         // why the stream cannot be written any more
-	wake   chan struct{} // capacity 1: the queue was empty and is not
-	room   chan struct{} // closed (and replaced) when the writer takes the queue
-	done   chan struct{} // run has returned
+	mu      sync.Mutex
+	queue   []byte
+	closed  bool
+	flushed bool          // run wrote the last queued frame after close, and returned
+	err     error         // why the stream cannot be written any more
+	wake    chan struct{} // capacity 1: the queue was empty and is not
+	room    chan struct{} // closed (and replaced) when the writer takes the queue
+	done    chan struct{} // run has returned
 }
 
-func newSender(c net.Conn) *sender {
+func newSender(c net.Conn, patient bool) *sender {
 	tuneStream(c)
 	s := &sender{c: c, wake: make(chan struct{}, 1), room: make(chan struct{}), done: make(chan struct{})}
+	s.patient.Store(patient)
 	go s.run()
 	return s
 }
@@ -49,7 +56,7 @@ func (s *sender) send(p []byte) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	var timeout <-chan time.Time
-	for s.err == nil && len(s.queue) > 0 && len(s.queue)+2+len(p) > QueueBytes {
+	for s.err == nil && len(s.queue) > 0 && len(s.queue)+2+len(p) > QueueBytes && s.patient.Load() {
 		if timeout == nil {
 			t := time.NewTimer(maxWait)
 			defer t.Stop()
@@ -100,6 +107,9 @@ func (s *sender) run() {
 		}
 		spare = b
 		if !open {
+			s.mu.Lock()
+			s.flushed = true
+			s.mu.Unlock()
 			return
 		}
 	}
@@ -118,13 +128,14 @@ func (s *sender) fail(err error) {
 }
 
 // close stops taking frames, writes those queued (for at most closeFlush) and waits for the
-// writer. The caller closes the stream afterwards.
-func (s *sender) close() {
+// writer; it reports whether everything queued was written. The caller closes the stream
+// afterwards (closeStream).
+func (s *sender) close() (flushed bool) {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
 		<-s.done
-		return
+		return s.wasFlushed()
 	}
 	s.closed = true
 	if s.err == nil {
@@ -136,4 +147,33 @@ func (s *sender) close() {
 	s.mu.Unlock()
 	_ = s.c.SetWriteDeadline(time.Now().Add(closeFlush))
 	<-s.done
+	return s.wasFlushed()
+}
+
+func (s *sender) wasFlushed() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.flushed
+}
+
+// closeStream closes c once its sender has closed: politely (a TLS session's close_notify)
+// when everything queued was written, and otherwise by closing the socket underneath at
+// once, since a TLS close would wait up to five more seconds to write its alert to a peer
+// that reads nothing.
+func closeStream(c net.Conn, flushed bool) error {
+	if flushed {
+		return c.Close()
+	}
+	return innermost(c).Close()
+}
+
+// innermost is the connection under c's layers (TLS sessions, a proxy's buffered conn).
+func innermost(c net.Conn) net.Conn {
+	for {
+		u, ok := c.(interface{ NetConn() net.Conn })
+		if !ok {
+			return c
+		}
+		c = u.NetConn()
+	}
 }

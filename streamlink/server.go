@@ -149,11 +149,19 @@ func (s *Server) accept() {
 	}
 }
 
+// sourceOf is what the per-source bound counts a stream under: its IPv4 address, or its
+// IPv6 address's /64 (a host holds a whole /64, and could otherwise take every slot).
 func sourceOf(a net.Addr) netip.Addr {
-	if ta, ok := a.(*net.TCPAddr); ok {
-		return ta.AddrPort().Addr().Unmap()
+	ta, ok := a.(*net.TCPAddr)
+	if !ok {
+		return netip.Addr{}
 	}
-	return netip.Addr{}
+	addr := ta.AddrPort().Addr().Unmap()
+	if addr.Is6() {
+		p, _ := addr.Prefix(64)
+		return p.Addr()
+	}
+	return addr
 }
 
 // admit counts st as pending, if the bounds let it.
@@ -213,7 +221,7 @@ func (s *Server) serve(st *stream) {
 		}
 		st.c = c
 	}
-	st.s = newSender(st.c)
+	st.s = newSender(st.c, false) // patient once claimed
 	key := st.addr.String()
 	s.mu.Lock()
 	if s.closed {
@@ -236,8 +244,7 @@ func (s *Server) serve(st *stream) {
 // end closes a stream that has been registered (or was about to be).
 func (s *Server) end(st *stream) {
 	st.timer.Stop()
-	st.s.close()
-	_ = st.c.Close()
+	_ = closeStream(st.c, st.s.close())
 	s.mu.Lock()
 	if !st.claimed {
 		st.claimed = true // counted out once
@@ -280,6 +287,7 @@ func (s *Server) Claim(addr net.Addr) (ctx context.Context, ok bool) {
 		st.claimed = true
 		st.timer.Stop()
 		s.unpend(st)
+		st.s.patient.Store(true)
 	}
 	return st.ctx, true
 }
@@ -291,8 +299,7 @@ func (s *Server) CloseStream(addr net.Addr) {
 	st := s.streams[addr.String()]
 	s.mu.Unlock()
 	if st != nil {
-		st.s.close()
-		_ = st.c.Close() // its reader ends it
+		_ = closeStream(st.c, st.s.close()) // its reader ends it
 	}
 }
 
@@ -359,8 +366,7 @@ func (s *Server) Close() error {
 	s.mu.Unlock()
 	err := s.ln.Close()
 	for _, st := range open {
-		st.s.close()
-		_ = st.c.Close()
+		_ = closeStream(st.c, st.s.close())
 	}
 	s.wg.Wait()
 	return err
@@ -369,7 +375,7 @@ func (s *Server) Close() error {
 // LocalAddr is the listener's address.
 func (s *Server) LocalAddr() net.Addr { return s.ln.Addr() }
 
-// SetDeadline sets the read deadline (writes never block).
+// SetDeadline sets the read deadline (a write's wait has its own bound).
 func (s *Server) SetDeadline(t time.Time) error { return s.SetReadDeadline(t) }
 
 // SetReadDeadline sets the deadline of ReadFrom.
@@ -382,7 +388,8 @@ func (s *Server) SetReadDeadline(t time.Time) error {
 	return nil
 }
 
-// SetWriteDeadline does nothing: writes never block.
+// SetWriteDeadline does nothing: a write's wait has its own bound (a second, on a claimed
+// stream; none on a stream not claimed yet).
 func (s *Server) SetWriteDeadline(time.Time) error { return nil }
 
 // SetReadBuffer and SetWriteBuffer do nothing: see Conn.SetReadBuffer.

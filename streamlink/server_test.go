@@ -55,6 +55,9 @@ func TestServerExchange(t *testing.T) {
 	if err := <-sent; err != nil {
 		t.Fatal(err)
 	}
+	if _, ok := srv.Claim(peer); !ok { // a claimed stream's writers wait for room, as the client's do
+		t.Fatal("Claim of the client's stream failed")
+	}
 	go sendAll(srv, func() net.Addr { return peer })
 	for i, n := range sizes {
 		if got := recvConn(t, c); !bytes.Equal(got, packet(uint32(i), n)) {
@@ -494,5 +497,20 @@ func TestServerClose(t *testing.T) {
 	if c, err := net.Dial("tcp", srv.Addr().String()); err == nil {
 		_ = c.Close()
 		t.Fatal("a stream was accepted after Close")
+	}
+}
+
+// The per-source bound counts an IPv4 address, and an IPv6 address's /64: one host cannot
+// take every pending slot by using many addresses of its prefix.
+func TestSourceOf(t *testing.T) {
+	a := sourceOf(&net.TCPAddr{IP: net.ParseIP("2001:db8:1:2::10"), Port: 1})
+	b := sourceOf(&net.TCPAddr{IP: net.ParseIP("2001:db8:1:2:ffff::20"), Port: 2})
+	c := sourceOf(&net.TCPAddr{IP: net.ParseIP("2001:db8:1:3::10"), Port: 1})
+	if a != b || a == c {
+		t.Fatalf("sources %v, %v, %v: want the first two equal (one /64) and the third apart", a, b, c)
+	}
+	v4 := sourceOf(&net.TCPAddr{IP: net.IPv4(192, 0, 2, 7), Port: 1})
+	if v4.String() != "192.0.2.7" {
+		t.Fatalf("IPv4 source %v, want 192.0.2.7", v4)
 	}
 }

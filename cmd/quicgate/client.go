@@ -61,7 +61,7 @@ func registerClientFlags(fs *flag.FlagSet) *clientFlags {
 	fs.StringVar(&f.server, "server", "", "server's address, host:port: UDP for QUIC, and TCP for the fallback transport unless --server-tcp says otherwise (required)")
 	fs.StringVar(&f.transport, "transport", "auto", "how to reach the server: auto (QUIC, and TCP/TLS when QUIC has not answered within 300 ms; back to QUIC when it answers again), quic, or tcp")
 	fs.StringVar(&f.serverTCP, "server-tcp", "", "the server's TCP transport address, host:port (default: --server's)")
-	fs.StringVar(&f.proxy, "proxy", "", "reach the server's TCP transport through this HTTP CONNECT proxy, http://[user:pass@]host:port (default: $HTTPS_PROXY or $ALL_PROXY; 'none': no proxy); QUIC is not tried through a proxy")
+	fs.StringVar(&f.proxy, "proxy", "", "reach the server's TCP transport through this HTTP CONNECT proxy, http://[user:pass@]host:port (default: $HTTPS_PROXY or $ALL_PROXY, for the TCP transport only, QUIC still tried first; 'none': no proxy); with --proxy, QUIC is not tried")
 	fs.StringVar(&f.pin, "pin", "", "the server's fingerprint, as 'quicgate fingerprint' prints it (required)")
 	fs.Var(&f.forwards, "L", "forward [bind_address:]port:host:hostport through the tunnel, as ssh -L (repeatable)")
 	fs.Var(&f.udpForwards, "U", "forward local UDP port [bind_address:]port to UDP host:hostport through the tunnel, a flow per source address (repeatable)")
@@ -88,7 +88,10 @@ type clientSpec struct {
 	transport   quicmux.Transport
 	serverTCP   string
 	proxy       *url.URL
-	common      *common
+	// proxyFromEnv: the proxy came from the environment, and carries only the TCP
+	// transport: --transport auto still tries QUIC first, directly.
+	proxyFromEnv bool
+	common       *common
 }
 
 // check validates the parsed flags but the TUN ones, which each command reads its way.
@@ -125,6 +128,7 @@ func (f *clientFlags) check() (*clientSpec, error) {
 		if spec.proxy, err = httpproxy.FromEnvironment(target, os.Getenv); err != nil {
 			return nil, usageErr("%v (or give --proxy none)", err)
 		}
+		spec.proxyFromEnv = spec.proxy != nil
 	}
 	if spec.proxy != nil && spec.transport == quicmux.TransportQUIC {
 		return nil, usageErr("--proxy carries only the TCP transport: give --transport auto or tcp with it")
@@ -260,6 +264,7 @@ func serveClient(ctx context.Context, spec *clientSpec, stderr io.Writer, hooks 
 		Transport:       spec.transport,
 		ServerTCP:       spec.serverTCP,
 		Proxy:           spec.proxy,
+		ProxyForTCPOnly: spec.proxyFromEnv,
 	})
 	if err != nil {
 		return err

@@ -181,7 +181,13 @@ func runServer(ctx context.Context, args []string, stderr io.Writer) error {
 			host, _, _ := net.SplitHostPort(tcpAddr)
 			tcpBound, err = srv.ListenTCP(net.JoinHostPort(host, "0"))
 		}
-		if err != nil {
+		switch {
+		case err != nil && *f.listenTCP == "":
+			// The default: a server whose TCP port another program holds (a web server on
+			// 443) still serves QUIC, as it did before the TCP transport existed.
+			log.WithError(err).WithField("addr", tcpAddr).Warn("cannot serve the TCP transport on --listen's address; serving QUIC alone (give --listen-tcp ADDR, or --listen-tcp off to say so)")
+		case err != nil:
+			_ = srv.Close()
 			return fmt.Errorf("--listen-tcp %s: %w (give --listen-tcp off to serve QUIC alone)", tcpAddr, err)
 		}
 	}
