@@ -62,7 +62,7 @@ func (d *Dialer) DialContext(ctx context.Context, network, target string) (net.C
 	if d.Proxy == nil {
 		return nil, fmt.Errorf("httpproxy: %w: Dialer.Proxy is nil", ErrBadURL)
 	}
-	proxy := proxyAddr(d.Proxy)
+	proxy := Addr(d.Proxy)
 
 	dial := d.Dial
 	if dial == nil {
@@ -191,8 +191,9 @@ func checkTarget(target string) error {
 	return nil
 }
 
-// proxyAddr is u's host:port, with the scheme's default port if u (not from Parse) has none.
-func proxyAddr(u *url.URL) string {
+// Addr is the proxy's host:port, with the scheme's default port if u (not from Parse or
+// FromEnvironment) has none: where a Dialer connects.
+func Addr(u *url.URL) string {
 	if u.Port() != "" {
 		return u.Host
 	}

@@ -645,7 +645,9 @@ func (c *Client) supervise() {
 	defer c.wg.Done()
 	backoff := minBackoff
 	wasUp, silent, failures := false, false, 0
-	var next *session // a connection the last one's watch made (back to QUIC from TCP)
+	// next is a connection the last one's watch made (back to QUIC from TCP), and retiring
+	// the connection it replaces, retired once next carries the new flows.
+	var next, retiring *session
 	for c.ctx.Err() == nil {
 		sess, err := next, error(nil)
 		if sess == nil {
@@ -679,6 +681,11 @@ func (c *Client) supervise() {
 			c.cfg.Metrics.reconnected()
 		}
 		c.setState(sess.conn, nil)
+		if retiring != nil { // new flows go over sess before the old connection's end begins
+			c.wg.Add(1)
+			go c.retire(retiring)
+			retiring = nil
+		}
 		c.wg.Add(1)
 		go c.acceptStreams(sess.conn) // ends with conn
 		c.lastRTT = sess.conn.ConnectionStats().SmoothedRTT
@@ -703,13 +710,18 @@ func (c *Client) supervise() {
 		wasUp = true
 		began := time.Now()
 		silent, next = c.watch(sess)
-		if sess.transport == TransportQUIC && next == nil {
+		switch {
+		case next != nil:
+			retiring = sess
+		case sess.transport == TransportQUIC:
 			c.quicLost(time.Since(began))
 		}
 	}
-	if next != nil { // made just as the client closed
-		_ = next.conn.CloseWithError(connShutdown, "client shutting down")
-		next.close()
+	for _, s := range []*session{next, retiring} { // made, or left, just as the client closed
+		if s != nil {
+			_ = s.conn.CloseWithError(connShutdown, "client shutting down")
+			s.close()
+		}
 	}
 	c.setState(nil, ErrClosed)
 }

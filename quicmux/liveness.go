@@ -95,20 +95,18 @@ type pathFound struct {
 // watch keeps s until its connection is lost or the client closes, and closes its sockets.
 // It reports whether the connection was given up because the server fell silent (that
 // was logged then). A connection over the TCP transport in TransportAuto tries QUIC now and
-// then; when QUIC answers, watch returns its new connection as next, and s is retired
-// (kept until its flows have ended).
+// then; when QUIC answers, watch returns its new connection as next and leaves s open, for
+// the supervisor to retire (keep until its flows have ended).
 func (c *Client) watch(s *session) (silent bool, next *session) {
-	retiring := false
 	defer func() {
-		if !retiring {
+		if next == nil {
 			s.close()
 		}
 	}()
 	var retry <-chan time.Time // QUIC's next try, while on TCP
 	var retried chan *session  // not nil while QUIC is tried
-	retryWait := c.quicRetryWait()
 	if useQUIC, _ := c.plan(); useQUIC && s.transport == TransportTCP {
-		retry = time.After(retryWait)
+		retry = time.After(c.quicRetryWait())
 		defer func() { // the try is this loop's goroutine: it ends before watch returns
 			if retried != nil {
 				if n := <-retried; n != nil {
@@ -183,16 +181,11 @@ func (c *Client) watch(s *session) (silent bool, next *session) {
 		case n := <-retried:
 			retried = nil
 			if n == nil {
-				retryWait = min(2*retryWait, maxQUICRetry)
-				c.quicRetry = retryWait
-				retry = time.After(retryWait)
+				c.backOffQUIC()
+				retry = time.After(c.quicRetryWait())
 				break
 			}
 			n.moved = true
-			retiring = true
-			c.setState(n.conn, nil) // new flows go over QUIC before the old connection's end begins
-			c.wg.Add(1)
-			go c.retire(s)
 			return false, n
 		case f := <-found:
 			found = nil

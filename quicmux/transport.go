@@ -7,7 +7,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"net/url"
 	"time"
 
 	"github.com/quicgate/quicgate/httpproxy"
@@ -124,7 +123,7 @@ func (c *Client) targets(ctx context.Context, timeout time.Duration) (target, er
 			tg.tcp = c.cfg.Server
 		}
 		// The proxy is reached by the host's routes, not through a full tunnel.
-		if ap, err := c.resolve(ctx, proxyHostPort(c.cfg.Proxy), nil); err == nil {
+		if ap, err := c.resolve(ctx, httpproxy.Addr(c.cfg.Proxy), nil); err == nil {
 			c.dialing(ap)
 		}
 	case c.cfg.ServerTCP != "":
@@ -142,17 +141,6 @@ func (c *Client) dialing(ap netip.AddrPort) {
 	if c.cfg.Dialing != nil {
 		c.cfg.Dialing(ap)
 	}
-}
-
-// proxyHostPort is the proxy's host:port, with its scheme's default port.
-func proxyHostPort(u *url.URL) string {
-	if u.Port() != "" {
-		return u.Host
-	}
-	if u.Scheme == "https" {
-		return net.JoinHostPort(u.Hostname(), "443")
-	}
-	return net.JoinHostPort(u.Hostname(), "80")
 }
 
 // dialQUIC connects over QUIC to raddr.
@@ -183,8 +171,7 @@ func (c *Client) dialTCP(ctx context.Context, addr string, timeout time.Duration
 	} else if nc, err = d.DialContext(ctx, "tcp", addr); err != nil {
 		return nil, classifyDialErr(fmt.Errorf("over TCP: %w", err), c.cfg.Server, timeout, c.cfg.Identity.Fingerprint)
 	}
-	outer := c.tlsConf.Clone()
-	outer.NextProtos = []string{ALPNTCP}
+	outer := outerTLS(c.tlsConf)
 	outer.ServerName = ""
 	if host, _, err := net.SplitHostPort(c.cfg.Server); err == nil && net.ParseIP(host) == nil {
 		outer.ServerName = host // what a firewall sees of an HTTPS session
@@ -318,11 +305,14 @@ func (c *Client) quicRetryWait() time.Duration {
 	return c.quicRetry
 }
 
+// backOffQUIC doubles the wait before QUIC is tried again, to its bound.
+func (c *Client) backOffQUIC() { c.quicRetry = min(2*c.quicRetryWait(), maxQUICRetry) }
+
 // quicLost takes note of a QUIC connection that ended after lived.
 func (c *Client) quicLost(lived time.Duration) {
 	switch {
 	case lived < flapWindow:
-		c.quicRetry = min(2*c.quicRetryWait(), maxQUICRetry)
+		c.backOffQUIC()
 	case lived >= stableQUIC:
 		c.quicRetry = c.cfg.QUICRetry
 	}
